@@ -1,0 +1,3 @@
+//! OCI protocol vocabulary: digests, repository names, references, media types.
+
+pub mod reference;
