@@ -1,1 +1,472 @@
-//! placeholder
+//! The upstream client: sends berth's requests to a vendor registry with the stored
+//! credentials (anonymous, Basic, or the Bearer challenge → token flow), caches tokens per
+//! (upstream, scope), retries once on a 401, and follows redirects without leaking
+//! `Authorization` to another origin. Credentials never appear in errors or logs.
+
+pub mod challenge;
+mod token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, LOCATION, USER_AGENT, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{Secret, Upstream};
+use crate::error::Error;
+
+pub use token::Token;
+
+/// Redirect hops followed for one request (registries use one, CDNs sometimes two).
+const MAX_REDIRECTS: usize = 5;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const USER_AGENT_VALUE: &str = concat!("berth/", env!("CARGO_PKG_VERSION"));
+
+type HttpClient =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// One request to an upstream registry, relative to its base URL.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    /// Path starting with `/v2/`.
+    pub path: String,
+    pub query: Option<String>,
+    /// Headers forwarded as they are (`Accept`, `Range`).
+    pub headers: HeaderMap,
+    /// Token scope, e.g. `repository:acme/api:pull`.
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream rejected berth's credentials")]
+    Unauthorized,
+    #[error("token service: {0}")]
+    Token(String),
+    #[error("more than {MAX_REDIRECTS} redirects")]
+    Redirects,
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    pub fn into_error(self, upstream: &str) -> Error {
+        match self {
+            UpstreamError::Timeout(after) => Error::UpstreamTimeout {
+                upstream: upstream.to_string(),
+                after,
+            },
+            other => Error::Upstream {
+                upstream: upstream.to_string(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// How an upstream wants to be authenticated, learned from its first 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scheme {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+pub struct Client {
+    http: HttpClient,
+    tokens: token::TokenCache,
+    schemes: Mutex<HashMap<String, Scheme>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    pub fn new() -> Client {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(provider)
+            .expect("the ring provider supports the default protocol versions")
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        Client {
+            http,
+            tokens: token::TokenCache::new(),
+            schemes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets learned schemes and cached tokens, e.g. after credentials changed on reload.
+    pub fn forget_credentials(&self) {
+        self.schemes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.tokens.clear();
+    }
+
+    /// Sends `req`, authenticating as the upstream asks. Any status other than 401 is
+    /// returned to the caller to interpret; a 401 that survives one re-authentication
+    /// becomes `UpstreamError::Unauthorized`.
+    pub async fn fetch(
+        &self,
+        up: &Upstream,
+        req: &Request,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut retried = false;
+        loop {
+            let scheme = self.scheme(&up.name);
+            let auth = self.authorization(up, scheme.as_ref(), &req.scope).await?;
+            let resp = self.send_following(up, req, auth.as_ref()).await?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            if retried {
+                return Err(UpstreamError::Unauthorized);
+            }
+            retried = true;
+            let learned = pick_scheme(resp.headers());
+            drop(resp);
+            match (&learned, &scheme) {
+                (None, _) => return Err(UpstreamError::Unauthorized),
+                // Basic was already sent and refused: the credentials are wrong.
+                (Some(Scheme::Basic), Some(Scheme::Basic)) => {
+                    return Err(UpstreamError::Unauthorized)
+                }
+                (Some(Scheme::Basic), _) if up.credentials.is_none() => {
+                    return Err(UpstreamError::Unauthorized)
+                }
+                _ => {}
+            }
+            if let Some(s) = learned {
+                if let Scheme::Bearer { realm, .. } = &s {
+                    check_realm(&up.base_url, realm)?;
+                }
+                self.set_scheme(&up.name, s);
+            }
+            self.tokens.invalidate(&up.name, &req.scope).await;
+        }
+    }
+
+    /// Whether a token or Basic header is ready for this upstream (for `upstream test`).
+    pub async fn authenticate(&self, up: &Upstream, scope: &str) -> Result<(), UpstreamError> {
+        let req = Request {
+            method: Method::GET,
+            path: "/v2/".into(),
+            query: None,
+            headers: HeaderMap::new(),
+            scope: scope.to_string(),
+        };
+        let resp = self.fetch(up, &req).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(UpstreamError::Protocol(format!(
+                "GET /v2/ answered {}",
+                resp.status()
+            )))
+        }
+    }
+
+    fn scheme(&self, upstream: &str) -> Option<Scheme> {
+        self.schemes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(upstream)
+            .cloned()
+    }
+
+    fn set_scheme(&self, upstream: &str, s: Scheme) {
+        self.schemes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(upstream.to_string(), s);
+    }
+
+    async fn authorization(
+        &self,
+        up: &Upstream,
+        scheme: Option<&Scheme>,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>, UpstreamError> {
+        match scheme {
+            None => Ok(None),
+            Some(Scheme::Basic) => Ok(up
+                .credentials
+                .as_ref()
+                .map(|c| basic_header(&c.username, &c.password))),
+            Some(Scheme::Bearer { realm, service }) => {
+                let token = self
+                    .tokens
+                    .get(up, &self.http, realm, service.as_deref(), scope)
+                    .await?;
+                let mut v = HeaderValue::try_from(format!("Bearer {}", token.value.expose()))
+                    .map_err(|_| {
+                        UpstreamError::Token("token is not a valid header value".into())
+                    })?;
+                v.set_sensitive(true);
+                Ok(Some(v))
+            }
+        }
+    }
+
+    async fn send_following(
+        &self,
+        up: &Upstream,
+        req: &Request,
+        auth: Option<&HeaderValue>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let target = match &req.query {
+            Some(q) => format!("{}{}?{}", up.base_url, req.path, q),
+            None => format!("{}{}", up.base_url, req.path),
+        };
+        let mut uri: Uri = target
+            .parse()
+            .map_err(|_| UpstreamError::Protocol("cannot form the upstream URL".into()))?;
+        let home = origin(&uri);
+        let mut method = req.method.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut builder = http::Request::builder()
+                .method(method.clone())
+                .uri(uri.clone());
+            for (k, v) in &req.headers {
+                builder = builder.header(k, v);
+            }
+            builder = builder.header(USER_AGENT, USER_AGENT_VALUE);
+            // Credentials go only to the registry's own origin: a CDN or presigned URL must
+            // never see them (and S3 rejects a request that carries both).
+            if origin(&uri) == home {
+                if let Some(a) = auth {
+                    builder = builder.header(AUTHORIZATION, a.clone());
+                }
+            }
+            let request = builder
+                .body(Empty::new())
+                .map_err(|_| UpstreamError::Protocol("cannot form the upstream request".into()))?;
+            let resp = send(&self.http, request, up.timeout).await?;
+            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+                return Ok(resp);
+            }
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    UpstreamError::Protocol(format!("{} without a Location", resp.status()))
+                })?;
+            uri = resolve(&uri, location)
+                .ok_or_else(|| UpstreamError::Protocol("redirect to an invalid location".into()))?;
+            if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
+                method = Method::GET;
+            }
+            tracing::debug!(upstream = %up.name, to = ?origin(&uri), "following redirect");
+        }
+        Err(UpstreamError::Redirects)
+    }
+}
+
+/// Sends one request with a bound on the time to the response head.
+async fn send(
+    http: &HttpClient,
+    request: http::Request<Empty<Bytes>>,
+    timeout: Duration,
+) -> Result<http::Response<Incoming>, UpstreamError> {
+    match tokio::time::timeout(timeout, http.request(request)).await {
+        Err(_) => Err(UpstreamError::Timeout(timeout)),
+        Ok(Err(e)) => Err(UpstreamError::Connect(error_chain(&e))),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+/// Flattens an error and its sources into one line. hyper's errors carry no URLs, so
+/// nothing secret can ride along.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+pub(crate) fn basic_header(user: &str, password: &Secret) -> HeaderValue {
+    let raw = format!("{user}:{}", password.expose());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+    let mut v = HeaderValue::try_from(format!("Basic {encoded}"))
+        .expect("base64 is always a valid header value");
+    v.set_sensitive(true);
+    v
+}
+
+/// Prefers Bearer (it scopes access) over Basic when an upstream offers both.
+fn pick_scheme(headers: &HeaderMap) -> Option<Scheme> {
+    let challenges: Vec<_> = headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(challenge::parse)
+        .collect();
+    if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
+        if let Some(realm) = b.param("realm") {
+            return Some(Scheme::Bearer {
+                realm: realm.to_string(),
+                service: b.param("service").map(str::to_string),
+            });
+        }
+    }
+    challenges
+        .iter()
+        .any(|c| c.scheme == "basic")
+        .then_some(Scheme::Basic)
+}
+
+/// A realm is where berth sends the stored password: it must be a URL, and an HTTPS
+/// registry may not send it over plain HTTP.
+fn check_realm(base_url: &str, realm: &str) -> Result<(), UpstreamError> {
+    let uri: Uri = realm
+        .parse()
+        .map_err(|_| UpstreamError::Token("the challenge's realm is not a URL".into()))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if base_url.starts_with("http://") => Ok(()),
+        _ => Err(UpstreamError::Token(
+            "the challenge's realm is not an https URL; refusing to send credentials".into(),
+        )),
+    }
+}
+
+fn origin(uri: &Uri) -> (String, String, u16) {
+    let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+    let host = uri.host().unwrap_or("").to_ascii_lowercase();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    (scheme, host, port)
+}
+
+/// Resolves a `Location` against the URL that answered with it.
+fn resolve(base: &Uri, location: &str) -> Option<Uri> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.parse().ok();
+    }
+    let scheme = base.scheme_str()?;
+    if let Some(rest) = location.strip_prefix("//") {
+        return format!("{scheme}://{rest}").parse().ok();
+    }
+    let authority = base.authority()?.as_str();
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}").parse().ok();
+    }
+    let dir = match base.path().rfind('/') {
+        Some(i) => &base.path()[..=i],
+        None => "/",
+    };
+    format!("{scheme}://{authority}{dir}{location}")
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_locations() {
+        let base: Uri = "https://r.example:5000/v2/a/blobs/sha256:x"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            resolve(&base, "https://cdn.example/b?sig=1")
+                .unwrap()
+                .to_string(),
+            "https://cdn.example/b?sig=1"
+        );
+        assert_eq!(
+            resolve(&base, "/other").unwrap().to_string(),
+            "https://r.example:5000/other"
+        );
+        assert_eq!(
+            resolve(&base, "//cdn.example/x").unwrap().to_string(),
+            "https://cdn.example/x"
+        );
+        assert_eq!(
+            resolve(&base, "y").unwrap().to_string(),
+            "https://r.example:5000/v2/a/blobs/y"
+        );
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_port() {
+        let a: Uri = "https://r.example/v2/".parse().unwrap();
+        let b: Uri = "https://R.example:443/x".parse().unwrap();
+        let c: Uri = "http://r.example/x".parse().unwrap();
+        assert_eq!(origin(&a), origin(&b));
+        assert_ne!(origin(&a), origin(&c));
+    }
+
+    #[test]
+    fn prefers_bearer() {
+        let mut h = HeaderMap::new();
+        h.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"x\""),
+        );
+        h.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"https://auth/token\",service=\"reg\""),
+        );
+        assert_eq!(
+            pick_scheme(&h),
+            Some(Scheme::Bearer {
+                realm: "https://auth/token".into(),
+                service: Some("reg".into())
+            })
+        );
+    }
+
+    #[test]
+    fn realm_must_not_downgrade() {
+        assert!(check_realm("https://quay.io", "http://evil/token").is_err());
+        assert!(check_realm("https://quay.io", "https://quay.io/v2/auth").is_ok());
+        assert!(check_realm("http://127.0.0.1:5000", "http://127.0.0.1:9/token").is_ok());
+        assert!(check_realm("https://quay.io", "file:///etc/passwd").is_err());
+    }
+
+    #[test]
+    fn basic_header_is_sensitive() {
+        let v = basic_header("u", &Secret::new("p"));
+        assert!(v.is_sensitive());
+        assert_eq!(v.to_str().unwrap(), "Basic dTpw");
+    }
+}

@@ -1,0 +1,101 @@
+//! The one place where an `Error` becomes an HTTP status, an OCI error code and an
+//! `{"errors":[...]}` body.
+
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+
+use super::body::{full, Body};
+use crate::error::Error;
+
+pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
+    match err {
+        Error::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+        Error::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+        Error::TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
+        Error::RangeInvalid(_) => (StatusCode::BAD_REQUEST, "RANGE_INVALID"),
+        Error::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
+        Error::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        Error::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        Error::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        Error::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        Error::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+        Error::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+        Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+        Error::Upstream { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        Error::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
+        Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+    }
+}
+
+/// Builds the error response. `Internal` errors say nothing specific to the client: the
+/// operator's log line has the cause.
+pub fn response(err: &Error) -> Response<Body> {
+    let (status, code) = status_and_code(err);
+    let message = match err {
+        Error::Internal(_) => "internal error".to_string(),
+        e => e.to_string(),
+    };
+    let mut entry = serde_json::json!({ "code": code, "message": message });
+    if let Error::Upstream { upstream, .. } | Error::UpstreamTimeout { upstream, .. } = err {
+        entry["detail"] = serde_json::json!({ "upstream": upstream });
+    }
+    let body = serde_json::to_vec(&serde_json::json!({ "errors": [entry] }))
+        .unwrap_or_else(|_| b"{\"errors\":[]}".to_vec());
+    let mut resp = Response::new(full(body.clone()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    match err {
+        Error::TooManyRequests {
+            retry_after: Some(r),
+        } => {
+            if let Ok(v) = HeaderValue::try_from(r.as_str()) {
+                h.insert(RETRY_AFTER, v);
+            }
+        }
+        Error::RangeNotSatisfiable {
+            content_range: Some(r),
+        } => {
+            if let Ok(v) = HeaderValue::try_from(r.as_str()) {
+                h.insert(CONTENT_RANGE, v);
+            }
+        }
+        _ => {}
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn oci_error_body() {
+        let r = response(&Error::ManifestUnknown("acme/api:9".into()));
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN");
+        assert!(v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("acme/api:9"));
+    }
+
+    #[test]
+    fn retry_after_passes_through() {
+        let r = response(&Error::TooManyRequests {
+            retry_after: Some("30".into()),
+        });
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[RETRY_AFTER], "30");
+    }
+
+    #[test]
+    fn internal_errors_stay_vague() {
+        let r = response(&Error::Internal("disk /secret/path failed".into()));
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

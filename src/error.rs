@@ -1,0 +1,42 @@
+//! `Error`: what can go wrong serving a pull, in domain terms. `api::error` is the one place
+//! that turns it into an HTTP status and an OCI error code.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
+    #[error("invalid digest: {0}")]
+    DigestInvalid(String),
+    #[error("invalid tag: {0}")]
+    TagInvalid(String),
+    #[error("invalid range: {0}")]
+    RangeInvalid(String),
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable { content_range: Option<String> },
+    #[error("unknown repository: {0}")]
+    NameUnknown(String),
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    #[error("blob unknown: {0}")]
+    BlobUnknown(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("access denied: {0}")]
+    Denied(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("too many requests")]
+    TooManyRequests { retry_after: Option<String> },
+    /// The upstream answered badly, could not be reached or rejected berth's credentials.
+    /// `reason` is written for operators and clients alike: it never carries a secret.
+    #[error("upstream {upstream} failed: {reason}")]
+    Upstream { upstream: String, reason: String },
+    #[error("upstream {upstream} timed out after {after:?}")]
+    UpstreamTimeout { upstream: String, after: Duration },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

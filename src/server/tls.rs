@@ -1,0 +1,88 @@
+//! TLS for the customer listener: loads every configured certificate and picks one per
+//! handshake by SNI (the first certificate valid for the requested name; the first one
+//! when the client sends no SNI or none matches).
+
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::config::{ConfigError, TlsFiles};
+
+#[derive(Debug)]
+struct SniResolver {
+    certs: Vec<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            if let Some(ck) = self.certs.iter().find(|ck| valid_for(ck, name)) {
+                return Some(ck.clone());
+            }
+        }
+        self.certs.first().cloned()
+    }
+}
+
+fn valid_for(ck: &CertifiedKey, name: &str) -> bool {
+    let Ok(server_name) = ServerName::try_from(name) else {
+        return false;
+    };
+    let Some(der) = ck.cert.first() else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(der)
+        .map(|ee| ee.verify_is_valid_for_subject_name(&server_name).is_ok())
+        .unwrap_or(false)
+}
+
+/// Builds the rustls server config (HTTP/2 and HTTP/1.1 by ALPN).
+pub fn server_config(files: &[TlsFiles]) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut certs = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let key_name = |field: &str| format!("server.tls[{i}].{field}");
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&f.cert)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| ConfigError {
+                key: key_name("cert"),
+                message: format!("cannot read certificates from {}: {e}", f.cert.display()),
+            })?;
+        if chain.is_empty() {
+            return Err(ConfigError {
+                key: key_name("cert"),
+                message: format!("no certificate in {}", f.cert.display()),
+            });
+        }
+        let key = PrivateKeyDer::from_pem_file(&f.key).map_err(|e| ConfigError {
+            key: key_name("key"),
+            message: format!("cannot read a private key from {}: {e}", f.key.display()),
+        })?;
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| ConfigError {
+                key: key_name("key"),
+                message: format!("unsupported private key: {e}"),
+            })?;
+        let ck = CertifiedKey::new(chain, signing);
+        ck.keys_match().map_err(|e| ConfigError {
+            key: key_name("key"),
+            message: format!("the key does not belong to the certificate: {e}"),
+        })?;
+        certs.push(Arc::new(ck));
+    }
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError {
+            key: "server.tls".into(),
+            message: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { certs }));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
