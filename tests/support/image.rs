@@ -143,6 +143,9 @@ pub fn push_index(
 
 /// `skopeo copy SRC oci:DEST_DIR`. TLS verification is off unless `extra_args`
 /// mention `--src-tls-verify`; `creds` is `user:password`.
+///
+/// skopeo 1.9 gzips uncompressed layers when writing an oci: layout, so pass
+/// `--preserve-digests` in `extra_args` to get the registry's digests back.
 pub fn skopeo_copy_to_oci(
     src: &str,
     creds: Option<&str>,
