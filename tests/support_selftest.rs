@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::fake::{FakeBody, FakeResponse, FakeServer};
-use support::image::{push_image, read_oci_layout, skopeo_copy_to_oci, ImageSpec};
+use support::image::{push_image, push_index, read_oci_layout, skopeo_copy_to_oci, ImageSpec};
 use support::registry::{Registry, RegistryAuth};
 use support::token::TokenRealm;
 
@@ -233,4 +233,46 @@ fn fake_server_proxies_to_real_registry() {
     assert_pull_matches(&src, None, &img);
     assert!(fake.count("GET", &img.layers[1].0) >= 1);
     assert!(fake.count("GET", "/manifests/t") + fake.count("HEAD", "/manifests/t") >= 1);
+}
+
+#[test]
+fn index_push_with_shared_layer() {
+    let reg = Registry::start(RegistryAuth::None);
+    let amd = ImageSpec {
+        layer_sizes: vec![50_000, 10_000],
+        seed: 5,
+    };
+    let arm = ImageSpec {
+        layer_sizes: vec![50_000, 20_000],
+        seed: 5,
+    };
+    let idx = push_index(
+        &reg,
+        None,
+        "multi/app",
+        "v2",
+        &[("linux", "amd64", amd), ("linux", "arm64", arm)],
+    );
+    let [a, b] = &idx.children[..] else {
+        panic!("two children expected")
+    };
+    assert_eq!(a.layers[0], b.layers[0], "same seed+size+index must share");
+    assert_ne!(a.layers[1].0, b.layers[1].0);
+    assert_ne!(a.manifest_digest, b.manifest_digest);
+
+    let dest = support::tempdir();
+    let src = format!("docker://{}/multi/app:v2", reg.host());
+    let out = skopeo_copy_to_oci(&src, None, dest.path(), &["--all", "--preserve-digests"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pulled = read_oci_layout(dest.path());
+    assert_eq!(pulled.manifest_digest, idx.index_digest);
+    for child in [a, b] {
+        assert!(pulled.blob_digests.contains(&child.manifest_digest));
+        assert!(pulled.blob_digests.contains(&child.config_digest));
+    }
+    assert_eq!(reg.count_requests("PUT", "/v2/multi/app/manifests/v2"), 1);
 }

@@ -11,8 +11,6 @@ pub mod token;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 /// A loopback port that was free a moment ago. The tiny race between dropping
 /// the probe socket and the child binding it is accepted for test use.
 pub fn free_port() -> u16 {
@@ -30,7 +28,7 @@ pub fn tempdir() -> tempfile::TempDir {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
