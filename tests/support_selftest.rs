@@ -276,3 +276,39 @@ fn index_push_with_shared_layer() {
     }
     assert_eq!(reg.count_requests("PUT", "/v2/multi/app/manifests/v2"), 1);
 }
+
+fn raw_status(port: u16, path: &str, bearer: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn minted_tokens_and_expiry() {
+    let realm = TokenRealm::start("u", "p", 60);
+    let reg = Registry::start(realm.registry_auth());
+    let img = push_image(
+        &reg,
+        Some(("u", "p")),
+        "m/t",
+        "1",
+        &ImageSpec {
+            layer_sizes: vec![512],
+            seed: 2,
+        },
+    );
+    let path = format!("/v2/m/t/manifests/{}", img.manifest_digest);
+    let good = realm.mint(&["repository:m/t:pull"], 60);
+    assert!(raw_status(reg.port, &path, &good).contains(" 200 "));
+    let other_repo = realm.mint(&["repository:other:pull"], 60);
+    assert!(raw_status(reg.port, &path, &other_repo).contains(" 401 "));
+    let expired = realm.mint(&["repository:m/t:pull"], -120);
+    assert!(raw_status(reg.port, &path, &expired).contains(" 401 "));
+}

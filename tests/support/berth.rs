@@ -16,6 +16,7 @@ pub struct Berth {
     pub log_path: PathBuf,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    exit_status: Option<ExitStatus>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,6 +50,7 @@ impl Berth {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
+            exit_status: None,
             _dir: dir,
         };
         b.spawn();
@@ -72,6 +74,7 @@ impl Berth {
             .spawn()
             .expect("spawn berth");
         self.child = Some(child);
+        self.exit_status = None;
         let port = self.port;
         let mut exited = None;
         let up = wait_until(START_TIMEOUT, || {
@@ -134,9 +137,11 @@ impl Berth {
         assert!(status.success(), "kill -{sig} {} failed", self.pid());
     }
 
-    /// The exit status if berth exits within `timeout`; reaps the child.
+    /// The exit status if berth exits within `timeout` (or already has).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
+        let Some(child) = self.child.as_mut() else {
+            return self.exit_status;
+        };
         let mut status = None;
         wait_until(timeout, || {
             status = child.try_wait().expect("try_wait berth");
@@ -144,6 +149,7 @@ impl Berth {
         });
         if status.is_some() {
             self.child = None;
+            self.exit_status = status;
         }
         status
     }

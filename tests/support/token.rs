@@ -23,6 +23,7 @@ pub struct TokenRealm {
     pub cert_path: PathBuf,
     pub server: FakeServer,
     issued: Arc<AtomicUsize>,
+    signer: Arc<Signer>,
     _dir: tempfile::TempDir,
 }
 
@@ -30,6 +31,7 @@ struct Signer {
     key: EcdsaKeyPair,
     cert_der_b64: String,
     rng: SystemRandom,
+    issuer: String,
 }
 
 impl TokenRealm {
@@ -51,14 +53,15 @@ impl TokenRealm {
             &rng,
         )
         .expect("load key into ring");
-        let signer = Signer {
+        let signer = Arc::new(Signer {
             key,
             cert_der_b64: STANDARD.encode(cert.der()),
             rng,
-        };
+            issuer: issuer.clone(),
+        });
         let issued = Arc::new(AtomicUsize::new(0));
         let expected_basic = format!("Basic {}", STANDARD.encode(format!("{user}:{password}")));
-        let (svc, iss, count) = (service.clone(), issuer.clone(), Arc::clone(&issued));
+        let (svc, count, sig) = (service.clone(), Arc::clone(&issued), Arc::clone(&signer));
         let server = FakeServer::start(move |req: &Recorded| {
             if req.path() != "/token" {
                 return FakeResponse::bytes(404, "not found");
@@ -69,24 +72,12 @@ impl TokenRealm {
             }
             let n = count.fetch_add(1, Ordering::SeqCst);
             let requested_service = req.query("service").unwrap_or_else(|| svc.clone());
-            let access: Vec<_> = req
+            let scopes: Vec<String> = req
                 .query_all("scope")
                 .iter()
                 .flat_map(|s| s.split(' ').map(str::to_string).collect::<Vec<_>>())
-                .filter_map(|s| parse_scope(&s))
                 .collect();
-            let now = now_secs();
-            let claims = json!({
-                "iss": iss,
-                "sub": "berth-test-user",
-                "aud": requested_service,
-                "exp": now + expires_in_secs,
-                "nbf": now - 1,
-                "iat": now,
-                "jti": format!("berth-test-{n}-{now}"),
-                "access": access,
-            });
-            let token = signer.sign(&claims);
+            let token = sig.token(&requested_service, &scopes, expires_in_secs as i64, n);
             FakeResponse::json(
                 200,
                 &json!({
@@ -103,6 +94,7 @@ impl TokenRealm {
             cert_path,
             server,
             issued,
+            signer,
             _dir: dir,
         }
     }
@@ -125,6 +117,16 @@ impl TokenRealm {
         self.server.requests()
     }
 
+    /// A token for this realm's service minted directly (not counted in
+    /// `token_count`), for hand-made requests; a negative `expires_in_secs`
+    /// gives an already-expired token. distribution 2.8 allows 60 s of clock
+    /// leeway on `exp`, so "expired" means more than 60 s in the past.
+    pub fn mint(&self, scopes: &[&str], expires_in_secs: i64) -> String {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        self.signer
+            .token(&self.service, &scopes, expires_in_secs, usize::MAX)
+    }
+
     /// Tokens actually issued (requests with valid credentials).
     pub fn token_count(&self) -> usize {
         self.issued.load(Ordering::SeqCst)
@@ -132,6 +134,23 @@ impl TokenRealm {
 }
 
 impl Signer {
+    fn token(&self, audience: &str, scopes: &[String], expires_in_secs: i64, n: usize) -> String {
+        let now = now_secs() as i64;
+        let access: Vec<_> = scopes.iter().filter_map(|s| parse_scope(s)).collect();
+        let expired = expires_in_secs < 0;
+        self.sign(&json!({
+            "iss": self.issuer,
+            "sub": "berth-test-user",
+            "aud": audience,
+            "exp": now + expires_in_secs,
+            // An expired token must also have been valid once, or it fails for the wrong reason.
+            "nbf": if expired { now + expires_in_secs - 60 } else { now - 1 },
+            "iat": if expired { now + expires_in_secs - 60 } else { now },
+            "jti": format!("berth-test-{n}-{now}"),
+            "access": access,
+        }))
+    }
+
     fn sign(&self, claims: &serde_json::Value) -> String {
         // distribution 2.8 verifies the x5c chain against its rootcertbundle.
         let header = json!({"typ": "JWT", "alg": "ES256", "x5c": [self.cert_der_b64]});
