@@ -57,28 +57,33 @@ impl Registry {
 
     fn launch(storage: Storage, auth: RegistryAuth) -> Registry {
         let workdir = tempdir();
-        let port = free_port();
-        let storage_path = match &storage {
-            Storage::Owned(d) => d.path().to_path_buf(),
-            Storage::Shared(p) => p.clone(),
-        };
-        let config = render_config(port, &storage_path, &auth, workdir.path());
-        let config_path = workdir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
         let mut reg = Registry {
-            port,
+            port: 0,
             auth,
             storage,
             log_path: workdir.path().join("registry.log"),
-            config_path,
+            config_path: workdir.path().join("config.yml"),
             workdir,
             child: None,
         };
-        reg.spawn();
-        reg
+        // free_port() can race with other tests; a lost race shows up as a bind
+        // failure in the log and is worth a fresh port, anything else is fatal.
+        for attempt in 1..=3 {
+            reg.port = free_port();
+            let config = render_config(reg.port, reg.storage_dir(), &reg.auth, reg.workdir.path());
+            std::fs::write(&reg.config_path, config).expect("write registry config");
+            match reg.spawn() {
+                Ok(()) => return reg,
+                Err(e) if attempt < 3 && e.contains("address already in use") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
+        let listening = format!("listening on 127.0.0.1:{}", self.port);
+        let seen_before = self.log().matches(&listening).count();
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,6 +100,8 @@ impl Registry {
         self.child = Some(child);
         let port = self.port;
         let mut exited = None;
+        // The "listening on" line is logged only after the bind succeeded, so
+        // a stranger on our port can't pass for us by answering /v2/.
         let ready = wait_until(READY_TIMEOUT, || {
             if let Some(status) = self
                 .child
@@ -104,20 +111,23 @@ impl Registry {
                 exited = Some(status);
                 return true;
             }
-            answers_http(port)
+            self.log().matches(&listening).count() > seen_before && answers_http(port)
         });
         if let Some(status) = exited {
-            panic!(
+            self.child = None;
+            return Err(format!(
                 "docker-registry exited during startup ({status}); log:\n{}",
                 self.log()
-            );
+            ));
         }
         if !ready {
-            panic!(
+            self.stop();
+            return Err(format!(
                 "docker-registry on port {port} not answering GET /v2/ within {READY_TIMEOUT:?}; log:\n{}",
                 self.log()
-            );
+            ));
         }
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -150,7 +160,9 @@ impl Registry {
     /// Same port, same storage, same auth; the log keeps growing across restarts.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        if let Err(e) = self.spawn() {
+            panic!("registry restart on the same port failed: {e}");
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
