@@ -129,8 +129,8 @@ fn token_realm_registry_push_pull() {
     eprintln!("token selftest took {:?}", t.elapsed());
 }
 
-/// Raw HTTP/1.1 GET; returns (declared content-length, body bytes actually read,
-/// whether the read ended in an error or EOF before content-length).
+/// Raw HTTP/1.1 GET returning (declared Content-Length, body bytes actually
+/// received before EOF or error): a raw socket shows a cut exactly.
 fn raw_get(port: u16, path: &str) -> (usize, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
