@@ -85,6 +85,68 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Skips an anchor (`&a`) and tag (`!!str`) in front of a node: the parser's
+    /// span starts at them, the content follows.
+    fn content_start(&self, mut pos: usize) -> usize {
+        let b = self.text.as_bytes();
+        while matches!(b.get(pos), Some(b'&' | b'!')) {
+            while matches!(b.get(pos), Some(c) if !c.is_ascii_whitespace()) {
+                pos += 1;
+            }
+            while matches!(b.get(pos), Some(c) if c.is_ascii_whitespace()) {
+                pos += 1;
+            }
+        }
+        pos.min(b.len())
+    }
+
+    /// The byte after the closing quote of the quoted scalar opening at `pos`.
+    fn quoted_end(&self, pos: usize, style: ScalarStyle) -> Option<usize> {
+        let b = self.text.as_bytes();
+        let q = match style {
+            ScalarStyle::SingleQuoted => b'\'',
+            ScalarStyle::DoubleQuoted => b'"',
+            _ => return None,
+        };
+        if b.get(pos) != Some(&q) {
+            return None;
+        }
+        let mut i = pos + 1;
+        while i < b.len() {
+            match b[i] {
+                b'\\' if q == b'"' => i += 2,
+                b'\'' if q == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 2,
+                c if c == q => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+        None
+    }
+
+    /// Where the `-` of a block sequence starting at `pos` is: the parser puts an
+    /// indentless sequence's start on its first item, after the dash.
+    fn dash_before(&self, pos: usize) -> usize {
+        let b = self.text.as_bytes();
+        if b.get(pos) == Some(&b'-') {
+            return pos;
+        }
+        let mut i = pos;
+        while i > 0 && b[i - 1] == b' ' {
+            i -= 1;
+        }
+        if i > 0 && b[i - 1] == b'-' {
+            i - 1
+        } else {
+            pos
+        }
+    }
+
+    /// Column (in chars) of byte offset `pos`.
+    fn column(&self, pos: usize) -> usize {
+        let line_start = self.text[..pos].rfind('\n').map_or(0, |i| i + 1);
+        self.text[line_start..pos].chars().count()
+    }
+
     fn byte(&self, char_index: usize) -> usize {
         if self.char_to_byte.is_empty() {
             char_index.min(self.text.len())
@@ -209,12 +271,20 @@ impl<'a> Builder<'a, '_> {
                 message: "nesting too deep".into(),
             });
         }
-        let opens = |c: u8| self.src.text.as_bytes().get(start) == Some(&c);
+        let content = self.src.content_start(start);
+        let opens = |c: u8| self.src.text.as_bytes().get(content) == Some(&c);
         node.kind = match ev {
-            Event::Scalar(value, style, _, _) => Kind::Scalar {
-                value: value.into_owned(),
-                style,
-            },
+            Event::Scalar(value, style, _, _) => {
+                // The parser's span for a quoted scalar can run on over a trailing
+                // comment; the closing quote is the real end.
+                if let Some(end) = self.src.quoted_end(content, style) {
+                    node.end = end;
+                }
+                Kind::Scalar {
+                    value: value.into_owned(),
+                    style,
+                }
+            }
             Event::Alias(_) => Kind::Alias,
             Event::SequenceStart(..) => {
                 let flow = opens(b'[');
@@ -359,7 +429,8 @@ impl Ctx<'_, '_> {
             new.push('@');
             new.push_str(&digest);
         }
-        let original = &self.src.text[node.start..node.end.max(node.start)];
+        let start = self.src.content_start(node.start).min(node.end);
+        let original = &self.src.text[start..node.end.max(start)];
         let unsupported = |reason: &str| RewriteError::Unsupported {
             line: node.line,
             column: node.col + 1,
@@ -384,7 +455,7 @@ impl Ctx<'_, '_> {
             _ => return Err(unsupported("block scalar image")),
         };
         self.edits.push(Edit {
-            start: node.start,
+            start,
             end: node.end,
             text,
         });
@@ -410,19 +481,23 @@ impl Ctx<'_, '_> {
                 if present {
                     return Ok(());
                 }
+                let mut open = self.src.content_start(list.start);
+                if !*flow {
+                    open = self.src.dash_before(open);
+                }
                 if *flow {
                     match items.last() {
                         Some(last) => self.insert(last.end, format!(", {flow_item}")),
-                        None => self.insert(list.start + 1, flow_item),
+                        None => self.insert(open + 1, flow_item),
                     }
                 } else {
                     let text = format!(
                         "- name: {}{}{}",
                         yaml_plain_or_quoted(secret),
                         self.src.newline,
-                        " ".repeat(list.col)
+                        " ".repeat(self.src.column(open))
                     );
-                    self.insert(list.start, text);
+                    self.insert(open, text);
                 }
             }
             Some((key, value)) if value.is_null() => {
@@ -449,7 +524,10 @@ impl Ctx<'_, '_> {
             Some(_) => {}
             None if *flow => match entries.first() {
                 Some((k, _)) => self.insert(k.start, format!("imagePullSecrets: [{flow_item}], ")),
-                None => self.insert(spec.start + 1, format!("imagePullSecrets: [{flow_item}]")),
+                None => self.insert(
+                    self.src.content_start(spec.start) + 1,
+                    format!("imagePullSecrets: [{flow_item}]"),
+                ),
             },
             None => {
                 let Some((first, _)) = entries.first() else {
@@ -459,7 +537,7 @@ impl Ctx<'_, '_> {
                 let pad = " ".repeat(first.col);
                 let dash = format!(
                     "{}- name: {}",
-                    " ".repeat(seq_indent(spec)),
+                    " ".repeat(self.seq_indent(spec)),
                     yaml_plain_or_quoted(secret)
                 );
                 let at = self.line_insertion_point(first);
@@ -497,6 +575,26 @@ impl Ctx<'_, '_> {
         at
     }
 
+    /// How far the sibling container lists indent their `-` past their key, so an
+    /// added `imagePullSecrets` list looks like its neighbours (kubectl writes 0, most
+    /// charts 2).
+    fn seq_indent(&self, spec: &Node) -> usize {
+        for key in CONTAINER_KEYS {
+            if let Some((
+                k,
+                v @ Node {
+                    kind: Kind::Seq { flow: false, .. },
+                    ..
+                },
+            )) = spec.entry(key)
+            {
+                let dash = self.src.dash_before(self.src.content_start(v.start));
+                return self.src.column(dash).saturating_sub(k.col);
+            }
+        }
+        2
+    }
+
     fn insert(&mut self, at: usize, text: String) {
         self.edits.push(Edit {
             start: at,
@@ -530,25 +628,6 @@ impl Ctx<'_, '_> {
         out.push_str(&text[pos..]);
         Ok(out)
     }
-}
-
-/// How far the sibling container lists indent their `-` past their key, so an
-/// added `imagePullSecrets` list looks like its neighbours (kubectl writes 0, most
-/// charts 2).
-fn seq_indent(spec: &Node) -> usize {
-    for key in CONTAINER_KEYS {
-        if let Some((
-            k,
-            v @ Node {
-                kind: Kind::Seq { flow: false, .. },
-                ..
-            },
-        )) = spec.entry(key)
-        {
-            return v.col.saturating_sub(k.col);
-        }
-    }
-    2
 }
 
 /// Secret names are DNS labels, safe as plain scalars; anything else is quoted.
