@@ -357,10 +357,12 @@ mod tests {
         );
     }
 
+    type Check = fn(&ReferenceError) -> bool;
+
     #[test]
     fn nasty_inputs_are_typed_errors() {
         use ReferenceError::*;
-        let cases: Vec<(String, fn(&ReferenceError) -> bool)> = vec![
+        let cases: Vec<(String, Check)> = vec![
             ("".into(), |e| matches!(e, Empty)),
             (":tag".into(), |e| matches!(e, Empty)),
             ("Redis".into(), |e| matches!(e, InvalidComponent(_))),

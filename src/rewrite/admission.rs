@@ -47,10 +47,10 @@ pub struct AdmissionRules {
 
 impl AdmissionRules {
     pub fn matches(&self, ctx: &AdmissionContext) -> bool {
-        if self.exclude_namespaces.iter().any(|n| *n == ctx.namespace) {
+        if self.exclude_namespaces.contains(&ctx.namespace) {
             return false;
         }
-        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| *n == ctx.namespace) {
+        if !self.namespaces.is_empty() && !self.namespaces.contains(&ctx.namespace) {
             return false;
         }
         self.labels

@@ -28,7 +28,7 @@ mod yaml;
 pub use crate::oci::reference::{ImageRef, ReferenceError};
 pub use admission::{review, AdmissionContext, AdmissionError, AdmissionRules};
 pub use secret::pull_secret_yaml;
-pub use yaml::{rewrite_yaml, RewriteError};
+pub use yaml::{rewrite_yaml, PinFn, RewriteError};
 
 use crate::oci::reference::{is_docker_hub_host, DOCKER_HUB};
 

@@ -36,6 +36,9 @@ pub enum RewriteError {
     },
 }
 
+/// The digest resolver behind `--pin-digests`: upstream image → `sha256:...`.
+pub type PinFn<'a> = dyn Fn(&ImageRef) -> Result<String, String> + 'a;
+
 /// Rewrites every container image of every workload in `input` (one or many YAML
 /// documents) and adds `rules.pull_secret` to the pod specs whose images now point at
 /// the target. `pin`, when given, maps an upstream image to its digest
@@ -44,7 +47,7 @@ pub enum RewriteError {
 pub fn rewrite_yaml(
     rules: &Rules,
     input: &str,
-    pin: Option<&dyn Fn(&ImageRef) -> Result<String, String>>,
+    pin: Option<&PinFn<'_>>,
 ) -> Result<String, RewriteError> {
     let src = Source::new(input);
     let docs = parse(&src)?;
@@ -341,7 +344,7 @@ struct Edit {
 
 struct Ctx<'r, 's> {
     rules: &'r Rules,
-    pin: Option<&'r dyn Fn(&ImageRef) -> Result<String, String>>,
+    pin: Option<&'r PinFn<'r>>,
     src: &'s Source<'s>,
     edits: Vec<Edit>,
 }
