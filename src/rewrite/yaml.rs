@@ -450,11 +450,17 @@ impl Ctx<'_, '_> {
                     '"'
                 };
                 if original.len() < 2 || !original.starts_with(q) || !original.ends_with(q) {
-                    return Err(unsupported("quoted image spans more than one line"));
+                    return Err(unsupported(
+                        "quoted image does not end with its closing quote",
+                    ));
                 }
                 format!("{q}{new}{q}")
             }
-            ScalarStyle::Plain => return Err(unsupported("plain image spans more than one line")),
+            ScalarStyle::Plain => {
+                return Err(unsupported(
+                    "plain image spans more than one line or holds a comment",
+                ))
+            }
             _ => return Err(unsupported("block scalar image")),
         };
         self.edits.push(Edit {
@@ -609,6 +615,11 @@ impl Ctx<'_, '_> {
     fn apply(mut self) -> Result<String, RewriteError> {
         // Two inserts at one offset keep the order they were made in.
         self.edits.sort_by_key(|e| (e.start, e.end));
+        // The same node reached twice (one anchored spec under two paths) yields
+        // identical edits; only conflicting ones are an error.
+        self.edits.dedup_by(|a, b| {
+            a.start == b.start && a.end == b.end && a.text == b.text && a.end > a.start
+        });
         let text = self.src.text;
         let mut out = String::with_capacity(text.len() + 64 * self.edits.len());
         let mut pos = 0;
