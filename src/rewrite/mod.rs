@@ -1,1 +1,224 @@
-//! placeholder
+//! Image rewriting: the mapping from upstream image references to berth (or an airgap registry), applied to single images, Kubernetes YAML and admission reviews.
+//!
+//! Pure library: no HTTP, no configuration types. The CLI (`berth rewrite`) and the
+//! admission endpoint build a [`Rules`] and call into here.
+//!
+//! # Mapping
+//!
+//! An image matched by the rules becomes
+//!
+//! ```text
+//! <hostname>/proxy/<app>/<upstream>/<repository>[:tag][@digest]      (berth)
+//! <registry>[/<namespace>]/<upstream>/<repository>[:tag][@digest]    (Rules::registry)
+//! ```
+//!
+//! `<upstream>` is the upstream host as configured in `Rules::upstream_hosts`
+//! (so Docker Hub stays `docker.io` or `index.docker.io`, whichever the vendor wrote),
+//! lowercased, with a port's `:` written as `_` (see [`upstream_component`]): a
+//! colon inside the path would make the whole reference unparsable for kubelet and
+//! containerd, whereas `_` can never occur in a host name, so the mapping stays
+//! reversible. The airgap form keeps the whole upstream path for the same reason the
+//! berth form does: two upstream images can never land on the same name.
+
+pub mod admission;
+pub mod secret;
+mod workload;
+mod yaml;
+
+pub use crate::oci::reference::{ImageRef, ReferenceError};
+pub use admission::{review, AdmissionContext, AdmissionError, AdmissionRules};
+pub use secret::pull_secret_yaml;
+pub use yaml::{rewrite_yaml, PinFn, RewriteError};
+
+use crate::oci::reference::{is_docker_hub_host, DOCKER_HUB};
+
+/// What to rewrite and where to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// berth's public name, e.g. `images.acme.test` (may have `:port`).
+    pub hostname: String,
+    /// App slug, e.g. `acme`.
+    pub app: String,
+    /// Hosts as used in references: `quay.io`, `index.docker.io`, `registry.example.com:5000`.
+    pub upstream_hosts: Vec<String>,
+    /// `imagePullSecrets` name to add to pod specs whose images were redirected.
+    pub pull_secret: Option<String>,
+    /// Rewrite every image, not only those of the app's upstreams.
+    pub all: bool,
+    /// Alternative target `REGISTRY[/NAMESPACE]` (airgap), used instead of berth.
+    pub registry: Option<String>,
+}
+
+/// The outcome for one image: the new reference text and the parsed upstream image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Not ours: leave the text alone and do not ask for a pull secret.
+    Foreign,
+    /// Already points at the target (idempotence): leave it, but it needs the secret.
+    AlreadyTargeted,
+    /// Rewrite to `new`; `upstream` is the image it stands for (for digest pinning).
+    Rewrite { new: String, upstream: ImageRef },
+}
+
+impl Rules {
+    /// The prefix that every rewritten image starts with, without the trailing `/`.
+    pub fn target_prefix(&self) -> String {
+        match &self.registry {
+            Some(r) => r.trim_end_matches('/').to_string(),
+            None => format!(
+                "{}/proxy/{}",
+                self.hostname.trim_end_matches('/'),
+                self.app.trim_matches('/')
+            ),
+        }
+    }
+
+    fn target_host(&self) -> &str {
+        let t = self.registry.as_deref().unwrap_or(&self.hostname);
+        t.split('/').next().unwrap_or(t)
+    }
+
+    /// The configured upstream host that serves `r`, if any.
+    fn upstream_for(&self, r: &ImageRef) -> Option<String> {
+        let configured = self.upstream_hosts.iter().find(|h| {
+            let h = h.trim_end_matches('/');
+            if r.is_docker_hub() {
+                is_docker_hub_host(h)
+            } else {
+                h.eq_ignore_ascii_case(&r.registry)
+            }
+        });
+        match configured {
+            Some(h) => Some(h.trim_end_matches('/').to_string()),
+            None if self.all => Some(if r.is_docker_hub() {
+                DOCKER_HUB.to_string()
+            } else {
+                r.registry.clone()
+            }),
+            None => None,
+        }
+    }
+
+    pub(crate) fn decide(&self, image: &str) -> Decision {
+        let Ok(r) = ImageRef::parse(image) else {
+            return Decision::Foreign;
+        };
+        let first = image.split('/').next().unwrap_or(image);
+        let target_host = self.target_host();
+        if !target_host.is_empty()
+            && (first.eq_ignore_ascii_case(target_host)
+                || r.registry.eq_ignore_ascii_case(target_host))
+        {
+            return Decision::AlreadyTargeted;
+        }
+        match self.upstream_for(&r) {
+            Some(host) => Decision::Rewrite {
+                new: format!(
+                    "{}/{}/{}{}",
+                    self.target_prefix(),
+                    upstream_component(&host),
+                    r.repository,
+                    r.suffix()
+                ),
+                upstream: r,
+            },
+            None => Decision::Foreign,
+        }
+    }
+}
+
+/// How an upstream host appears as one path component of a rewritten image:
+/// lowercased, `:` (port) as `_`. `registry.example.com:5000` → `registry.example.com_5000`.
+pub fn upstream_component(host: &str) -> String {
+    host.to_ascii_lowercase().replace(':', "_")
+}
+
+/// Rewrites one image reference; `None` means leave it unchanged (not an upstream
+/// image, already rewritten, or not a valid reference).
+pub fn rewrite_image(rules: &Rules, image: &str) -> Option<String> {
+    match rules.decide(image) {
+        Decision::Rewrite { new, .. } => Some(new),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            hostname: "images.acme.test".into(),
+            app: "acme".into(),
+            upstream_hosts: vec![
+                "quay.io".into(),
+                "index.docker.io".into(),
+                "registry.example.com:5000".into(),
+            ],
+            pull_secret: Some("berth-pull".into()),
+            all: false,
+            registry: None,
+        }
+    }
+
+    #[test]
+    fn maps_upstreams_to_berth() {
+        let r = rules();
+        let cases = [
+            (
+                "quay.io/acme/api:1.2",
+                "images.acme.test/proxy/acme/quay.io/acme/api:1.2",
+            ),
+            (
+                "redis",
+                "images.acme.test/proxy/acme/index.docker.io/library/redis",
+            ),
+            (
+                "library/redis:7",
+                "images.acme.test/proxy/acme/index.docker.io/library/redis:7",
+            ),
+            (
+                "docker.io/bitnami/redis",
+                "images.acme.test/proxy/acme/index.docker.io/bitnami/redis",
+            ),
+            (
+                "registry.example.com:5000/team/app:1",
+                "images.acme.test/proxy/acme/registry.example.com_5000/team/app:1",
+            ),
+        ];
+        for (i, o) in cases {
+            assert_eq!(rewrite_image(&r, i).as_deref(), Some(o), "{i}");
+            assert_eq!(rewrite_image(&r, o), None, "idempotent: {o}");
+            assert!(
+                ImageRef::parse(o).is_ok(),
+                "output must be a valid reference: {o}"
+            );
+        }
+        assert_eq!(rewrite_image(&r, "ghcr.io/other/x:1"), None);
+        assert_eq!(rewrite_image(&r, "not a ref"), None);
+    }
+
+    #[test]
+    fn all_and_airgap_registry() {
+        let mut r = rules();
+        r.all = true;
+        assert_eq!(
+            rewrite_image(&r, "ghcr.io/other/x:1").as_deref(),
+            Some("images.acme.test/proxy/acme/ghcr.io/other/x:1")
+        );
+        r.upstream_hosts.clear();
+        assert_eq!(
+            rewrite_image(&r, "redis:7").as_deref(),
+            Some("images.acme.test/proxy/acme/docker.io/library/redis:7")
+        );
+        r.all = false;
+        r.upstream_hosts = vec!["quay.io".into()];
+        r.registry = Some("reg.customer.example/mirror/".into());
+        let out = rewrite_image(&r, "quay.io/acme/api:1.2");
+        assert_eq!(
+            out.as_deref(),
+            Some("reg.customer.example/mirror/quay.io/acme/api:1.2")
+        );
+        assert_eq!(rewrite_image(&r, out.as_deref().unwrap_or_default()), None);
+    }
+}

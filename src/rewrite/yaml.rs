@@ -1,0 +1,662 @@
+//! Rewriting images inside Kubernetes YAML by splicing into the original text, so everything not rewritten stays byte-for-byte as the vendor wrote it.
+//!
+//! The stream is parsed with `saphyr-parser` into a small tree whose nodes carry
+//! their source spans; edits are then computed against that tree and applied to the
+//! untouched input. A serde round trip would lose comments, quoting and key order.
+
+use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
+
+use super::workload::{is_list_kind, pod_spec_path, CONTAINER_KEYS, FALLBACK_POD_SPEC_PATH};
+use super::{Decision, Rules};
+use crate::oci::reference::{validate_digest, ImageRef};
+
+/// Deeper nesting than any manifest has; guards the recursive tree builder.
+const MAX_DEPTH: usize = 256;
+
+/// Why a YAML stream could not be rewritten. No output is produced in that case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    #[error("invalid YAML at line {line}, column {column}: {message}")]
+    Yaml {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("cannot pin {image} (line {line}) to a digest: {reason}")]
+    Pin {
+        image: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("cannot rewrite at line {line}, column {column}: {reason}")]
+    Unsupported {
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+}
+
+/// The digest resolver behind `--pin-digests`: upstream image → `sha256:...`.
+pub type PinFn<'a> = dyn Fn(&ImageRef) -> Result<String, String> + 'a;
+
+/// Rewrites every container image of every workload in `input` (one or many YAML
+/// documents) and adds `rules.pull_secret` to the pod specs whose images now point at
+/// the target. `pin`, when given, maps an upstream image to its digest
+/// (`sha256:...`), which is appended to the rewritten reference (`name:tag@digest`);
+/// images that already carry a digest are not pinned again.
+pub fn rewrite_yaml(
+    rules: &Rules,
+    input: &str,
+    pin: Option<&PinFn<'_>>,
+) -> Result<String, RewriteError> {
+    let src = Source::new(input);
+    let docs = parse(&src)?;
+    let mut ctx = Ctx {
+        rules,
+        pin,
+        src: &src,
+        edits: Vec::new(),
+    };
+    for doc in &docs {
+        ctx.object(doc)?;
+    }
+    ctx.apply()
+}
+
+struct Source<'a> {
+    text: &'a str,
+    /// Byte offset of each char index (the parser counts chars); empty for ASCII.
+    char_to_byte: Vec<usize>,
+    newline: &'static str,
+}
+
+impl<'a> Source<'a> {
+    fn new(text: &'a str) -> Self {
+        let char_to_byte = if text.is_ascii() {
+            Vec::new()
+        } else {
+            text.char_indices()
+                .map(|(i, _)| i)
+                .chain(std::iter::once(text.len()))
+                .collect()
+        };
+        let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
+        Source {
+            text,
+            char_to_byte,
+            newline,
+        }
+    }
+
+    /// Skips an anchor (`&a`) and tag (`!!str`) in front of a node: the parser's
+    /// span starts at them, the content follows.
+    fn content_start(&self, mut pos: usize) -> usize {
+        let b = self.text.as_bytes();
+        while matches!(b.get(pos), Some(b'&' | b'!')) {
+            while matches!(b.get(pos), Some(c) if !c.is_ascii_whitespace()) {
+                pos += 1;
+            }
+            while matches!(b.get(pos), Some(c) if c.is_ascii_whitespace()) {
+                pos += 1;
+            }
+        }
+        pos.min(b.len())
+    }
+
+    /// The byte after the closing quote of the quoted scalar opening at `pos`.
+    fn quoted_end(&self, pos: usize, style: ScalarStyle) -> Option<usize> {
+        let b = self.text.as_bytes();
+        let q = match style {
+            ScalarStyle::SingleQuoted => b'\'',
+            ScalarStyle::DoubleQuoted => b'"',
+            _ => return None,
+        };
+        if b.get(pos) != Some(&q) {
+            return None;
+        }
+        let mut i = pos + 1;
+        while i < b.len() {
+            match b[i] {
+                b'\\' if q == b'"' => i += 2,
+                b'\'' if q == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 2,
+                c if c == q => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+        None
+    }
+
+    /// Where the `-` of a block sequence starting at `pos` is: the parser puts an
+    /// indentless sequence's start on its first item, after the dash.
+    fn dash_before(&self, pos: usize) -> usize {
+        let b = self.text.as_bytes();
+        if b.get(pos) == Some(&b'-') {
+            return pos;
+        }
+        let mut i = pos;
+        while i > 0 && b[i - 1] == b' ' {
+            i -= 1;
+        }
+        if i > 0 && b[i - 1] == b'-' {
+            i - 1
+        } else {
+            pos
+        }
+    }
+
+    /// Column (in chars) of byte offset `pos`.
+    fn column(&self, pos: usize) -> usize {
+        let line_start = self.text[..pos].rfind('\n').map_or(0, |i| i + 1);
+        self.text[line_start..pos].chars().count()
+    }
+
+    fn byte(&self, char_index: usize) -> usize {
+        if self.char_to_byte.is_empty() {
+            char_index.min(self.text.len())
+        } else {
+            self.char_to_byte
+                .get(char_index)
+                .copied()
+                .unwrap_or(self.text.len())
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    start: usize,
+    end: usize,
+    line: usize,
+    col: usize,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Scalar {
+        value: String,
+        style: ScalarStyle,
+    },
+    Seq {
+        flow: bool,
+        items: Vec<Node>,
+    },
+    Map {
+        flow: bool,
+        entries: Vec<(Node, Node)>,
+    },
+    Alias,
+}
+
+impl Node {
+    fn get(&self, key: &str) -> Option<&Node> {
+        self.entry(key).map(|(_, v)| v)
+    }
+
+    fn entry(&self, key: &str) -> Option<(&Node, &Node)> {
+        match &self.kind {
+            Kind::Map { entries, .. } => entries
+                .iter()
+                .find(|(k, _)| k.str() == Some(key))
+                .map(|(k, v)| (k, v)),
+            _ => None,
+        }
+    }
+
+    fn path(&self, path: &[&str]) -> Option<&Node> {
+        path.iter().try_fold(self, |n, k| n.get(k))
+    }
+
+    fn str(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Scalar { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(&self.kind, Kind::Scalar { value, style: ScalarStyle::Plain }
+            if matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+}
+
+fn yaml_error(e: &ScanError) -> RewriteError {
+    RewriteError::Yaml {
+        line: e.marker().line(),
+        column: e.marker().col() + 1,
+        message: e.info().to_string(),
+    }
+}
+
+fn parse(src: &Source<'_>) -> Result<Vec<Node>, RewriteError> {
+    let mut b = Builder {
+        parser: Parser::new_from_str(src.text),
+        src,
+    };
+    let mut docs = Vec::new();
+    loop {
+        let (ev, sp) = b.next()?;
+        match ev {
+            Event::StreamStart | Event::DocumentStart(_) | Event::DocumentEnd => {}
+            Event::StreamEnd => return Ok(docs),
+            ev => docs.push(b.node(ev, sp, 0)?),
+        }
+    }
+}
+
+struct Builder<'a, 'b> {
+    parser: Parser<'a, saphyr_parser::StrInput<'a>>,
+    src: &'b Source<'a>,
+}
+
+impl<'a> Builder<'a, '_> {
+    fn next(&mut self) -> Result<(Event<'a>, Span), RewriteError> {
+        match self.parser.next_event() {
+            Some(Ok(x)) => Ok(x),
+            Some(Err(e)) => Err(yaml_error(&e)),
+            None => Ok((Event::StreamEnd, Span::default())),
+        }
+    }
+
+    fn node(&mut self, ev: Event<'a>, sp: Span, depth: usize) -> Result<Node, RewriteError> {
+        let start = self.src.byte(sp.start.index());
+        let mut node = Node {
+            start,
+            end: self.src.byte(sp.end.index()),
+            line: sp.start.line(),
+            col: sp.start.col(),
+            kind: Kind::Alias,
+        };
+        if depth > MAX_DEPTH {
+            return Err(RewriteError::Yaml {
+                line: node.line,
+                column: node.col + 1,
+                message: "nesting too deep".into(),
+            });
+        }
+        let content = self.src.content_start(start);
+        let opens = |c: u8| self.src.text.as_bytes().get(content) == Some(&c);
+        node.kind = match ev {
+            Event::Scalar(value, style, _, _) => {
+                // The parser's span for a quoted scalar can run on over a trailing
+                // comment; the closing quote is the real end.
+                if let Some(end) = self.src.quoted_end(content, style) {
+                    node.end = end;
+                }
+                Kind::Scalar {
+                    value: value.into_owned(),
+                    style,
+                }
+            }
+            Event::Alias(_) => Kind::Alias,
+            Event::SequenceStart(..) => {
+                let flow = opens(b'[');
+                let mut items = Vec::new();
+                loop {
+                    let (ev, sp) = self.next()?;
+                    match ev {
+                        Event::SequenceEnd => {
+                            node.end = self.src.byte(sp.end.index());
+                            break;
+                        }
+                        ev => items.push(self.node(ev, sp, depth + 1)?),
+                    }
+                }
+                Kind::Seq { flow, items }
+            }
+            Event::MappingStart(..) => {
+                let flow = opens(b'{');
+                let mut entries = Vec::new();
+                loop {
+                    let (ev, sp) = self.next()?;
+                    match ev {
+                        Event::MappingEnd => {
+                            node.end = self.src.byte(sp.end.index());
+                            break;
+                        }
+                        ev => {
+                            let k = self.node(ev, sp, depth + 1)?;
+                            let (ev, sp) = self.next()?;
+                            let v = self.node(ev, sp, depth + 1)?;
+                            entries.push((k, v));
+                        }
+                    }
+                }
+                Kind::Map { flow, entries }
+            }
+            other => {
+                return Err(RewriteError::Yaml {
+                    line: node.line,
+                    column: node.col + 1,
+                    message: format!("unexpected {other:?}"),
+                })
+            }
+        };
+        Ok(node)
+    }
+}
+
+struct Edit {
+    start: usize,
+    end: usize,
+    text: String,
+}
+
+struct Ctx<'r, 's> {
+    rules: &'r Rules,
+    pin: Option<&'r PinFn<'r>>,
+    src: &'s Source<'s>,
+    edits: Vec<Edit>,
+}
+
+impl Ctx<'_, '_> {
+    fn object(&mut self, obj: &Node) -> Result<(), RewriteError> {
+        let kind = obj.get("kind").and_then(Node::str).unwrap_or("");
+        if is_list_kind(kind) {
+            if let Some(Node {
+                kind: Kind::Seq { items, .. },
+                ..
+            }) = obj.get("items")
+            {
+                for item in items {
+                    self.object(item)?;
+                }
+            }
+            return Ok(());
+        }
+        let spec = match pod_spec_path(kind) {
+            Some(path) => obj.path(path),
+            None => obj.path(FALLBACK_POD_SPEC_PATH).filter(|s| {
+                matches!(
+                    s.get("containers"),
+                    Some(Node {
+                        kind: Kind::Seq { .. },
+                        ..
+                    })
+                )
+            }),
+        };
+        match spec {
+            Some(
+                spec @ Node {
+                    kind: Kind::Map { .. },
+                    ..
+                },
+            ) => self.pod_spec(spec),
+            _ => Ok(()),
+        }
+    }
+
+    fn pod_spec(&mut self, spec: &Node) -> Result<(), RewriteError> {
+        let mut targeted = false;
+        for key in CONTAINER_KEYS {
+            let Some(Node {
+                kind: Kind::Seq { items, .. },
+                ..
+            }) = spec.get(key)
+            else {
+                continue;
+            };
+            for container in items {
+                if let Some(image) = container.get("image") {
+                    targeted |= self.image(image)?;
+                }
+            }
+        }
+        if targeted {
+            if let Some(secret) = &self.rules.pull_secret {
+                self.pull_secret(spec, secret)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites one `image:` scalar; true when the image now points at the target.
+    fn image(&mut self, node: &Node) -> Result<bool, RewriteError> {
+        let Kind::Scalar { value, style } = &node.kind else {
+            return Ok(false);
+        };
+        let (mut new, upstream) = match self.rules.decide(value.trim()) {
+            Decision::Foreign => return Ok(false),
+            Decision::AlreadyTargeted => return Ok(true),
+            Decision::Rewrite { new, upstream } => (new, upstream),
+        };
+        if let (Some(pin), None) = (self.pin, &upstream.digest) {
+            let digest = pin(&upstream)
+                .and_then(|d| validate_digest(&d).map(|()| d).map_err(|e| e.to_string()))
+                .map_err(|reason| RewriteError::Pin {
+                    image: value.clone(),
+                    line: node.line,
+                    reason,
+                })?;
+            new.push('@');
+            new.push_str(&digest);
+        }
+        let start = self.src.content_start(node.start).min(node.end);
+        let original = &self.src.text[start..node.end.max(start)];
+        let unsupported = |reason: &str| RewriteError::Unsupported {
+            line: node.line,
+            column: node.col + 1,
+            reason: reason.to_string(),
+        };
+        // Check the span really is the scalar before overwriting it: a wrong
+        // offset would silently corrupt the manifest.
+        let text = match style {
+            ScalarStyle::Plain if original == value => new,
+            ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => {
+                let q = if *style == ScalarStyle::SingleQuoted {
+                    '\''
+                } else {
+                    '"'
+                };
+                if original.len() < 2 || !original.starts_with(q) || !original.ends_with(q) {
+                    return Err(unsupported(
+                        "quoted image does not end with its closing quote",
+                    ));
+                }
+                format!("{q}{new}{q}")
+            }
+            ScalarStyle::Plain => {
+                return Err(unsupported(
+                    "plain image spans more than one line or holds a comment",
+                ))
+            }
+            _ => return Err(unsupported("block scalar image")),
+        };
+        self.edits.push(Edit {
+            start,
+            end: node.end,
+            text,
+        });
+        Ok(true)
+    }
+
+    fn pull_secret(&mut self, spec: &Node, secret: &str) -> Result<(), RewriteError> {
+        let Kind::Map { flow, entries } = &spec.kind else {
+            return Ok(());
+        };
+        let flow_item = format!("{{name: {}}}", yaml_plain_or_quoted(secret));
+        match spec.entry("imagePullSecrets") {
+            Some((
+                _,
+                list @ Node {
+                    kind: Kind::Seq { flow, items },
+                    ..
+                },
+            )) => {
+                let present = items
+                    .iter()
+                    .any(|i| i.get("name").and_then(Node::str) == Some(secret));
+                if present {
+                    return Ok(());
+                }
+                let mut open = self.src.content_start(list.start);
+                if !*flow {
+                    open = self.src.dash_before(open);
+                }
+                if *flow {
+                    match items.last() {
+                        Some(last) => self.insert(last.end, format!(", {flow_item}")),
+                        None => self.insert(open + 1, flow_item),
+                    }
+                } else {
+                    let text = format!(
+                        "- name: {}{}{}",
+                        yaml_plain_or_quoted(secret),
+                        self.src.newline,
+                        " ".repeat(self.src.column(open))
+                    );
+                    self.insert(open, text);
+                }
+            }
+            Some((key, value)) if value.is_null() => {
+                let text = format!("[{flow_item}]");
+                if value.end > value.start {
+                    self.edits.push(Edit {
+                        start: value.start,
+                        end: value.end,
+                        text,
+                    });
+                } else {
+                    let colon = self.src.text[key.end..]
+                        .find(':')
+                        .map(|i| key.end + i + 1)
+                        .ok_or_else(|| RewriteError::Unsupported {
+                            line: key.line,
+                            column: key.col + 1,
+                            reason: "imagePullSecrets without ':'".into(),
+                        })?;
+                    self.insert(colon, format!(" {text}"));
+                }
+            }
+            // Anything else is not a valid pod spec; leave it for the API server to reject.
+            Some(_) => {}
+            None if *flow => match entries.first() {
+                Some((k, _)) => self.insert(k.start, format!("imagePullSecrets: [{flow_item}], ")),
+                None => self.insert(
+                    self.src.content_start(spec.start) + 1,
+                    format!("imagePullSecrets: [{flow_item}]"),
+                ),
+            },
+            None => {
+                let Some((first, _)) = entries.first() else {
+                    return Ok(());
+                };
+                let nl = self.src.newline;
+                let pad = " ".repeat(first.col);
+                let dash = format!(
+                    "{}- name: {}",
+                    " ".repeat(self.seq_indent(spec)),
+                    yaml_plain_or_quoted(secret)
+                );
+                let at = self.line_insertion_point(first);
+                let text = if at == first.start {
+                    format!("imagePullSecrets:{nl}{pad}{dash}{nl}{pad}")
+                } else {
+                    format!("{pad}imagePullSecrets:{nl}{pad}{dash}{nl}")
+                };
+                self.insert(at, text);
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a new key goes in front of `first`: at the start of its line (and above
+    /// any comment lines directly above it, which belong to that key) when nothing
+    /// else precedes it on the line; otherwise (`- containers:`) right at the key.
+    fn line_insertion_point(&self, first: &Node) -> usize {
+        let text = self.src.text;
+        let line_start = text[..first.start].rfind('\n').map_or(0, |i| i + 1);
+        if !text[line_start..first.start].bytes().all(|b| b == b' ') {
+            return first.start;
+        }
+        let mut at = line_start;
+        while at > 0 {
+            let prev_start = text[..at - 1].rfind('\n').map_or(0, |i| i + 1);
+            let prev = text[prev_start..at - 1].trim_end_matches('\r');
+            let indent = prev.len() - prev.trim_start_matches(' ').len();
+            if indent == first.col && prev[indent..].starts_with('#') {
+                at = prev_start;
+            } else {
+                break;
+            }
+        }
+        at
+    }
+
+    /// How far the sibling container lists indent their `-` past their key, so an
+    /// added `imagePullSecrets` list looks like its neighbours (kubectl writes 0, most
+    /// charts 2).
+    fn seq_indent(&self, spec: &Node) -> usize {
+        for key in CONTAINER_KEYS {
+            if let Some((
+                k,
+                v @ Node {
+                    kind: Kind::Seq { flow: false, .. },
+                    ..
+                },
+            )) = spec.entry(key)
+            {
+                let dash = self.src.dash_before(self.src.content_start(v.start));
+                return self.src.column(dash).saturating_sub(k.col);
+            }
+        }
+        2
+    }
+
+    fn insert(&mut self, at: usize, text: String) {
+        self.edits.push(Edit {
+            start: at,
+            end: at,
+            text,
+        });
+    }
+
+    fn apply(mut self) -> Result<String, RewriteError> {
+        // Two inserts at one offset keep the order they were made in.
+        self.edits.sort_by_key(|e| (e.start, e.end));
+        // The same node reached twice (one anchored spec under two paths) yields
+        // identical edits; only conflicting ones are an error.
+        self.edits.dedup_by(|a, b| {
+            a.start == b.start && a.end == b.end && a.text == b.text && a.end > a.start
+        });
+        let text = self.src.text;
+        let mut out = String::with_capacity(text.len() + 64 * self.edits.len());
+        let mut pos = 0;
+        for e in &self.edits {
+            if e.start < pos
+                || e.end < e.start
+                || !text.is_char_boundary(e.start)
+                || !text.is_char_boundary(e.end)
+            {
+                return Err(RewriteError::Unsupported {
+                    line: 0,
+                    column: 0,
+                    reason: "overlapping edits (aliases or merge keys?)".into(),
+                });
+            }
+            out.push_str(&text[pos..e.start]);
+            out.push_str(&e.text);
+            pos = e.end;
+        }
+        out.push_str(&text[pos..]);
+        Ok(out)
+    }
+}
+
+/// Secret names are DNS labels, safe as plain scalars; anything else is quoted.
+fn yaml_plain_or_quoted(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !matches!(
+            s,
+            "null" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n"
+        )
+        && s.parse::<f64>().is_err();
+    if plain {
+        s.to_string()
+    } else {
+        serde_json::Value::String(s.to_string()).to_string()
+    }
+}

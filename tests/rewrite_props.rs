@@ -1,0 +1,250 @@
+//! Property-style tests of `rewrite_yaml` over generated manifests (seeded, no extra crates): idempotence, byte-identity without matches, valid output; plus error cases.
+
+use berth::rewrite::{rewrite_yaml, ImageRef, RewriteError, Rules};
+
+fn rules() -> Rules {
+    Rules {
+        hostname: "images.acme.test".into(),
+        app: "acme".into(),
+        upstream_hosts: vec![
+            "quay.io".into(),
+            "docker.io".into(),
+            "registry.example.com:5000".into(),
+        ],
+        pull_secret: Some("berth-pull".into()),
+        all: false,
+        registry: None,
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: deterministic, good enough to shuffle manifest shapes.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[(self.next() % xs.len() as u64) as usize]
+    }
+    fn chance(&mut self, pct: u64) -> bool {
+        self.next() % 100 < pct
+    }
+}
+
+const OURS: &[&str] = &[
+    "quay.io/acme/api:1.2",
+    "redis",
+    "library/redis:7",
+    "docker.io/bitnami/redis:7.2",
+    "registry.example.com:5000/team/app:1",
+    "quay.io/acme/api@sha256:4a5b8e5e3f3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e",
+    "images.acme.test/proxy/acme/quay.io/acme/x:1",
+];
+const FOREIGN: &[&str] = &[
+    "ghcr.io/other/tool:1",
+    "registry.k8s.io/pause:3.9",
+    "gcr.io/distroless/static:nonroot",
+    "registry.example.com:6000/team/app:1",
+    "Not/A Valid:Ref",
+];
+
+/// One generated document and whether it references any of our images.
+fn document(rng: &mut Rng, foreign_only: bool) -> String {
+    let ind = *rng.pick(&[2usize, 4]);
+    let dash = *rng.pick(&[0usize, 2]);
+    let pad = |n: usize| " ".repeat(n * ind);
+    let (kind, prefix): (&str, &[&str]) = *rng.pick(&[
+        ("Pod", &["spec"][..]),
+        ("Deployment", &["spec", "template", "spec"][..]),
+        ("StatefulSet", &["spec", "template", "spec"][..]),
+        ("Job", &["spec", "template", "spec"][..]),
+        (
+            "CronJob",
+            &["spec", "jobTemplate", "spec", "template", "spec"][..],
+        ),
+        ("ConfigMap", &["data"][..]),
+    ]);
+    let mut out = String::new();
+    if rng.chance(50) {
+        out.push_str("# Source: chart/templates/thing.yaml\n");
+    }
+    out.push_str(&format!(
+        "apiVersion: v1\nkind: {kind}\nmetadata:\n{}name: x-é\n",
+        pad(1)
+    ));
+    for (depth, key) in prefix.iter().enumerate() {
+        out.push_str(&format!("{}{key}:\n", pad(depth)));
+        if rng.chance(15) {
+            out.push_str(&format!("{}# a comment about {key}\n", pad(depth + 1)));
+        }
+    }
+    let d = prefix.len();
+    let p = pad(d);
+    match rng.next() % 5 {
+        0 => out.push_str(&format!(
+            "{p}imagePullSecrets:\n{p}{}- name: legacy\n",
+            " ".repeat(dash)
+        )),
+        1 => out.push_str(&format!("{p}imagePullSecrets: [{{name: berth-pull}}]\n")),
+        2 => out.push_str(&format!("{p}imagePullSecrets: []\n")),
+        _ => {}
+    }
+    out.push_str(&format!("{p}restartPolicy: Never\n"));
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        if list != "containers" && rng.chance(60) {
+            continue;
+        }
+        out.push_str(&format!("{p}{list}:\n"));
+        for i in 0..=(rng.next() % 3) {
+            let image = if foreign_only || rng.chance(30) {
+                *rng.pick(FOREIGN)
+            } else {
+                *rng.pick(OURS)
+            };
+            let quoted = match rng.next() % 3 {
+                0 => format!("\"{image}\""),
+                1 => format!("'{image}'"),
+                _ if image.contains(' ') => format!("'{image}'"),
+                _ => image.to_string(),
+            };
+            let comment = if rng.chance(20) { "  # why not" } else { "" };
+            let dp = format!("{p}{}", " ".repeat(dash));
+            if rng.chance(15) {
+                out.push_str(&format!("{dp}- {{name: c{i}, image: {quoted}}}{comment}\n"));
+            } else {
+                out.push_str(&format!(
+                    "{dp}- name: c{i}\n{dp}  image: {quoted}{comment}\n"
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn stream(rng: &mut Rng, foreign_only: bool) -> String {
+    let n = 1 + rng.next() % 3;
+    let mut s = String::new();
+    for i in 0..n {
+        if i > 0 || rng.chance(50) {
+            s.push_str("---\n");
+        }
+        s.push_str(&document(rng, foreign_only));
+    }
+    if rng.chance(20) {
+        s = s.replace('\n', "\r\n");
+    }
+    s
+}
+
+#[test]
+fn rewriting_is_idempotent_and_keeps_valid_yaml() {
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let r = rules();
+    for case in 0..400 {
+        let input = stream(&mut rng, false);
+        let once =
+            rewrite_yaml(&r, &input, None).unwrap_or_else(|e| panic!("case {case}: {e}\n{input}"));
+        let twice =
+            rewrite_yaml(&r, &once, None).unwrap_or_else(|e| panic!("case {case}: {e}\n{once}"));
+        assert_eq!(once, twice, "case {case} not idempotent; input:\n{input}");
+        let docs = serde_yaml_ng::Deserializer::from_str(&once).count();
+        for d in serde_yaml_ng::Deserializer::from_str(&once) {
+            let v: Result<serde_yaml_ng::Value, _> = serde::Deserialize::deserialize(d);
+            assert!(v.is_ok(), "case {case}: output is not YAML: {v:?}\n{once}");
+        }
+        assert_eq!(
+            docs,
+            serde_yaml_ng::Deserializer::from_str(&input).count(),
+            "case {case}"
+        );
+        if !input.contains("kind: ConfigMap") {
+            assert!(
+                !once.contains("image: quay.io/"),
+                "case {case}: left an upstream image\n{once}"
+            );
+        }
+        if once.contains("\r\n") {
+            assert!(
+                !once.replace("\r\n", "").contains('\n'),
+                "case {case}: mixed newlines"
+            );
+        }
+    }
+}
+
+#[test]
+fn documents_without_our_images_are_byte_identical() {
+    let mut rng = Rng(0x0dd_ba11);
+    let r = rules();
+    for case in 0..300 {
+        let input = stream(&mut rng, true);
+        let out = rewrite_yaml(&r, &input, None).unwrap_or_else(|e| panic!("case {case}: {e}"));
+        assert_eq!(out, input, "case {case}");
+    }
+}
+
+#[test]
+fn malformed_yaml_reports_line_and_column() {
+    let input = "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - image: \"quay.io/acme/a:1\n";
+    match rewrite_yaml(&rules(), input, None) {
+        Err(RewriteError::Yaml { line, column, .. }) => {
+            assert!(line >= 5 && column >= 1, "line {line} column {column}");
+        }
+        other => panic!("expected a YAML error, got {other:?}"),
+    }
+    let input = "kind: Pod\nspec: {containers: [\n";
+    assert!(matches!(
+        rewrite_yaml(&rules(), input, None),
+        Err(RewriteError::Yaml { .. })
+    ));
+    let input = "a: b\n c: d\n  - e\n";
+    let err = rewrite_yaml(&rules(), input, None).err();
+    assert!(
+        matches!(err, Some(RewriteError::Yaml { line: 2.., .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn pin_failure_produces_no_output() {
+    let input = "kind: Pod\nspec:\n  containers:\n  - image: quay.io/acme/a:1\n";
+    let fail = |_: &ImageRef| -> Result<String, String> { Err("manifest unknown".into()) };
+    let err = rewrite_yaml(&rules(), input, Some(&fail));
+    assert!(
+        matches!(&err, Err(RewriteError::Pin { line: 4, .. })),
+        "{err:?}"
+    );
+    let junk = |_: &ImageRef| -> Result<String, String> { Ok("sha256:nothex".into()) };
+    assert!(matches!(
+        rewrite_yaml(&rules(), input, Some(&junk)),
+        Err(RewriteError::Pin { .. })
+    ));
+    let seen = std::cell::RefCell::new(Vec::new());
+    let ok = |r: &ImageRef| -> Result<String, String> {
+        seen.borrow_mut().push(r.to_string());
+        Ok(format!("sha256:{}", "b".repeat(64)))
+    };
+    let out = rewrite_yaml(&rules(), input, Some(&ok)).unwrap_or_default();
+    assert!(
+        out.contains(&format!(
+            "image: images.acme.test/proxy/acme/quay.io/acme/a:1@sha256:{}",
+            "b".repeat(64)
+        )),
+        "{out}"
+    );
+    assert_eq!(seen.borrow().as_slice(), ["quay.io/acme/a:1"]);
+}
+
+#[test]
+fn non_ascii_before_an_image_keeps_offsets_right() {
+    let input = "# café ☕ ünïcode\nkind: Pod\nmetadata: {name: \"ß\"}\nspec:\n  containers:\n  - name: ☃\n    image: redis # ☃\n";
+    let out = rewrite_yaml(&rules(), input, None).unwrap_or_default();
+    assert_eq!(
+        out,
+        "# café ☕ ünïcode\nkind: Pod\nmetadata: {name: \"ß\"}\nspec:\n  imagePullSecrets:\n  - name: berth-pull\n  containers:\n  - name: ☃\n    image: images.acme.test/proxy/acme/docker.io/library/redis # ☃\n"
+    );
+}
