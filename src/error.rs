@@ -33,10 +33,29 @@ pub enum Error {
     /// `reason` is written for operators and clients alike: it never carries a secret.
     #[error("upstream {upstream} failed: {reason}")]
     Upstream { upstream: String, reason: String },
+    /// The upstream could not be reached or is failing (connect error, 5xx): the cases
+    /// where a cached answer may stand in.
+    #[error("upstream {upstream} unavailable: {reason}")]
+    UpstreamUnavailable { upstream: String, reason: String },
     #[error("upstream {upstream} timed out after {after:?}")]
     UpstreamTimeout { upstream: String, after: Duration },
+    #[error("not in the cache and the cache is offline: {0}")]
+    Offline(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl Error {
+    /// Failures that say nothing about the content, only that the upstream cannot answer
+    /// now: stale-if-error applies to these.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::UpstreamUnavailable { .. }
+                | Error::UpstreamTimeout { .. }
+                | Error::TooManyRequests { .. }
+        )
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

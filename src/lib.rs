@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod oci;
@@ -25,11 +26,8 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("cache.dir: cannot create {path}: {source}")]
-    CacheDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Cache(#[from] cache::OpenError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -39,10 +37,6 @@ pub enum StartError {
 pub async fn run(config: Config) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
 
-    std::fs::create_dir_all(&config.cache.dir).map_err(|source| StartError::CacheDir {
-        path: config.cache.dir.clone(),
-        source,
-    })?;
     let tls = if config.server.tls.is_empty() {
         None
     } else {
@@ -53,7 +47,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let grace = config.server.shutdown_timeout;
-    let api = Arc::new(api::Api::new(config));
+    let api = Arc::new(api::Api::new(config)?);
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     tracing::info!(
@@ -89,6 +83,9 @@ fn reload(api: &api::Api) {
     };
     match Config::load(&path) {
         Ok(new) => {
+            if new.cache.dir != current.cache.dir {
+                tracing::warn!("cache.dir changed: takes effect after a restart");
+            }
             if new.server.listen != current.server.listen {
                 tracing::warn!("server.listen changed: takes effect after a restart");
             }

@@ -27,6 +27,33 @@ pub fn from_incoming(body: hyper::body::Incoming) -> Body {
     body.map_err(|e| Box::new(e) as BoxError).boxed()
 }
 
+/// A body fed by a channel of chunks: the shape every streamed blob takes (from the
+/// upstream via a fill, or from disk). An `Err` item aborts the response.
+pub fn from_channel(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> Body {
+    ChannelBody { rx }.boxed()
+}
+
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// What the access log line says about a request besides the body's own numbers.
 pub struct LogLine {
     pub method: String,

@@ -21,7 +21,10 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
         Error::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
         Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
-        Error::Upstream { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        Error::Upstream { .. } | Error::UpstreamUnavailable { .. } => {
+            (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
+        }
+        Error::Offline(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         Error::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
     }
@@ -36,7 +39,10 @@ pub fn response(err: &Error) -> Response<Body> {
         e => e.to_string(),
     };
     let mut entry = serde_json::json!({ "code": code, "message": message });
-    if let Error::Upstream { upstream, .. } | Error::UpstreamTimeout { upstream, .. } = err {
+    if let Error::Upstream { upstream, .. }
+    | Error::UpstreamUnavailable { upstream, .. }
+    | Error::UpstreamTimeout { upstream, .. } = err
+    {
         entry["detail"] = serde_json::json!({ "upstream": upstream });
     }
     let body = serde_json::to_vec(&serde_json::json!({ "errors": [entry] }))

@@ -21,7 +21,7 @@ use crate::config::{Config, Live};
 use crate::error::Error;
 use crate::registry::{ByteRange, Fetched, Registry, Target};
 use body::{Body, LogLine, Logged};
-use route::{Reference, RepoPath, Route};
+use route::{RepoPath, Route};
 
 pub struct Api {
     pub config: Live,
@@ -29,11 +29,15 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(config: Config) -> Api {
-        Api {
+    /// Opens the cache and builds the service; call inside the runtime (eviction runs as a
+    /// background task).
+    pub fn new(config: Config) -> Result<Api, crate::cache::OpenError> {
+        let cache = crate::cache::Cache::open(&config.cache)?;
+        cache.start_evictor();
+        Ok(Api {
             config: Live::new(config),
-            registry: Registry::new(),
-        }
+            registry: Registry::new(cache),
+        })
     }
 
     /// Serves one request; never fails (errors become OCI error responses).
@@ -51,9 +55,7 @@ impl Api {
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
-                if let Error::Upstream { .. } | Error::UpstreamTimeout { .. } | Error::Internal(_) =
-                    e
-                {
+                if e.is_transient() || matches!(e, Error::Upstream { .. } | Error::Internal(_)) {
                     tracing::warn!(path = %path, error = %e, "request failed");
                 }
                 let mut r = error::response(&e);
@@ -124,13 +126,9 @@ impl Api {
             Route::Manifest { repo, reference } => {
                 let target = resolve(config, license, &repo)?;
                 let accept = joined_header(req.headers(), ACCEPT);
-                let (text, expected) = match &reference {
-                    Reference::Tag(t) => (t.clone(), None),
-                    Reference::Digest(d) => (d.to_string(), Some(d)),
-                };
                 let f = self
                     .registry
-                    .manifest(&target, &text, expected, accept.as_deref(), head)
+                    .manifest(&target, &reference, accept.as_deref(), head)
                     .await?;
                 Ok(fetched_response(f))
             }
@@ -190,6 +188,8 @@ fn resolve(
         upstream: upstream.clone(),
         repository: repo.repository.clone(),
         public_name: repo.name(),
+        tag_ttl: config.cache.tag_ttl,
+        offline: config.cache.offline,
     })
 }
 

@@ -68,6 +68,10 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawCache {
     dir: PathBuf,
+    max_size: Option<String>,
+    tag_ttl: Option<String>,
+    #[serde(default)]
+    offline: bool,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +159,12 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub dir: PathBuf,
+    /// Cap on cached blob bytes; least recently used blobs go first. `None`: unbounded.
+    pub max_size: Option<u64>,
+    /// How long a tag → digest answer is trusted before it is revalidated with a HEAD.
+    pub tag_ttl: Duration,
+    /// Serve from the cache only; never contact an upstream.
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -571,12 +581,50 @@ fn validate(
         },
         cache: CacheConfig {
             dir: resolve_path(base, &raw.cache.dir),
+            max_size: match &raw.cache.max_size {
+                Some(s) => Some(parse_size(s).map_err(|m| ConfigError::new("cache.max_size", m))?),
+                None => None,
+            },
+            tag_ttl: match &raw.cache.tag_ttl {
+                Some(s) => parse_duration("cache.tag_ttl", s)?,
+                None => Duration::from_secs(300),
+            },
+            offline: raw.cache.offline,
         },
         upstreams,
         apps,
         licenses: Licenses(licenses),
         source: None,
     })
+}
+
+/// Parses `50GiB`, `512MiB`, `10GB`, `1048576` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (e.g. 50GiB, 500MB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size {s:?} out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 /// Splits an upstream URL into a normalized base (`scheme://authority[/prefix]`) and the
@@ -729,6 +777,16 @@ licenses:
         );
         assert!(interpolate("k", "${A", &e).is_err());
         assert!(interpolate("k", "${}", &e).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("50GiB").unwrap(), 50 << 30);
+        assert_eq!(parse_size("1.5 MB").unwrap(), 1_500_000);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("ten gigs").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5XB").is_err());
     }
 
     #[test]

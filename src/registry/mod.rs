@@ -5,6 +5,7 @@
 mod verify;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, RANGE, RETRY_AFTER};
@@ -13,8 +14,12 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::api::body::{self, Body};
+use crate::api::route::Reference;
+use crate::cache::manifest::{self, StoredManifest};
+use crate::cache::{blob, Begin, Cache, FillKey, Source, Stats, TagEntry, TagKey};
 use crate::config::Upstream;
 use crate::error::{Error, Result};
+use crate::oci::digest::Algorithm;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
 use crate::upstream::{self, UpstreamError};
 
@@ -25,18 +30,27 @@ const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// The repository a request is about, resolved to its upstream.
+/// The repository a request is about, resolved to its upstream, with the cache policy in
+/// force for this request.
 pub struct Target {
     pub upstream: Arc<Upstream>,
     /// The repository on the upstream (`acme/api`).
     pub repository: String,
     /// The name the customer uses (`proxy/acme/quay.io/acme/api`), for links and bodies.
     pub public_name: String,
+    pub tag_ttl: Duration,
+    pub offline: bool,
 }
 
 impl Target {
     fn scope(&self) -> String {
         format!("repository:{}:pull", self.repository)
+    }
+
+    fn linked(&self, cache: &Cache, digest: &str) -> bool {
+        cache
+            .links
+            .contains(&self.upstream.name, &self.repository, digest)
     }
 }
 
@@ -83,6 +97,22 @@ impl ByteRange {
         }
     }
 
+    /// The half-open byte interval this range selects in a blob of `size` bytes, or `None`
+    /// when it selects nothing (416).
+    pub fn resolve(&self, size: u64) -> Option<(u64, u64)> {
+        match *self {
+            ByteRange::From { start, end } => {
+                if start >= size {
+                    return None;
+                }
+                let end = end.map_or(size, |e| e.saturating_add(1).min(size));
+                Some((start, end))
+            }
+            ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(n) => Some((size.saturating_sub(n), size)),
+        }
+    }
+
     pub fn header_value(&self) -> String {
         match self {
             ByteRange::From { start, end: None } => format!("bytes={start}-"),
@@ -108,24 +138,24 @@ pub struct Fetched {
 }
 
 pub struct Registry {
-    upstream: upstream::Client,
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Self::new()
-    }
+    upstream: Arc<upstream::Client>,
+    cache: Arc<Cache>,
 }
 
 impl Registry {
-    pub fn new() -> Registry {
+    pub fn new(cache: Cache) -> Registry {
         Registry {
-            upstream: upstream::Client::new(),
+            upstream: Arc::new(upstream::Client::new()),
+            cache: Arc::new(cache),
         }
     }
 
     pub fn upstream_client(&self) -> &upstream::Client {
         &self.upstream
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     async fn fetch(
@@ -150,80 +180,393 @@ impl Registry {
     }
 
     /// Fetches a manifest by tag or digest. `accept` is the client's `Accept`, forwarded so
-    /// the upstream picks the same representation it would give the client directly.
+    /// the upstream picks the representation it would give the client directly.
     pub async fn manifest(
+        &self,
+        t: &Target,
+        reference: &Reference,
+        accept: Option<&str>,
+        head: bool,
+    ) -> Result<Fetched> {
+        let accept = accept
+            .filter(|a| !a.trim().is_empty())
+            .unwrap_or(DEFAULT_MANIFEST_ACCEPT);
+        match reference {
+            Reference::Digest(d) => self.manifest_by_digest(t, d, accept, head).await,
+            Reference::Tag(tag) => self.manifest_by_tag(t, tag, accept, head).await,
+        }
+    }
+
+    /// Manifests by digest are immutable: once cached (and linked to this repository)
+    /// they are served without asking the upstream again.
+    async fn manifest_by_digest(
+        &self,
+        t: &Target,
+        d: &Digest,
+        accept: &str,
+        head: bool,
+    ) -> Result<Fetched> {
+        let ds = d.to_string();
+        if t.linked(&self.cache, &ds) {
+            if let Some(m) = self.cache.manifests.get(d).await {
+                Stats::bump(&self.cache.stats.manifest_hits);
+                return Ok(stored_manifest(&m, ds, head));
+            }
+        }
+        if t.offline {
+            return Err(Error::Offline(format!("{}@{ds}", t.public_name)));
+        }
+        Stats::bump(&self.cache.stats.manifest_misses);
+        if head {
+            return self.head_manifest(t, &ds, Some(d), accept).await;
+        }
+        let (bytes, media_type) = self.get_manifest(t, &ds, Some(d), accept).await?;
+        self.store_manifest(t, d, &bytes, &media_type).await;
+        Ok(manifest_fetched(bytes, media_type, ds, false))
+    }
+
+    /// Tags move: the tag → digest answer is trusted for `tag_ttl`, then revalidated with a
+    /// HEAD (free on Docker Hub) and fetched again only when the digest changed. When the
+    /// upstream is down or rate-limited, the last known answer is served.
+    async fn manifest_by_tag(
+        &self,
+        t: &Target,
+        tag: &str,
+        accept: &str,
+        head: bool,
+    ) -> Result<Fetched> {
+        let key = TagKey::new(&t.upstream.name, &t.repository, tag, accept);
+        let mut cached = None;
+        if let Some(e) = self.cache.tags.get(&key).await {
+            if let Ok(d) = e.digest.parse::<Digest>() {
+                if let Some(m) = self.cache.manifests.get(&d).await {
+                    cached = Some((e, m));
+                }
+            }
+        }
+        let what = format!("{}:{tag}", t.public_name);
+        if let Some((e, m)) = &cached {
+            if t.offline || e.age(SystemTime::now()) < t.tag_ttl {
+                Stats::bump(&self.cache.stats.manifest_hits);
+                return Ok(stored_manifest(m, e.digest.clone(), head));
+            }
+            match self.head_manifest(t, tag, None, accept).await {
+                Ok(f) if f.digest.as_deref() == Some(e.digest.as_str()) => {
+                    let mut fresh = e.clone();
+                    fresh.checked = manifest::now_secs();
+                    self.cache.tags.put(&key, fresh).await;
+                    Stats::bump(&self.cache.stats.manifest_hits);
+                    return Ok(stored_manifest(m, e.digest.clone(), head));
+                }
+                Ok(_) => {}
+                Err(err) if err.is_transient() => {
+                    return Ok(self.stale(t, &what, &err, m, &e.digest, head));
+                }
+                Err(err @ Error::ManifestUnknown(_)) => {
+                    self.cache.tags.remove(&key).await;
+                    return Err(err);
+                }
+                Err(err) => return Err(err),
+            }
+        } else if t.offline {
+            return Err(Error::Offline(what));
+        }
+        Stats::bump(&self.cache.stats.manifest_misses);
+        if head && cached.is_none() {
+            return self.head_manifest(t, tag, None, accept).await;
+        }
+        match self.get_manifest(t, tag, None, accept).await {
+            Ok((bytes, media_type)) => {
+                let d = Digest::sha256_of(&bytes);
+                self.store_manifest(t, &d, &bytes, &media_type).await;
+                self.cache
+                    .tags
+                    .put(
+                        &key,
+                        TagEntry {
+                            digest: d.to_string(),
+                            media_type: media_type.clone(),
+                            length: bytes.len() as u64,
+                            checked: manifest::now_secs(),
+                        },
+                    )
+                    .await;
+                Ok(manifest_fetched(bytes, media_type, d.to_string(), head))
+            }
+            Err(err) if err.is_transient() => match &cached {
+                Some((e, m)) => Ok(self.stale(t, &what, &err, m, &e.digest, head)),
+                None => Err(err),
+            },
+            Err(err) => Err(err),
+        }
+    }
+
+    fn stale(
+        &self,
+        t: &Target,
+        what: &str,
+        err: &Error,
+        m: &StoredManifest,
+        digest: &str,
+        head: bool,
+    ) -> Fetched {
+        Stats::bump(&self.cache.stats.stale_serves);
+        tracing::warn!(upstream = %t.upstream.name, image = %what, error = %err,
+            "upstream unavailable: serving the last known manifest");
+        stored_manifest(m, digest.to_string(), head)
+    }
+
+    async fn store_manifest(&self, t: &Target, d: &Digest, bytes: &Bytes, media_type: &str) {
+        if d.algorithm() != Algorithm::Sha256 {
+            return;
+        }
+        if let Err(e) = self.cache.manifests.put(d, bytes.clone(), media_type).await {
+            tracing::warn!(error = %e, digest = %d, "cannot cache a manifest");
+            return;
+        }
+        let ds = d.to_string();
+        let children = manifest::referenced_digests(bytes);
+        self.cache.links.add(
+            &t.upstream.name,
+            &t.repository,
+            std::iter::once(ds.as_str()).chain(children.iter().map(String::as_str)),
+        );
+    }
+
+    async fn head_manifest(
         &self,
         t: &Target,
         reference: &str,
         expected: Option<&Digest>,
-        accept: Option<&str>,
-        head: bool,
+        accept: &str,
     ) -> Result<Fetched> {
-        let mut headers = HeaderMap::new();
-        let accept = accept
-            .filter(|a| !a.trim().is_empty())
-            .unwrap_or(DEFAULT_MANIFEST_ACCEPT);
-        headers.insert(
-            ACCEPT,
-            HeaderValue::try_from(accept)
-                .map_err(|_| Error::Unsupported("invalid Accept header".into()))?,
-        );
-        let method = if head { Method::HEAD } else { Method::GET };
-        let path = format!("/v2/{}/manifests/{}", t.repository, reference);
-        let resp = self.fetch(t, method, path, None, headers).await?;
-        let what = || format!("{}:{}", t.public_name, reference);
+        let resp = self
+            .fetch(
+                t,
+                Method::HEAD,
+                format!("/v2/{}/manifests/{}", t.repository, reference),
+                None,
+                accept_header(accept)?,
+            )
+            .await?;
         if resp.status() != StatusCode::OK {
-            return Err(failure(&t.upstream, &resp, Error::ManifestUnknown(what())));
+            return Err(failure(
+                &t.upstream,
+                &resp,
+                Error::ManifestUnknown(format!("{}:{}", t.public_name, reference)),
+            ));
         }
-        let media_type = header(resp.headers(), CONTENT_TYPE);
-        let upstream_digest = header(resp.headers(), "docker-content-digest");
-        if head {
-            let length = header(resp.headers(), CONTENT_LENGTH).and_then(|l| l.parse().ok());
-            return Ok(Fetched {
-                partial: false,
-                media_type,
-                digest: upstream_digest.or_else(|| expected.map(|d| d.to_string())),
-                length,
-                content_range: None,
-                link: None,
-                body: body::empty(),
-            });
+        Ok(Fetched {
+            partial: false,
+            media_type: header(resp.headers(), CONTENT_TYPE),
+            digest: header(resp.headers(), "docker-content-digest")
+                .or_else(|| expected.map(|d| d.to_string())),
+            length: header(resp.headers(), CONTENT_LENGTH).and_then(|l| l.parse().ok()),
+            content_range: None,
+            link: None,
+            body: body::empty(),
+        })
+    }
+
+    /// GETs a manifest and checks it: by digest the bytes must hash to it.
+    async fn get_manifest(
+        &self,
+        t: &Target,
+        reference: &str,
+        expected: Option<&Digest>,
+        accept: &str,
+    ) -> Result<(Bytes, String)> {
+        let resp = self
+            .fetch(
+                t,
+                Method::GET,
+                format!("/v2/{}/manifests/{}", t.repository, reference),
+                None,
+                accept_header(accept)?,
+            )
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(failure(
+                &t.upstream,
+                &resp,
+                Error::ManifestUnknown(format!("{}:{}", t.public_name, reference)),
+            ));
         }
+        let media_type = header(resp.headers(), CONTENT_TYPE)
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        let claimed = header(resp.headers(), "docker-content-digest");
         let bytes = read_limited(&t.upstream, resp.into_body(), MAX_MANIFEST, "manifest").await?;
         let actual = Digest::sha256_of(&bytes);
         if let Some(want) = expected {
             // Only sha256 can be recomputed here; a sha512 reference is trusted as served.
-            if want.algorithm() == crate::oci::digest::Algorithm::Sha256 && *want != actual {
+            if want.algorithm() == Algorithm::Sha256 && *want != actual {
                 return Err(Error::Upstream {
                     upstream: t.upstream.name.clone(),
                     reason: format!("manifest content does not match {want}"),
                 });
             }
+        } else if claimed.as_deref().is_some_and(|c| c != actual.to_string()) {
+            tracing::warn!(upstream = %t.upstream.name, claimed = ?claimed, computed = %actual,
+                "upstream Docker-Content-Digest differs from the manifest bytes; serving the computed one");
         }
-        let digest = match expected {
-            Some(d) => d.to_string(),
-            None => actual.to_string(),
-        };
-        if let Some(claimed) = &upstream_digest {
-            if expected.is_none() && *claimed != digest {
-                tracing::warn!(upstream = %t.upstream.name, %claimed, computed = %digest,
-                    "upstream Docker-Content-Digest differs from the manifest bytes; serving the computed one");
+        Ok((bytes, media_type))
+    }
+
+    /// Serves a blob: from disk when cached and linked to this repository; otherwise one
+    /// upstream fetch fills the cache while every concurrent request for it streams along.
+    pub async fn blob(
+        &self,
+        t: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<Fetched> {
+        let ds = digest.to_string();
+        let cacheable = digest.algorithm() == Algorithm::Sha256;
+        if cacheable && self.cache.blobs.is_cached(digest) {
+            if !t.linked(&self.cache, &ds) {
+                if t.offline {
+                    return Err(Error::BlobUnknown(format!("{}@{ds}", t.public_name)));
+                }
+                // Knowing a digest is no entitlement: the upstream must confirm that this
+                // repository has the blob, with this repository's credentials.
+                self.confirm_blob(t, digest).await?;
+            }
+            if let Some((file, size, guard)) = self.cache.blobs.open(digest) {
+                Stats::bump(&self.cache.stats.blob_hits);
+                return cached_blob(Source::Cached { file, size, guard }, size, ds, range, head);
             }
         }
+        if t.offline {
+            return Err(Error::Offline(format!("{}@{ds}", t.public_name)));
+        }
+        Stats::bump(&self.cache.stats.blob_misses);
+        if head || range.is_some() || !cacheable {
+            return self.blob_pass_through(t, digest, range, head).await;
+        }
+        let key = FillKey {
+            upstream: t.upstream.name.clone(),
+            repository: t.repository.clone(),
+            digest: digest.clone(),
+        };
+        let fill = match self.cache.blobs.begin(key) {
+            Begin::PassThrough => return self.blob_pass_through(t, digest, None, false).await,
+            Begin::Follower(f) => f,
+            Begin::Leader(w) => {
+                let f = w.fill();
+                self.spawn_fill(t, digest.clone(), *w);
+                f
+            }
+        };
+        let wait = t.upstream.timeout + Duration::from_secs(5);
+        let total = blob::wait_head(&fill, wait).await?;
+        let rx = blob::read(Source::Filling(fill), 0, None, wait);
         Ok(Fetched {
             partial: false,
-            media_type,
-            digest: Some(digest),
-            length: Some(bytes.len() as u64),
+            media_type: Some("application/octet-stream".into()),
+            digest: Some(ds),
+            length: total,
             content_range: None,
             link: None,
-            body: body::full(bytes),
+            body: body::from_channel(rx),
         })
     }
 
-    /// Streams a blob (or a range of it) from the upstream. Full bodies are verified
-    /// against the digest as they pass; a mismatch cuts the client's connection.
-    pub async fn blob(
+    async fn confirm_blob(&self, t: &Target, digest: &Digest) -> Result<()> {
+        let resp = self
+            .fetch(
+                t,
+                Method::HEAD,
+                format!("/v2/{}/blobs/{}", t.repository, digest),
+                None,
+                HeaderMap::new(),
+            )
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(failure(
+                &t.upstream,
+                &resp,
+                Error::BlobUnknown(format!("{}@{}", t.public_name, digest)),
+            ));
+        }
+        self.cache.links.add(
+            &t.upstream.name,
+            &t.repository,
+            [digest.to_string().as_str()],
+        );
+        Ok(())
+    }
+
+    /// Fetches the blob in a task of its own, so a client that disconnects does not stop
+    /// the fill other clients (and the cache) are waiting for.
+    fn spawn_fill(&self, t: &Target, digest: Digest, mut w: blob::FillWriter) {
+        Stats::bump(&self.cache.stats.upstream_fills);
+        let client = self.upstream.clone();
+        let cache = self.cache.clone();
+        let up = t.upstream.clone();
+        let repository = t.repository.clone();
+        let public = t.public_name.clone();
+        let req = upstream::Request {
+            method: Method::GET,
+            path: format!("/v2/{}/blobs/{}", t.repository, digest),
+            query: None,
+            headers: HeaderMap::new(),
+            scope: t.scope(),
+        };
+        tokio::spawn(async move {
+            let resp = match client.fetch(&up, &req).await {
+                Ok(r) => r,
+                Err(e) => return w.head_failed(e.into_error(&up.name)),
+            };
+            if resp.status() != StatusCode::OK {
+                let err = failure(&up, &resp, Error::BlobUnknown(format!("{public}@{digest}")));
+                return w.head_failed(err);
+            }
+            let total = header(resp.headers(), CONTENT_LENGTH).and_then(|l| l.parse().ok());
+            w.head(total);
+            let mut body = resp.into_body();
+            loop {
+                let frame = match tokio::time::timeout(up.timeout, body.frame()).await {
+                    Err(_) => {
+                        let reason = format!("the upstream stalled for {:?}", up.timeout);
+                        tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}");
+                        return w.fail(reason);
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        let reason = format!(
+                            "the upstream connection failed: {}",
+                            upstream::error_chain(&e)
+                        );
+                        tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}");
+                        return w.fail(reason);
+                    }
+                    Ok(Some(Ok(f))) => f,
+                };
+                if let Ok(data) = frame.into_data() {
+                    if let Err(reason) = w.write(data).await {
+                        tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}");
+                        return w.fail(reason);
+                    }
+                }
+            }
+            match w.finish().await {
+                Ok(()) => {
+                    cache
+                        .links
+                        .add(&up.name, &repository, [digest.to_string().as_str()]);
+                    tracing::debug!(upstream = %up.name, %digest, "blob cached");
+                }
+                Err(reason) => {
+                    tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}")
+                }
+            }
+        });
+    }
+
+    /// Streams a blob (or a range of it) from the upstream without caching. Full bodies are
+    /// verified against the digest as they pass; a mismatch cuts the client's connection.
+    async fn blob_pass_through(
         &self,
         t: &Target,
         digest: &Digest,
@@ -392,6 +735,71 @@ impl Registry {
     }
 }
 
+fn accept_header(accept: &str) -> Result<HeaderMap> {
+    let mut h = HeaderMap::new();
+    h.insert(
+        ACCEPT,
+        HeaderValue::try_from(accept)
+            .map_err(|_| Error::Unsupported("invalid Accept header".into()))?,
+    );
+    Ok(h)
+}
+
+fn stored_manifest(m: &StoredManifest, digest: String, head: bool) -> Fetched {
+    manifest_fetched(m.bytes.clone(), m.media_type.clone(), digest, head)
+}
+
+fn manifest_fetched(bytes: Bytes, media_type: String, digest: String, head: bool) -> Fetched {
+    Fetched {
+        partial: false,
+        media_type: Some(media_type),
+        digest: Some(digest),
+        length: Some(bytes.len() as u64),
+        content_range: None,
+        link: None,
+        body: if head {
+            body::empty()
+        } else {
+            body::full(bytes)
+        },
+    }
+}
+
+/// Serves a cached blob, whole or a range of it, straight from disk.
+fn cached_blob(
+    source: Source,
+    size: u64,
+    digest: String,
+    range: Option<ByteRange>,
+    head: bool,
+) -> Result<Fetched> {
+    let (start, end) = match range {
+        None => (0, size),
+        Some(r) => r.resolve(size).ok_or(Error::RangeNotSatisfiable {
+            content_range: Some(format!("bytes */{size}")),
+        })?,
+    };
+    let body = if head {
+        body::empty()
+    } else {
+        body::from_channel(blob::read(
+            source,
+            start,
+            Some(end),
+            Duration::from_secs(60),
+        ))
+    };
+    Ok(Fetched {
+        partial: range.is_some(),
+        media_type: Some("application/octet-stream".into()),
+        digest: Some(digest),
+        length: Some(end - start),
+        content_range: range.map(|_| format!("bytes {start}-{}/{size}", end.saturating_sub(1))),
+        link: None,
+        body,
+    })
+}
+
 fn header(h: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<String> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
@@ -409,6 +817,10 @@ fn failure(up: &Upstream, resp: &http::Response<Incoming>, not_found: Error) -> 
         StatusCode::FORBIDDEN => Error::Upstream {
             upstream: up.name.clone(),
             reason: "the upstream denied berth access (403); check the upstream's credentials and permissions".into(),
+        },
+        s if s.is_server_error() => Error::UpstreamUnavailable {
+            upstream: up.name.clone(),
+            reason: format!("the upstream answered {s}"),
         },
         s => Error::Upstream {
             upstream: up.name.clone(),

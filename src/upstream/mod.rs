@@ -68,6 +68,10 @@ impl UpstreamError {
                 upstream: upstream.to_string(),
                 after,
             },
+            UpstreamError::Connect(reason) => Error::UpstreamUnavailable {
+                upstream: upstream.to_string(),
+                reason: format!("cannot connect: {reason}"),
+            },
             other => Error::Upstream {
                 upstream: upstream.to_string(),
                 reason: other.to_string(),

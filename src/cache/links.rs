@@ -1,0 +1,153 @@
+//! Which digests belong to which upstream repository. A cached blob or manifest is served
+//! to a request only when its repository is linked to it, so knowing a digest never opens
+//! another app's content. Persisted as an append-only log, replayed at startup.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+
+pub struct Links {
+    set: RwLock<HashSet<String>>,
+    log: Mutex<std::fs::File>,
+}
+
+fn key(upstream: &str, repository: &str, digest: &str) -> String {
+    format!("{upstream}\t{repository}\t{digest}")
+}
+
+impl Links {
+    /// Loads the log; a torn last line (a crash mid-append) is ignored.
+    pub fn open(path: &Path) -> std::io::Result<Links> {
+        let mut set = HashSet::new();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for line in text.lines() {
+                    if line.split('\t').count() == 3 && line.contains(":") {
+                        set.insert(line.to_string());
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Links {
+            set: RwLock::new(set),
+            log: Mutex::new(log),
+        })
+    }
+
+    pub fn contains(&self, upstream: &str, repository: &str, digest: &str) -> bool {
+        self.set
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key(upstream, repository, digest))
+    }
+
+    /// Links digests to a repository; only new links are written to the log.
+    pub fn add<'a>(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digests: impl IntoIterator<Item = &'a str>,
+    ) {
+        let mut fresh = String::new();
+        {
+            let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
+            for d in digests {
+                let k = key(upstream, repository, d);
+                if set.insert(k.clone()) {
+                    fresh.push_str(&k);
+                    fresh.push('\n');
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        // One write per batch: O_APPEND keeps concurrent batches from interleaving.
+        if let Err(e) = log.write_all(fresh.as_bytes()) {
+            tracing::warn!(error = %e, "cannot persist repository links; they hold until restart");
+        }
+    }
+
+    /// Drops every link of repositories matching `pred` (used by `cache purge`).
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) -> usize {
+        let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
+        let before = set.len();
+        set.retain(|k| {
+            let mut it = k.split('\t');
+            let (u, r) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+            keep(u, r)
+        });
+        before - set.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every digest linked anywhere (to find blobs no repository refers to any more).
+    pub fn digests(&self) -> HashSet<String> {
+        self.set
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|k| k.rsplit('\t').next().map(str::to_string))
+            .collect()
+    }
+
+    /// Rewrites the log from the in-memory set (after a purge).
+    pub fn compact(&self, path: &Path) -> std::io::Result<()> {
+        let set = self.set.read().unwrap_or_else(|e| e.into_inner());
+        let mut text = String::new();
+        for k in set.iter() {
+            text.push_str(k);
+            text.push('\n');
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+        let log = std::fs::OpenOptions::new().append(true).open(path)?;
+        *self.log.lock().unwrap_or_else(|e| e.into_inner()) = log;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persists_and_survives_a_torn_line() {
+        let dir = std::env::temp_dir().join(format!("berth-links-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("links");
+        let _ = std::fs::remove_file(&path);
+        let l = Links::open(&path).unwrap();
+        l.add("up", "acme/api", ["sha256:aa", "sha256:bb"]);
+        l.add("up", "acme/api", ["sha256:aa"]);
+        assert!(l.contains("up", "acme/api", "sha256:aa"));
+        assert!(!l.contains("up", "other/api", "sha256:aa"));
+        drop(l);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"up\tacme/x")
+            .unwrap();
+        let l = Links::open(&path).unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(l.contains("up", "acme/api", "sha256:bb"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

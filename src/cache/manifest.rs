@@ -1,0 +1,290 @@
+//! Cached manifests (by digest, immutable, byte-exact with their media type) and tag
+//! answers (tag → digest per accepted media-type set, with the time they were last
+//! confirmed by the upstream). Both live on disk and in a small memory cache.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::oci::Digest;
+
+#[derive(Debug)]
+pub struct StoredManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+}
+
+pub struct ManifestStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    mem: moka::sync::Cache<String, Arc<StoredManifest>>,
+}
+
+/// Writes a file so that readers see either nothing or the whole of it.
+pub(crate) async fn write_atomic(
+    tmp_dir: &Path,
+    dest: &Path,
+    bytes: Vec<u8>,
+) -> std::io::Result<()> {
+    let tmp = tmp_dir.join(super::temp_name());
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &dest).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+impl ManifestStore {
+    pub fn new(root: PathBuf, tmp: PathBuf) -> ManifestStore {
+        ManifestStore {
+            root,
+            tmp,
+            mem: moka::sync::Cache::builder()
+                .weigher(|_, m: &Arc<StoredManifest>| m.bytes.len().min(u32::MAX as usize) as u32)
+                .max_capacity(64 * 1024 * 1024)
+                .build(),
+        }
+    }
+
+    fn path(&self, d: &Digest) -> PathBuf {
+        self.root.join(d.hex())
+    }
+
+    pub async fn get(&self, d: &Digest) -> Option<Arc<StoredManifest>> {
+        let key = d.to_string();
+        if let Some(m) = self.mem.get(&key) {
+            return Some(m);
+        }
+        let path = self.path(d);
+        let bytes = tokio::fs::read(&path).await.ok()?;
+        let media_type = tokio::fs::read_to_string(path.with_extension("type"))
+            .await
+            .ok()?;
+        // Files are renamed in only after verification, but a re-check costs little for
+        // something this small and guards against a damaged disk.
+        if Digest::sha256_of(&bytes) != *d {
+            tracing::warn!(digest = %d, "cached manifest is damaged; ignoring it");
+            return None;
+        }
+        let m = Arc::new(StoredManifest {
+            bytes: Bytes::from(bytes),
+            media_type,
+        });
+        self.mem.insert(key, m.clone());
+        Some(m)
+    }
+
+    /// Stores a manifest whose bytes the caller has verified against `d`.
+    pub async fn put(&self, d: &Digest, bytes: Bytes, media_type: &str) -> std::io::Result<()> {
+        let path = self.path(d);
+        write_atomic(
+            &self.tmp,
+            &path.with_extension("type"),
+            media_type.as_bytes().to_vec(),
+        )
+        .await?;
+        write_atomic(&self.tmp, &path, bytes.to_vec()).await?;
+        self.mem.insert(
+            d.to_string(),
+            Arc::new(StoredManifest {
+                bytes,
+                media_type: media_type.to_string(),
+            }),
+        );
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagEntry {
+    pub digest: String,
+    pub media_type: String,
+    pub length: u64,
+    /// When the upstream last confirmed this answer (seconds since the epoch).
+    pub checked: u64,
+}
+
+impl TagEntry {
+    pub fn age(&self, now: SystemTime) -> std::time::Duration {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        std::time::Duration::from_secs(now.saturating_sub(self.checked))
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct TagKey {
+    pub upstream: String,
+    pub repository: String,
+    pub tag: String,
+    /// Short hash of the normalized Accept set: docker and OCI answers must not collide.
+    pub accept: String,
+}
+
+impl TagKey {
+    pub fn new(upstream: &str, repository: &str, tag: &str, accept: &str) -> TagKey {
+        TagKey {
+            upstream: upstream.to_string(),
+            repository: repository.to_string(),
+            tag: tag.to_string(),
+            accept: accept_key(accept),
+        }
+    }
+}
+
+/// Normalizes an Accept header to a set (order, spacing and parameters ignored) and hashes it.
+pub fn accept_key(accept: &str) -> String {
+    let mut types: Vec<String> = accept
+        .split(',')
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    types.sort();
+    types.dedup();
+    let d = Digest::sha256_of(types.join(",").as_bytes());
+    d.hex()[..16].to_string()
+}
+
+pub struct TagStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    mem: moka::sync::Cache<TagKey, TagEntry>,
+}
+
+impl TagStore {
+    pub fn new(root: PathBuf, tmp: PathBuf) -> TagStore {
+        TagStore {
+            root,
+            tmp,
+            mem: moka::sync::Cache::new(100_000),
+        }
+    }
+
+    fn path(&self, k: &TagKey) -> PathBuf {
+        // Every part was validated by the route parser (no "..", no empty components).
+        self.root
+            .join(&k.upstream)
+            .join(&k.repository)
+            .join(&k.tag)
+            .join(format!("{}.json", k.accept))
+    }
+
+    pub async fn get(&self, k: &TagKey) -> Option<TagEntry> {
+        if let Some(e) = self.mem.get(k) {
+            return Some(e);
+        }
+        let text = tokio::fs::read(self.path(k)).await.ok()?;
+        let e: TagEntry = serde_json::from_slice(&text).ok()?;
+        self.mem.insert(k.clone(), e.clone());
+        Some(e)
+    }
+
+    pub async fn put(&self, k: &TagKey, e: TagEntry) {
+        self.mem.insert(k.clone(), e.clone());
+        let bytes = match serde_json::to_vec(&e) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        if let Err(err) = write_atomic(&self.tmp, &self.path(k), bytes).await {
+            tracing::warn!(error = %err, "cannot persist a tag answer; it holds until restart");
+        }
+    }
+
+    pub async fn remove(&self, k: &TagKey) {
+        self.mem.invalidate(k);
+        let _ = tokio::fs::remove_file(self.path(k)).await;
+    }
+
+    pub fn clear_memory(&self) {
+        self.mem.invalidate_all();
+    }
+}
+
+/// The digests a manifest refers to: config and layers of an image, child manifests of an
+/// index, and its subject. Unparseable manifests refer to nothing.
+pub fn referenced_digests(bytes: &[u8]) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Desc {
+        digest: String,
+    }
+    #[derive(Deserialize)]
+    struct Any {
+        config: Option<Desc>,
+        #[serde(default)]
+        layers: Vec<Desc>,
+        #[serde(default)]
+        manifests: Vec<Desc>,
+        subject: Option<Desc>,
+        #[serde(default, rename = "fsLayers")]
+        fs_layers: Vec<V1Layer>,
+    }
+    #[derive(Deserialize)]
+    struct V1Layer {
+        #[serde(rename = "blobSum")]
+        blob_sum: String,
+    }
+    let Ok(m) = serde_json::from_slice::<Any>(bytes) else {
+        return Vec::new();
+    };
+    m.config
+        .into_iter()
+        .chain(m.layers)
+        .chain(m.manifests)
+        .chain(m.subject)
+        .map(|d| d.digest)
+        .chain(m.fs_layers.into_iter().map(|l| l.blob_sum))
+        .filter(|d| d.parse::<Digest>().is_ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_sets_are_order_insensitive() {
+        let a = accept_key("application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json");
+        let b = accept_key("application/vnd.docker.distribution.manifest.v2+json;q=0.9,application/vnd.oci.image.index.v1+json");
+        let c = accept_key("application/vnd.docker.distribution.manifest.v2+json");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn finds_children() {
+        let d1 = format!("sha256:{}", "1".repeat(64));
+        let d2 = format!("sha256:{}", "2".repeat(64));
+        let m = format!(
+            r#"{{"config":{{"digest":"{d1}"}},"layers":[{{"digest":"{d2}"}},{{"digest":"bogus"}}]}}"#
+        );
+        assert_eq!(referenced_digests(m.as_bytes()), vec![d1.clone(), d2]);
+        let i = format!(r#"{{"manifests":[{{"digest":"{d1}"}}]}}"#);
+        assert_eq!(referenced_digests(i.as_bytes()), vec![d1]);
+        assert!(referenced_digests(b"not json").is_empty());
+    }
+}

@@ -1,0 +1,149 @@
+//! The on-disk cache: blobs (content-addressed, single-flight fills, LRU eviction under a
+//! size cap), manifests and tag answers, and the repository links that keep one app from
+//! reading another's content. Storage only: it never sees an HTTP type.
+
+pub mod blob;
+pub mod index;
+pub mod links;
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::config::CacheConfig;
+
+pub use blob::{Begin, BlobStore, FillKey, Source};
+pub use index::Index;
+pub use links::Links;
+pub use manifest::{ManifestStore, TagEntry, TagKey, TagStore};
+
+/// Counters for logs and metrics.
+#[derive(Default)]
+pub struct Stats {
+    pub blob_hits: AtomicU64,
+    pub blob_misses: AtomicU64,
+    pub manifest_hits: AtomicU64,
+    pub manifest_misses: AtomicU64,
+    pub stale_serves: AtomicU64,
+    pub upstream_fills: AtomicU64,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Cache {
+    pub dir: PathBuf,
+    pub blobs: Arc<BlobStore>,
+    pub manifests: ManifestStore,
+    pub tags: TagStore,
+    pub links: Links,
+    pub stats: Stats,
+}
+
+/// A name no other temp file of this process or an earlier one can have.
+pub(crate) fn temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}-{n}.part", std::process::id())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cache.dir: {path}: {source}")]
+pub struct OpenError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Cache {
+    /// Opens (or creates) the cache: deletes temp files a crash left behind and rebuilds the
+    /// blob index from what is on disk. Only renamed-in files count, and those were verified
+    /// before the rename.
+    pub fn open(cfg: &CacheConfig) -> Result<Cache, OpenError> {
+        let dir = cfg.dir.clone();
+        let blobs_dir = dir.join("sha256");
+        let tmp = dir.join("tmp");
+        let manifests_dir = dir.join("manifests").join("sha256");
+        let tags_dir = dir.join("tags");
+        for d in [&blobs_dir, &tmp, &manifests_dir, &tags_dir] {
+            std::fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        let mut leftovers = 0;
+        for e in std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            if std::fs::remove_file(e.path()).is_ok() {
+                leftovers += 1;
+            }
+        }
+        let index = Arc::new(Index::new(cfg.max_size));
+        let mut found: Vec<(std::time::SystemTime, String, u64)> = Vec::new();
+        for e in std::fs::read_dir(&blobs_dir)
+            .map_err(io_err(&blobs_dir))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().to_string();
+            let valid = name.len() == 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            let Ok(meta) = e.metadata() else { continue };
+            if !valid || !meta.is_file() {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
+            let used = meta
+                .accessed()
+                .or_else(|_| meta.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            found.push((used, name, meta.len()));
+        }
+        // Oldest first, so recency survives a restart as well as file times allow.
+        found.sort();
+        for (_, hex, size) in &found {
+            index.insert(hex, *size, false);
+        }
+        let links_path = dir.join("links.log");
+        let links = Links::open(&links_path).map_err(io_err(&links_path))?;
+        if leftovers > 0 {
+            tracing::info!(
+                leftovers,
+                "removed unfinished cache files from an earlier run"
+            );
+        }
+        tracing::info!(
+            blobs = index.len(),
+            bytes = index.total(),
+            links = links.len(),
+            dir = %dir.display(),
+            "cache opened"
+        );
+        Ok(Cache {
+            blobs: Arc::new(BlobStore::new(blobs_dir, tmp.clone(), index)),
+            manifests: ManifestStore::new(manifests_dir, tmp.clone()),
+            tags: TagStore::new(tags_dir, tmp),
+            links,
+            stats: Stats::default(),
+            dir,
+        })
+    }
+
+    /// Starts background eviction; call from inside the runtime.
+    pub fn start_evictor(&self) {
+        let index = self.blobs.index().clone();
+        let root = self.dir.join("sha256");
+        tokio::spawn(index.run_evictor(root));
+    }
+}
