@@ -780,6 +780,14 @@ licenses:
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../config.example.yaml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.upstreams[0].host, "quay.io");
+        assert_eq!(c.cache.tag_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("50GiB").unwrap(), 50 << 30);
         assert_eq!(parse_size("1.5 MB").unwrap(), 1_500_000);

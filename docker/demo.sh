@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs berth's main job end to end on one machine: starts a private upstream registry
+# (Debian's docker-registry with a password), pushes a small image into it, starts berth in
+# front of it and pulls the image through berth with a license, as a customer would.
+# Usage: docker/demo.sh            (leaves berth running on 127.0.0.1:5443; Ctrl-C stops it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+work=${BERTH_DEMO_DIR:-/tmp/berth-demo}
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for pkg in docker-registry skopeo apache2-utils python3; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+cargo build --release --locked
+rm -rf "$work" && mkdir -p "$work"
+cd "$work"
+
+# 1. The vendor's private upstream, with a password berth stores and customers never see.
+export UPSTREAM_PASSWORD="demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+htpasswd -Bbn vendor "$UPSTREAM_PASSWORD" > htpasswd
+cat > registry.yml <<YAML
+version: 0.1
+log: { level: warn }
+storage: { filesystem: { rootdirectory: $work/upstream } }
+http: { addr: 127.0.0.1:5000, secret: demo }
+auth: { htpasswd: { realm: upstream, path: $work/htpasswd } }
+YAML
+docker-registry serve registry.yml > registry.log 2>&1 &
+registry_pid=$!
+trap 'kill $registry_pid ${berth_pid:-} 2>/dev/null || true' EXIT
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:5000/v2/ && break; sleep 0.1; done
+
+# 2. A small OCI image (one layer holding a text file), pushed into the upstream.
+python3 - <<'PY'
+import hashlib, io, json, os, tarfile
+os.makedirs("image/blobs/sha256", exist_ok=True)
+def put(b):
+    d = hashlib.sha256(b).hexdigest()
+    open(f"image/blobs/sha256/{d}", "wb").write(b)
+    return "sha256:" + d, len(b)
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w") as t:
+    data = b"hello from the vendor\n"
+    info = tarfile.TarInfo("hello.txt"); info.size = len(data)
+    t.addfile(info, io.BytesIO(data))
+layer, lsize = put(buf.getvalue())
+cfg, csize = put(json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+    "rootfs": {"type": "layers", "diff_ids": [layer]}}).encode())
+man, msize = put(json.dumps({"schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": csize},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": lsize}]}).encode())
+json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": man, "size": msize, "annotations": {"org.opencontainers.image.ref.name": "1.2"}}]},
+    open("image/index.json", "w"))
+open("image/oci-layout", "w").write('{"imageLayoutVersion":"1.0.0"}')
+PY
+skopeo copy -q --preserve-digests --dest-tls-verify=false --dest-creds "vendor:$UPSTREAM_PASSWORD" \
+  oci:image:1.2 docker://127.0.0.1:5000/acme/api:1.2
+
+# 3. berth in front of it, with one app and one license.
+cat > berth.yaml <<YAML
+server: { listen: 127.0.0.1:5443, hostname: images.acme.test }
+cache: { dir: $work/cache }
+upstreams:
+  - { name: acme-registry, url: "http://127.0.0.1:5000", host: registry.acme.test,
+      username: vendor, password: "\${UPSTREAM_PASSWORD}", repositories: ["acme/*"] }
+apps: [ { slug: acme, upstreams: [acme-registry] } ]
+licenses: [ { id: LICENSE-demo-0001, app: acme, customer: Demo Customer } ]
+YAML
+"$root/target/release/berth" check-config --config berth.yaml
+"$root/target/release/berth" serve --config berth.yaml &
+berth_pid=$!
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:5443/v2/ && break; sleep 0.1; done
+
+# 4. The customer's pull, with nothing but the license.
+skopeo copy --src-tls-verify=false --src-creds LICENSE-demo-0001:LICENSE-demo-0001 \
+  docker://127.0.0.1:5443/proxy/acme/registry.acme.test/acme/api:1.2 oci:pulled:1.2
+echo
+echo "Pulled through berth into $work/pulled. berth keeps serving on 127.0.0.1:5443; Ctrl-C to stop."
+echo "Try: skopeo inspect --tls-verify=false --creds LICENSE-demo-0001:LICENSE-demo-0001 docker://127.0.0.1:5443/proxy/acme/registry.acme.test/acme/api:1.2"
+wait "$berth_pid"
