@@ -723,6 +723,13 @@ fn blob_ranges() {
         let r = c.req("GET", &path, Some(&good), &[("Range", bad)]);
         assert_error(&r, 400, "RANGE_INVALID", bad);
     }
+    // Past the end: the upstream's 416 comes through with its Content-Range.
+    let r = c.req("GET", &path, Some(&good), &[("Range", "bytes=999999999-")]);
+    assert_error(&r, 416, "RANGE_INVALID", "range past the end");
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{n}").as_str())
+    );
     let whole = c.get(&path, Some(&good));
     assert_eq!(whole.status, 200);
     assert!(whole.body == data);
