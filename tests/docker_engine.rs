@@ -1,0 +1,197 @@
+//! End to end with the real Docker engine: `docker login`, `docker pull` and `docker run`
+//! of an image served through berth. Skips (with a SKIP line) when there is no engine.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use support::berth::Berth;
+use support::registry::{Registry, RegistryAuth};
+
+const GOOD: &str = "LICENSE-good-0001";
+
+/// Runs `cmd` under coreutils `timeout`, so a hung engine fails the test instead of hanging it.
+fn run(secs: u32, program: &str, args: &[&str], docker_config: Option<&Path>) -> Output {
+    let mut c = Command::new("timeout");
+    c.arg(secs.to_string()).arg(program).args(args);
+    if let Some(d) = docker_config {
+        c.env("DOCKER_CONFIG", d);
+    }
+    c.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A busybox that runs in a FROM-scratch image: an ELF without a PT_INTERP program header.
+fn static_busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| std::fs::read(p).ok().is_some_and(|b| is_static_elf64(&b)))
+}
+
+fn is_static_elf64(b: &[u8]) -> bool {
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        // PT_INTERP (3) names the dynamic loader, which a scratch image lacks.
+        b.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) != 3)
+    })
+}
+
+/// Removes the images this test created even when an assertion fails half way.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for image in &self.0 {
+            let _ = run(60, "docker", &["rmi", "-f", image], None);
+        }
+    }
+}
+
+#[test]
+fn docker_pulls_and_runs_through_berth() {
+    if !run(30, "docker", &["info"], None).status.success() {
+        eprintln!("SKIP: no Docker engine");
+        return;
+    }
+    let Some(busybox) = static_busybox() else {
+        eprintln!("SKIP: no static busybox (apt-get install -y busybox-static)");
+        return;
+    };
+    let password = format!("vendor-pw-{}", std::process::id());
+    let reg = Registry::start(RegistryAuth::Htpasswd {
+        user: "vendor".into(),
+        password: password.clone(),
+    });
+
+    let ctx = support::tempdir();
+    std::fs::copy(&busybox, ctx.path().join("busybox")).expect("copy busybox");
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"echo\", \"hello\"]\n",
+    )
+    .unwrap();
+    let local_tag = format!("berth-test-busybox:{}", std::process::id());
+    let port = support::free_port();
+    let pulled = format!("127.0.0.1:{port}/proxy/acme/upstream.test/acme/busybox:1");
+    let _cleanup = Cleanup(vec![local_tag.clone(), pulled.clone()]);
+    ok(
+        &run(
+            300,
+            "docker",
+            &[
+                "build",
+                "-q",
+                "-t",
+                &local_tag,
+                ctx.path().to_str().unwrap(),
+            ],
+            None,
+        ),
+        "docker build",
+    );
+    let archive = ctx.path().join("image.tar");
+    ok(
+        &run(
+            120,
+            "docker",
+            &["save", "-o", archive.to_str().unwrap(), &local_tag],
+            None,
+        ),
+        "docker save",
+    );
+    ok(
+        &run(
+            120,
+            "skopeo",
+            &[
+                "--insecure-policy",
+                "copy",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &format!("vendor:{password}"),
+                &format!("docker-archive:{}", archive.display()),
+                &format!("docker://{}/acme/busybox:1", reg.host()),
+            ],
+            None,
+        ),
+        "skopeo push to the upstream",
+    );
+
+    let cache = support::tempdir();
+    let config = format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: images.acme.test }}
+cache: {{ dir: \"{}\" }}
+upstreams:
+  - {{ name: up, url: \"{}\", host: upstream.test, username: vendor, password: \"${{UPSTREAM_PASSWORD}}\" }}
+apps: [ {{ slug: acme, upstreams: [up] }} ]
+licenses: [ {{ id: {GOOD}, app: acme, customer: Big Bank }} ]
+",
+        cache.path().display(),
+        reg.url()
+    );
+    let berth = Berth::start_on(port, &config, &[("UPSTREAM_PASSWORD", &password)]);
+
+    // A private DOCKER_CONFIG keeps the login out of the machine's own config.
+    let docker_config = support::tempdir();
+    let dc = Some(docker_config.path());
+    let login = run(
+        60,
+        "docker",
+        &[
+            "login",
+            &format!("127.0.0.1:{port}"),
+            "-u",
+            GOOD,
+            "-p",
+            GOOD,
+        ],
+        dc,
+    );
+    ok(&login, "docker login");
+    let pull = run(180, "docker", &["pull", &pulled], dc);
+    let pull_out = ok(&pull, &format!("docker pull\nberth log:\n{}", berth.logs()));
+    let out = ok(
+        &run(
+            120,
+            "docker",
+            &["run", "--rm", &pulled, "/bin/busybox", "echo", "hello"],
+            dc,
+        ),
+        "docker run",
+    );
+    assert_eq!(out.trim(), "hello", "docker pull said: {pull_out}");
+    // The engine really came through berth with the license.
+    let log = berth.logs();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/manifests/1") && l.contains("status=200") && l.contains(GOOD)),
+        "no licensed manifest pull in berth's log:\n{log}"
+    );
+    assert!(
+        !std::fs::read_to_string(docker_config.path().join("config.json"))
+            .unwrap_or_default()
+            .is_empty(),
+        "docker login did not write the private DOCKER_CONFIG"
+    );
+}
