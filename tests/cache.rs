@@ -70,8 +70,14 @@ impl Default for Opts {
 }
 
 fn berth_yaml(port: u16, cache: &Path, upstream_url: &str, o: &Opts) -> String {
-    let max = o.max_size.map(|m| format!(", max_size: {m}")).unwrap_or_default();
-    let timeout = o.timeout.map(|t| format!(", timeout: {t}")).unwrap_or_default();
+    let max = o
+        .max_size
+        .map(|m| format!(", max_size: {m}"))
+        .unwrap_or_default();
+    let timeout = o
+        .timeout
+        .map(|t| format!(", timeout: {t}"))
+        .unwrap_or_default();
     format!(
         r#"server: {{ listen: "127.0.0.1:{port}", hostname: images.acme.test }}
 cache: {{ dir: "{cache}", tag_ttl: {ttl}, offline: {offline}{max} }}
@@ -246,7 +252,8 @@ fn http(
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     // Bounds every read: no test can hang on a silent berth.
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -426,7 +433,9 @@ fn second_pull_with_upstream_stopped_is_served_from_cache() {
         tail(&logs, 30)
     );
     assert!(
-        stale.iter().any(|l| l.contains("WARN") || l.contains("warn")),
+        stale
+            .iter()
+            .any(|l| l.contains("WARN") || l.contains("warn")),
         "the stale line is not a warning: {stale:?}"
     );
 }
@@ -461,7 +470,10 @@ fn concurrent_cold_requests_fetch_the_blob_once_and_stream_early() {
     let b = start_berth(cache.path(), &reg.url(), &Opts::default());
     // The manifest first, as a client would: berth learns the upstream's auth scheme, so
     // the blob GET below is not preceded by a 401 round.
-    assert_eq!(get_manifest(b.port, "acme", "acme/big", "1", ACME).status, 200);
+    assert_eq!(
+        get_manifest(b.port, "acme", "acme/big", "1", ACME).status,
+        200
+    );
     let blob_path = format!("/blobs/{digest}");
     let before = reg.count_requests("GET", &blob_path);
     let t = Instant::now();
@@ -488,8 +500,11 @@ fn concurrent_cold_requests_fetch_the_blob_once_and_stream_early() {
         .map(|r| r.first_byte.unwrap() - r.started)
         .collect();
     assert!(
-        support::wait_until(Duration::from_secs(10), || cached_path(cache.path(), &digest)
-            .exists()),
+        support::wait_until(Duration::from_secs(10), || cached_path(
+            cache.path(),
+            &digest
+        )
+        .exists()),
         "verified blob never renamed into sha256/"
     );
     let warm = get(b.port, &path, ACME, &[], false);
@@ -526,7 +541,10 @@ fn concurrent_cold_requests_fetch_the_blob_once_and_stream_early() {
     });
     let cache2 = support::tempdir();
     let b2 = start_berth(cache2.path(), &fake.url(), &Opts::default());
-    assert_eq!(get_manifest(b2.port, "acme", "acme/big", "1", ACME).status, 200);
+    assert_eq!(
+        get_manifest(b2.port, "acme", "acme/big", "1", ACME).status,
+        200
+    );
     let resps = concurrent_gets(b2.port, &path, 16);
     assert_eq!(fake.count("GET", &blob_path), 1, "{:?}", fake.requests());
     for (i, r) in resps.iter().enumerate() {
@@ -603,7 +621,10 @@ fn broken_upstream_blobs_are_never_served_whole_nor_cached() {
             ..Opts::default()
         },
     );
-    assert_eq!(get_manifest(b.port, "acme", "acme/faulty", "1", ACME).status, 200);
+    assert_eq!(
+        get_manifest(b.port, "acme", "acme/faulty", "1", ACME).status,
+        200
+    );
     let mut failures = Vec::new();
     let faults = [Fault::Drop, Fault::Corrupt, Fault::Stall];
     for (fault, (digest, size)) in faults.into_iter().zip(img.layers.clone()) {
@@ -611,7 +632,11 @@ fn broken_upstream_blobs_are_never_served_whole_nor_cached() {
         *mode.lock().unwrap() = fault;
         let fetches = fake.count("GET", &digest);
         let r = get(b.port, &path, ACME, &[], false);
-        assert_eq!(fake.count("GET", &digest), fetches + 1, "{fault:?}: no upstream fetch");
+        assert_eq!(
+            fake.count("GET", &digest),
+            fetches + 1,
+            "{fault:?}: no upstream fetch"
+        );
         eprintln!(
             "[figures] {fault:?}: status {}, {} of {size} bytes, complete={}, after {:?}",
             r.status,
@@ -674,7 +699,10 @@ fn kill9_mid_fill_leaves_no_partial_or_corrupt_blobs() {
     let img = push(&reg, "acme/many", "1", &sizes, 41);
     let cache = support::tempdir();
     let mut b = start_berth(cache.path(), &reg.url(), &Opts::default());
-    assert_eq!(get_manifest(b.port, "acme", "acme/many", "1", ACME).status, 200);
+    assert_eq!(
+        get_manifest(b.port, "acme", "acme/many", "1", ACME).status,
+        200
+    );
 
     let port = b.port;
     let started = Arc::new(AtomicU64::new(0));
@@ -687,7 +715,14 @@ fn kill9_mid_fill_leaves_no_partial_or_corrupt_blobs() {
             std::thread::spawn(move || {
                 started.fetch_add(1, Ordering::SeqCst);
                 // Errors are expected: berth dies under these requests.
-                http(port, "GET", &path, &[("Authorization", &basic(ACME))], false).ok()
+                http(
+                    port,
+                    "GET",
+                    &path,
+                    &[("Authorization", &basic(ACME))],
+                    false,
+                )
+                .ok()
             })
         })
         .collect();
@@ -699,7 +734,10 @@ fn kill9_mid_fill_leaves_no_partial_or_corrupt_blobs() {
     b.kill9();
     let parts_at_kill = tmp_entries(cache.path()).len();
     assert!(mid_fill, "no fill was ever in progress");
-    assert!(b.wait_exit(Duration::from_secs(10)).is_some(), "berth survived kill -9");
+    assert!(
+        b.wait_exit(Duration::from_secs(10)).is_some(),
+        "berth survived kill -9"
+    );
     let mut wrong = 0;
     for (t, (d, _)) in threads.into_iter().zip(&img.layers) {
         if let Some(r) = t.join().unwrap() {
@@ -708,7 +746,10 @@ fn kill9_mid_fill_leaves_no_partial_or_corrupt_blobs() {
             }
         }
     }
-    assert_eq!(wrong, 0, "complete bodies with wrong bytes before the crash");
+    assert_eq!(
+        wrong, 0,
+        "complete bodies with wrong bytes before the crash"
+    );
     eprintln!(
         "[figures] kill -9 with {parts_at_kill} fills in flight, {} blobs already cached",
         blob_files(cache.path()).len()
@@ -749,12 +790,24 @@ fn another_apps_license_cannot_read_cached_content_by_digest() {
     let layer_bytes = std::fs::read(acme.blob_path(layer)).unwrap();
 
     // Control: the owner reads it.
-    let own = get(b.port, &blob_url("acme", "acme/app", layer), ACME, &[], true);
+    let own = get(
+        b.port,
+        &blob_url("acme", "acme/app", layer),
+        ACME,
+        &[],
+        true,
+    );
     assert_eq!(own.status, 200);
     assert_eq!(own.body, layer_bytes);
 
     let heads = reg.count_requests("HEAD", &format!("/v2/other/x/blobs/{layer}"));
-    let r = get(b.port, &blob_url("other", "other/x", layer), OTHER, &[], true);
+    let r = get(
+        b.port,
+        &blob_url("other", "other/x", layer),
+        OTHER,
+        &[],
+        true,
+    );
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.text().contains("BLOB_UNKNOWN"), "{}", r.text());
     assert!(
@@ -774,9 +827,18 @@ fn another_apps_license_cannot_read_cached_content_by_digest() {
     // Control: acme's own manifest by digest is served.
     let own = get_manifest(b.port, "acme", "acme/app", &acme.manifest_digest, ACME);
     assert_eq!(own.status, 200);
-    assert_eq!(support::sha256_hex(&own.body), hex_of(&acme.manifest_digest));
+    assert_eq!(
+        support::sha256_hex(&own.body),
+        hex_of(&acme.manifest_digest)
+    );
     // And the other license may not use acme's path at all.
-    let denied = get(b.port, &blob_url("acme", "acme/app", layer), OTHER, &[], true);
+    let denied = get(
+        b.port,
+        &blob_url("acme", "acme/app", layer),
+        OTHER,
+        &[],
+        true,
+    );
     assert!(
         denied.status == 401 || denied.status == 403,
         "{}",
@@ -790,7 +852,15 @@ fn another_apps_license_cannot_read_cached_content_by_digest() {
 fn eviction_keeps_the_cache_under_max_size_and_refetches() {
     let reg = registry();
     let imgs: Vec<TestImage> = (0..6)
-        .map(|i| push(&reg, &format!("acme/e{i}"), "1", &[6 * MIB, 6 * MIB + 1], 60 + i))
+        .map(|i| {
+            push(
+                &reg,
+                &format!("acme/e{i}"),
+                "1",
+                &[6 * MIB, 6 * MIB + 1],
+                60 + i,
+            )
+        })
         .collect();
     let cache = support::tempdir();
     let b = start_berth(
@@ -875,7 +945,10 @@ fn ranges_on_cached_blobs_come_from_disk() {
     let (digest, size) = img.layers[0].clone();
     let cache = support::tempdir();
     let b = start_berth(cache.path(), &reg.url(), &Opts::default());
-    assert_eq!(get_manifest(b.port, "acme", "acme/huge", "1", ACME).status, 200);
+    assert_eq!(
+        get_manifest(b.port, "acme", "acme/huge", "1", ACME).status,
+        200
+    );
     let path = blob_url("acme", "acme/huge", &digest);
     let blob_get = format!("/blobs/{digest}");
 
@@ -883,11 +956,9 @@ fn ranges_on_cached_blobs_come_from_disk() {
     let cold = get(b.port, &path, ACME, &[], false);
     let cold_time = t.elapsed();
     assert!(cold.complete && cold.sha256 == hex_of(&digest));
-    assert!(support::wait_until(Duration::from_secs(10), || cached_path(
-        cache.path(),
-        &digest
-    )
-    .exists()));
+    assert!(support::wait_until(Duration::from_secs(10), || {
+        cached_path(cache.path(), &digest).exists()
+    }));
     let gets = reg.count_requests("GET", &blob_get);
 
     let warm = get(b.port, &path, ACME, &[], false);
@@ -956,7 +1027,10 @@ fn offline_mode_serves_the_cache_and_refuses_misses() {
     let by_digest = get_manifest(offline.port, "acme", "acme/off", &img.manifest_digest, ACME);
     assert_eq!(by_digest.status, 200);
     let out = try_pull(&offline, "acme", "acme/off", "2", ACME);
-    assert!(!out.status.success(), "an uncached tag pulled while offline");
+    assert!(
+        !out.status.success(),
+        "an uncached tag pulled while offline"
+    );
 }
 
 // ---- 9. tag revalidation ---------------------------------------------------------------
