@@ -13,6 +13,8 @@ pub enum Error {
     TagInvalid(String),
     #[error("invalid range: {0}")]
     RangeInvalid(String),
+    #[error("invalid pagination: {0}")]
+    PaginationInvalid(String),
     #[error("range not satisfiable")]
     RangeNotSatisfiable { content_range: Option<String> },
     #[error("unknown repository: {0}")]

@@ -208,10 +208,10 @@ fn tag_query(query: Option<&str>) -> Result<(Option<u32>, Option<String>), Error
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
             "n" => {
-                n = Some(
-                    v.parse::<u32>()
-                        .map_err(|_| Error::Unsupported(format!("invalid page size n={v:?}")))?,
-                )
+                n =
+                    Some(v.parse::<u32>().map_err(|_| {
+                        Error::PaginationInvalid(format!("invalid page size n={v:?}"))
+                    })?)
             }
             "last" => {
                 if !crate::oci::name::valid_tag(&v) {

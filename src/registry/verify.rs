@@ -13,6 +13,9 @@ use crate::api::body::{Body, BoxError};
 use crate::oci::Digest;
 
 pin_project_lite::pin_project! {
+    /// Holds back the most recent chunk until the next one arrives or the stream ends
+    /// verified, so a wrong blob is never delivered whole (a cut after the last byte looks
+    /// like a clean end to an HTTP/1.1 client).
     pub struct Verified {
         #[pin]
         inner: Body,
@@ -20,6 +23,8 @@ pin_project_lite::pin_project! {
         expected: Digest,
         expected_len: Option<u64>,
         seen: u64,
+        held: Option<Bytes>,
+        finished: bool,
     }
 }
 
@@ -35,6 +40,8 @@ impl Verified {
             expected,
             expected_len,
             seen: 0,
+            held: None,
+            finished: false,
         }
     }
 }
@@ -55,45 +62,62 @@ impl http_body::Body for Verified {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    *this.seen += d.len() as u64;
+        let mut this = self.project();
+        if *this.finished {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    *this.finished = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    *this.seen += data.len() as u64;
                     if let Some(h) = this.hasher.as_mut() {
-                        h.update(d);
+                        h.update(&data);
                     }
                     if let Some(want) = *this.expected_len {
                         if *this.seen > want {
+                            *this.finished = true;
                             return Poll::Ready(Some(Err(Box::new(VerifyError::Length {
                                 got: *this.seen,
                                 want,
                             }))));
                         }
                     }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(None) => {
-                if let Some(want) = *this.expected_len {
-                    if *this.seen != want {
-                        return Poll::Ready(Some(Err(Box::new(VerifyError::Length {
-                            got: *this.seen,
-                            want,
-                        }))));
+                    if let Some(prev) = this.held.replace(data) {
+                        return Poll::Ready(Some(Ok(Frame::data(prev))));
                     }
                 }
-                if let Some(h) = this.hasher.take() {
-                    let got = Digest::from_sha256(&h.finalize());
-                    if got != *this.expected {
-                        return Poll::Ready(Some(Err(Box::new(VerifyError::Digest(
-                            this.expected.to_string(),
-                        )))));
+                Poll::Ready(None) => {
+                    *this.finished = true;
+                    if let Some(want) = *this.expected_len {
+                        if *this.seen != want {
+                            return Poll::Ready(Some(Err(Box::new(VerifyError::Length {
+                                got: *this.seen,
+                                want,
+                            }))));
+                        }
                     }
+                    if let Some(h) = this.hasher.take() {
+                        let got = Digest::from_sha256(&h.finalize());
+                        if got != *this.expected {
+                            return Poll::Ready(Some(Err(Box::new(VerifyError::Digest(
+                                this.expected.to_string(),
+                            )))));
+                        }
+                    }
+                    return Poll::Ready(this.held.take().map(|b| Ok(Frame::data(b))));
                 }
-                Poll::Ready(None)
             }
-            other => other,
         }
     }
 
@@ -114,6 +138,19 @@ mod tests {
         assert_eq!(good.collect().await.unwrap().to_bytes(), "hello");
         let bad = Verified::new(full("hellO"), Digest::sha256_of(b"hello"), Some(5));
         assert!(bad.collect().await.is_err());
+        // A wrong body in two chunks: the last one never reaches the client.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send(Ok(Bytes::from_static(b"hel"))).await.unwrap();
+        tx.send(Ok(Bytes::from_static(b"lO"))).await.unwrap();
+        drop(tx);
+        let mut v = Verified::new(
+            crate::api::body::from_channel(rx),
+            Digest::sha256_of(b"hello"),
+            Some(5),
+        );
+        let first = v.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"hel");
+        assert!(v.frame().await.unwrap().is_err());
         let short = Verified::new(full("hell"), Digest::sha256_of(b"hello"), Some(5));
         assert!(short.collect().await.is_err());
     }
