@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod config;
@@ -27,7 +28,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Cache(#[from] cache::OpenError),
+    Build(#[from] api::BuildError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }

@@ -79,7 +79,7 @@ fn berth_yaml(port: u16, cache: &Path, upstream_url: &str, o: &Opts) -> String {
         .map(|t| format!(", timeout: {t}"))
         .unwrap_or_default();
     format!(
-        r#"server: {{ listen: "127.0.0.1:{port}", hostname: images.acme.test }}
+        r#"server: {{ listen: "127.0.0.1:{port}", hostname: "127.0.0.1:{port}" }}
 cache: {{ dir: "{cache}", tag_ttl: {ttl}, offline: {offline}{max} }}
 upstreams:
   - {{ name: up, url: "{upstream_url}", host: upstream.test, username: {VENDOR}, password: "${{UPSTREAM_PASSWORD}}", repositories: ["acme/*"]{timeout} }}

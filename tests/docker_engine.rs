@@ -140,7 +140,7 @@ fn docker_pulls_and_runs_through_berth() {
 
     let cache = support::tempdir();
     let config = format!(
-        "server: {{ listen: \"127.0.0.1:{port}\", hostname: images.acme.test }}
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: \"127.0.0.1:{port}\" }}
 cache: {{ dir: \"{}\" }}
 upstreams:
   - {{ name: up, url: \"{}\", host: upstream.test, username: vendor, password: \"${{UPSTREAM_PASSWORD}}\" }}

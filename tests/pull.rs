@@ -69,7 +69,7 @@ impl<'a> Up<'a> {
 
 fn config_yaml(port: u16, cache: &Path, ups: &[Up]) -> String {
     let mut y = format!(
-        "server: {{ listen: \"127.0.0.1:{port}\", hostname: images.acme.test }}\ncache: {{ dir: \"{}\" }}\nupstreams:\n",
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: \"127.0.0.1:{port}\" }}\ncache: {{ dir: \"{}\" }}\nupstreams:\n",
         cache.display()
     );
     for u in ups {
@@ -439,11 +439,17 @@ fn auth_matrix() {
         for path in ["/v2/", manifest.as_str()] {
             let r = c.get(path, auth.as_deref());
             assert_error(&r, 401, "UNAUTHORIZED", &format!("{what} {path}"));
-            assert_eq!(
-                r.header("www-authenticate"),
-                Some("Basic realm=\"images.acme.test\""),
-                "{what}"
-            );
+            // The Docker token challenge: realm and service are berth's own name, and on a
+            // repository path the scope a client must ask for.
+            let host = format!("127.0.0.1:{}", f.berth.port);
+            let mut want = format!("Bearer realm=\"http://{host}/token\",service=\"{host}\"");
+            if path != "/v2/" {
+                want.push_str(&format!(
+                    ",scope=\"repository:{}:pull\"",
+                    berth_path("acme/app").trim_start_matches("/v2/")
+                ));
+            }
+            assert_eq!(r.header("www-authenticate"), Some(want.as_str()), "{what}");
         }
     }
     let good = basic(GOOD);

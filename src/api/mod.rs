@@ -5,6 +5,7 @@
 pub mod body;
 pub mod error;
 pub mod route;
+mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,11 +13,14 @@ use std::time::{Instant, SystemTime};
 
 use http::header::{
     ACCEPT, ACCEPT_RANGES, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, RANGE,
-    WWW_AUTHENTICATE,
+    USER_AGENT, WWW_AUTHENTICATE,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::audit::{AuditLog, PullRecord};
 use crate::auth;
+use crate::auth::ratelimit::Limiter;
+use crate::auth::token::Issuer;
 use crate::config::{Config, Live};
 use crate::error::Error;
 use crate::registry::{ByteRange, Fetched, Registry, Target};
@@ -26,32 +30,63 @@ use route::{RepoPath, Route};
 pub struct Api {
     pub config: Live,
     pub registry: Registry,
+    pub tokens: Issuer,
+    limiter: Limiter,
+    audit: Option<AuditLog>,
 }
 
+/// Why the API could not be built at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Cache(#[from] crate::cache::OpenError),
+    #[error(transparent)]
+    Key(#[from] crate::auth::token::KeyError),
+    #[error("auth.audit_log: cannot open {path}: {source}")]
+    Audit {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Largest `POST /token` form accepted.
+const MAX_FORM: usize = 64 * 1024;
+
 impl Api {
-    /// Opens the cache and builds the service; call inside the runtime (eviction runs as a
-    /// background task).
-    pub fn new(config: Config) -> Result<Api, crate::cache::OpenError> {
+    /// Opens the cache, the token key and the audit log and builds the service; call inside
+    /// the runtime (eviction runs as a background task).
+    pub fn new(config: Config) -> Result<Api, BuildError> {
         let cache = crate::cache::Cache::open(&config.cache)?;
         cache.start_evictor();
+        let tokens = Issuer::load_or_create(&config.auth.token_key_file, config.auth.token_ttl)?;
+        let audit = match &config.auth.audit_log {
+            Some(p) => Some(AuditLog::open(p).map_err(|source| BuildError::Audit {
+                path: p.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
         Ok(Api {
             config: Live::new(config),
             registry: Registry::new(cache),
+            tokens,
+            limiter: Limiter::default(),
+            audit,
         })
     }
 
     /// Serves one request; never fails (errors become OCI error responses).
-    pub async fn handle<B>(
-        self: Arc<Self>,
-        req: Request<B>,
-        remote: SocketAddr,
-    ) -> Response<Logged> {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>, remote: SocketAddr) -> Response<Logged>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send,
+        B::Error: Into<body::BoxError> + std::fmt::Display,
+    {
         let start = Instant::now();
         let config = self.config.current();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let mut license_id = None;
-        let result = self.dispatch(&config, &req, &mut license_id).await;
+        let result = self.dispatch(&config, req, remote, &mut license_id).await;
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
@@ -60,9 +95,7 @@ impl Api {
                 }
                 let mut r = error::response(&e);
                 if matches!(e, Error::Unauthorized) {
-                    if let Ok(v) =
-                        HeaderValue::try_from(format!("Basic realm=\"{}\"", config.server.hostname))
-                    {
+                    if let Ok(v) = HeaderValue::try_from(challenge(&config, &path)) {
                         r.headers_mut().insert(WWW_AUTHENTICATE, v);
                     }
                 }
@@ -92,10 +125,18 @@ impl Api {
     async fn dispatch<B>(
         &self,
         config: &Config,
-        req: &Request<B>,
+        req: Request<B>,
+        remote: SocketAddr,
         license_id: &mut Option<String>,
-    ) -> Result<Response<Body>, Error> {
+    ) -> Result<Response<Body>, Error>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send,
+        B::Error: Into<body::BoxError> + std::fmt::Display,
+    {
         let path = req.uri().path();
+        if path == "/token" {
+            return token::handle(self, config, req, license_id).await;
+        }
         if !path.starts_with("/v2") {
             return Err(Error::NameUnknown("not a registry path".into()));
         }
@@ -103,16 +144,28 @@ impl Api {
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let license = match auth::authenticate(config, authorization, SystemTime::now()) {
-            Ok(l) => l,
-            Err(why) => {
-                if why != auth::Rejection::Missing {
-                    tracing::info!(path, reason = why.as_str(), "authentication failed");
+        let principal =
+            match auth::authenticate(config, &self.tokens, authorization, SystemTime::now()) {
+                Ok(p) => p,
+                Err(why) => {
+                    if why != auth::Rejection::Missing {
+                        tracing::info!(path, reason = why.as_str(), "authentication failed");
+                    }
+                    return Err(Error::Unauthorized);
                 }
-                return Err(Error::Unauthorized);
-            }
-        };
+            };
+        let license = principal.license;
         *license_id = Some(license.id.expose().to_string());
+        if let Some(limit) = license.rate_limit.or(config.auth.rate_limit) {
+            if let Err(wait) = self
+                .limiter
+                .check(&license.fingerprint, limit, Instant::now())
+            {
+                return Err(Error::TooManyRequests {
+                    retry_after: Some(wait.as_secs().max(1).to_string()),
+                });
+            }
+        }
         let route = route::parse(path)?;
         let head = match *req.method() {
             Method::GET => false,
@@ -124,16 +177,36 @@ impl Api {
             Route::NotFound => Err(Error::NameUnknown("no such endpoint".into())),
             Route::Unsupported(why) => Err(Error::Unsupported(why.into())),
             Route::Manifest { repo, reference } => {
-                let target = resolve(config, license, &repo)?;
+                let target = resolve(config, &principal, &repo)?;
                 let accept = joined_header(req.headers(), ACCEPT);
                 let f = self
                     .registry
                     .manifest(&target, &reference, accept.as_deref(), head)
                     .await?;
+                if !head {
+                    if let Some(log) = &self.audit {
+                        log.record(&PullRecord {
+                            time: PullRecord::now_rfc3339(),
+                            license: license.id.expose().to_string(),
+                            customer: license.customer.clone(),
+                            app: repo.app.clone(),
+                            image: format!("{}/{}", repo.host, repo.repository),
+                            reference: reference.to_string(),
+                            digest: f.digest.clone().unwrap_or_default(),
+                            client: remote.to_string(),
+                            user_agent: req
+                                .headers()
+                                .get(USER_AGENT)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string(),
+                        });
+                    }
+                }
                 Ok(fetched_response(f))
             }
             Route::Blob { repo, digest } => {
-                let target = resolve(config, license, &repo)?;
+                let target = resolve(config, &principal, &repo)?;
                 let range = match req.headers().get(RANGE) {
                     None => None,
                     Some(v) => {
@@ -149,13 +222,13 @@ impl Api {
                 Ok(r)
             }
             Route::Tags { repo } => {
-                let target = resolve(config, license, &repo)?;
+                let target = resolve(config, &principal, &repo)?;
                 let (n, last) = tag_query(req.uri().query())?;
                 let f = self.registry.tags(&target, n, last.as_deref()).await?;
                 Ok(fetched_response(f))
             }
             Route::Referrers { repo, digest } => {
-                let target = resolve(config, license, &repo)?;
+                let target = resolve(config, &principal, &repo)?;
                 let artifact_type = req.uri().query().and_then(|q| {
                     form_urlencoded::parse(q.as_bytes())
                         .find(|(k, _)| k == "artifactType")
@@ -171,16 +244,38 @@ impl Api {
     }
 }
 
+/// The `WWW-Authenticate` challenge: the token endpoint, and for repository paths the scope
+/// a client must ask for.
+fn challenge(config: &Config, path: &str) -> String {
+    if path == "/token" {
+        return format!("Basic realm=\"{}\"", config.server.hostname);
+    }
+    let mut c = format!(
+        "Bearer realm=\"{}\",service=\"{}\"",
+        config.auth.realm, config.server.hostname
+    );
+    if let Ok(
+        Route::Manifest { repo, .. }
+        | Route::Blob { repo, .. }
+        | Route::Tags { repo }
+        | Route::Referrers { repo, .. },
+    ) = route::parse(path)
+    {
+        c.push_str(&format!(",scope=\"repository:{}:pull\"", repo.name()));
+    }
+    c
+}
+
 /// Maps a customer path to its upstream after checking that the license may see it.
 fn resolve(
     config: &Config,
-    license: &crate::config::License,
+    principal: &auth::Principal<'_>,
     repo: &RepoPath,
 ) -> Result<Target, Error> {
     let app = config
         .app(&repo.app)
         .ok_or_else(|| Error::NameUnknown(format!("unknown app {:?}", repo.app)))?;
-    auth::authorize(license, &app.slug)?;
+    principal.may_pull(repo)?;
     let upstream = config
         .upstream_for(app, &repo.host, &repo.repository)
         .ok_or_else(|| Error::NameUnknown(repo.name()))?;

@@ -1,12 +1,19 @@
-//! Customer authentication and entitlements: who is asking (a license, from HTTP Basic
-//! today; berth-issued bearer tokens plug in here) and what that license may pull.
+//! Customer authentication and entitlements: who is asking (a license, by HTTP Basic with
+//! the license id, or by a berth-issued bearer token) and what that license may pull.
+
+pub mod ratelimit;
+pub mod scope;
+pub mod token;
 
 use std::time::SystemTime;
 
 use base64::Engine as _;
 
+use crate::api::route::RepoPath;
 use crate::config::{Config, License};
 use crate::error::Error;
+use scope::Access;
+use token::{Claims, Issuer};
 
 /// Why a request was not authenticated; logged for operators, never sent to clients
 /// beyond a plain 401.
@@ -17,6 +24,7 @@ pub enum Rejection {
     Unknown,
     Expired,
     Revoked,
+    BadToken,
 }
 
 impl Rejection {
@@ -27,52 +35,148 @@ impl Rejection {
             Rejection::Unknown => "unknown license",
             Rejection::Expired => "license expired",
             Rejection::Revoked => "license revoked",
+            Rejection::BadToken => "invalid, expired or foreign token",
         }
     }
 }
 
-/// Checks an `Authorization` header value: Basic with username = password = license id.
+/// An authenticated caller: the license, and the token it came with (a token narrows
+/// what the license may do to the token's scopes).
+pub struct Principal<'c> {
+    pub license: &'c License,
+    pub token: Option<Claims>,
+}
+
+impl Principal<'_> {
+    /// Whether this caller may pull `repo`: the license's app and image globs, and for a
+    /// token, its scopes. Runs on every request, so a reload that narrows a license or a
+    /// token for another repository is refused at once.
+    pub fn may_pull(&self, repo: &RepoPath) -> Result<(), Error> {
+        if self.license.app != repo.app {
+            return Err(Error::Denied(format!(
+                "this license is not entitled to app {:?}",
+                repo.app
+            )));
+        }
+        if !self.license.allows_image(&repo.host, &repo.repository) {
+            return Err(Error::Denied(format!(
+                "this license is not entitled to {}/{}",
+                repo.host, repo.repository
+            )));
+        }
+        if let Some(claims) = &self.token {
+            if !claims.allows_pull(&repo.name()) {
+                return Err(Error::Unauthorized);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks an `Authorization` header value: Basic with username = password = license id,
+/// or a bearer token issued by berth for this hostname.
 pub fn authenticate<'c>(
     config: &'c Config,
+    issuer: &Issuer,
     authorization: Option<&str>,
     now: SystemTime,
-) -> Result<&'c License, Rejection> {
+) -> Result<Principal<'c>, Rejection> {
     let value = authorization.ok_or(Rejection::Missing)?;
     let (scheme, rest) = value.split_once(' ').ok_or(Rejection::Malformed)?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let claims = issuer
+            .verify(rest.trim(), &config.server.hostname)
+            .ok_or(Rejection::BadToken)?;
+        let license = config
+            .licenses
+            .by_fingerprint(&claims.sub)
+            .ok_or(Rejection::Unknown)?;
+        check_active(license, now)?;
+        return Ok(Principal {
+            license,
+            token: Some(claims),
+        });
+    }
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(Rejection::Malformed);
     }
+    let (user, password) = decode_basic(rest).ok_or(Rejection::Malformed)?;
+    let license = license_login(config, &user, &password, now)?;
+    Ok(Principal {
+        license,
+        token: None,
+    })
+}
+
+/// Splits a Basic credential (the part after `Basic `).
+pub fn decode_basic(encoded: &str) -> Option<(String, String)> {
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .map_err(|_| Rejection::Malformed)?;
-    let decoded = String::from_utf8(decoded).map_err(|_| Rejection::Malformed)?;
-    let (user, password) = decoded.split_once(':').ok_or(Rejection::Malformed)?;
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (u, p) = decoded.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// A license login: username and password are both the license id.
+pub fn license_login<'c>(
+    config: &'c Config,
+    user: &str,
+    password: &str,
+    now: SystemTime,
+) -> Result<&'c License, Rejection> {
     let license = config.license(user).ok_or(Rejection::Unknown)?;
     if !constant_time_eq(user.as_bytes(), password.as_bytes()) {
         return Err(Rejection::Unknown);
     }
+    check_active(license, now)?;
+    Ok(license)
+}
+
+fn check_active(license: &License, now: SystemTime) -> Result<(), Rejection> {
     if license.revoked {
         return Err(Rejection::Revoked);
     }
     if !license.is_active(now) {
         return Err(Rejection::Expired);
     }
-    Ok(license)
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A license may pull only its own app's repositories.
-pub fn authorize(license: &License, app: &str) -> Result<(), Error> {
-    if license.app == app {
-        Ok(())
-    } else {
-        Err(Error::Denied(format!(
-            "this license is not entitled to app {app:?}"
-        )))
+/// What a token for `license` may carry: of the requested scopes, only `pull` on
+/// repositories the license is entitled to. Everything else (push, `*`, the catalog,
+/// other apps) is silently left out, as the token spec asks.
+pub fn grant(license: &License, requested: &[Access]) -> Vec<Access> {
+    let mut out: Vec<Access> = Vec::new();
+    for a in requested {
+        if a.kind != "repository" || !a.actions.iter().any(|x| x == "pull") {
+            continue;
+        }
+        let Ok(crate::api::route::Route::Tags { repo }) =
+            crate::api::route::parse(&format!("/v2/{}/tags/list", a.name))
+        else {
+            continue;
+        };
+        let who = Principal {
+            license,
+            token: None,
+        };
+        if who.may_pull(&repo).is_err() {
+            continue;
+        }
+        if !out.iter().any(|o| o.name == a.name) {
+            out.push(Access {
+                kind: "repository".into(),
+                name: a.name.clone(),
+                actions: vec!["pull".into()],
+            });
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -105,15 +209,27 @@ licenses:
         )
     }
 
+    fn issuer() -> Issuer {
+        Issuer::from_key(&[1u8; 32], std::time::Duration::from_secs(300))
+    }
+
     #[test]
     fn basic_license_login() {
         let c = config();
+        let i = issuer();
         let now = SystemTime::now();
         let h = basic("good-license-1", "good-license-1");
-        assert_eq!(authenticate(&c, Some(&h), now).unwrap().customer, "A");
+        assert_eq!(
+            authenticate(&c, &i, Some(&h), now)
+                .unwrap()
+                .license
+                .customer,
+            "A"
+        );
         let cases = [
             (None, Rejection::Missing),
-            (Some("Bearer x".to_string()), Rejection::Malformed),
+            (Some("Bearer x".to_string()), Rejection::BadToken),
+            (Some("Digest x".to_string()), Rejection::Malformed),
             (Some("Basic !!!".to_string()), Rejection::Malformed),
             (Some(basic("good-license-1", "wrong")), Rejection::Unknown),
             (
@@ -131,10 +247,18 @@ licenses:
         ];
         for (h, want) in cases {
             assert_eq!(
-                authenticate(&c, h.as_deref(), now).unwrap_err(),
-                want,
+                authenticate(&c, &i, h.as_deref(), now).err(),
+                Some(want),
                 "{h:?}"
             );
+        }
+    }
+
+    fn repo(app: &str, repository: &str) -> RepoPath {
+        RepoPath {
+            app: app.into(),
+            host: "q.io".into(),
+            repository: repository.into(),
         }
     }
 
@@ -142,7 +266,61 @@ licenses:
     fn other_apps_are_denied() {
         let c = config();
         let l = c.license("good-license-1").unwrap();
-        assert!(authorize(l, "acme").is_ok());
-        assert!(matches!(authorize(l, "other"), Err(Error::Denied(_))));
+        let p = Principal {
+            license: l,
+            token: None,
+        };
+        assert!(p.may_pull(&repo("acme", "acme/api")).is_ok());
+        assert!(matches!(
+            p.may_pull(&repo("other", "acme/api")),
+            Err(Error::Denied(_))
+        ));
+    }
+
+    #[test]
+    fn grants_only_entitled_pulls() {
+        let c = config();
+        let l = c.license("good-license-1").unwrap();
+        let req = scope::parse_all([
+            "repository:proxy/acme/q.io/acme/api:pull,push",
+            "repository:proxy/other/q.io/acme/api:pull",
+            "repository:proxy/acme/q.io/acme/api:*",
+            "registry:catalog:*",
+            "repository:../etc:pull",
+        ]);
+        let g = grant(l, &req);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].name, "proxy/acme/q.io/acme/api");
+        assert_eq!(g[0].actions, vec!["pull"]);
+    }
+
+    #[test]
+    fn tokens_follow_revocation_and_scope() {
+        let c = config();
+        let i = issuer();
+        let now = SystemTime::now();
+        let l = c.license("good-license-1").unwrap();
+        let t = i.issue(
+            &l.fingerprint,
+            "images.acme.test",
+            grant(
+                l,
+                &scope::parse_all(["repository:proxy/acme/q.io/acme/api:pull"]),
+            ),
+        );
+        let h = format!("Bearer {}", t.token.expose());
+        let p = authenticate(&c, &i, Some(&h), now).unwrap();
+        assert!(p.may_pull(&repo("acme", "acme/api")).is_ok());
+        assert!(matches!(
+            p.may_pull(&repo("acme", "acme/other")),
+            Err(Error::Unauthorized)
+        ));
+        let gone = c.license("gone-license-1").unwrap();
+        let t = i.issue(&gone.fingerprint, "images.acme.test", vec![]);
+        let h = format!("Bearer {}", t.token.expose());
+        assert_eq!(
+            authenticate(&c, &i, Some(&h), now).err(),
+            Some(Rejection::Revoked)
+        );
     }
 }

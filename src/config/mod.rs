@@ -45,6 +45,25 @@ struct RawConfig {
     apps: Vec<RawApp>,
     #[serde(default)]
     licenses: Vec<RawLicense>,
+    #[serde(default)]
+    auth: RawAuth,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    token_key_file: Option<PathBuf>,
+    token_ttl: Option<String>,
+    realm: Option<String>,
+    audit_log: Option<PathBuf>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_second: f64,
+    burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +122,8 @@ struct RawLicense {
     expires: Option<String>,
     #[serde(default)]
     revoked: bool,
+    images: Option<Vec<String>>,
+    rate_limit: Option<RawRateLimit>,
 }
 
 // ---- validated configuration ----------------------------------------------------------
@@ -114,31 +135,41 @@ pub struct Config {
     pub upstreams: Vec<Arc<Upstream>>,
     pub apps: HashMap<String, App>,
     pub licenses: Licenses,
+    pub auth: AuthConfig,
     /// Where the file was read from, so relative paths and reloads resolve against it.
     pub source: Option<PathBuf>,
 }
 
 /// Licenses by id. The id is the customer's password, so `Debug` prints only the count.
 #[derive(Clone, Default)]
-pub struct Licenses(HashMap<String, License>);
+pub struct Licenses {
+    by_id: HashMap<String, License>,
+    by_fingerprint: HashMap<String, String>,
+}
 
 impl std::fmt::Debug for Licenses {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<{} licenses>", self.0.len())
+        write!(f, "<{} licenses>", self.by_id.len())
     }
 }
 
 impl Licenses {
     pub fn get(&self, id: &str) -> Option<&License> {
-        self.0.get(id)
+        self.by_id.get(id)
+    }
+
+    pub fn by_fingerprint(&self, fp: &str) -> Option<&License> {
+        self.by_fingerprint
+            .get(fp)
+            .and_then(|id| self.by_id.get(id))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.by_id.is_empty()
     }
 }
 
@@ -148,6 +179,25 @@ pub struct ServerConfig {
     pub hostname: String,
     pub tls: Vec<TlsFiles>,
     pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// HMAC key for berth-issued bearer tokens; generated on first start when absent.
+    pub token_key_file: PathBuf,
+    pub token_ttl: Duration,
+    /// The token endpoint advertised in challenges (`https://<hostname>/token` by default).
+    pub realm: String,
+    /// One JSON line per manifest pull, when set.
+    pub audit_log: Option<PathBuf>,
+    /// Default per-license request rate; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -195,16 +245,35 @@ pub struct App {
 #[derive(Debug, Clone)]
 pub struct License {
     pub id: Secret,
+    /// A stable, non-secret name for the license (a hash of the id), carried in tokens.
+    pub fingerprint: String,
     pub app: String,
     pub customer: String,
     pub expires: Option<SystemTime>,
     pub revoked: bool,
+    /// Optional narrowing of the app's images: globs over `host/repository`.
+    pub images: Vec<Glob>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl License {
     pub fn is_active(&self, now: SystemTime) -> bool {
         !self.revoked && self.expires.is_none_or(|t| now < t)
     }
+
+    /// Whether the license may pull `host/repository` (its app was checked by the caller).
+    pub fn allows_image(&self, host: &str, repository: &str) -> bool {
+        if self.images.is_empty() {
+            return true;
+        }
+        let image = format!("{host}/{repository}");
+        self.images.iter().any(|g| g.matches(&image))
+    }
+}
+
+/// The non-secret name of a license id.
+pub fn fingerprint(id: &str) -> String {
+    crate::oci::Digest::sha256_of(id.as_bytes()).hex()[..32].to_string()
 }
 
 impl Upstream {
@@ -533,6 +602,7 @@ fn validate(
     }
 
     let mut licenses = HashMap::new();
+    let mut fingerprints = HashMap::new();
     for (i, l) in raw.licenses.into_iter().enumerate() {
         let k = |f: &str| format!("licenses[{i}].{f}");
         // The id doubles as the customer's password: demand enough of it to resist guessing.
@@ -560,17 +630,73 @@ fn validate(
         if licenses.contains_key(&l.id) {
             return Err(ConfigError::new(k("id"), "duplicate license id"));
         }
+        let mut images = Vec::new();
+        for (j, p) in l.images.unwrap_or_default().iter().enumerate() {
+            images.push(
+                Glob::new(p)
+                    .map_err(|m| ConfigError::new(format!("licenses[{i}].images[{j}]"), m))?,
+            );
+        }
+        let rate_limit = match l.rate_limit {
+            Some(r) => Some(rate_limit(&k("rate_limit"), r)?),
+            None => None,
+        };
+        fingerprints.insert(fingerprint(&l.id), l.id.clone());
         licenses.insert(
             l.id.clone(),
             License {
+                fingerprint: fingerprint(&l.id),
                 id: Secret::new(l.id),
                 app: l.app,
                 customer: l.customer,
                 expires,
                 revoked: l.revoked,
+                images,
+                rate_limit,
             },
         );
     }
+
+    let cache_dir = resolve_path(base, &raw.cache.dir);
+    let token_ttl = match &raw.auth.token_ttl {
+        Some(s) => parse_duration("auth.token_ttl", s)?,
+        None => Duration::from_secs(300),
+    };
+    if token_ttl < Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            "auth.token_ttl",
+            "must be at least 60s (clients refresh tokens only on expiry)",
+        ));
+    }
+    let scheme = if tls.is_empty() { "http" } else { "https" };
+    let realm = match raw.auth.realm {
+        Some(r) => {
+            let uri: http::Uri = r
+                .parse()
+                .map_err(|_| ConfigError::new("auth.realm", format!("invalid URL {r:?}")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(ConfigError::new(
+                    "auth.realm",
+                    format!("{r:?} must be an absolute http(s) URL"),
+                ));
+            }
+            r
+        }
+        None => format!("{scheme}://{}/token", raw.server.hostname),
+    };
+    let auth = AuthConfig {
+        token_key_file: match &raw.auth.token_key_file {
+            Some(p) => resolve_path(base, p),
+            None => cache_dir.join("token.key"),
+        },
+        token_ttl,
+        realm,
+        audit_log: raw.auth.audit_log.as_ref().map(|p| resolve_path(base, p)),
+        rate_limit: match raw.auth.rate_limit {
+            Some(r) => Some(rate_limit("auth.rate_limit", r)?),
+            None => None,
+        },
+    };
 
     Ok(Config {
         server: ServerConfig {
@@ -580,7 +706,7 @@ fn validate(
             shutdown_timeout,
         },
         cache: CacheConfig {
-            dir: resolve_path(base, &raw.cache.dir),
+            dir: cache_dir,
             max_size: match &raw.cache.max_size {
                 Some(s) => Some(parse_size(s).map_err(|m| ConfigError::new("cache.max_size", m))?),
                 None => None,
@@ -593,8 +719,34 @@ fn validate(
         },
         upstreams,
         apps,
-        licenses: Licenses(licenses),
+        licenses: Licenses {
+            by_id: licenses,
+            by_fingerprint: fingerprints,
+        },
+        auth,
         source: None,
+    })
+}
+
+fn rate_limit(key: &str, r: RawRateLimit) -> Result<RateLimit, ConfigError> {
+    if !(r.per_second.is_finite() && r.per_second > 0.0) {
+        return Err(ConfigError::new(
+            format!("{key}.per_second"),
+            "must be a positive number",
+        ));
+    }
+    let burst = r
+        .burst
+        .unwrap_or_else(|| (r.per_second.ceil() as u32).max(1));
+    if burst == 0 {
+        return Err(ConfigError::new(
+            format!("{key}.burst"),
+            "must be at least 1",
+        ));
+    }
+    Ok(RateLimit {
+        per_second: r.per_second,
+        burst,
     })
 }
 
