@@ -13,6 +13,8 @@ pub enum Error {
     TagInvalid(String),
     #[error("invalid range: {0}")]
     RangeInvalid(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
     #[error("invalid pagination: {0}")]
     PaginationInvalid(String),
     #[error("range not satisfiable")]

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod oci;
+pub mod pin;
 pub mod registry;
 pub mod rewrite;
 pub mod server;
@@ -65,6 +66,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }
         })
     };
+    let watcher = tokio::spawn(watch_config(api.clone()));
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -73,7 +75,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     server::serve(api, listener, tls, grace, shutdown).await;
     reloader.abort();
+    watcher.abort();
     Ok(())
+}
+
+/// Reloads when the config file changes on disk (an edit, or a ConfigMap update that
+/// swaps the symlink). Checks the file's metadata every 2 s: one `stat`, no file contents.
+async fn watch_config(api: Arc<api::Api>) {
+    let Some(path) = api.config.current().source.clone() else {
+        return;
+    };
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now.is_some() && now != last {
+            last = now;
+            reload(&api);
+        }
+    }
 }
 
 /// Re-reads the config file; an invalid file is refused and the old config keeps serving.

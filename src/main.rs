@@ -28,6 +28,56 @@ enum Command {
         #[arg(long, short, default_value = "berth.yaml")]
         config: PathBuf,
     },
+    /// Rewrite Kubernetes YAML (or one image) so images pull through berth.
+    Rewrite {
+        #[arg(long, short, default_value = "berth.yaml")]
+        config: PathBuf,
+        /// The app whose upstreams' images are rewritten.
+        #[arg(long)]
+        app: String,
+        /// YAML file to read ("-" for standard input).
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: String,
+        /// Rewrite just this image reference and print it.
+        #[arg(long, conflicts_with = "file")]
+        image: Option<String>,
+        /// imagePullSecrets name to add to every rewritten pod spec.
+        #[arg(long)]
+        pull_secret: Option<String>,
+        /// Resolve tags to digests through the upstream and write name:tag@sha256:….
+        #[arg(long)]
+        pin_digests: bool,
+        /// Rewrite every image, not only the app's upstreams'.
+        #[arg(long)]
+        all: bool,
+        /// Target REGISTRY[/NAMESPACE] instead of berth (images pushed by `airgap push`).
+        #[arg(long)]
+        registry: Option<String>,
+    },
+    /// Print the Kubernetes imagePullSecret for a license.
+    PullSecret {
+        #[arg(long, short, default_value = "berth.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        license: String,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long, default_value = "berth-pull-secret")]
+        name: String,
+    },
+    /// Read the audit log: who pulled what.
+    Audit {
+        #[arg(long, short, default_value = "berth.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        license: Option<String>,
+        /// host/repository, optionally with :tag or @digest.
+        #[arg(long)]
+        image: Option<String>,
+        /// Print the raw JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging() {
@@ -66,6 +116,144 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Rewrite {
+            config,
+            app,
+            file,
+            image,
+            pull_secret,
+            pin_digests,
+            all,
+            registry,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let mut rules = match berth::rewrite::rules_for_app(&config, &app) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("berth: --app: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            rules.pull_secret = pull_secret;
+            rules.all = all;
+            rules.registry = registry;
+            if let Some(image) = image {
+                println!(
+                    "{}",
+                    berth::rewrite::rewrite_image(&rules, &image).unwrap_or(image)
+                );
+                return ExitCode::SUCCESS;
+            }
+            let input = if file == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+            } else {
+                std::fs::read_to_string(&file)
+            };
+            let input = match input {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("berth: cannot read {file}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let pinner = if pin_digests {
+                match berth::pin::Pinner::new(&config, &app) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        eprintln!("berth: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                None
+            };
+            let pin = |r: &berth::rewrite::ImageRef| match &pinner {
+                Some(p) => p.resolve(r),
+                None => Err("pinning is off".to_string()),
+            };
+            match berth::rewrite::rewrite_yaml(
+                &rules,
+                &input,
+                if pin_digests { Some(&pin) } else { None },
+            ) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth: {file}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::PullSecret {
+            config,
+            license,
+            namespace,
+            name,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Some(l) = config.license(&license) else {
+                eprintln!("berth: --license: no such license in the config");
+                return ExitCode::from(2);
+            };
+            if !l.is_active(std::time::SystemTime::now()) {
+                eprintln!("berth: warning: this license is expired or revoked");
+            }
+            print!(
+                "{}",
+                berth::rewrite::pull_secret_yaml(
+                    &name,
+                    namespace.as_deref(),
+                    &config.server.hostname,
+                    l.id.expose(),
+                    l.id.expose()
+                )
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Audit {
+            config,
+            license,
+            image,
+            json,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Some(path) = &config.auth.audit_log else {
+                eprintln!("berth: auth.audit_log is not set in the config");
+                return ExitCode::from(2);
+            };
+            let filter = berth::audit::Filter { license, image };
+            match berth::audit::read(path, &filter) {
+                Ok(records) => {
+                    for r in records {
+                        if json {
+                            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                        } else {
+                            println!(
+                                "{}  {:<24} {:<20} {}:{}  {}",
+                                r.time, r.customer, r.license, r.image, r.reference, r.digest
+                            );
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth: cannot read {}: {e}", path.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             init_logging();
             let config = match load(&config) {

@@ -13,6 +13,7 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
         Error::TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
         Error::RangeInvalid(_) => (StatusCode::BAD_REQUEST, "RANGE_INVALID"),
+        Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
         Error::PaginationInvalid(_) => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
         Error::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
         Error::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),

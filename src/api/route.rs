@@ -38,7 +38,13 @@ impl RepoPath {
         if !valid_component(app) {
             return Err(Error::NameInvalid(format!("invalid app {app:?}")));
         }
-        if !valid_host(host) {
+        // The rewriter writes `host:port` as `host_port` (a colon cannot appear in a
+        // repository path); both spellings are accepted.
+        let host_ok = valid_host(host)
+            || host
+                .rsplit_once('_')
+                .is_some_and(|(n, p)| valid_host(&format!("{n}:{p}")));
+        if !host_ok {
             return Err(Error::NameInvalid(format!(
                 "invalid registry host {host:?}"
             )));
@@ -256,6 +262,8 @@ mod tests {
             Err(Error::NameUnknown(_))
         ));
         assert_eq!(parse("/other").unwrap(), Route::NotFound);
+        assert!(parse("/v2/proxy/acme/reg.example_5000/a/manifests/1").is_ok());
+        assert!(parse("/v2/proxy/acme/reg_example/a/manifests/1").is_err());
         assert!(matches!(
             parse("/v2/proxy/acme/quay.io/a/blobs/uploads/"),
             Ok(Route::Unsupported(_))

@@ -47,6 +47,21 @@ struct RawConfig {
     licenses: Vec<RawLicense>,
     #[serde(default)]
     auth: RawAuth,
+    #[serde(default)]
+    rewrite: Vec<RawRewrite>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRewrite {
+    app: String,
+    pull_secret: Option<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default)]
+    exclude_namespaces: Vec<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -136,6 +151,8 @@ pub struct Config {
     pub apps: HashMap<String, App>,
     pub licenses: Licenses,
     pub auth: AuthConfig,
+    /// Admission webhook rules, first match wins.
+    pub rewrite: Vec<RewriteConfig>,
     /// Where the file was read from, so relative paths and reloads resolve against it.
     pub source: Option<PathBuf>,
 }
@@ -192,6 +209,15 @@ pub struct AuthConfig {
     pub audit_log: Option<PathBuf>,
     /// Default per-license request rate; `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RewriteConfig {
+    pub app: String,
+    pub pull_secret: Option<String>,
+    pub namespaces: Vec<String>,
+    pub exclude_namespaces: Vec<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -339,7 +365,7 @@ impl Config {
         app.upstreams
             .iter()
             .map(|&i| &self.upstreams[i])
-            .filter(|u| u.host == host)
+            .filter(|u| u.host == host || u.host.replace(':', "_") == host)
             .filter_map(|u| u.match_score(repository).map(|s| (s, u)))
             .max_by_key(|(s, _)| *s)
             .map(|(_, u)| u)
@@ -684,6 +710,30 @@ fn validate(
         }
         None => format!("{scheme}://{}/token", raw.server.hostname),
     };
+    let mut rewrite = Vec::new();
+    for (i, r) in raw.rewrite.into_iter().enumerate() {
+        if !apps.contains_key(&r.app) {
+            return Err(ConfigError::new(
+                format!("rewrite[{i}].app"),
+                format!("unknown app {:?}", r.app),
+            ));
+        }
+        if let Some(s) = &r.pull_secret {
+            if !valid_slug(s) {
+                return Err(ConfigError::new(
+                    format!("rewrite[{i}].pull_secret"),
+                    format!("{s:?} is not a valid Kubernetes object name"),
+                ));
+            }
+        }
+        rewrite.push(RewriteConfig {
+            app: r.app,
+            pull_secret: r.pull_secret,
+            namespaces: r.namespaces,
+            exclude_namespaces: r.exclude_namespaces,
+            labels: r.labels,
+        });
+    }
     let auth = AuthConfig {
         token_key_file: match &raw.auth.token_key_file {
             Some(p) => resolve_path(base, p),
@@ -724,6 +774,7 @@ fn validate(
             by_fingerprint: fingerprints,
         },
         auth,
+        rewrite,
         source: None,
     })
 }

@@ -142,6 +142,42 @@ pub fn rewrite_image(rules: &Rules, image: &str) -> Option<String> {
     }
 }
 
+/// The rules for one app of a berth config: its upstreams' hosts, berth's hostname.
+pub fn rules_for_app(config: &crate::config::Config, app: &str) -> Result<Rules, String> {
+    let a = config
+        .app(app)
+        .ok_or_else(|| format!("unknown app {app:?}"))?;
+    Ok(Rules {
+        hostname: config.server.hostname.clone(),
+        app: a.slug.clone(),
+        upstream_hosts: a
+            .upstreams
+            .iter()
+            .map(|&i| config.upstreams[i].host.clone())
+            .collect(),
+        pull_secret: None,
+        all: false,
+        registry: None,
+    })
+}
+
+/// The admission rules of the config that match a review, first match wins.
+pub fn admission_rules(config: &crate::config::Config, ctx: &AdmissionContext) -> Option<Rules> {
+    config.rewrite.iter().find_map(|r| {
+        let sel = AdmissionRules {
+            namespaces: r.namespaces.clone(),
+            exclude_namespaces: r.exclude_namespaces.clone(),
+            labels: r.labels.clone(),
+        };
+        if !sel.matches(ctx) {
+            return None;
+        }
+        let mut rules = rules_for_app(config, &r.app).ok()?;
+        rules.pull_secret = r.pull_secret.clone();
+        Some(rules)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
