@@ -7,6 +7,8 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod health;
+pub mod metrics;
 pub mod oci;
 pub mod pin;
 pub mod registry;
@@ -30,6 +32,11 @@ pub enum StartError {
     },
     #[error(transparent)]
     Build(#[from] api::BuildError),
+    #[error("server.admin_listen: cannot listen on {addr}: {source}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -39,17 +46,32 @@ pub enum StartError {
 pub async fn run(config: Config) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
 
-    let tls = if config.server.tls.is_empty() {
-        None
+    let (tls, resolver) = if config.server.tls.is_empty() {
+        (None, None)
     } else {
-        Some(server::tls::server_config(&config.server.tls)?)
+        let (c, r) = server::tls::server_config(&config.server.tls)?;
+        (Some(c), Some(r))
     };
     let addr = config.server.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let grace = config.server.shutdown_timeout;
+    let admin = match config.server.admin_listen {
+        Some(a) => Some((
+            a,
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::AdminListen { addr: a, source })?,
+        )),
+        None => None,
+    };
     let api = Arc::new(api::Api::new(config)?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some((a, l)) = admin {
+        tracing::info!(admin = %a, "admin listener: /metrics /healthz /readyz");
+        tokio::spawn(server::admin::serve(api.clone(), l, stop_rx.clone()));
+    }
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     tracing::info!(
@@ -60,18 +82,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     let reloader = {
         let api = api.clone();
+        let resolver = resolver.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                reload(&api);
+                reload(&api, resolver.as_deref());
             }
         })
     };
-    let watcher = tokio::spawn(watch_config(api.clone()));
+    let watcher = tokio::spawn(watch_config(api.clone(), resolver));
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
         }
+        let _ = stop_tx.send(true);
     };
     server::serve(api, listener, tls, grace, shutdown).await;
     reloader.abort();
@@ -81,7 +105,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
 /// Reloads when the config file changes on disk (an edit, or a ConfigMap update that
 /// swaps the symlink). Checks the file's metadata every 2 s: one `stat`, no file contents.
-async fn watch_config(api: Arc<api::Api>) {
+async fn watch_config(api: Arc<api::Api>, resolver: Option<Arc<server::tls::SniResolver>>) {
     let Some(path) = api.config.current().source.clone() else {
         return;
     };
@@ -97,13 +121,14 @@ async fn watch_config(api: Arc<api::Api>) {
         let now = stamp(&path);
         if now.is_some() && now != last {
             last = now;
-            reload(&api);
+            reload(&api, resolver.as_deref());
         }
     }
 }
 
-/// Re-reads the config file; an invalid file is refused and the old config keeps serving.
-fn reload(api: &api::Api) {
+/// Re-reads the config file (and TLS certificates); an invalid file is refused and the old
+/// config keeps serving.
+fn reload(api: &api::Api, resolver: Option<&server::tls::SniResolver>) {
     let current = api.config.current();
     let Some(path) = current.source.clone() else {
         return;
@@ -115,6 +140,14 @@ fn reload(api: &api::Api) {
             }
             if new.server.listen != current.server.listen {
                 tracing::warn!("server.listen changed: takes effect after a restart");
+            }
+            if let Some(r) = resolver {
+                if new.server.tls.is_empty() {
+                    tracing::warn!("server.tls removed: takes effect after a restart");
+                } else if let Err(e) = r.reload(&new.server.tls) {
+                    tracing::error!(error = %e, "reload refused; keeping the running configuration");
+                    return;
+                }
             }
             api.config.replace(new);
             // Stored credentials may have changed: tokens obtained with the old ones go.

@@ -80,6 +80,14 @@ pin_project_lite::pin_project! {
             let this = this.project();
             let l = &this.line;
             let complete = !*this.failed;
+            let route = crate::metrics::route_class(&l.path);
+            let m = &crate::metrics::METRICS;
+            m.requests
+                .get_or_create(&crate::metrics::RouteLabels { route, status: l.status })
+                .inc();
+            m.response_bytes
+                .get_or_create(&crate::metrics::RouteOnly { route })
+                .inc_by(*this.bytes);
             tracing::info!(
                 method = %l.method,
                 path = %l.path,

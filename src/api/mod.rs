@@ -141,6 +141,10 @@ impl Api {
         if path == "/admission/rewrite" {
             return admission(config, req).await;
         }
+        if config.server.admin_listen.is_none() && (path == "/healthz" || path == "/readyz") {
+            // Probes need an answer somewhere; without an admin listener it is here.
+            return Ok(crate::server::admin::handle(self, req).await);
+        }
         if !path.starts_with("/v2") {
             return Err(Error::NameUnknown("not a registry path".into()));
         }
@@ -188,6 +192,12 @@ impl Api {
                     .manifest(&target, &reference, accept.as_deref(), head)
                     .await?;
                 if !head {
+                    crate::metrics::METRICS
+                        .pulls
+                        .get_or_create(&crate::metrics::AppLabels {
+                            app: repo.app.clone(),
+                        })
+                        .inc();
                     if let Some(log) = &self.audit {
                         log.record(&PullRecord {
                             time: PullRecord::now_rfc3339(),

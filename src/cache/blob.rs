@@ -117,6 +117,10 @@ impl BlobStore {
         }
     }
 
+    pub fn fills_in_flight(&self) -> usize {
+        self.fills.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn is_cached(&self, d: &Digest) -> bool {
         self.index.contains(d.hex())
     }

@@ -89,6 +89,7 @@ struct RawServer {
     #[serde(default)]
     tls: Vec<RawTls>,
     shutdown_timeout: Option<String>,
+    admin_listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -196,6 +197,8 @@ pub struct ServerConfig {
     pub hostname: String,
     pub tls: Vec<TlsFiles>,
     pub shutdown_timeout: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, apart from customers.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -754,6 +757,15 @@ fn validate(
             hostname: raw.server.hostname,
             tls,
             shutdown_timeout,
+            admin_listen: match &raw.server.admin_listen {
+                Some(a) => Some(a.parse().map_err(|_| {
+                    ConfigError::new(
+                        "server.admin_listen",
+                        format!("invalid socket address {a:?} (expected e.g. 127.0.0.1:9090)"),
+                    )
+                })?),
+                None => None,
+            },
         },
         cache: CacheConfig {
             dir: cache_dir,

@@ -2,6 +2,7 @@
 //! HTTP/2 with hyper, and shuts down gracefully (stop accepting, let pulls in flight finish
 //! up to a deadline).
 
+pub mod admin;
 pub mod tls;
 
 use std::future::Future;

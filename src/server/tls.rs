@@ -11,19 +11,32 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::config::{ConfigError, TlsFiles};
 
+/// Picks a certificate per handshake; the set can be swapped on reload (new handshakes use
+/// the new certificates, established connections keep theirs).
 #[derive(Debug)]
-struct SniResolver {
-    certs: Vec<Arc<CertifiedKey>>,
+pub struct SniResolver {
+    certs: std::sync::RwLock<Vec<Arc<CertifiedKey>>>,
+}
+
+impl SniResolver {
+    /// Loads the configured files and replaces the served certificates; on error the old
+    /// ones stay.
+    pub fn reload(&self, files: &[TlsFiles]) -> Result<(), ConfigError> {
+        let certs = load(files)?;
+        *self.certs.write().unwrap_or_else(|e| e.into_inner()) = certs;
+        Ok(())
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
         if let Some(name) = hello.server_name() {
-            if let Some(ck) = self.certs.iter().find(|ck| valid_for(ck, name)) {
+            if let Some(ck) = certs.iter().find(|ck| valid_for(ck, name)) {
                 return Some(ck.clone());
             }
         }
-        self.certs.first().cloned()
+        certs.first().cloned()
     }
 }
 
@@ -39,9 +52,29 @@ fn valid_for(ck: &CertifiedKey, name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Builds the rustls server config (HTTP/2 and HTTP/1.1 by ALPN).
-pub fn server_config(files: &[TlsFiles]) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+/// Builds the rustls server config (HTTP/2 and HTTP/1.1 by ALPN) and the resolver that
+/// reloads certificates.
+pub fn server_config(
+    files: &[TlsFiles],
+) -> Result<(Arc<rustls::ServerConfig>, Arc<SniResolver>), ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = Arc::new(SniResolver {
+        certs: std::sync::RwLock::new(load(files)?),
+    });
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError {
+            key: "server.tls".into(),
+            message: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(cfg), resolver))
+}
+
+fn load(files: &[TlsFiles]) -> Result<Vec<Arc<CertifiedKey>>, ConfigError> {
+    let provider = rustls::crypto::ring::default_provider();
     let mut certs = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let key_name = |field: &str| format!("server.tls[{i}].{field}");
@@ -75,14 +108,5 @@ pub fn server_config(files: &[TlsFiles]) -> Result<Arc<rustls::ServerConfig>, Co
         })?;
         certs.push(Arc::new(ck));
     }
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError {
-            key: "server.tls".into(),
-            message: e.to_string(),
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { certs }));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok(certs)
 }
