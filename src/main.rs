@@ -65,6 +65,11 @@ enum Command {
         #[arg(long, default_value = "berth-pull-secret")]
         name: String,
     },
+    /// Inspect or prune the cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Read the audit log: who pulled what.
     Audit {
         #[arg(long, short, default_value = "berth.yaml")]
@@ -77,6 +82,29 @@ enum Command {
         /// Print the raw JSON lines.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Count cached blobs, bytes, manifests, tags and links (safe while berth runs).
+    Stats {
+        #[arg(long, short, default_value = "berth.yaml")]
+        config: PathBuf,
+    },
+    /// Forget repositories and delete content nothing else refers to (berth must be stopped).
+    Purge {
+        #[arg(long, short, default_value = "berth.yaml")]
+        config: PathBuf,
+        /// Only this app's upstreams.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this upstream repository (glob, e.g. acme/api or acme/*).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Everything.
+        #[arg(long, conflicts_with_all = ["app", "repo"])]
+        all: bool,
     },
 }
 
@@ -219,6 +247,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Cache { action } => cache_command(action),
         Command::Audit {
             config,
             license,
@@ -274,6 +303,92 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
+                    eprintln!("berth: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn cache_command(action: CacheAction) -> ExitCode {
+    match action {
+        CacheAction::Stats { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match berth::cache::admin::stats(&config.cache.dir) {
+                Ok(s) => {
+                    println!("cache:      {}", config.cache.dir.display());
+                    println!("blobs:      {} ({} bytes)", s.blobs, s.blob_bytes);
+                    if let Some(max) = config.cache.max_size {
+                        println!("max_size:   {max} bytes");
+                    }
+                    println!("manifests:  {}", s.manifests);
+                    println!("tags:       {}", s.tags);
+                    println!("links:      {}", s.links);
+                    println!("partial:    {}", s.partial_files);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth: cache.dir: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        CacheAction::Purge {
+            config,
+            app,
+            repo,
+            all,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if !all && app.is_none() && repo.is_none() {
+                eprintln!("berth: give --app and/or --repo, or --all");
+                return ExitCode::from(2);
+            }
+            let upstreams: Option<Vec<String>> = match &app {
+                Some(a) => match config.app(a) {
+                    Some(app) => Some(
+                        app.upstreams
+                            .iter()
+                            .map(|&i| config.upstreams[i].name.clone())
+                            .collect(),
+                    ),
+                    None => {
+                        eprintln!("berth: --app: unknown app {a:?}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
+            };
+            let glob = match repo.as_deref().map(berth::config::Glob::new) {
+                Some(Ok(g)) => Some(g),
+                Some(Err(e)) => {
+                    eprintln!("berth: --repo: {e}");
+                    return ExitCode::from(2);
+                }
+                None => None,
+            };
+            let matches = |u: &str, r: &str| {
+                upstreams
+                    .as_ref()
+                    .is_none_or(|ups| ups.iter().any(|x| x == u))
+                    && glob.as_ref().is_none_or(|g| g.matches(r))
+            };
+            match berth::cache::admin::purge(&config.cache.dir, &matches) {
+                Ok(p) => {
+                    println!(
+                        "purged: {} links, {} tags, {} manifests, {} blobs ({} bytes)",
+                        p.links, p.tags, p.manifests, p.blobs, p.bytes
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
                     eprintln!("berth: {e}");
                     ExitCode::FAILURE
                 }

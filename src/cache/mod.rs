@@ -2,6 +2,7 @@
 //! size cap), manifests and tag answers, and the repository links that keep one app from
 //! reading another's content. Storage only: it never sees an HTTP type.
 
+pub mod admin;
 pub mod blob;
 pub mod index;
 pub mod links;
@@ -37,6 +38,8 @@ impl Stats {
 
 pub struct Cache {
     pub dir: PathBuf,
+    /// Shared lock held while serving, so `cache purge` cannot run underneath.
+    _lock: std::fs::File,
     pub blobs: Arc<BlobStore>,
     pub manifests: ManifestStore,
     pub tags: TagStore,
@@ -115,6 +118,7 @@ impl Cache {
         for (_, hex, size) in &found {
             index.insert(hex, *size, false);
         }
+        let lock = admin::lock_shared(&dir).map_err(io_err(&dir))?;
         let links_path = dir.join("links.log");
         let links = Links::open(&links_path).map_err(io_err(&links_path))?;
         if leftovers > 0 {
@@ -136,6 +140,7 @@ impl Cache {
             tags: TagStore::new(tags_dir, tmp),
             links,
             stats: Stats::default(),
+            _lock: lock,
             dir,
         })
     }
