@@ -78,11 +78,23 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     name: String,
-    url: String,
+    #[serde(default)]
+    kind: UpstreamKind,
+    url: Option<String>,
     host: Option<String>,
     username: Option<String>,
     password: Option<String>,
     password_file: Option<PathBuf>,
+    // ecr
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    region: Option<String>,
+    registry_id: Option<String>,
+    ecr_endpoint: Option<String>,
+    // gcr / gar
+    service_account_key: Option<String>,
+    service_account_key_file: Option<PathBuf>,
     repositories: Option<Vec<String>>,
     timeout: Option<String>,
 }
@@ -174,9 +186,63 @@ pub struct Upstream {
     pub base_url: String,
     /// The registry name used in image references and in berth's proxy paths.
     pub host: String,
+    pub kind: UpstreamKind,
+    /// Username and password (or token) for Basic and the token realm. GCR/GAR hold
+    /// `_json_key` and the service account JSON here.
     pub credentials: Option<Credentials>,
+    /// Set for `kind: ecr`: the registry password comes from `GetAuthorizationToken`.
+    pub ecr: Option<EcrSettings>,
     pub repositories: Vec<Glob>,
     pub timeout: Duration,
+}
+
+/// Which registry service an upstream is; it decides the default URL and host, which
+/// credential keys apply, and how berth authenticates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    Dockerhub,
+    Quay,
+    Ghcr,
+    Ecr,
+    Acr,
+    Gcr,
+    Gar,
+    #[default]
+    Custom,
+    Public,
+}
+
+impl UpstreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Dockerhub => "dockerhub",
+            UpstreamKind::Quay => "quay",
+            UpstreamKind::Ghcr => "ghcr",
+            UpstreamKind::Ecr => "ecr",
+            UpstreamKind::Acr => "acr",
+            UpstreamKind::Gcr => "gcr",
+            UpstreamKind::Gar => "gar",
+            UpstreamKind::Custom => "custom",
+            UpstreamKind::Public => "public",
+        }
+    }
+}
+
+/// Docker Hub's names: references say `docker.io` or `index.docker.io`, the API is elsewhere.
+pub const DOCKER_HUB_HOST: &str = "index.docker.io";
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+/// AWS credentials for ECR's `GetAuthorizationToken`; the registry password is derived.
+#[derive(Debug, Clone)]
+pub struct EcrSettings {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub region: String,
+    pub registry_id: Option<String>,
+    /// `scheme://authority` of the ECR API (`https://api.ecr.<region>.amazonaws.com`).
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone)]
@@ -208,15 +274,33 @@ impl License {
 }
 
 impl Upstream {
+    /// Whether image references naming `host` belong to this upstream. Docker Hub is known
+    /// by several names; the rest by the configured host only.
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.host == host
+            || (self.kind == UpstreamKind::Dockerhub && DOCKER_HUB_ALIASES.contains(&host))
+    }
+
+    /// The repository name the upstream knows: Docker Hub's official images live under
+    /// `library/`, but references spell them `redis`.
+    pub fn upstream_repository<'a>(&self, repository: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.kind == UpstreamKind::Dockerhub && !repository.contains('/') {
+            std::borrow::Cow::Owned(format!("library/{repository}"))
+        } else {
+            std::borrow::Cow::Borrowed(repository)
+        }
+    }
+
     /// Whether this upstream may serve `repository`; returns how specific the match is
     /// (longer literal prefix wins) or `None` when the allow-list excludes it.
     pub fn match_score(&self, repository: &str) -> Option<usize> {
         if self.repositories.is_empty() {
             return Some(0);
         }
+        let repository = self.upstream_repository(repository);
         self.repositories
             .iter()
-            .filter(|g| g.matches(repository))
+            .filter(|g| g.matches(&repository))
             .map(|g| g.literal_len() + 1)
             .max()
     }
@@ -270,7 +354,7 @@ impl Config {
         app.upstreams
             .iter()
             .map(|&i| &self.upstreams[i])
-            .filter(|u| u.host == host)
+            .filter(|u| u.serves_host(host))
             .filter_map(|u| u.match_score(repository).map(|s| (s, u)))
             .max_by_key(|(s, _)| *s)
             .map(|(_, u)| u)
@@ -355,6 +439,271 @@ fn valid_slug(s: &str) -> bool {
     crate::oci::name::valid_component(s)
 }
 
+/// The URL, host and credentials of one upstream, checked against what its kind needs.
+struct UpstreamAuth {
+    base_url: String,
+    host: String,
+    credentials: Option<Credentials>,
+    ecr: Option<EcrSettings>,
+}
+
+/// Reads a secret given inline (`key`, with `${ENV}`) or as a file (`key_file`, trailing
+/// newlines dropped); both at once is an error.
+fn read_secret(
+    key: &str,
+    inline: Option<&String>,
+    file: Option<&PathBuf>,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<Option<Secret>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            k(&format!("{key}_file")),
+            format!("set either {key} or {key}_file, not both"),
+        )),
+        (Some(v), None) => Ok(Some(Secret::new(interpolate(&k(key), v, env)?))),
+        (None, Some(f)) => {
+            let path = resolve_path(base, f);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new(
+                    k(&format!("{key}_file")),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn validate_upstream_auth(
+    u: &RawUpstream,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<UpstreamAuth, ConfigError> {
+    use UpstreamKind as K;
+    let kind = u.kind;
+    let required =
+        |field: &str| ConfigError::new(k(field), format!("required for kind {}", kind.as_str()));
+    let not_used =
+        |field: &str| ConfigError::new(k(field), format!("not used by kind {}", kind.as_str()));
+    // Keys that belong to other kinds are errors, so a typo'd kind cannot silently
+    // ignore the credentials meant for it.
+    let ecr_keys: [(&str, bool); 6] = [
+        ("access_key_id", u.access_key_id.is_some()),
+        ("secret_access_key", u.secret_access_key.is_some()),
+        ("secret_access_key_file", u.secret_access_key_file.is_some()),
+        ("registry_id", u.registry_id.is_some()),
+        ("ecr_endpoint", u.ecr_endpoint.is_some()),
+        ("region", u.region.is_some()),
+    ];
+    for (field, set) in ecr_keys {
+        let used = kind == K::Ecr || (kind == K::Gar && field == "region");
+        if set && !used {
+            return Err(not_used(field));
+        }
+    }
+    let gcp = matches!(kind, K::Gcr | K::Gar);
+    for (field, set) in [
+        ("service_account_key", u.service_account_key.is_some()),
+        (
+            "service_account_key_file",
+            u.service_account_key_file.is_some(),
+        ),
+    ] {
+        if set && !gcp {
+            return Err(not_used(field));
+        }
+    }
+    if matches!(kind, K::Ecr | K::Gcr | K::Gar | K::Public) {
+        for (field, set) in [
+            ("username", u.username.is_some()),
+            ("password", u.password.is_some()),
+            ("password_file", u.password_file.is_some()),
+        ] {
+            if set {
+                return Err(not_used(field));
+            }
+        }
+    }
+    let region = match &u.region {
+        Some(r) => {
+            let r = interpolate(&k("region"), r, env)?;
+            if r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    k("region"),
+                    format!("invalid region {r:?} (e.g. eu-west-1)"),
+                ));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let registry_id = match &u.registry_id {
+        Some(id) => {
+            let id = interpolate(&k("registry_id"), id, env)?;
+            if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::new(
+                    k("registry_id"),
+                    "an AWS account id is 12 digits",
+                ));
+            }
+            Some(id)
+        }
+        None => None,
+    };
+
+    // URL: explicit, else the kind's well-known service.
+    let default_url = match kind {
+        K::Dockerhub => Some(DOCKER_HUB_URL.to_string()),
+        K::Quay => Some("https://quay.io".to_string()),
+        K::Ghcr => Some("https://ghcr.io".to_string()),
+        K::Gcr => Some("https://gcr.io".to_string()),
+        K::Gar => region
+            .as_ref()
+            .map(|r| format!("https://{r}-docker.pkg.dev")),
+        K::Ecr => match (&registry_id, &region) {
+            (Some(id), Some(r)) => Some(format!("https://{id}.dkr.ecr.{r}.amazonaws.com")),
+            _ => None,
+        },
+        K::Acr | K::Custom | K::Public => None,
+    };
+    let url = match (&u.url, default_url) {
+        (Some(url), _) => interpolate(&k("url"), url, env)?,
+        (None, Some(d)) => d,
+        (None, None) if kind == K::Gar => return Err(required("region")),
+        (None, None) if kind == K::Ecr && region.is_some() => {
+            return Err(ConfigError::new(
+                k("url"),
+                "required for kind ecr unless registry_id is set",
+            ))
+        }
+        (None, None) if kind == K::Ecr => return Err(required("region")),
+        (None, None) => return Err(required("url")),
+    };
+    let (base_url, url_host) = parse_base_url(&url).map_err(|m| ConfigError::new(k("url"), m))?;
+    let host = match &u.host {
+        Some(h) => interpolate(&k("host"), h, env)?,
+        // Hub images are referenced as docker.io/..., whatever URL serves them.
+        None if kind == K::Dockerhub => DOCKER_HUB_HOST.to_string(),
+        None => url_host,
+    };
+    if !valid_host(&host) {
+        return Err(ConfigError::new(
+            k("host"),
+            format!("invalid registry host {host:?} (lowercase DNS name, optional :port)"),
+        ));
+    }
+
+    let password = read_secret(
+        "password",
+        u.password.as_ref(),
+        u.password_file.as_ref(),
+        base,
+        env,
+        k,
+    )?;
+    let mut credentials = match (&u.username, password) {
+        (Some(user), Some(password)) => Some(Credentials {
+            username: interpolate(&k("username"), user, env)?,
+            password,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                k("password"),
+                "username is set but neither password nor password_file is",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                k("username"),
+                "a password is set but no username",
+            ))
+        }
+    };
+    if matches!(kind, K::Dockerhub | K::Quay | K::Ghcr | K::Acr) && credentials.is_none() {
+        // Anonymous pulls are what `kind: public` is for.
+        return Err(required("username"));
+    }
+
+    let mut ecr = None;
+    match kind {
+        K::Ecr => {
+            let access_key_id = match &u.access_key_id {
+                Some(a) => interpolate(&k("access_key_id"), a, env)?,
+                None => return Err(required("access_key_id")),
+            };
+            let secret_access_key = read_secret(
+                "secret_access_key",
+                u.secret_access_key.as_ref(),
+                u.secret_access_key_file.as_ref(),
+                base,
+                env,
+                k,
+            )?
+            .ok_or_else(|| required("secret_access_key"))?;
+            let region = region.ok_or_else(|| required("region"))?;
+            let endpoint = match &u.ecr_endpoint {
+                Some(e) => {
+                    let e = interpolate(&k("ecr_endpoint"), e, env)?;
+                    parse_base_url(&e)
+                        .map_err(|m| ConfigError::new(k("ecr_endpoint"), m))?
+                        .0
+                }
+                None => format!("https://api.ecr.{region}.amazonaws.com"),
+            };
+            ecr = Some(EcrSettings {
+                access_key_id,
+                secret_access_key,
+                region,
+                registry_id,
+                endpoint,
+            });
+        }
+        K::Gcr | K::Gar => {
+            let key = read_secret(
+                "service_account_key",
+                u.service_account_key.as_ref(),
+                u.service_account_key_file.as_ref(),
+                base,
+                env,
+                k,
+            )?
+            .ok_or_else(|| required("service_account_key"))?;
+            // Checked here so a truncated paste fails at check-config, not at the first
+            // pull. The error never quotes the key.
+            let is_object = serde_json::from_str::<serde_json::Value>(key.expose())
+                .map(|v| v.is_object())
+                .unwrap_or(false);
+            if !is_object {
+                return Err(ConfigError::new(
+                    k("service_account_key"),
+                    "not a JSON object (expected the service account key file's contents)",
+                ));
+            }
+            // Google's registries take the key itself as the password of user _json_key.
+            credentials = Some(Credentials {
+                username: "_json_key".into(),
+                password: key,
+            });
+        }
+        _ => {}
+    }
+    Ok(UpstreamAuth {
+        base_url,
+        host,
+        credentials,
+        ecr,
+    })
+}
+
 fn validate(
     raw: RawConfig,
     base: &Path,
@@ -416,58 +765,7 @@ fn validate(
                 format!("duplicate upstream name {:?}", u.name),
             ));
         }
-        let url = interpolate(&k("url"), &u.url, env)?;
-        let (base_url, url_host) =
-            parse_base_url(&url).map_err(|m| ConfigError::new(k("url"), m))?;
-        let host = match u.host {
-            Some(h) => interpolate(&k("host"), &h, env)?,
-            None => url_host,
-        };
-        if !valid_host(&host) {
-            return Err(ConfigError::new(
-                k("host"),
-                format!("invalid registry host {host:?} (lowercase DNS name, optional :port)"),
-            ));
-        }
-        let password = match (&u.password, &u.password_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    k("password_file"),
-                    "set either password or password_file, not both",
-                ))
-            }
-            (Some(p), None) => Some(Secret::new(interpolate(&k("password"), p, env)?)),
-            (None, Some(f)) => {
-                let path = resolve_path(base, f);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new(
-                        k("password_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                Some(Secret::new(text.trim_end_matches(['\r', '\n'])))
-            }
-            (None, None) => None,
-        };
-        let credentials = match (u.username, password) {
-            (Some(user), Some(password)) => Some(Credentials {
-                username: interpolate(&k("username"), &user, env)?,
-                password,
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    k("password"),
-                    "username is set but neither password nor password_file is",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    k("username"),
-                    "a password is set but no username",
-                ))
-            }
-        };
+        let up = validate_upstream_auth(&u, base, env, &k)?;
         let mut repositories = Vec::new();
         for (j, p) in u.repositories.unwrap_or_default().iter().enumerate() {
             repositories.push(
@@ -482,9 +780,11 @@ fn validate(
         };
         upstreams.push(Arc::new(Upstream {
             name: u.name,
-            base_url,
-            host,
-            credentials,
+            base_url: up.base_url,
+            host: up.host,
+            kind: u.kind,
+            credentials: up.credentials,
+            ecr: up.ecr,
             repositories,
             timeout,
         }));

@@ -2,19 +2,23 @@
 //! credentials (anonymous, Basic, or the Bearer challenge → token flow), caches tokens per
 //! (upstream, scope), retries once on a 401, and follows redirects without leaking
 //! `Authorization` to another origin. Credentials never appear in errors or logs.
+//! Provider specifics (ECR's authorization tokens) live in submodules.
 
 pub mod challenge;
+pub mod ecr;
+pub mod probe;
+pub mod sigv4;
 mod token;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, LOCATION, USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::Empty;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -30,7 +34,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const USER_AGENT_VALUE: &str = concat!("berth/", env!("CARGO_PKG_VERSION"));
 
 type HttpClient =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One request to an upstream registry, relative to its base URL.
 #[derive(Debug, Clone)]
@@ -93,7 +97,11 @@ enum Scheme {
 pub struct Client {
     http: HttpClient,
     tokens: token::TokenCache,
+    ecr: ecr::EcrTokens,
     schemes: Mutex<HashMap<String, Scheme>>,
+    /// Last `ratelimit-remaining` seen per upstream (Docker Hub's pull quota).
+    ratelimits: Mutex<HashMap<String, u64>>,
+    clock: ecr::Clock,
 }
 
 impl Default for Client {
@@ -119,11 +127,55 @@ impl Client {
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
+        let clock: ecr::Clock = Arc::new(SystemTime::now);
         Client {
             http,
             tokens: token::TokenCache::new(),
+            ecr: ecr::EcrTokens::new(clock.clone()),
             schemes: Mutex::new(HashMap::new()),
+            ratelimits: Mutex::new(HashMap::new()),
+            clock,
         }
+    }
+
+    /// The last `ratelimit-remaining` an upstream reported (Docker Hub sends it on
+    /// manifest requests), for metrics and `upstream test`.
+    pub fn ratelimit_remaining(&self, upstream: &str) -> Option<u64> {
+        self.ratelimits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(upstream)
+            .copied()
+    }
+
+    /// Records Docker Hub's quota headers and says so in the log when few pulls are left.
+    fn note_ratelimit(&self, up: &Upstream, headers: &HeaderMap) {
+        let Some(remaining) = ratelimit_value(headers, "ratelimit-remaining") else {
+            return;
+        };
+        let limit = ratelimit_value(headers, "ratelimit-limit");
+        let previous = self
+            .ratelimits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(up.name.clone(), remaining);
+        if previous != Some(remaining) && ratelimit_low(remaining, limit) {
+            tracing::info!(upstream = %up.name, remaining, limit = ?limit,
+                "upstream pull quota is running low");
+        }
+    }
+
+    /// The ECR registry login for `up`, cached and renewed before it expires.
+    pub async fn ecr_login(&self, up: &Upstream) -> Result<ecr::EcrLogin, UpstreamError> {
+        let Some(settings) = &up.ecr else {
+            return Err(UpstreamError::Protocol("not an ECR upstream".into()));
+        };
+        let now = (self.clock)();
+        self.ecr
+            .get(&up.name, || {
+                ecr::fetch(&self.http, settings, up.timeout, now)
+            })
+            .await
     }
 
     /// Forgets learned schemes and cached tokens, e.g. after credentials changed on reload.
@@ -133,6 +185,7 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.tokens.clear();
+        self.ecr.clear();
     }
 
     /// Sends `req`, authenticating as the upstream asks. Any status other than 401 is
@@ -145,10 +198,11 @@ impl Client {
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let mut retried = false;
         loop {
-            let scheme = self.scheme(&up.name);
+            let scheme = self.scheme(up);
             let auth = self.authorization(up, scheme.as_ref(), &req.scope).await?;
             let resp = self.send_following(up, req, auth.as_ref()).await?;
             if resp.status() != StatusCode::UNAUTHORIZED {
+                self.note_ratelimit(up, resp.headers());
                 return Ok(resp);
             }
             if retried {
@@ -160,10 +214,15 @@ impl Client {
             match (&learned, &scheme) {
                 (None, _) => return Err(UpstreamError::Unauthorized),
                 // Basic was already sent and refused: the credentials are wrong.
+                // An ECR token may have been revoked or expired early: fetch a new one.
+                (Some(Scheme::Basic), Some(Scheme::Basic)) if up.ecr.is_some() => {
+                    self.ecr.invalidate(&up.name).await;
+                    continue;
+                }
                 (Some(Scheme::Basic), Some(Scheme::Basic)) => {
                     return Err(UpstreamError::Unauthorized)
                 }
-                (Some(Scheme::Basic), _) if up.credentials.is_none() => {
+                (Some(Scheme::Basic), _) if up.credentials.is_none() && up.ecr.is_none() => {
                     return Err(UpstreamError::Unauthorized)
                 }
                 _ => {}
@@ -198,12 +257,15 @@ impl Client {
         }
     }
 
-    fn scheme(&self, upstream: &str) -> Option<Scheme> {
-        self.schemes
+    fn scheme(&self, up: &Upstream) -> Option<Scheme> {
+        let learned = self
+            .schemes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(upstream)
-            .cloned()
+            .get(&up.name)
+            .cloned();
+        // ECR always wants Basic: sending it up front saves an anonymous round trip.
+        learned.or_else(|| up.ecr.is_some().then_some(Scheme::Basic))
     }
 
     fn set_scheme(&self, upstream: &str, s: Scheme) {
@@ -221,6 +283,10 @@ impl Client {
     ) -> Result<Option<HeaderValue>, UpstreamError> {
         match scheme {
             None => Ok(None),
+            Some(Scheme::Basic) if up.ecr.is_some() => {
+                let login = self.ecr_login(up).await?;
+                Ok(Some(basic_header(&login.username, &login.password)))
+            }
             Some(Scheme::Basic) => Ok(up
                 .credentials
                 .as_ref()
@@ -271,7 +337,7 @@ impl Client {
                 }
             }
             let request = builder
-                .body(Empty::new())
+                .body(Full::new(Bytes::new()))
                 .map_err(|_| UpstreamError::Protocol("cannot form the upstream request".into()))?;
             let resp = send(&self.http, request, up.timeout).await?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
@@ -298,7 +364,7 @@ impl Client {
 /// Sends one request with a bound on the time to the response head.
 async fn send(
     http: &HttpClient,
-    request: http::Request<Empty<Bytes>>,
+    request: http::Request<Full<Bytes>>,
     timeout: Duration,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     match tokio::time::timeout(timeout, http.request(request)).await {
@@ -331,6 +397,17 @@ pub(crate) fn basic_header(user: &str, password: &Secret) -> HeaderValue {
         .expect("base64 is always a valid header value");
     v.set_sensitive(true);
     v
+}
+
+/// Docker Hub's `ratelimit-remaining: 76;w=21600`: the count before the `;`.
+fn ratelimit_value(headers: &HeaderMap, name: &str) -> Option<u64> {
+    let v = headers.get(name)?.to_str().ok()?;
+    v.split(';').next()?.trim().parse().ok()
+}
+
+/// Low means a tenth of the window's quota or less (10 when the limit is unknown).
+fn ratelimit_low(remaining: u64, limit: Option<u64>) -> bool {
+    remaining <= limit.map_or(10, |l| (l / 10).max(1))
 }
 
 /// Prefers Bearer (it scopes access) over Basic when an upstream offers both.

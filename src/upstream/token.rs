@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, USER_AGENT};
 use http::{Method, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use serde::Deserialize;
 
 use super::{basic_header, send, HttpClient, UpstreamError, USER_AGENT_VALUE};
@@ -126,7 +127,7 @@ async fn fetch(
         req = req.header(AUTHORIZATION, basic_header(&c.username, &c.password));
     }
     let req = req
-        .body(Empty::new())
+        .body(Full::new(Bytes::new()))
         .map_err(|_| UpstreamError::Token("cannot form the token request".into()))?;
     let resp = send(http, req, up.timeout).await?;
     match resp.status() {
