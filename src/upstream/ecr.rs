@@ -72,9 +72,14 @@ impl EcrTokens {
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// Drops one upstream's login, after the registry refused it.
-    pub(super) async fn invalidate(&self, upstream: &str) {
-        *self.slot(upstream).lock().await = None;
+    /// Drops one upstream's login after the registry refused it, unless another request
+    /// has already replaced it.
+    pub(super) async fn invalidate_if(&self, upstream: &str, used: &Secret) {
+        let slot = self.slot(upstream);
+        let mut guard = slot.lock().await;
+        if guard.as_ref().is_some_and(|c| &c.login.password == used) {
+            *guard = None;
+        }
     }
 
     pub(super) async fn get<F, Fut>(
@@ -290,7 +295,13 @@ mod tests {
         assert_eq!(get().await.password.expose(), "pw1");
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
         // A refused token is dropped; a reload clears everything.
-        tokens.invalidate("ecr").await;
+        tokens.invalidate_if("ecr", &Secret::new("pw0")).await;
+        assert_eq!(
+            get().await.password.expose(),
+            "pw1",
+            "a stale login is no reason"
+        );
+        tokens.invalidate_if("ecr", &Secret::new("pw1")).await;
         assert_eq!(get().await.password.expose(), "pw2");
         tokens.clear();
         assert_eq!(get().await.password.expose(), "pw3");

@@ -84,6 +84,14 @@ impl UpstreamError {
     }
 }
 
+/// What one attempt sent, so a 401 can drop exactly the token or login it refused.
+#[derive(Default)]
+struct Auth {
+    header: Option<HeaderValue>,
+    token: Option<Arc<Token>>,
+    ecr_password: Option<Secret>,
+}
+
 /// How an upstream wants to be authenticated, learned from its first 401.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Scheme {
@@ -200,7 +208,7 @@ impl Client {
         loop {
             let scheme = self.scheme(up);
             let auth = self.authorization(up, scheme.as_ref(), &req.scope).await?;
-            let resp = self.send_following(up, req, auth.as_ref()).await?;
+            let resp = self.send_following(up, req, auth.header.as_ref()).await?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 self.note_ratelimit(up, resp.headers());
                 return Ok(resp);
@@ -213,12 +221,14 @@ impl Client {
             drop(resp);
             match (&learned, &scheme) {
                 (None, _) => return Err(UpstreamError::Unauthorized),
-                // Basic was already sent and refused: the credentials are wrong.
                 // An ECR token may have been revoked or expired early: fetch a new one.
                 (Some(Scheme::Basic), Some(Scheme::Basic)) if up.ecr.is_some() => {
-                    self.ecr.invalidate(&up.name).await;
+                    if let Some(used) = &auth.ecr_password {
+                        self.ecr.invalidate_if(&up.name, used).await;
+                    }
                     continue;
                 }
+                // Basic was already sent and refused: the credentials are wrong.
                 (Some(Scheme::Basic), Some(Scheme::Basic)) => {
                     return Err(UpstreamError::Unauthorized)
                 }
@@ -233,7 +243,12 @@ impl Client {
                 }
                 self.set_scheme(&up.name, s);
             }
-            self.tokens.invalidate(&up.name, &req.scope).await;
+            // Only the token this request was refused with goes: a 401 to an anonymous
+            // first contact, or to a token another request has already replaced, must not
+            // drop a good one (a burst of first pulls would otherwise fetch one each).
+            if let Some(used) = &auth.token {
+                self.tokens.invalidate_if(&up.name, &req.scope, used).await;
+            }
         }
     }
 
@@ -280,17 +295,24 @@ impl Client {
         up: &Upstream,
         scheme: Option<&Scheme>,
         scope: &str,
-    ) -> Result<Option<HeaderValue>, UpstreamError> {
+    ) -> Result<Auth, UpstreamError> {
         match scheme {
-            None => Ok(None),
+            None => Ok(Auth::default()),
             Some(Scheme::Basic) if up.ecr.is_some() => {
                 let login = self.ecr_login(up).await?;
-                Ok(Some(basic_header(&login.username, &login.password)))
+                Ok(Auth {
+                    header: Some(basic_header(&login.username, &login.password)),
+                    ecr_password: Some(login.password),
+                    token: None,
+                })
             }
-            Some(Scheme::Basic) => Ok(up
-                .credentials
-                .as_ref()
-                .map(|c| basic_header(&c.username, &c.password))),
+            Some(Scheme::Basic) => Ok(Auth {
+                header: up
+                    .credentials
+                    .as_ref()
+                    .map(|c| basic_header(&c.username, &c.password)),
+                ..Auth::default()
+            }),
             Some(Scheme::Bearer { realm, service }) => {
                 let token = self
                     .tokens
@@ -301,7 +323,11 @@ impl Client {
                         UpstreamError::Token("token is not a valid header value".into())
                     })?;
                 v.set_sensitive(true);
-                Ok(Some(v))
+                Ok(Auth {
+                    header: Some(v),
+                    token: Some(token),
+                    ecr_password: None,
+                })
             }
         }
     }

@@ -65,13 +65,20 @@ impl TokenCache {
         self.cache.invalidate_all();
     }
 
-    pub(super) async fn invalidate(&self, upstream: &str, scope: &str) {
-        self.cache
-            .invalidate(&Key {
-                upstream: upstream.to_string(),
-                scope: scope.to_string(),
-            })
-            .await;
+    /// Drops the cached token for (upstream, scope) if it is still `used`.
+    pub(super) async fn invalidate_if(&self, upstream: &str, scope: &str, used: &Arc<Token>) {
+        let key = Key {
+            upstream: upstream.to_string(),
+            scope: scope.to_string(),
+        };
+        if self
+            .cache
+            .get(&key)
+            .await
+            .is_some_and(|t| Arc::ptr_eq(&t, used))
+        {
+            self.cache.invalidate(&key).await;
+        }
     }
 
     /// Returns a cached token or fetches one; concurrent callers for the same key share
