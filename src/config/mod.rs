@@ -1097,6 +1097,133 @@ licenses:
         assert!(parse_size("5XB").is_err());
     }
 
+    /// GOOD with its upstreams replaced by one entry (a YAML flow mapping's inside).
+    fn one_upstream(entry: &str) -> Result<Config, ConfigError> {
+        let start = GOOD.find("upstreams:\n").unwrap();
+        let end = GOOD.find("apps:").unwrap();
+        let text = format!(
+            "{}upstreams:\n  - {{ name: u, {entry} }}\n{}",
+            &GOOD[..start],
+            GOOD[end..].replace("[acme-quay, acme-quay-team]", "[u]")
+        );
+        parse(&text)
+    }
+
+    fn err(entry: &str) -> String {
+        one_upstream(entry).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn kinds_fill_in_their_defaults() {
+        let u = one_upstream("kind: dockerhub, username: a, password: b").unwrap();
+        let u = &u.upstreams[0];
+        assert_eq!(u.base_url, "https://registry-1.docker.io");
+        assert_eq!(u.host, "index.docker.io");
+        assert!(u.serves_host("docker.io") && u.serves_host("index.docker.io"));
+        assert_eq!(u.upstream_repository("redis"), "library/redis");
+        assert_eq!(u.upstream_repository("bitnami/redis"), "bitnami/redis");
+        // A test URL keeps Hub's names and rules.
+        let c = one_upstream(
+            "kind: dockerhub, url: \"http://127.0.0.1:5000\", username: a, password: b",
+        )
+        .unwrap();
+        assert_eq!(c.upstreams[0].host, "index.docker.io");
+        assert_eq!(c.upstreams[0].base_url, "http://127.0.0.1:5000");
+
+        for (kind, url) in [("quay", "https://quay.io"), ("ghcr", "https://ghcr.io")] {
+            let c = one_upstream(&format!("kind: {kind}, username: a, password: b")).unwrap();
+            assert_eq!(c.upstreams[0].base_url, url);
+        }
+        let c = one_upstream("kind: gar, region: europe-west1, service_account_key: '{\"type\":\"service_account\"}'").unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.base_url, "https://europe-west1-docker.pkg.dev");
+        assert_eq!(u.host, "europe-west1-docker.pkg.dev");
+        assert_eq!(u.credentials.as_ref().unwrap().username, "_json_key");
+        assert!(!format!("{c:?}").contains("service_account\""));
+
+        let c = one_upstream("kind: ecr, region: eu-west-1, registry_id: '123456789012', access_key_id: AKID, secret_access_key: '${ACME_QUAY_TOKEN}'").unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(
+            u.base_url,
+            "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+        );
+        let e = u.ecr.as_ref().unwrap();
+        assert_eq!(e.endpoint, "https://api.ecr.eu-west-1.amazonaws.com");
+        assert_eq!(e.secret_access_key.expose(), "s3cr3t");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+
+        let c = one_upstream("kind: public, url: \"https://registry.k8s.io\"").unwrap();
+        assert!(c.upstreams[0].credentials.is_none());
+        // Without a kind, today's configs keep working (anonymous custom upstreams too).
+        let c = one_upstream("url: \"https://r.example\"").unwrap();
+        assert_eq!(c.upstreams[0].kind, UpstreamKind::Custom);
+    }
+
+    #[test]
+    fn each_kind_names_its_missing_field() {
+        let ecr = "kind: ecr, url: \"https://x.example\"";
+        assert_eq!(
+            err(ecr),
+            "upstreams[0].access_key_id: required for kind ecr"
+        );
+        assert_eq!(
+            err(&format!("{ecr}, access_key_id: A")),
+            "upstreams[0].secret_access_key: required for kind ecr"
+        );
+        assert_eq!(
+            err(&format!("{ecr}, access_key_id: A, secret_access_key: S")),
+            "upstreams[0].region: required for kind ecr"
+        );
+        assert_eq!(
+            err("kind: ecr, region: eu-west-1, access_key_id: A, secret_access_key: S"),
+            "upstreams[0].url: required for kind ecr unless registry_id is set"
+        );
+        assert_eq!(
+            err("kind: ecr, region: eu-west-1, registry_id: '12', access_key_id: A, secret_access_key: S"),
+            "upstreams[0].registry_id: an AWS account id is 12 digits"
+        );
+        assert_eq!(
+            err("kind: gcr"),
+            "upstreams[0].service_account_key: required for kind gcr"
+        );
+        assert_eq!(
+            err("kind: gcr, service_account_key: '{truncated'"),
+            "upstreams[0].service_account_key: not a JSON object (expected the service account key file's contents)"
+        );
+        assert_eq!(
+            err("kind: gar"),
+            "upstreams[0].region: required for kind gar"
+        );
+        assert_eq!(err("kind: acr"), "upstreams[0].url: required for kind acr");
+        assert_eq!(
+            err("kind: acr, url: \"https://a.azurecr.io\""),
+            "upstreams[0].username: required for kind acr"
+        );
+        assert_eq!(
+            err("kind: dockerhub"),
+            "upstreams[0].username: required for kind dockerhub"
+        );
+        assert_eq!(
+            err("kind: custom"),
+            "upstreams[0].url: required for kind custom"
+        );
+        assert_eq!(
+            err("kind: public, url: \"https://r.example\", username: a, password: b"),
+            "upstreams[0].username: not used by kind public"
+        );
+        assert_eq!(
+            err("kind: quay, username: a, password: b, region: eu-west-1"),
+            "upstreams[0].region: not used by kind quay"
+        );
+        assert_eq!(
+            err("kind: gcr, service_account_key: '{}', username: a"),
+            "upstreams[0].username: not used by kind gcr"
+        );
+        let e = one_upstream("kind: quya").unwrap_err();
+        assert_eq!(e.key, "upstreams[0].kind");
+        assert!(e.message.contains("unknown variant `quya`"), "{e}");
+    }
+
     #[test]
     fn base_url_normalization() {
         assert_eq!(

@@ -571,6 +571,37 @@ mod tests {
     }
 
     #[test]
+    fn ratelimit_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-limit", HeaderValue::from_static("100;w=21600"));
+        h.insert(
+            "ratelimit-remaining",
+            HeaderValue::from_static("76;w=21600"),
+        );
+        assert_eq!(ratelimit_value(&h, "ratelimit-remaining"), Some(76));
+        assert_eq!(ratelimit_value(&h, "ratelimit-limit"), Some(100));
+        assert_eq!(ratelimit_value(&h, "ratelimit-reset"), None);
+        assert!(!ratelimit_low(76, Some(100)));
+        assert!(ratelimit_low(10, Some(100)));
+        assert!(ratelimit_low(3, None));
+        assert!(!ratelimit_low(11, None));
+        assert!(ratelimit_low(0, Some(5)));
+
+        let client = Client::new();
+        let up = crate::config::Config::parse(
+            "server: {listen: \"127.0.0.1:1\", hostname: h}\ncache: {dir: d}\nupstreams: [{name: hub, kind: public, url: \"https://r.example\"}]\n",
+            std::path::Path::new("/"),
+            &|_| None,
+        )
+        .unwrap()
+        .upstreams[0]
+            .clone();
+        assert_eq!(client.ratelimit_remaining("hub"), None);
+        client.note_ratelimit(&up, &h);
+        assert_eq!(client.ratelimit_remaining("hub"), Some(76));
+    }
+
+    #[test]
     fn basic_header_is_sensitive() {
         let v = basic_header("u", &Secret::new("p"));
         assert!(v.is_sensitive());
