@@ -325,7 +325,8 @@ fn resolve(
         .ok_or_else(|| Error::NameUnknown(repo.name()))?;
     Ok(Target {
         upstream: upstream.clone(),
-        repository: repo.repository.clone(),
+        // Docker Hub's `redis` is `library/redis` upstream.
+        repository: upstream.upstream_repository(&repo.repository).into_owned(),
         public_name: repo.name(),
         tag_ttl: config.cache.tag_ttl,
         offline: config.cache.offline,

@@ -113,11 +113,23 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     name: String,
-    url: String,
+    #[serde(default)]
+    kind: UpstreamKind,
+    url: Option<String>,
     host: Option<String>,
     username: Option<String>,
     password: Option<String>,
     password_file: Option<PathBuf>,
+    // ecr
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    region: Option<String>,
+    registry_id: Option<String>,
+    ecr_endpoint: Option<String>,
+    // gcr / gar
+    service_account_key: Option<String>,
+    service_account_key_file: Option<PathBuf>,
     repositories: Option<Vec<String>>,
     timeout: Option<String>,
 }
@@ -253,9 +265,63 @@ pub struct Upstream {
     pub base_url: String,
     /// The registry name used in image references and in berth's proxy paths.
     pub host: String,
+    pub kind: UpstreamKind,
+    /// Username and password (or token) for Basic and the token realm. GCR/GAR hold
+    /// `_json_key` and the service account JSON here.
     pub credentials: Option<Credentials>,
+    /// Set for `kind: ecr`: the registry password comes from `GetAuthorizationToken`.
+    pub ecr: Option<EcrSettings>,
     pub repositories: Vec<Glob>,
     pub timeout: Duration,
+}
+
+/// Which registry service an upstream is; it decides the default URL and host, which
+/// credential keys apply, and how berth authenticates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    Dockerhub,
+    Quay,
+    Ghcr,
+    Ecr,
+    Acr,
+    Gcr,
+    Gar,
+    #[default]
+    Custom,
+    Public,
+}
+
+impl UpstreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Dockerhub => "dockerhub",
+            UpstreamKind::Quay => "quay",
+            UpstreamKind::Ghcr => "ghcr",
+            UpstreamKind::Ecr => "ecr",
+            UpstreamKind::Acr => "acr",
+            UpstreamKind::Gcr => "gcr",
+            UpstreamKind::Gar => "gar",
+            UpstreamKind::Custom => "custom",
+            UpstreamKind::Public => "public",
+        }
+    }
+}
+
+/// Docker Hub's names: references say `docker.io` or `index.docker.io`, the API is elsewhere.
+pub const DOCKER_HUB_HOST: &str = "index.docker.io";
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+
+/// AWS credentials for ECR's `GetAuthorizationToken`; the registry password is derived.
+#[derive(Debug, Clone)]
+pub struct EcrSettings {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub region: String,
+    pub registry_id: Option<String>,
+    /// `scheme://authority` of the ECR API (`https://api.ecr.<region>.amazonaws.com`).
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone)]
@@ -306,15 +372,35 @@ pub fn fingerprint(id: &str) -> String {
 }
 
 impl Upstream {
+    /// Whether image references naming `host` belong to this upstream. Docker Hub is known
+    /// by several names; the rest by the configured host only.
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.host == host
+            // The rewriter spells host:port as host_port inside a repository path.
+            || self.host.replace(':', "_") == host
+            || (self.kind == UpstreamKind::Dockerhub && DOCKER_HUB_ALIASES.contains(&host))
+    }
+
+    /// The repository name the upstream knows: Docker Hub's official images live under
+    /// `library/`, but references spell them `redis`.
+    pub fn upstream_repository<'a>(&self, repository: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.kind == UpstreamKind::Dockerhub && !repository.contains('/') {
+            std::borrow::Cow::Owned(format!("library/{repository}"))
+        } else {
+            std::borrow::Cow::Borrowed(repository)
+        }
+    }
+
     /// Whether this upstream may serve `repository`; returns how specific the match is
     /// (longer literal prefix wins) or `None` when the allow-list excludes it.
     pub fn match_score(&self, repository: &str) -> Option<usize> {
         if self.repositories.is_empty() {
             return Some(0);
         }
+        let repository = self.upstream_repository(repository);
         self.repositories
             .iter()
-            .filter(|g| g.matches(repository))
+            .filter(|g| g.matches(&repository))
             .map(|g| g.literal_len() + 1)
             .max()
     }
@@ -368,7 +454,7 @@ impl Config {
         app.upstreams
             .iter()
             .map(|&i| &self.upstreams[i])
-            .filter(|u| u.host == host || u.host.replace(':', "_") == host)
+            .filter(|u| u.serves_host(host))
             .filter_map(|u| u.match_score(repository).map(|s| (s, u)))
             .max_by_key(|(s, _)| *s)
             .map(|(_, u)| u)
@@ -453,6 +539,271 @@ fn valid_slug(s: &str) -> bool {
     crate::oci::name::valid_component(s)
 }
 
+/// The URL, host and credentials of one upstream, checked against what its kind needs.
+struct UpstreamAuth {
+    base_url: String,
+    host: String,
+    credentials: Option<Credentials>,
+    ecr: Option<EcrSettings>,
+}
+
+/// Reads a secret given inline (`key`, with `${ENV}`) or as a file (`key_file`, trailing
+/// newlines dropped); both at once is an error.
+fn read_secret(
+    key: &str,
+    inline: Option<&String>,
+    file: Option<&PathBuf>,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<Option<Secret>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            k(&format!("{key}_file")),
+            format!("set either {key} or {key}_file, not both"),
+        )),
+        (Some(v), None) => Ok(Some(Secret::new(interpolate(&k(key), v, env)?))),
+        (None, Some(f)) => {
+            let path = resolve_path(base, f);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new(
+                    k(&format!("{key}_file")),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn validate_upstream_auth(
+    u: &RawUpstream,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<UpstreamAuth, ConfigError> {
+    use UpstreamKind as K;
+    let kind = u.kind;
+    let required =
+        |field: &str| ConfigError::new(k(field), format!("required for kind {}", kind.as_str()));
+    let not_used =
+        |field: &str| ConfigError::new(k(field), format!("not used by kind {}", kind.as_str()));
+    // Keys that belong to other kinds are errors, so a typo'd kind cannot silently
+    // ignore the credentials meant for it.
+    let ecr_keys: [(&str, bool); 6] = [
+        ("access_key_id", u.access_key_id.is_some()),
+        ("secret_access_key", u.secret_access_key.is_some()),
+        ("secret_access_key_file", u.secret_access_key_file.is_some()),
+        ("registry_id", u.registry_id.is_some()),
+        ("ecr_endpoint", u.ecr_endpoint.is_some()),
+        ("region", u.region.is_some()),
+    ];
+    for (field, set) in ecr_keys {
+        let used = kind == K::Ecr || (kind == K::Gar && field == "region");
+        if set && !used {
+            return Err(not_used(field));
+        }
+    }
+    let gcp = matches!(kind, K::Gcr | K::Gar);
+    for (field, set) in [
+        ("service_account_key", u.service_account_key.is_some()),
+        (
+            "service_account_key_file",
+            u.service_account_key_file.is_some(),
+        ),
+    ] {
+        if set && !gcp {
+            return Err(not_used(field));
+        }
+    }
+    if matches!(kind, K::Ecr | K::Gcr | K::Gar | K::Public) {
+        for (field, set) in [
+            ("username", u.username.is_some()),
+            ("password", u.password.is_some()),
+            ("password_file", u.password_file.is_some()),
+        ] {
+            if set {
+                return Err(not_used(field));
+            }
+        }
+    }
+    let region = match &u.region {
+        Some(r) => {
+            let r = interpolate(&k("region"), r, env)?;
+            if r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    k("region"),
+                    format!("invalid region {r:?} (e.g. eu-west-1)"),
+                ));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let registry_id = match &u.registry_id {
+        Some(id) => {
+            let id = interpolate(&k("registry_id"), id, env)?;
+            if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::new(
+                    k("registry_id"),
+                    "an AWS account id is 12 digits",
+                ));
+            }
+            Some(id)
+        }
+        None => None,
+    };
+
+    // URL: explicit, else the kind's well-known service.
+    let default_url = match kind {
+        K::Dockerhub => Some(DOCKER_HUB_URL.to_string()),
+        K::Quay => Some("https://quay.io".to_string()),
+        K::Ghcr => Some("https://ghcr.io".to_string()),
+        K::Gcr => Some("https://gcr.io".to_string()),
+        K::Gar => region
+            .as_ref()
+            .map(|r| format!("https://{r}-docker.pkg.dev")),
+        K::Ecr => match (&registry_id, &region) {
+            (Some(id), Some(r)) => Some(format!("https://{id}.dkr.ecr.{r}.amazonaws.com")),
+            _ => None,
+        },
+        K::Acr | K::Custom | K::Public => None,
+    };
+    let url = match (&u.url, default_url) {
+        (Some(url), _) => interpolate(&k("url"), url, env)?,
+        (None, Some(d)) => d,
+        (None, None) if kind == K::Gar => return Err(required("region")),
+        (None, None) if kind == K::Ecr && region.is_some() => {
+            return Err(ConfigError::new(
+                k("url"),
+                "required for kind ecr unless registry_id is set",
+            ))
+        }
+        (None, None) if kind == K::Ecr => return Err(required("region")),
+        (None, None) => return Err(required("url")),
+    };
+    let (base_url, url_host) = parse_base_url(&url).map_err(|m| ConfigError::new(k("url"), m))?;
+    let host = match &u.host {
+        Some(h) => interpolate(&k("host"), h, env)?,
+        // Hub images are referenced as docker.io/..., whatever URL serves them.
+        None if kind == K::Dockerhub => DOCKER_HUB_HOST.to_string(),
+        None => url_host,
+    };
+    if !valid_host(&host) {
+        return Err(ConfigError::new(
+            k("host"),
+            format!("invalid registry host {host:?} (lowercase DNS name, optional :port)"),
+        ));
+    }
+
+    let password = read_secret(
+        "password",
+        u.password.as_ref(),
+        u.password_file.as_ref(),
+        base,
+        env,
+        k,
+    )?;
+    let mut credentials = match (&u.username, password) {
+        (Some(user), Some(password)) => Some(Credentials {
+            username: interpolate(&k("username"), user, env)?,
+            password,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                k("password"),
+                "username is set but neither password nor password_file is",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                k("username"),
+                "a password is set but no username",
+            ))
+        }
+    };
+    if matches!(kind, K::Dockerhub | K::Quay | K::Ghcr | K::Acr) && credentials.is_none() {
+        // Anonymous pulls are what `kind: public` is for.
+        return Err(required("username"));
+    }
+
+    let mut ecr = None;
+    match kind {
+        K::Ecr => {
+            let access_key_id = match &u.access_key_id {
+                Some(a) => interpolate(&k("access_key_id"), a, env)?,
+                None => return Err(required("access_key_id")),
+            };
+            let secret_access_key = read_secret(
+                "secret_access_key",
+                u.secret_access_key.as_ref(),
+                u.secret_access_key_file.as_ref(),
+                base,
+                env,
+                k,
+            )?
+            .ok_or_else(|| required("secret_access_key"))?;
+            let region = region.ok_or_else(|| required("region"))?;
+            let endpoint = match &u.ecr_endpoint {
+                Some(e) => {
+                    let e = interpolate(&k("ecr_endpoint"), e, env)?;
+                    parse_base_url(&e)
+                        .map_err(|m| ConfigError::new(k("ecr_endpoint"), m))?
+                        .0
+                }
+                None => format!("https://api.ecr.{region}.amazonaws.com"),
+            };
+            ecr = Some(EcrSettings {
+                access_key_id,
+                secret_access_key,
+                region,
+                registry_id,
+                endpoint,
+            });
+        }
+        K::Gcr | K::Gar => {
+            let key = read_secret(
+                "service_account_key",
+                u.service_account_key.as_ref(),
+                u.service_account_key_file.as_ref(),
+                base,
+                env,
+                k,
+            )?
+            .ok_or_else(|| required("service_account_key"))?;
+            // Checked here so a truncated paste fails at check-config, not at the first
+            // pull. The error never quotes the key.
+            let is_object = serde_json::from_str::<serde_json::Value>(key.expose())
+                .map(|v| v.is_object())
+                .unwrap_or(false);
+            if !is_object {
+                return Err(ConfigError::new(
+                    k("service_account_key"),
+                    "not a JSON object (expected the service account key file's contents)",
+                ));
+            }
+            // Google's registries take the key itself as the password of user _json_key.
+            credentials = Some(Credentials {
+                username: "_json_key".into(),
+                password: key,
+            });
+        }
+        _ => {}
+    }
+    Ok(UpstreamAuth {
+        base_url,
+        host,
+        credentials,
+        ecr,
+    })
+}
+
 fn validate(
     raw: RawConfig,
     base: &Path,
@@ -514,58 +865,7 @@ fn validate(
                 format!("duplicate upstream name {:?}", u.name),
             ));
         }
-        let url = interpolate(&k("url"), &u.url, env)?;
-        let (base_url, url_host) =
-            parse_base_url(&url).map_err(|m| ConfigError::new(k("url"), m))?;
-        let host = match u.host {
-            Some(h) => interpolate(&k("host"), &h, env)?,
-            None => url_host,
-        };
-        if !valid_host(&host) {
-            return Err(ConfigError::new(
-                k("host"),
-                format!("invalid registry host {host:?} (lowercase DNS name, optional :port)"),
-            ));
-        }
-        let password = match (&u.password, &u.password_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    k("password_file"),
-                    "set either password or password_file, not both",
-                ))
-            }
-            (Some(p), None) => Some(Secret::new(interpolate(&k("password"), p, env)?)),
-            (None, Some(f)) => {
-                let path = resolve_path(base, f);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigError::new(
-                        k("password_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                Some(Secret::new(text.trim_end_matches(['\r', '\n'])))
-            }
-            (None, None) => None,
-        };
-        let credentials = match (u.username, password) {
-            (Some(user), Some(password)) => Some(Credentials {
-                username: interpolate(&k("username"), &user, env)?,
-                password,
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    k("password"),
-                    "username is set but neither password nor password_file is",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    k("username"),
-                    "a password is set but no username",
-                ))
-            }
-        };
+        let up = validate_upstream_auth(&u, base, env, &k)?;
         let mut repositories = Vec::new();
         for (j, p) in u.repositories.unwrap_or_default().iter().enumerate() {
             repositories.push(
@@ -580,9 +880,11 @@ fn validate(
         };
         upstreams.push(Arc::new(Upstream {
             name: u.name,
-            base_url,
-            host,
-            credentials,
+            base_url: up.base_url,
+            host: up.host,
+            kind: u.kind,
+            credentials: up.credentials,
+            ecr: up.ecr,
             repositories,
             timeout,
         }));
@@ -1010,6 +1312,133 @@ licenses:
         assert!(parse_size("ten gigs").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("5XB").is_err());
+    }
+
+    /// GOOD with its upstreams replaced by one entry (a YAML flow mapping's inside).
+    fn one_upstream(entry: &str) -> Result<Config, ConfigError> {
+        let start = GOOD.find("upstreams:\n").unwrap();
+        let end = GOOD.find("apps:").unwrap();
+        let text = format!(
+            "{}upstreams:\n  - {{ name: u, {entry} }}\n{}",
+            &GOOD[..start],
+            GOOD[end..].replace("[acme-quay, acme-quay-team]", "[u]")
+        );
+        parse(&text)
+    }
+
+    fn err(entry: &str) -> String {
+        one_upstream(entry).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn kinds_fill_in_their_defaults() {
+        let u = one_upstream("kind: dockerhub, username: a, password: b").unwrap();
+        let u = &u.upstreams[0];
+        assert_eq!(u.base_url, "https://registry-1.docker.io");
+        assert_eq!(u.host, "index.docker.io");
+        assert!(u.serves_host("docker.io") && u.serves_host("index.docker.io"));
+        assert_eq!(u.upstream_repository("redis"), "library/redis");
+        assert_eq!(u.upstream_repository("bitnami/redis"), "bitnami/redis");
+        // A test URL keeps Hub's names and rules.
+        let c = one_upstream(
+            "kind: dockerhub, url: \"http://127.0.0.1:5000\", username: a, password: b",
+        )
+        .unwrap();
+        assert_eq!(c.upstreams[0].host, "index.docker.io");
+        assert_eq!(c.upstreams[0].base_url, "http://127.0.0.1:5000");
+
+        for (kind, url) in [("quay", "https://quay.io"), ("ghcr", "https://ghcr.io")] {
+            let c = one_upstream(&format!("kind: {kind}, username: a, password: b")).unwrap();
+            assert_eq!(c.upstreams[0].base_url, url);
+        }
+        let c = one_upstream("kind: gar, region: europe-west1, service_account_key: '{\"type\":\"service_account\"}'").unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.base_url, "https://europe-west1-docker.pkg.dev");
+        assert_eq!(u.host, "europe-west1-docker.pkg.dev");
+        assert_eq!(u.credentials.as_ref().unwrap().username, "_json_key");
+        assert!(!format!("{c:?}").contains("service_account\""));
+
+        let c = one_upstream("kind: ecr, region: eu-west-1, registry_id: '123456789012', access_key_id: AKID, secret_access_key: '${ACME_QUAY_TOKEN}'").unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(
+            u.base_url,
+            "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+        );
+        let e = u.ecr.as_ref().unwrap();
+        assert_eq!(e.endpoint, "https://api.ecr.eu-west-1.amazonaws.com");
+        assert_eq!(e.secret_access_key.expose(), "s3cr3t");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+
+        let c = one_upstream("kind: public, url: \"https://registry.k8s.io\"").unwrap();
+        assert!(c.upstreams[0].credentials.is_none());
+        // Without a kind, today's configs keep working (anonymous custom upstreams too).
+        let c = one_upstream("url: \"https://r.example\"").unwrap();
+        assert_eq!(c.upstreams[0].kind, UpstreamKind::Custom);
+    }
+
+    #[test]
+    fn each_kind_names_its_missing_field() {
+        let ecr = "kind: ecr, url: \"https://x.example\"";
+        assert_eq!(
+            err(ecr),
+            "upstreams[0].access_key_id: required for kind ecr"
+        );
+        assert_eq!(
+            err(&format!("{ecr}, access_key_id: A")),
+            "upstreams[0].secret_access_key: required for kind ecr"
+        );
+        assert_eq!(
+            err(&format!("{ecr}, access_key_id: A, secret_access_key: S")),
+            "upstreams[0].region: required for kind ecr"
+        );
+        assert_eq!(
+            err("kind: ecr, region: eu-west-1, access_key_id: A, secret_access_key: S"),
+            "upstreams[0].url: required for kind ecr unless registry_id is set"
+        );
+        assert_eq!(
+            err("kind: ecr, region: eu-west-1, registry_id: '12', access_key_id: A, secret_access_key: S"),
+            "upstreams[0].registry_id: an AWS account id is 12 digits"
+        );
+        assert_eq!(
+            err("kind: gcr"),
+            "upstreams[0].service_account_key: required for kind gcr"
+        );
+        assert_eq!(
+            err("kind: gcr, service_account_key: '{truncated'"),
+            "upstreams[0].service_account_key: not a JSON object (expected the service account key file's contents)"
+        );
+        assert_eq!(
+            err("kind: gar"),
+            "upstreams[0].region: required for kind gar"
+        );
+        assert_eq!(err("kind: acr"), "upstreams[0].url: required for kind acr");
+        assert_eq!(
+            err("kind: acr, url: \"https://a.azurecr.io\""),
+            "upstreams[0].username: required for kind acr"
+        );
+        assert_eq!(
+            err("kind: dockerhub"),
+            "upstreams[0].username: required for kind dockerhub"
+        );
+        assert_eq!(
+            err("kind: custom"),
+            "upstreams[0].url: required for kind custom"
+        );
+        assert_eq!(
+            err("kind: public, url: \"https://r.example\", username: a, password: b"),
+            "upstreams[0].username: not used by kind public"
+        );
+        assert_eq!(
+            err("kind: quay, username: a, password: b, region: eu-west-1"),
+            "upstreams[0].region: not used by kind quay"
+        );
+        assert_eq!(
+            err("kind: gcr, service_account_key: '{}', username: a"),
+            "upstreams[0].username: not used by kind gcr"
+        );
+        let e = one_upstream("kind: quya").unwrap_err();
+        assert_eq!(e.key, "upstreams[0].kind");
+        assert!(e.message.contains("unknown variant `quya`"), "{e}");
     }
 
     #[test]

@@ -2,19 +2,23 @@
 //! credentials (anonymous, Basic, or the Bearer challenge → token flow), caches tokens per
 //! (upstream, scope), retries once on a 401, and follows redirects without leaking
 //! `Authorization` to another origin. Credentials never appear in errors or logs.
+//! Provider specifics (ECR's authorization tokens) live in submodules.
 
 pub mod challenge;
+pub mod ecr;
+pub mod probe;
+pub mod sigv4;
 mod token;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, LOCATION, USER_AGENT, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::Empty;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -30,7 +34,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const USER_AGENT_VALUE: &str = concat!("berth/", env!("CARGO_PKG_VERSION"));
 
 type HttpClient =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One request to an upstream registry, relative to its base URL.
 #[derive(Debug, Clone)]
@@ -80,6 +84,14 @@ impl UpstreamError {
     }
 }
 
+/// What one attempt sent, so a 401 can drop exactly the token or login it refused.
+#[derive(Default)]
+struct Auth {
+    header: Option<HeaderValue>,
+    token: Option<Arc<Token>>,
+    ecr_password: Option<Secret>,
+}
+
 /// How an upstream wants to be authenticated, learned from its first 401.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Scheme {
@@ -93,7 +105,11 @@ enum Scheme {
 pub struct Client {
     http: HttpClient,
     tokens: token::TokenCache,
+    ecr: ecr::EcrTokens,
     schemes: Mutex<HashMap<String, Scheme>>,
+    /// Last `ratelimit-remaining` seen per upstream (Docker Hub's pull quota).
+    ratelimits: Mutex<HashMap<String, u64>>,
+    clock: ecr::Clock,
 }
 
 impl Default for Client {
@@ -119,11 +135,55 @@ impl Client {
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
+        let clock: ecr::Clock = Arc::new(SystemTime::now);
         Client {
             http,
             tokens: token::TokenCache::new(),
+            ecr: ecr::EcrTokens::new(clock.clone()),
             schemes: Mutex::new(HashMap::new()),
+            ratelimits: Mutex::new(HashMap::new()),
+            clock,
         }
+    }
+
+    /// The last `ratelimit-remaining` an upstream reported (Docker Hub sends it on
+    /// manifest requests), for metrics and `upstream test`.
+    pub fn ratelimit_remaining(&self, upstream: &str) -> Option<u64> {
+        self.ratelimits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(upstream)
+            .copied()
+    }
+
+    /// Records Docker Hub's quota headers and says so in the log when few pulls are left.
+    fn note_ratelimit(&self, up: &Upstream, headers: &HeaderMap) {
+        let Some(remaining) = ratelimit_value(headers, "ratelimit-remaining") else {
+            return;
+        };
+        let limit = ratelimit_value(headers, "ratelimit-limit");
+        let previous = self
+            .ratelimits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(up.name.clone(), remaining);
+        if previous != Some(remaining) && ratelimit_low(remaining, limit) {
+            tracing::info!(upstream = %up.name, remaining, limit = ?limit,
+                "upstream pull quota is running low");
+        }
+    }
+
+    /// The ECR registry login for `up`, cached and renewed before it expires.
+    pub async fn ecr_login(&self, up: &Upstream) -> Result<ecr::EcrLogin, UpstreamError> {
+        let Some(settings) = &up.ecr else {
+            return Err(UpstreamError::Protocol("not an ECR upstream".into()));
+        };
+        let now = (self.clock)();
+        self.ecr
+            .get(&up.name, || {
+                ecr::fetch(&self.http, settings, up.timeout, now)
+            })
+            .await
     }
 
     /// Forgets learned schemes and cached tokens, e.g. after credentials changed on reload.
@@ -133,6 +193,7 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.tokens.clear();
+        self.ecr.clear();
     }
 
     /// Sends `req`, authenticating as the upstream asks. Any status other than 401 is
@@ -145,10 +206,11 @@ impl Client {
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let mut retried = false;
         loop {
-            let scheme = self.scheme(&up.name);
+            let scheme = self.scheme(up);
             let auth = self.authorization(up, scheme.as_ref(), &req.scope).await?;
-            let resp = self.send_following(up, req, auth.as_ref()).await?;
+            let resp = self.send_following(up, req, auth.header.as_ref()).await?;
             if resp.status() != StatusCode::UNAUTHORIZED {
+                self.note_ratelimit(up, resp.headers());
                 return Ok(resp);
             }
             if retried {
@@ -159,11 +221,18 @@ impl Client {
             drop(resp);
             match (&learned, &scheme) {
                 (None, _) => return Err(UpstreamError::Unauthorized),
+                // An ECR token may have been revoked or expired early: fetch a new one.
+                (Some(Scheme::Basic), Some(Scheme::Basic)) if up.ecr.is_some() => {
+                    if let Some(used) = &auth.ecr_password {
+                        self.ecr.invalidate_if(&up.name, used).await;
+                    }
+                    continue;
+                }
                 // Basic was already sent and refused: the credentials are wrong.
                 (Some(Scheme::Basic), Some(Scheme::Basic)) => {
                     return Err(UpstreamError::Unauthorized)
                 }
-                (Some(Scheme::Basic), _) if up.credentials.is_none() => {
+                (Some(Scheme::Basic), _) if up.credentials.is_none() && up.ecr.is_none() => {
                     return Err(UpstreamError::Unauthorized)
                 }
                 _ => {}
@@ -174,7 +243,12 @@ impl Client {
                 }
                 self.set_scheme(&up.name, s);
             }
-            self.tokens.invalidate(&up.name, &req.scope).await;
+            // Only the token this request was refused with goes: a 401 to an anonymous
+            // first contact, or to a token another request has already replaced, must not
+            // drop a good one (a burst of first pulls would otherwise fetch one each).
+            if let Some(used) = &auth.token {
+                self.tokens.invalidate_if(&up.name, &req.scope, used).await;
+            }
         }
     }
 
@@ -198,12 +272,15 @@ impl Client {
         }
     }
 
-    fn scheme(&self, upstream: &str) -> Option<Scheme> {
-        self.schemes
+    fn scheme(&self, up: &Upstream) -> Option<Scheme> {
+        let learned = self
+            .schemes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(upstream)
-            .cloned()
+            .get(&up.name)
+            .cloned();
+        // ECR always wants Basic: sending it up front saves an anonymous round trip.
+        learned.or_else(|| up.ecr.is_some().then_some(Scheme::Basic))
     }
 
     fn set_scheme(&self, upstream: &str, s: Scheme) {
@@ -218,13 +295,24 @@ impl Client {
         up: &Upstream,
         scheme: Option<&Scheme>,
         scope: &str,
-    ) -> Result<Option<HeaderValue>, UpstreamError> {
+    ) -> Result<Auth, UpstreamError> {
         match scheme {
-            None => Ok(None),
-            Some(Scheme::Basic) => Ok(up
-                .credentials
-                .as_ref()
-                .map(|c| basic_header(&c.username, &c.password))),
+            None => Ok(Auth::default()),
+            Some(Scheme::Basic) if up.ecr.is_some() => {
+                let login = self.ecr_login(up).await?;
+                Ok(Auth {
+                    header: Some(basic_header(&login.username, &login.password)),
+                    ecr_password: Some(login.password),
+                    token: None,
+                })
+            }
+            Some(Scheme::Basic) => Ok(Auth {
+                header: up
+                    .credentials
+                    .as_ref()
+                    .map(|c| basic_header(&c.username, &c.password)),
+                ..Auth::default()
+            }),
             Some(Scheme::Bearer { realm, service }) => {
                 let token = self
                     .tokens
@@ -235,7 +323,11 @@ impl Client {
                         UpstreamError::Token("token is not a valid header value".into())
                     })?;
                 v.set_sensitive(true);
-                Ok(Some(v))
+                Ok(Auth {
+                    header: Some(v),
+                    token: Some(token),
+                    ecr_password: None,
+                })
             }
         }
     }
@@ -271,7 +363,7 @@ impl Client {
                 }
             }
             let request = builder
-                .body(Empty::new())
+                .body(Full::new(Bytes::new()))
                 .map_err(|_| UpstreamError::Protocol("cannot form the upstream request".into()))?;
             let resp = send(&self.http, request, up.timeout).await?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
@@ -298,7 +390,7 @@ impl Client {
 /// Sends one request with a bound on the time to the response head.
 async fn send(
     http: &HttpClient,
-    request: http::Request<Empty<Bytes>>,
+    request: http::Request<Full<Bytes>>,
     timeout: Duration,
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     match tokio::time::timeout(timeout, http.request(request)).await {
@@ -331,6 +423,17 @@ pub(crate) fn basic_header(user: &str, password: &Secret) -> HeaderValue {
         .expect("base64 is always a valid header value");
     v.set_sensitive(true);
     v
+}
+
+/// Docker Hub's `ratelimit-remaining: 76;w=21600`: the count before the `;`.
+fn ratelimit_value(headers: &HeaderMap, name: &str) -> Option<u64> {
+    let v = headers.get(name)?.to_str().ok()?;
+    v.split(';').next()?.trim().parse().ok()
+}
+
+/// Low means a tenth of the window's quota or less (10 when the limit is unknown).
+fn ratelimit_low(remaining: u64, limit: Option<u64>) -> bool {
+    remaining <= limit.map_or(10, |l| (l / 10).max(1))
 }
 
 /// Prefers Bearer (it scopes access) over Basic when an upstream offers both.
@@ -465,6 +568,37 @@ mod tests {
         assert!(check_realm("https://quay.io", "https://quay.io/v2/auth").is_ok());
         assert!(check_realm("http://127.0.0.1:5000", "http://127.0.0.1:9/token").is_ok());
         assert!(check_realm("https://quay.io", "file:///etc/passwd").is_err());
+    }
+
+    #[test]
+    fn ratelimit_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-limit", HeaderValue::from_static("100;w=21600"));
+        h.insert(
+            "ratelimit-remaining",
+            HeaderValue::from_static("76;w=21600"),
+        );
+        assert_eq!(ratelimit_value(&h, "ratelimit-remaining"), Some(76));
+        assert_eq!(ratelimit_value(&h, "ratelimit-limit"), Some(100));
+        assert_eq!(ratelimit_value(&h, "ratelimit-reset"), None);
+        assert!(!ratelimit_low(76, Some(100)));
+        assert!(ratelimit_low(10, Some(100)));
+        assert!(ratelimit_low(3, None));
+        assert!(!ratelimit_low(11, None));
+        assert!(ratelimit_low(0, Some(5)));
+
+        let client = Client::new();
+        let up = crate::config::Config::parse(
+            "server: {listen: \"127.0.0.1:1\", hostname: h}\ncache: {dir: d}\nupstreams: [{name: hub, kind: public, url: \"https://r.example\"}]\n",
+            std::path::Path::new("/"),
+            &|_| None,
+        )
+        .unwrap()
+        .upstreams[0]
+            .clone();
+        assert_eq!(client.ratelimit_remaining("hub"), None);
+        client.note_ratelimit(&up, &h);
+        assert_eq!(client.ratelimit_remaining("hub"), Some(76));
     }
 
     #[test]

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, USER_AGENT};
 use http::{Method, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use serde::Deserialize;
 
 use super::{basic_header, send, HttpClient, UpstreamError, USER_AGENT_VALUE};
@@ -64,13 +65,20 @@ impl TokenCache {
         self.cache.invalidate_all();
     }
 
-    pub(super) async fn invalidate(&self, upstream: &str, scope: &str) {
-        self.cache
-            .invalidate(&Key {
-                upstream: upstream.to_string(),
-                scope: scope.to_string(),
-            })
-            .await;
+    /// Drops the cached token for (upstream, scope) if it is still `used`.
+    pub(super) async fn invalidate_if(&self, upstream: &str, scope: &str, used: &Arc<Token>) {
+        let key = Key {
+            upstream: upstream.to_string(),
+            scope: scope.to_string(),
+        };
+        if self
+            .cache
+            .get(&key)
+            .await
+            .is_some_and(|t| Arc::ptr_eq(&t, used))
+        {
+            self.cache.invalidate(&key).await;
+        }
     }
 
     /// Returns a cached token or fetches one; concurrent callers for the same key share
@@ -126,7 +134,7 @@ async fn fetch(
         req = req.header(AUTHORIZATION, basic_header(&c.username, &c.password));
     }
     let req = req
-        .body(Empty::new())
+        .body(Full::new(Bytes::new()))
         .map_err(|_| UpstreamError::Token("cannot form the token request".into()))?;
     let resp = send(http, req, up.timeout).await?;
     match resp.status() {

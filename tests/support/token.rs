@@ -21,6 +21,8 @@ pub struct TokenRealm {
     pub issuer: String,
     /// PEM of the signing certificate: the registry's `rootcertbundle`.
     pub cert_path: PathBuf,
+    /// Where tokens are served (`/token`, or ACR's `/oauth2/token`).
+    pub path: String,
     pub server: FakeServer,
     issued: Arc<AtomicUsize>,
     signer: Arc<Signer>,
@@ -34,9 +36,37 @@ struct Signer {
     issuer: String,
 }
 
+/// How a realm presents itself: Docker Hub's service name, ACR's `/oauth2/token` path
+/// and its 400 to a POST (the OAuth2 password form berth must not use).
+#[derive(Clone, Debug)]
+pub struct RealmOptions {
+    pub service: String,
+    pub path: String,
+    pub post_status: Option<u16>,
+}
+
+impl Default for RealmOptions {
+    fn default() -> Self {
+        RealmOptions {
+            service: "berth-test-registry".into(),
+            path: "/token".into(),
+            post_status: None,
+        }
+    }
+}
+
 impl TokenRealm {
     pub fn start(user: &str, password: &str, expires_in_secs: u64) -> TokenRealm {
-        let service = "berth-test-registry".to_string();
+        Self::start_with(user, password, expires_in_secs, RealmOptions::default())
+    }
+
+    pub fn start_with(
+        user: &str,
+        password: &str,
+        expires_in_secs: u64,
+        opts: RealmOptions,
+    ) -> TokenRealm {
+        let service = opts.service.clone();
         let issuer = "berth-test-issuer".to_string();
         let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .expect("generate P-256 key");
@@ -62,9 +92,13 @@ impl TokenRealm {
         let issued = Arc::new(AtomicUsize::new(0));
         let expected_basic = format!("Basic {}", STANDARD.encode(format!("{user}:{password}")));
         let (svc, count, sig) = (service.clone(), Arc::clone(&issued), Arc::clone(&signer));
+        let (realm_path, post_status) = (opts.path.clone(), opts.post_status);
         let server = FakeServer::start(move |req: &Recorded| {
-            if req.path() != "/token" {
+            if req.path() != realm_path {
                 return FakeResponse::bytes(404, "not found");
+            }
+            if let (Some(status), "POST") = (post_status, req.method.as_str()) {
+                return FakeResponse::json(status, &json!({"error": "unsupported_grant_type"}));
             }
             if req.header("authorization") != Some(expected_basic.as_str()) {
                 return FakeResponse::json(401, &json!({"details": "bad or missing credentials"}))
@@ -88,10 +122,12 @@ impl TokenRealm {
                 }),
             )
         });
+        let path = opts.path.clone();
         TokenRealm {
             service,
             issuer,
             cert_path,
+            path,
             server,
             issued,
             signer,
@@ -100,7 +136,7 @@ impl TokenRealm {
     }
 
     pub fn realm_url(&self) -> String {
-        format!("{}/token", self.server.url())
+        format!("{}{}", self.server.url(), self.path)
     }
 
     /// The `RegistryAuth` that makes a `Registry` trust this realm.
