@@ -40,7 +40,7 @@ fn spec(seed: u64) -> ImageSpec {
 /// `acme`.
 fn config_yaml(port: u16, cache: &Path, upstreams: &str, names: &[&str]) -> String {
     format!(
-        "server: {{ listen: \"127.0.0.1:{port}\", hostname: images.acme.test }}\n\
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: \"127.0.0.1:{port}\" }}\n\
          cache: {{ dir: \"{}\" }}\n\
          upstreams:\n{upstreams}\
          apps:\n  - {{ slug: acme, upstreams: [{}] }}\n\
