@@ -161,6 +161,12 @@ impl Client {
         let Some(remaining) = ratelimit_value(headers, "ratelimit-remaining") else {
             return;
         };
+        crate::metrics::METRICS
+            .ratelimit_remaining
+            .get_or_create(&crate::metrics::UpstreamOnly {
+                upstream: up.name.clone(),
+            })
+            .set(remaining.min(i64::MAX as u64) as i64);
         let limit = ratelimit_value(headers, "ratelimit-limit");
         let previous = self
             .ratelimits
@@ -208,7 +214,15 @@ impl Client {
         loop {
             let scheme = self.scheme(up);
             let auth = self.authorization(up, scheme.as_ref(), &req.scope).await?;
-            let resp = self.send_following(up, req, auth.header.as_ref()).await?;
+            let started = std::time::Instant::now();
+            let sent = self.send_following(up, req, auth.header.as_ref()).await;
+            let status = match &sent {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(UpstreamError::Timeout(_)) => "timeout".to_string(),
+                Err(_) => "error".to_string(),
+            };
+            crate::metrics::METRICS.observe_upstream(&up.name, &status, started.elapsed());
+            let resp = sent?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 self.note_ratelimit(up, resp.headers());
                 return Ok(resp);

@@ -136,6 +136,12 @@ async fn fetch(
     let req = req
         .body(Full::new(Bytes::new()))
         .map_err(|_| UpstreamError::Token("cannot form the token request".into()))?;
+    crate::metrics::METRICS
+        .token_fetches
+        .get_or_create(&crate::metrics::UpstreamOnly {
+            upstream: up.name.clone(),
+        })
+        .inc();
     let resp = send(http, req, up.timeout).await?;
     match resp.status() {
         StatusCode::OK => {}
