@@ -92,6 +92,9 @@ struct RawUpstream {
 struct RawApp {
     slug: String,
     upstreams: Vec<String>,
+    /// Upstream image references `berth airgap export` bundles by default.
+    #[serde(default)]
+    images: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +193,8 @@ pub struct App {
     pub slug: String,
     /// Indexes into `Config::upstreams`.
     pub upstreams: Vec<usize>,
+    /// Upstream image references (`host/repository:tag`) for `berth airgap export`.
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -523,11 +528,20 @@ fn validate(
                 format!("duplicate app slug {:?}", a.slug),
             ));
         }
+        for (j, image) in a.images.iter().enumerate() {
+            if let Err(e) = crate::oci::reference::ImageRef::parse(image) {
+                return Err(ConfigError::new(
+                    format!("apps[{i}].images[{j}]"),
+                    format!("{image:?}: {e}"),
+                ));
+            }
+        }
         apps.insert(
             a.slug.clone(),
             App {
                 slug: a.slug,
                 upstreams: idx,
+                images: a.images,
             },
         );
     }
