@@ -402,7 +402,7 @@ impl Exporter<'_> {
             .await;
             match res {
                 Ok((body, mt)) => {
-                    if mt.contains("manifest.v1") {
+                    if mt.starts_with("application/vnd.docker.distribution.manifest.v1") {
                         anyhow::bail!("{what}: schema 1 manifests are not supported");
                     }
                     if let Some(want) = expected {
