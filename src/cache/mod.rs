@@ -199,3 +199,37 @@ pub fn add_pins(dir: &Path, hexes: &[String]) -> std::io::Result<()> {
     f.write_all(fresh.as_bytes())?;
     f.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CacheConfig {
+            dir: dir.path().to_path_buf(),
+            max_size: Some(1),
+            tag_ttl: std::time::Duration::from_secs(300),
+            offline: false,
+        };
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let c = Cache::open(&cfg).unwrap();
+        std::fs::write(dir.path().join("sha256").join(&a), b"aa").unwrap();
+        std::fs::write(dir.path().join("sha256").join(&b), b"bb").unwrap();
+        drop(c);
+        add_pins(dir.path(), std::slice::from_ref(&a)).unwrap();
+        add_pins(dir.path(), &[a.clone()]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(pins_path(dir.path())).unwrap(),
+            format!("{a}\n")
+        );
+        let c = Cache::open(&cfg).unwrap();
+        assert!(c.blobs.index().is_pinned(&a));
+        assert!(!c.blobs.index().is_pinned(&b));
+        c.pin(std::slice::from_ref(&b)).unwrap();
+        drop(c);
+        let c = Cache::open(&cfg).unwrap();
+        assert!(c.blobs.index().is_pinned(&b));
+    }
+}
