@@ -180,7 +180,9 @@ fn plan(
         let reference = ImageRef::parse(&text)
             .map_err(|e| anyhow::anyhow!("{what}: bad upstream reference: {e}"))?;
         if let Some(d) = &reference.digest {
-            if reference.tag.is_none() && *d != image.top.digest {
+            // A platform-filtered index has a digest of its own; the original is annotated.
+            let original = image.top.annotations.get("io.berth.upstream.digest");
+            if reference.tag.is_none() && *d != image.top.digest && original != Some(d) {
                 anyhow::bail!("{what}: the bundle holds {} instead", image.top.digest);
             }
         }

@@ -219,7 +219,7 @@ mod tests {
         std::fs::write(dir.path().join("sha256").join(&b), b"bb").unwrap();
         drop(c);
         add_pins(dir.path(), std::slice::from_ref(&a)).unwrap();
-        add_pins(dir.path(), &[a.clone()]).unwrap();
+        add_pins(dir.path(), std::slice::from_ref(&a)).unwrap();
         assert_eq!(
             std::fs::read_to_string(pins_path(dir.path())).unwrap(),
             format!("{a}\n")
