@@ -436,10 +436,18 @@ fn push_into_an_htpasswd_registry_then_again_skips_present_blobs() {
     // The 9 MiB layer went up in chunks.
     assert!(target.count_requests("PATCH", "/blobs/uploads") >= 2);
     let puts = target.count_requests("PUT", "/blobs/uploads");
+    eprintln!(
+        "MEASURE first push: {}",
+        stderr.lines().last().unwrap_or("")
+    );
     let (ok, stdout, stderr) = push();
     assert!(ok, "second push:\n{stdout}\n{stderr}");
     assert_eq!(target.count_requests("PUT", "/blobs/uploads"), puts);
     assert!(stderr.contains("0 blobs uploaded"), "{stderr}");
+    eprintln!(
+        "MEASURE second push: {}",
+        stderr.lines().last().unwrap_or("")
+    );
 }
 
 /// Rewrites a bundle entry by entry: `edit` may change an entry's bytes or drop it
