@@ -1,6 +1,7 @@
 //! berth: a license-gated pull-through caching registry proxy and image rewriter.
 #![forbid(unsafe_code)]
 
+pub mod airgap;
 pub mod api;
 pub mod audit;
 pub mod auth;

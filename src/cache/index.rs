@@ -113,6 +113,11 @@ impl Index {
         self.lock().entries.contains_key(hex)
     }
 
+    /// Whether eviction must leave this blob alone (imported from an airgap bundle).
+    pub fn is_pinned(&self, hex: &str) -> bool {
+        self.lock().entries.get(hex).is_some_and(|e| e.pinned)
+    }
+
     pub fn forget(&self, hex: &str) {
         let mut g = self.lock();
         if let Some(e) = g.entries.remove(hex) {

@@ -215,6 +215,33 @@ impl TagStore {
         }
     }
 
+    /// Every stored answer for a tag, whatever Accept set it was recorded for (the fallback
+    /// for a client whose Accept set has no entry of its own while the upstream is away).
+    pub async fn entries(&self, upstream: &str, repository: &str, tag: &str) -> Vec<TagEntry> {
+        let dir = self.root.join(upstream).join(repository).join(tag);
+        let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".json") {
+                names.push(name);
+            }
+        }
+        // Stable order, so the same request gets the same answer every time.
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            if let Ok(text) = tokio::fs::read(dir.join(&name)).await {
+                if let Ok(e) = serde_json::from_slice::<TagEntry>(&text) {
+                    out.push(e);
+                }
+            }
+        }
+        out
+    }
+
     pub async fn remove(&self, k: &TagKey) {
         self.mem.invalidate(k);
         let _ = tokio::fs::remove_file(self.path(k)).await;

@@ -115,8 +115,9 @@ impl Cache {
         }
         // Oldest first, so recency survives a restart as well as file times allow.
         found.sort();
+        let pins = read_pins(&dir);
         for (_, hex, size) in &found {
-            index.insert(hex, *size, false);
+            index.insert(hex, *size, pins.contains(hex.as_str()));
         }
         let lock = admin::lock_shared(&dir).map_err(io_err(&dir))?;
         let links_path = dir.join("links.log");
@@ -145,10 +146,95 @@ impl Cache {
         })
     }
 
+    /// Records blobs as pinned (imported from an airgap bundle): eviction never removes
+    /// them, in this run or a later one.
+    pub fn pin(&self, hexes: &[String]) -> std::io::Result<()> {
+        add_pins(&self.dir, hexes)?;
+        for hex in hexes {
+            if let Some((size, _guard)) = self.blobs.index().acquire(hex) {
+                self.blobs.index().insert(hex, size, true);
+            }
+        }
+        Ok(())
+    }
+
     /// Starts background eviction; call from inside the runtime.
     pub fn start_evictor(&self) {
         let index = self.blobs.index().clone();
         let root = self.dir.join("sha256");
         tokio::spawn(index.run_evictor(root));
+    }
+}
+
+/// The file that lists pinned blobs (one hex digest a line), kept across restarts.
+pub fn pins_path(dir: &Path) -> PathBuf {
+    dir.join("pins")
+}
+
+/// Reads the pinned blobs; a missing file pins nothing and a torn last line is ignored.
+pub fn read_pins(dir: &Path) -> std::collections::HashSet<String> {
+    std::fs::read_to_string(pins_path(dir))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Appends blobs to the pins file (without a running `Cache`: `berth airgap import` seeds a
+/// cache directory that a later `berth serve` opens).
+pub fn add_pins(dir: &Path, hexes: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    let known = read_pins(dir);
+    let mut fresh = String::new();
+    for h in hexes {
+        if !known.contains(h) && !fresh.contains(h.as_str()) {
+            fresh.push_str(h);
+            fresh.push('\n');
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pins_path(dir))?;
+    // One write: O_APPEND keeps it whole next to another writer's.
+    f.write_all(fresh.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CacheConfig {
+            dir: dir.path().to_path_buf(),
+            max_size: Some(1),
+            tag_ttl: std::time::Duration::from_secs(300),
+            offline: false,
+        };
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let c = Cache::open(&cfg).unwrap();
+        std::fs::write(dir.path().join("sha256").join(&a), b"aa").unwrap();
+        std::fs::write(dir.path().join("sha256").join(&b), b"bb").unwrap();
+        drop(c);
+        add_pins(dir.path(), std::slice::from_ref(&a)).unwrap();
+        add_pins(dir.path(), std::slice::from_ref(&a)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(pins_path(dir.path())).unwrap(),
+            format!("{a}\n")
+        );
+        let c = Cache::open(&cfg).unwrap();
+        assert!(c.blobs.index().is_pinned(&a));
+        assert!(!c.blobs.index().is_pinned(&b));
+        c.pin(std::slice::from_ref(&b)).unwrap();
+        drop(c);
+        let c = Cache::open(&cfg).unwrap();
+        assert!(c.blobs.index().is_pinned(&b));
     }
 }

@@ -139,6 +139,9 @@ struct RawUpstream {
 struct RawApp {
     slug: String,
     upstreams: Vec<String>,
+    /// Upstream image references `berth airgap export` bundles by default.
+    #[serde(default)]
+    images: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +338,8 @@ pub struct App {
     pub slug: String,
     /// Indexes into `Config::upstreams`.
     pub upstreams: Vec<usize>,
+    /// Upstream image references (`host/repository:tag`) for `berth airgap export`.
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -923,11 +928,20 @@ fn validate(
                 format!("duplicate app slug {:?}", a.slug),
             ));
         }
+        for (j, image) in a.images.iter().enumerate() {
+            if let Err(e) = crate::oci::reference::ImageRef::parse(image) {
+                return Err(ConfigError::new(
+                    format!("apps[{i}].images[{j}]"),
+                    format!("{image:?}: {e}"),
+                ));
+            }
+        }
         apps.insert(
             a.slug.clone(),
             App {
                 slug: a.slug,
                 upstreams: idx,
+                images: a.images,
             },
         );
     }

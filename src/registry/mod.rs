@@ -25,6 +25,15 @@ use crate::upstream::{self, UpstreamError};
 
 pub use verify::Verified;
 
+/// Whether an `Accept` header admits `media_type` (parameters ignored; `*/*` admits all).
+fn accepts(accept: &str, media_type: &str) -> bool {
+    let want = media_type.split(';').next().unwrap_or("").trim();
+    accept.split(',').any(|t| {
+        let t = t.split(';').next().unwrap_or("").trim();
+        t == "*/*" || t.eq_ignore_ascii_case(want)
+    })
+}
+
 /// distribution refuses manifests over 4 MiB; so does berth, which holds them in memory.
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
@@ -269,11 +278,22 @@ impl Registry {
                 Err(err) => return Err(err),
             }
         } else if t.offline {
+            if let Some(f) = self.seeded_tag(t, tag, accept, head).await {
+                return Ok(f);
+            }
             return Err(Error::Offline(what));
         }
         Stats::bump(&self.cache.stats.manifest_misses);
         if head && cached.is_none() {
-            return self.head_manifest(t, tag, None, accept).await;
+            return match self.head_manifest(t, tag, None, accept).await {
+                Err(err) if err.is_transient() => {
+                    match self.seeded_tag(t, tag, accept, head).await {
+                        Some(f) => Ok(f),
+                        None => Err(err),
+                    }
+                }
+                other => other,
+            };
         }
         match self.get_manifest(t, tag, None, accept).await {
             Ok((bytes, media_type)) => {
@@ -295,10 +315,39 @@ impl Registry {
             }
             Err(err) if err.is_transient() => match &cached {
                 Some((e, m)) => Ok(self.stale(t, &what, &err, m, &e.digest, head)),
-                None => Err(err),
+                None => match self.seeded_tag(t, tag, accept, head).await {
+                    Some(f) => Ok(f),
+                    None => Err(err),
+                },
             },
             Err(err) => Err(err),
         }
+    }
+
+    /// A tag answer recorded for another Accept set (an airgap import seeds one) whose media
+    /// type this client accepts, for when the upstream cannot be asked. Only manifests
+    /// linked to this repository qualify.
+    async fn seeded_tag(&self, t: &Target, tag: &str, accept: &str, head: bool) -> Option<Fetched> {
+        for e in self
+            .cache
+            .tags
+            .entries(&t.upstream.name, &t.repository, tag)
+            .await
+        {
+            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest) {
+                continue;
+            }
+            let Ok(d) = e.digest.parse::<Digest>() else {
+                continue;
+            };
+            if let Some(m) = self.cache.manifests.get(&d).await {
+                Stats::bump(&self.cache.stats.manifest_hits);
+                tracing::info!(upstream = %t.upstream.name, image = %format!("{}:{tag}", t.public_name),
+                    digest = %e.digest, "serving a stored tag answer recorded for another Accept set");
+                return Some(stored_manifest(&m, e.digest, head));
+            }
+        }
+        None
     }
 
     fn stale(
@@ -867,6 +916,21 @@ fn next_link_query(link: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_matching_ignores_parameters_and_honours_wildcards() {
+        let oci = "application/vnd.oci.image.index.v1+json";
+        assert!(accepts(DEFAULT_MANIFEST_ACCEPT, oci));
+        assert!(accepts(
+            "application/vnd.oci.image.index.v1+json; q=0.5",
+            oci
+        ));
+        assert!(accepts("*/*", oci));
+        assert!(!accepts(
+            "application/vnd.docker.distribution.manifest.v2+json",
+            oci
+        ));
+    }
 
     #[test]
     fn ranges() {

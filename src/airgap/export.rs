@@ -1,0 +1,530 @@
+//! `berth airgap export`: pulls images through berth's upstream client (same routing and
+//! stored credentials as `berth serve`) into a staging OCI layout next to the output, one
+//! verified file per blob, then tars that layout. Blobs stream to disk and are never held in
+//! memory; a blob shared between images is fetched and stored once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::progress::Progress;
+use super::{human, AnyManifest, Descriptor, Platform};
+use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_UPSTREAM_REF, MAX_MANIFEST};
+use crate::config::{Config, Upstream};
+use crate::oci::reference::{is_docker_hub_host, ImageRef};
+use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
+use crate::upstream::{self, Client};
+
+const ATTEMPTS: u32 = 3;
+
+pub struct ExportOptions {
+    pub app: String,
+    /// Upstream references (`upstream.test/acme/api:1.2`).
+    pub images: Vec<String>,
+    /// Keep only these platforms of multi-platform images (empty: keep all).
+    pub platforms: Vec<Platform>,
+    pub output: PathBuf,
+}
+
+/// What an export wrote, for the summary line and the tests' measurements.
+#[derive(Debug, Default)]
+pub struct ExportReport {
+    pub images: usize,
+    pub blobs: usize,
+    /// Bytes of distinct blobs (manifests included) in the bundle.
+    pub stored: u64,
+    /// Configs and layers summed over the images as if each were exported alone.
+    pub referenced: u64,
+    pub file_size: u64,
+}
+
+struct Resolved {
+    input: String,
+    r: ImageRef,
+    upstream: Arc<Upstream>,
+}
+
+/// Maps each reference to the upstream of `app` that serves it (as `berth serve` would).
+fn resolve(config: &Config, app: &str, images: &[String]) -> anyhow::Result<Vec<Resolved>> {
+    let a = config
+        .app(app)
+        .ok_or_else(|| anyhow::anyhow!("--app {app}: no such app in the configuration"))?;
+    let mut out = Vec::new();
+    for input in images {
+        let mut r = ImageRef::parse(input).map_err(|e| anyhow::anyhow!("{input:?}: {e}"))?;
+        if r.tag.is_none() && r.digest.is_none() {
+            r.tag = Some("latest".into());
+        }
+        let mut up = config.upstream_for(a, &r.registry, &r.repository);
+        if up.is_none() && r.is_docker_hub() {
+            // A vendor may have written index.docker.io; the parser says docker.io.
+            up = a
+                .upstreams
+                .iter()
+                .map(|&i| &config.upstreams[i])
+                .filter(|u| is_docker_hub_host(&u.host))
+                .find(|u| u.match_score(&r.repository).is_some());
+        }
+        let upstream = up.cloned().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{input}: no upstream of app {app} serves {}/{}",
+                r.registry,
+                r.repository
+            )
+        })?;
+        out.push(Resolved {
+            input: input.clone(),
+            r,
+            upstream,
+        });
+    }
+    Ok(out)
+}
+
+struct Exporter<'a> {
+    client: Client,
+    blobs_dir: PathBuf,
+    progress: Progress,
+    stored: BTreeMap<String, u64>,
+    opts: &'a ExportOptions,
+}
+
+pub async fn export(config: &Config, opts: &ExportOptions) -> anyhow::Result<ExportReport> {
+    let images = resolve(config, &opts.app, &opts.images)?;
+    if images.is_empty() {
+        anyhow::bail!("no images to export: give references, --images-file, or apps[].images");
+    }
+    let parent = opts
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Staging beside the output: same disk, and nothing in /tmp that may be a small tmpfs.
+    let stage = tempfile_dir(parent)?;
+    let result = export_into(&stage, images, opts).await;
+    let _ = std::fs::remove_dir_all(&stage);
+    result
+}
+
+fn tempfile_dir(parent: &Path) -> anyhow::Result<PathBuf> {
+    let dir = parent.join(format!(".berth-export-{}", crate::cache::temp_name()));
+    std::fs::create_dir_all(dir.join("blobs").join("sha256"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn export_into(
+    stage: &Path,
+    images: Vec<Resolved>,
+    opts: &ExportOptions,
+) -> anyhow::Result<ExportReport> {
+    let mut ex = Exporter {
+        client: Client::new(),
+        blobs_dir: stage.join("blobs").join("sha256"),
+        progress: Progress::new(),
+        stored: BTreeMap::new(),
+        opts,
+    };
+    let mut index = Vec::new();
+    let mut referenced = 0u64;
+    for img in &images {
+        let (desc, layer_bytes) = ex.image(img).await?;
+        referenced += layer_bytes;
+        index.push(desc);
+    }
+    ex.progress.finish();
+    let index_json = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": super::OCI_INDEX,
+        "manifests": index,
+    });
+    std::fs::write(
+        stage.join("index.json"),
+        serde_json::to_vec_pretty(&index_json)?,
+    )?;
+    std::fs::write(
+        stage.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    let out = opts.output.clone();
+    let stage_owned = stage.to_path_buf();
+    let names: Vec<String> = ex.stored.keys().cloned().collect();
+    let file_size =
+        tokio::task::spawn_blocking(move || write_tar(&stage_owned, &names, &out)).await??;
+    Ok(ExportReport {
+        images: images.len(),
+        blobs: ex.stored.len(),
+        stored: ex.stored.values().sum(),
+        referenced,
+        file_size,
+    })
+}
+
+/// Writes `oci-layout`, `index.json`, then the blobs, into `out` via a temp file and a
+/// rename: a crash never leaves a bundle that looks complete. Headers are normalized
+/// (mode 0644, owner 0, mtime 0) so the same images give the same bytes.
+fn write_tar(stage: &Path, hexes: &[String], out: &Path) -> anyhow::Result<u64> {
+    let tmp = out.with_file_name(format!(
+        ".{}.{}",
+        out.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        crate::cache::temp_name()
+    ));
+    let write = || -> anyhow::Result<u64> {
+        let f =
+            std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
+        let mut add = |name: &str, path: &Path| -> anyhow::Result<()> {
+            let file = std::fs::File::open(path)?;
+            let mut h = tar::Header::new_ustar();
+            h.set_size(file.metadata()?.len());
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, file)?;
+            Ok(())
+        };
+        add("oci-layout", &stage.join("oci-layout"))?;
+        add("index.json", &stage.join("index.json"))?;
+        for hex in hexes {
+            add(
+                &format!("blobs/sha256/{hex}"),
+                &stage.join("blobs").join("sha256").join(hex),
+            )?;
+        }
+        let w = b.into_inner()?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        Ok(f.metadata()?.len())
+    };
+    match write() {
+        Ok(n) => {
+            std::fs::rename(&tmp, out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn hex_of(digest: &str) -> anyhow::Result<&str> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| anyhow::anyhow!("unsupported digest {digest:?} (sha256 only)"))
+}
+
+impl Exporter<'_> {
+    /// Exports one image; returns its `index.json` descriptor and its config+layer bytes.
+    async fn image(&mut self, img: &Resolved) -> anyhow::Result<(Descriptor, u64)> {
+        let reference = img
+            .r
+            .digest
+            .clone()
+            .or_else(|| img.r.tag.clone())
+            .unwrap_or_else(|| "latest".into());
+        let expected = img.r.digest.as_deref();
+        let (mut bytes, media_type) = self.get_manifest(img, &reference, expected).await?;
+        let m = AnyManifest::parse(&bytes)
+            .ok_or_else(|| anyhow::anyhow!("{}: the manifest is not JSON", img.input))?;
+        let mut layer_bytes = 0u64;
+        let original = Digest::sha256_of(&bytes).to_string();
+        if m.is_index(&media_type) {
+            let mut value: serde_json::Value = serde_json::from_slice(&bytes)?;
+            let mut kept = Vec::new();
+            for child in &m.manifests {
+                let wanted = self.opts.platforms.is_empty()
+                    || child
+                        .platform
+                        .as_ref()
+                        .is_some_and(|p| self.opts.platforms.iter().any(|f| p.selected_by(f)));
+                if wanted {
+                    kept.push(child.clone());
+                }
+            }
+            if kept.is_empty() {
+                anyhow::bail!(
+                    "{}: no manifest for the platforms {}",
+                    img.input,
+                    self.opts
+                        .platforms
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+            }
+            if kept.len() != m.manifests.len() {
+                // The index is rewritten to list only what the bundle carries, so it stays
+                // a complete, valid layout (and gets a digest of its own).
+                let keep: Vec<&str> = kept.iter().map(|d| d.digest.as_str()).collect();
+                if let Some(arr) = value.get_mut("manifests").and_then(|v| v.as_array_mut()) {
+                    arr.retain(|c| c["digest"].as_str().is_some_and(|d| keep.contains(&d)));
+                }
+                bytes = serde_json::to_vec(&value)?.into();
+            }
+            for child in &kept {
+                let (cb, cmt) = self
+                    .get_manifest(img, &child.digest, Some(&child.digest))
+                    .await?;
+                let cm = AnyManifest::parse(&cb).ok_or_else(|| {
+                    anyhow::anyhow!("{}: manifest {} is not JSON", img.input, child.digest)
+                })?;
+                if cm.is_index(&cmt) {
+                    anyhow::bail!("{}: nested indexes are not supported", img.input);
+                }
+                layer_bytes += self.image_blobs(img, &cm).await?;
+                self.store_small(&child.digest, &cb)?;
+            }
+        } else {
+            layer_bytes += self.image_blobs(img, &m).await?;
+        }
+        let digest = Digest::sha256_of(&bytes).to_string();
+        self.store_small(&digest, &bytes)?;
+        let full = format!("{}/{}{}", img.r.registry, img.r.repository, img.r.suffix());
+        let mut annotations = BTreeMap::new();
+        annotations.insert(ANN_REF_NAME.to_string(), full.clone());
+        annotations.insert(ANN_CONTAINERD_NAME.to_string(), full.clone());
+        annotations.insert(ANN_UPSTREAM_REF.to_string(), full.clone());
+        annotations.insert(ANN_APP.to_string(), self.opts.app.clone());
+        if digest != original {
+            annotations.insert("io.berth.upstream.digest".into(), original);
+        }
+        self.progress.line(&format!(
+            "exported {full} ({digest}, {})",
+            human(layer_bytes)
+        ));
+        Ok((
+            Descriptor {
+                media_type,
+                digest,
+                size: bytes.len() as u64,
+                platform: None,
+                annotations,
+            },
+            layer_bytes,
+        ))
+    }
+
+    async fn image_blobs(&mut self, img: &Resolved, m: &AnyManifest) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for d in m.config.iter().chain(&m.layers) {
+            total += d.size;
+            self.blob(img, d).await?;
+        }
+        Ok(total)
+    }
+
+    fn store_small(&mut self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let hex = hex_of(digest)?.to_string();
+        std::fs::write(self.blobs_dir.join(&hex), bytes)?;
+        self.stored.insert(hex, bytes.len() as u64);
+        Ok(())
+    }
+
+    fn request(
+        img: &Resolved,
+        method: Method,
+        path: String,
+        accept: Option<&str>,
+    ) -> upstream::Request {
+        let mut headers = HeaderMap::new();
+        if let Some(a) = accept {
+            if let Ok(v) = HeaderValue::from_str(a) {
+                headers.insert(ACCEPT, v);
+            }
+        }
+        upstream::Request {
+            method,
+            path,
+            query: None,
+            headers,
+            scope: format!("repository:{}:pull", img.r.repository),
+        }
+    }
+
+    async fn get_manifest(
+        &mut self,
+        img: &Resolved,
+        reference: &str,
+        expected: Option<&str>,
+    ) -> anyhow::Result<(bytes::Bytes, String)> {
+        let req = Self::request(
+            img,
+            Method::GET,
+            format!("/v2/{}/manifests/{reference}", img.r.repository),
+            Some(DEFAULT_MANIFEST_ACCEPT),
+        );
+        let what = format!("{}/{}:{reference}", img.r.registry, img.r.repository);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let res: anyhow::Result<(bytes::Bytes, String)> = async {
+                let resp =
+                    self.client.fetch(&img.upstream, &req).await.map_err(|e| {
+                        anyhow::anyhow!("{what}: upstream {}: {e}", img.upstream.name)
+                    })?;
+                if resp.status() != StatusCode::OK {
+                    anyhow::bail!(
+                        "{what}: upstream {} answered {}",
+                        img.upstream.name,
+                        resp.status()
+                    );
+                }
+                let media_type = resp
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
+                    .filter(|s| !s.is_empty());
+                let body = http_body_util::Limited::new(resp.into_body(), MAX_MANIFEST as usize)
+                    .collect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{what}: reading the manifest: {e}"))?
+                    .to_bytes();
+                let media_type = media_type
+                    .or_else(|| AnyManifest::parse(&body).and_then(|m| m.media_type))
+                    .unwrap_or_else(|| super::OCI_MANIFEST.to_string());
+                Ok((body, media_type))
+            }
+            .await;
+            match res {
+                Ok((body, mt)) => {
+                    if mt.starts_with("application/vnd.docker.distribution.manifest.v1") {
+                        anyhow::bail!("{what}: schema 1 manifests are not supported");
+                    }
+                    if let Some(want) = expected {
+                        let got = Digest::sha256_of(&body).to_string();
+                        if got != want {
+                            anyhow::bail!("{what}: manifest content is {got}, not {want}");
+                        }
+                    }
+                    return Ok((body, mt));
+                }
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                    self.progress.line(&format!("retrying: {e}"));
+                    tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Streams a blob into the staging layout, verifying digest and size; a blob already
+    /// there (shared with an earlier image) is not fetched again.
+    async fn blob(&mut self, img: &Resolved, d: &Descriptor) -> anyhow::Result<()> {
+        let hex = hex_of(&d.digest)?.to_string();
+        if self.stored.contains_key(&hex) {
+            return Ok(());
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.fetch_blob(img, d, &hex).await {
+                Ok(()) => break,
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                    self.progress.line(&format!("retrying: {e}"));
+                    tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.stored.insert(hex, d.size);
+        self.progress.line(&format!(
+            "fetched {} ({}) from {}",
+            d.digest,
+            human(d.size),
+            img.upstream.name
+        ));
+        Ok(())
+    }
+
+    async fn fetch_blob(
+        &mut self,
+        img: &Resolved,
+        d: &Descriptor,
+        hex: &str,
+    ) -> anyhow::Result<()> {
+        let what = format!("{}/{}@{}", img.r.registry, img.r.repository, d.digest);
+        let req = Self::request(
+            img,
+            Method::GET,
+            format!("/v2/{}/blobs/{}", img.r.repository, d.digest),
+            None,
+        );
+        let resp = self
+            .client
+            .fetch(&img.upstream, &req)
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: upstream {}: {e}", img.upstream.name))?;
+        if resp.status() != StatusCode::OK {
+            anyhow::bail!(
+                "{what}: upstream {} answered {}",
+                img.upstream.name,
+                resp.status()
+            );
+        }
+        let part = self.blobs_dir.join(format!("{hex}.part"));
+        let mut file = tokio::fs::File::create(&part).await?;
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        let mut body = resp.into_body();
+        let stall = img.upstream.timeout;
+        loop {
+            let frame = match tokio::time::timeout(stall, body.frame()).await {
+                Err(_) => anyhow::bail!("{what}: the upstream stalled for {stall:?} (connection)"),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    anyhow::bail!("{what}: connection failed: {}", upstream::error_chain(&e))
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            if let Ok(data) = frame.into_data() {
+                h.update(&data);
+                file.write_all(&data).await?;
+                n += data.len() as u64;
+                self.progress.status(&format!(
+                    "fetching {}: {} of {}",
+                    d.digest,
+                    human(n),
+                    human(d.size)
+                ));
+            }
+        }
+        file.flush().await?;
+        drop(file);
+        let got = Digest::from_sha256(&h.finalize()).to_string();
+        if got != d.digest || n != d.size {
+            let _ = tokio::fs::remove_file(&part).await;
+            anyhow::bail!(
+                "{what}: received {n} bytes hashing to {got}; expected {} bytes (connection)",
+                d.size
+            );
+        }
+        tokio::fs::rename(&part, self.blobs_dir.join(hex)).await?;
+        Ok(())
+    }
+}
+
+/// Network trouble and 5xx/429 are worth another try; a 404 or a wrong digest is not.
+fn retryable(e: &anyhow::Error) -> bool {
+    let s = e.to_string();
+    s.contains("cannot connect")
+        || s.contains("no response within")
+        || s.contains("(connection)")
+        || s.contains("connection failed")
+        || s.contains("answered 5")
+        || s.contains("answered 429")
+}

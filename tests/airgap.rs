@@ -1,0 +1,597 @@
+//! Integration tests of `berth airgap`: export from a real docker-registry, read back with
+//! skopeo, import into a cache that serves with the upstream stopped, push into a second
+//! registry with htpasswd auth, and refusal of damaged or hostile bundles.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use support::berth::Berth;
+use support::image::{
+    push_image, push_index, read_oci_layout, skopeo_copy_to_oci, ImageSpec, TestImage, TestIndex,
+};
+use support::registry::{Registry, RegistryAuth};
+
+const HOST: &str = "upstream.test";
+const VENDOR: &str = "vendor";
+const PASSWORD: &str = "vendor-secret-1234";
+const LICENSE: &str = "LICENSE-good-0001";
+const MIB: u64 = 1 << 20;
+
+fn config_yaml(port: u16, cache: &Path, upstream_url: &str) -> String {
+    format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: images.acme.test }}\n\
+         cache: {{ dir: \"{}\" }}\n\
+         upstreams:\n  - name: up\n    url: \"{upstream_url}\"\n    host: {HOST}\n    username: {VENDOR}\n    password: \"${{UPSTREAM_PASSWORD}}\"\n\
+         apps:\n  - {{ slug: acme, upstreams: [up] }}\n\
+         licenses:\n  - {{ id: {LICENSE}, app: acme, customer: Big Bank }}\n",
+        cache.display()
+    )
+}
+
+/// Runs the real binary; returns (success, stdout, stderr).
+fn berth(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args)
+        .env("UPSTREAM_PASSWORD", PASSWORD)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().expect("spawn berth");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().expect("wait berth");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+struct Upstream {
+    reg: Registry,
+    index: TestIndex,
+    worker: TestImage,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+/// An htpasswd upstream with a two-platform index (`acme/api:1.2`) and an image
+/// (`acme/worker:3`) that share a 1 MiB layer; the worker has a 9 MiB layer, bigger than
+/// one push chunk.
+fn upstream() -> Upstream {
+    let reg = Registry::start(RegistryAuth::Htpasswd {
+        user: VENDOR.into(),
+        password: PASSWORD.into(),
+    });
+    let creds = Some((VENDOR, PASSWORD));
+    let index = push_index(
+        &reg,
+        creds,
+        "acme/api",
+        "1.2",
+        &[
+            (
+                "linux",
+                "amd64",
+                ImageSpec {
+                    layer_sizes: vec![MIB, 200 * 1024],
+                    seed: 7,
+                },
+            ),
+            (
+                "linux",
+                "arm64",
+                ImageSpec {
+                    layer_sizes: vec![MIB, 300 * 1024],
+                    seed: 7,
+                },
+            ),
+        ],
+    );
+    let worker = push_image(
+        &reg,
+        creds,
+        "acme/worker",
+        "3",
+        &ImageSpec {
+            layer_sizes: vec![MIB, 9 * MIB],
+            seed: 7,
+        },
+    );
+    let dir = support::tempdir();
+    let config = dir.path().join("export.yaml");
+    std::fs::write(
+        &config,
+        config_yaml(
+            support::free_port(),
+            &dir.path().join("unused-cache"),
+            &reg.url(),
+        ),
+    )
+    .unwrap();
+    Upstream {
+        reg,
+        index,
+        worker,
+        dir,
+        config,
+    }
+}
+
+fn api_ref() -> String {
+    format!("{HOST}/acme/api:1.2")
+}
+
+fn worker_ref() -> String {
+    format!("{HOST}/acme/worker:3")
+}
+
+impl Upstream {
+    fn export(&self, name: &str, extra: &[&str]) -> (PathBuf, f64) {
+        let out = self.dir.path().join(name);
+        let started = Instant::now();
+        let mut args = vec![
+            "airgap",
+            "export",
+            "--config",
+            self.config.to_str().unwrap(),
+            "--app",
+            "acme",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = berth(&args, None);
+        assert!(ok, "export failed:\n{stdout}\n{stderr}");
+        assert!(!stderr.contains(PASSWORD) && !stdout.contains(PASSWORD));
+        (out, started.elapsed().as_secs_f64())
+    }
+
+    fn export_all(&self) -> (PathBuf, f64) {
+        let refs = self.dir.path().join("images.txt");
+        std::fs::write(
+            &refs,
+            format!("# the app\n{}\n\n{}\n", api_ref(), worker_ref()),
+        )
+        .unwrap();
+        self.export("bundle.tar", &["--images-file", refs.to_str().unwrap()])
+    }
+
+    /// Every layer of every image, counted once per image (what separate exports would hold).
+    fn layer_sum(&self) -> u64 {
+        self.index
+            .children
+            .iter()
+            .chain([&self.worker])
+            .flat_map(|i| i.layers.iter().map(|(_, s)| *s))
+            .sum()
+    }
+}
+
+fn tar_entries(path: &Path) -> Vec<String> {
+    let out = Command::new("tar").arg("tf").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn skopeo(args: &[&str]) -> Output {
+    Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .expect("run skopeo")
+}
+
+fn raw_digest(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "skopeo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("sha256:{}", support::sha256_hex(&out.stdout))
+}
+
+#[test]
+fn export_writes_an_oci_layout_skopeo_reads_with_shared_layers_once() {
+    let up = upstream();
+    let (bundle, secs) = up.export_all();
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    eprintln!(
+        "MEASURE export: {secs:.2}s; bundle {size} bytes; layers summed over images {} bytes",
+        up.layer_sum()
+    );
+    let archive = |r: &str| format!("oci-archive:{}:{r}", bundle.display());
+    // The index is kept whole, byte for byte.
+    let idx = skopeo(&["inspect", "--raw", &archive(&api_ref())]);
+    assert_eq!(raw_digest(&idx), up.index.index_digest);
+    let w = skopeo(&["inspect", "--raw", &archive(&worker_ref())]);
+    assert_eq!(raw_digest(&w), up.worker.manifest_digest);
+    // A full copy out of the bundle re-hashes every blob.
+    let dest = support::tempdir();
+    let out = skopeo_copy_to_oci(
+        &archive(&worker_ref()),
+        None,
+        dest.path(),
+        &["--preserve-digests"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let layout = read_oci_layout(dest.path());
+    assert_eq!(layout.manifest_digest, up.worker.manifest_digest);
+    for (d, _) in &up.worker.layers {
+        assert!(layout.blob_digests.contains(d));
+    }
+    let dest = support::tempdir();
+    let out = skopeo_copy_to_oci(
+        &archive(&api_ref()),
+        None,
+        dest.path(),
+        &["--preserve-digests", "--all"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read_oci_layout(dest.path()).manifest_digest,
+        up.index.index_digest
+    );
+    // The layer all three manifests share is stored once.
+    let shared = &up.worker.layers[0].0;
+    assert_eq!(&up.index.children[0].layers[0].0, shared);
+    let entries = tar_entries(&bundle);
+    let name = format!("blobs/sha256/{}", shared.trim_start_matches("sha256:"));
+    assert_eq!(entries.iter().filter(|e| **e == name).count(), 1);
+    assert!(size < up.layer_sum(), "dedup: {size} >= {}", up.layer_sum());
+    // `list` names the images and platforms.
+    let (ok, stdout, stderr) = berth(&["airgap", "list", bundle.to_str().unwrap()], None);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&api_ref()) && stdout.contains(&worker_ref()));
+    assert!(stdout.contains("linux/amd64,linux/arm64"), "{stdout}");
+    assert!(stdout.contains("2 images"), "{stdout}");
+}
+
+#[test]
+fn export_filters_platforms_and_rewrites_the_index() {
+    let up = upstream();
+    let (bundle, _) = up.export("arm.tar", &["--platform", "linux/arm64", &api_ref()]);
+    let out = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}:{}", bundle.display(), api_ref()),
+    ]);
+    assert!(out.status.success());
+    let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = index["manifests"].as_array().unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(
+        m[0]["digest"],
+        up.index.children[1].manifest_digest.as_str()
+    );
+    let amd_only_layer = &up.index.children[0].layers[1].0;
+    assert!(!tar_entries(&bundle)
+        .iter()
+        .any(|e| e.ends_with(amd_only_layer.trim_start_matches("sha256:"))));
+}
+
+struct Served {
+    berth: Berth,
+    _cache: tempfile::TempDir,
+    cache_dir: PathBuf,
+}
+
+/// A fresh cache: imports `bundle` (expecting `ok`), then starts berth on it.
+fn import_and_serve(upstream_url: &str, bundle: &Path, ok: bool) -> (Served, String) {
+    let cache = support::tempdir();
+    let port = support::free_port();
+    let yaml = config_yaml(port, cache.path(), upstream_url);
+    let cfg = cache.path().join("berth.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let cache_dir = cache.path().to_path_buf();
+    let started = Instant::now();
+    let (success, stdout, stderr) = berth(
+        &[
+            "airgap",
+            "import",
+            "--config",
+            cfg.to_str().unwrap(),
+            bundle.to_str().unwrap(),
+        ],
+        None,
+    );
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(success, ok, "import:\n{stdout}\n{stderr}");
+    if ok {
+        eprintln!("MEASURE import: {secs:.2}s");
+    }
+    let berth = Berth::start_on(port, &yaml, &[("UPSTREAM_PASSWORD", PASSWORD)]);
+    (
+        Served {
+            berth,
+            _cache: cache,
+            cache_dir,
+        },
+        stderr,
+    )
+}
+
+fn pull(b: &Berth, reference: &str, all: bool) -> String {
+    let dest = support::tempdir();
+    let src = format!("docker://127.0.0.1:{}/proxy/acme/{reference}", b.port);
+    let mut extra = vec!["--preserve-digests"];
+    if all {
+        extra.push("--all");
+    }
+    let creds = format!("{LICENSE}:{LICENSE}");
+    let out = skopeo_copy_to_oci(&src, Some(&creds), dest.path(), &extra);
+    assert!(
+        out.status.success(),
+        "pull {src}: {}\nberth log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.logs()
+    );
+    read_oci_layout(dest.path()).manifest_digest
+}
+
+#[test]
+fn import_serves_by_tag_and_digest_with_the_upstream_stopped() {
+    let mut up = upstream();
+    let (bundle, _) = up.export_all();
+    let url = up.reg.url();
+    up.reg.stop();
+    let (served, _) = import_and_serve(&url, &bundle, true);
+    let b = &served.berth;
+    assert_eq!(pull(b, &api_ref(), true), up.index.index_digest);
+    assert_eq!(pull(b, &worker_ref(), false), up.worker.manifest_digest);
+    assert_eq!(
+        pull(
+            b,
+            &format!("{HOST}/acme/api@{}", up.index.index_digest),
+            true
+        ),
+        up.index.index_digest
+    );
+    assert_eq!(
+        pull(
+            b,
+            &format!("{HOST}/acme/worker@{}", up.worker.manifest_digest),
+            false
+        ),
+        up.worker.manifest_digest
+    );
+    // skopeo's Accept set is not berth's default one the import seeded: the tag answers
+    // came from the registry's fallback to a stored answer of another Accept set.
+    assert!(b.logs().contains("recorded for another Accept set"));
+    // Imported blobs are pinned, in a file the next start reads.
+    let pins = std::fs::read_to_string(served.cache_dir.join("pins")).unwrap();
+    for (d, _) in &up.worker.layers {
+        assert!(pins.contains(d.trim_start_matches("sha256:")));
+    }
+}
+
+#[test]
+fn push_into_an_htpasswd_registry_then_again_skips_present_blobs() {
+    let up = upstream();
+    let (bundle, _) = up.export_all();
+    let target = Registry::start(RegistryAuth::Htpasswd {
+        user: "pusher".into(),
+        password: "pusher-pw-5678".into(),
+    });
+    let to = format!("{}/mirror", target.host());
+    let push = || {
+        berth(
+            &[
+                "airgap",
+                "push",
+                bundle.to_str().unwrap(),
+                "--to",
+                &to,
+                "--username",
+                "pusher",
+                "--password-stdin",
+                "--insecure",
+            ],
+            Some("pusher-pw-5678\n"),
+        )
+    };
+    let (ok, stdout, stderr) = push();
+    assert!(ok, "push:\n{stdout}\n{stderr}");
+    assert!(!stdout.contains("pusher-pw-5678") && !stderr.contains("pusher-pw-5678"));
+    let new_api = format!("{to}/{HOST}/acme/api:1.2");
+    assert!(
+        stdout.contains(&format!("{} {new_api}", api_ref())),
+        "{stdout}"
+    );
+    let inspect = |r: &str| {
+        skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            "pusher:pusher-pw-5678",
+            &format!("docker://{r}"),
+        ])
+    };
+    assert_eq!(raw_digest(&inspect(&new_api)), up.index.index_digest);
+    assert_eq!(
+        raw_digest(&inspect(&format!("{to}/{HOST}/acme/worker:3"))),
+        up.worker.manifest_digest
+    );
+    // The 9 MiB layer went up in chunks.
+    assert!(target.count_requests("PATCH", "/blobs/uploads") >= 2);
+    let puts = target.count_requests("PUT", "/blobs/uploads");
+    eprintln!(
+        "MEASURE first push: {}",
+        stderr.lines().last().unwrap_or("")
+    );
+    let (ok, stdout, stderr) = push();
+    assert!(ok, "second push:\n{stdout}\n{stderr}");
+    assert_eq!(target.count_requests("PUT", "/blobs/uploads"), puts);
+    assert!(stderr.contains("0 blobs uploaded"), "{stderr}");
+    eprintln!(
+        "MEASURE second push: {}",
+        stderr.lines().last().unwrap_or("")
+    );
+}
+
+/// Rewrites a bundle entry by entry: `edit` may change an entry's bytes or drop it
+/// (None); `extra` entries are appended with raw names (no sanitizing).
+fn rewrite_bundle(
+    src: &Path,
+    dest: &Path,
+    mut edit: impl FnMut(&str, Vec<u8>) -> Option<Vec<u8>>,
+    extra: &[(&str, tar::EntryType, &[u8])],
+) {
+    let mut a = tar::Archive::new(std::fs::File::open(src).unwrap());
+    let mut b = tar::Builder::new(std::fs::File::create(dest).unwrap());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().to_string();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        if let Some(data) = edit(&name, data) {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, &name, &data[..]).unwrap();
+        }
+    }
+    for (name, kind, data) in extra {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        if *kind == tar::EntryType::Symlink {
+            h.set_size(0);
+            h.set_link_name("/etc/passwd").unwrap();
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        } else {
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn damaged_and_hostile_bundles_are_refused_and_nothing_is_served() {
+    let mut up = upstream();
+    let (bundle, _) = up.export_all();
+    let url = up.reg.url();
+    up.reg.stop();
+    let dir = support::tempdir();
+    let layer = up.worker.layers[1]
+        .0
+        .trim_start_matches("sha256:")
+        .to_string();
+    let layer_entry = format!("blobs/sha256/{layer}");
+
+    let flipped = dir.path().join("flipped.tar");
+    rewrite_bundle(
+        &bundle,
+        &flipped,
+        |n, mut d| {
+            if n == layer_entry {
+                d[4096] ^= 1;
+            }
+            Some(d)
+        },
+        &[],
+    );
+    let missing = dir.path().join("missing.tar");
+    rewrite_bundle(
+        &bundle,
+        &missing,
+        |n, d| (n != layer_entry).then_some(d),
+        &[],
+    );
+    let escape = dir.path().join("escape.tar");
+    rewrite_bundle(
+        &bundle,
+        &escape,
+        |_, d| Some(d),
+        &[("../evil", tar::EntryType::Regular, b"x")],
+    );
+    let absolute = dir.path().join("absolute.tar");
+    rewrite_bundle(
+        &bundle,
+        &absolute,
+        |_, d| Some(d),
+        &[("/tmp/evil", tar::EntryType::Regular, b"x")],
+    );
+    let symlink = dir.path().join("symlink.tar");
+    rewrite_bundle(
+        &bundle,
+        &symlink,
+        |_, d| Some(d),
+        &[("blobs/sha256/link", tar::EntryType::Symlink, b"")],
+    );
+    // Cut in the middle of the 9 MiB layer's data.
+    let truncated = dir.path().join("truncated.tar");
+    let full = std::fs::read(&bundle).unwrap();
+    let at = {
+        let mut a = tar::Archive::new(&full[..]);
+        let mut pos = None;
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            if e.path().unwrap().to_string_lossy() == layer_entry {
+                pos = Some(e.raw_file_position() as usize + 4 * MIB as usize);
+            }
+        }
+        pos.unwrap()
+    };
+    std::fs::write(&truncated, &full[..at]).unwrap();
+
+    for (path, expect) in [
+        (&flipped, layer_entry.as_str()),
+        (&missing, layer.as_str()),
+        (&escape, "../evil"),
+        (&absolute, "/tmp/evil"),
+        (&symlink, "blobs/sha256/link"),
+        (&truncated, layer_entry.as_str()),
+    ] {
+        let (served, stderr) = import_and_serve(&url, path, false);
+        assert!(
+            stderr.contains(expect),
+            "{}: message should name {expect}: {stderr}",
+            path.display()
+        );
+        assert!(stderr.contains("nothing was imported"), "{stderr}");
+        let blobs = std::fs::read_dir(served.cache_dir.join("sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(blobs, 0, "{}: blobs were seeded", path.display());
+        let out = skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            &format!("{LICENSE}:{LICENSE}"),
+            &format!(
+                "docker://127.0.0.1:{}/proxy/acme/{}",
+                served.berth.port,
+                worker_ref()
+            ),
+        ]);
+        assert!(!out.status.success(), "{}: served", path.display());
+        eprintln!("refused {}: {}", path.display(), stderr.trim());
+    }
+}
