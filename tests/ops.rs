@@ -168,6 +168,32 @@ fn write_config(path: &Path, yaml: &str) {
     std::fs::rename(&tmp, path).expect("rename new config into place");
 }
 
+/// Replaces the config keeping its size and mtime, so the 2 s file watch sees no change and
+/// only a SIGHUP can make berth read it. `yaml` may not be longer than the current file.
+fn write_config_unseen(path: &Path, yaml: &str) {
+    let meta = std::fs::metadata(path).unwrap();
+    let len = meta.len() as usize;
+    assert!(yaml.len() <= len, "new config longer than the old one");
+    let mut text = yaml.to_string();
+    if text.len() < len {
+        text.push_str(&"#".repeat(len - text.len() - 1));
+        text.push('\n');
+    }
+    let tmp = path.with_extension("yaml.new");
+    std::fs::write(&tmp, &text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .and_then(|f| f.set_modified(meta.modified()?))
+        .expect("reset the config's mtime");
+    std::fs::rename(&tmp, path).unwrap();
+    let now = std::fs::metadata(path).unwrap();
+    assert_eq!(
+        (now.len(), now.modified().ok()),
+        (meta.len(), meta.modified().ok())
+    );
+}
+
 /// Waits (bounded) for the berth log to hold more than `before` lines containing `needle`.
 fn wait_log(b: &Berth, needle: &str, before: usize, timeout: Duration) -> bool {
     support::wait_until(timeout, || b.logs().matches(needle).count() > before)
@@ -663,10 +689,11 @@ fn sighup_during_a_large_pull_revokes_and_rotates_credentials() {
     let restarted_at = reg.requests().len();
 
     // ...and the operator revokes a license and installs the new password, then SIGHUPs.
+    // The file keeps its size and mtime, so this reload can only come from the signal.
     let reloaded = b.logs().matches("configuration reloaded").count();
     cfg.password = Some(pw2.clone());
     cfg.doomed_revoked = true;
-    write_config(&b.config_path, &cfg.yaml());
+    write_config_unseen(&b.config_path, &cfg.yaml());
     b.sighup();
     assert!(
         wait_log(
