@@ -35,8 +35,9 @@ cp "$binary" "$rootfs/usr/local/bin/berth"
 # and the loader line "/lib64/ld-linux-x86-64.so.2 (0x..)". Each is copied to the same path
 # inside the image, dereferencing symlinks (the loader path is what PT_INTERP names, and
 # /lib64 is itself a symlink on merged-/usr systems).
-libs=$(ldd "$binary" | grep -o '/[^ ]*' | sort -u)
-[ -n "$libs" ] || { echo "build-image.sh: ldd found no libraries (static binary?)" >&2; }
+# A static binary (ldd: "not a dynamic executable") needs none, so ldd may fail here.
+libs=$( (ldd "$binary" 2>/dev/null || true) | grep -o '/[^ ]*' | sort -u || true)
+[ -n "$libs" ] || echo "build-image.sh: ldd lists no libraries; assuming a static binary" >&2
 for lib in $libs; do
   mkdir -p "$rootfs$(dirname "$lib")"
   cp -L "$lib" "$rootfs$lib"
