@@ -23,7 +23,7 @@ const MIB: u64 = 1 << 20;
 
 fn config_yaml(port: u16, cache: &Path, upstream_url: &str) -> String {
     format!(
-        "server: {{ listen: \"127.0.0.1:{port}\", hostname: images.acme.test }}\n\
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: \"127.0.0.1:{port}\" }}\n\
          cache: {{ dir: \"{}\" }}\n\
          upstreams:\n  - name: up\n    url: \"{upstream_url}\"\n    host: {HOST}\n    username: {VENDOR}\n    password: \"${{UPSTREAM_PASSWORD}}\"\n\
          apps:\n  - {{ slug: acme, upstreams: [up] }}\n\
