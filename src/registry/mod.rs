@@ -382,17 +382,18 @@ impl Registry {
         );
     }
 
-    async fn head_manifest(
+    /// Asks the upstream for a manifest; anything but 200 becomes the matching error.
+    async fn upstream_manifest(
         &self,
         t: &Target,
+        method: Method,
         reference: &str,
-        expected: Option<&Digest>,
         accept: &str,
-    ) -> Result<Fetched> {
+    ) -> Result<http::Response<Incoming>> {
         let resp = self
             .fetch(
                 t,
-                Method::HEAD,
+                method,
                 format!("/v2/{}/manifests/{}", t.repository, reference),
                 None,
                 accept_header(accept)?,
@@ -405,6 +406,19 @@ impl Registry {
                 Error::ManifestUnknown(format!("{}:{}", t.public_name, reference)),
             ));
         }
+        Ok(resp)
+    }
+
+    async fn head_manifest(
+        &self,
+        t: &Target,
+        reference: &str,
+        expected: Option<&Digest>,
+        accept: &str,
+    ) -> Result<Fetched> {
+        let resp = self
+            .upstream_manifest(t, Method::HEAD, reference, accept)
+            .await?;
         Ok(Fetched {
             partial: false,
             media_type: header(resp.headers(), CONTENT_TYPE),
@@ -426,21 +440,8 @@ impl Registry {
         accept: &str,
     ) -> Result<(Bytes, String)> {
         let resp = self
-            .fetch(
-                t,
-                Method::GET,
-                format!("/v2/{}/manifests/{}", t.repository, reference),
-                None,
-                accept_header(accept)?,
-            )
+            .upstream_manifest(t, Method::GET, reference, accept)
             .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(failure(
-                &t.upstream,
-                &resp,
-                Error::ManifestUnknown(format!("{}:{}", t.public_name, reference)),
-            ));
-        }
         let media_type = header(resp.headers(), CONTENT_TYPE)
             .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
         let claimed = header(resp.headers(), "docker-content-digest");
