@@ -153,7 +153,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn grant(license: &License, requested: &[Access]) -> Vec<Access> {
     let mut out: Vec<Access> = Vec::new();
     for a in requested {
-        if a.kind != "repository" || !a.actions.iter().any(|x| x == "pull") {
+        // `*` means every action (as distribution reads it); the only one berth grants is pull.
+        if a.kind != "repository" || !a.actions.iter().any(|x| x == "pull" || x == "*") {
             continue;
         }
         let Ok(crate::api::route::Route::Tags { repo }) =
@@ -292,6 +293,9 @@ licenses:
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].name, "proxy/acme/q.io/acme/api");
         assert_eq!(g[0].actions, vec!["pull"]);
+        let star = grant(l, &scope::parse_all(["repository:proxy/acme/q.io/acme/web:*"]));
+        assert_eq!(star.len(), 1);
+        assert_eq!(star[0].actions, vec!["pull"]);
     }
 
     #[test]
