@@ -12,11 +12,13 @@ use std::time::Duration;
 /// Longest wait for any single read; every request is bounded by it.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+pub type Headers = Vec<(String, String)>;
+
 #[derive(Clone, Debug)]
 pub struct Resp {
     pub status: u16,
     /// Lowercased names, in the order received.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Vec<u8>,
 }
 
@@ -84,7 +86,7 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
 }
 
 /// (status, headers, offset of the body) once `raw` holds a whole response head.
-pub fn parse_head(raw: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+pub fn parse_head(raw: &[u8]) -> Option<(u16, Headers, usize)> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = std::str::from_utf8(&raw[..split]).ok()?;
     let mut lines = head.split("\r\n");
