@@ -1,0 +1,559 @@
+//! The rewriter as users run it: the `berth rewrite` command line (files, stdin, single
+//! images, --all, --registry, --pin-digests against a real registry, malformed input) and
+//! the admission webhook served by a running `berth serve`.
+
+#[path = "support/http.rs"]
+mod http;
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use support::berth::Berth;
+use support::image::{push_image, ImageSpec};
+use support::registry::{Registry, RegistryAuth};
+
+const HOSTNAME: &str = "images.acme.test";
+const VENDOR: &str = "vendor";
+const UPSTREAM_PASSWORD: &str = "upstream-secret-91ad";
+
+/// berth's config: app `acme` over `upstream.test` (at `upstream_url`) and
+/// `registry.example.com:5000`; `extra` is appended verbatim (e.g. `rewrite:` rules).
+fn config_yaml(
+    listen_port: u16,
+    hostname: &str,
+    cache: &Path,
+    upstream_url: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "server: {{ listen: \"127.0.0.1:{listen_port}\", hostname: \"{hostname}\" }}\n\
+         cache: {{ dir: \"{}\" }}\n\
+         upstreams:\n\
+         \x20 - {{ name: up, url: \"{upstream_url}\", host: upstream.test, username: {VENDOR}, password: \"{UPSTREAM_PASSWORD}\" }}\n\
+         \x20 - {{ name: ported, url: \"http://127.0.0.1:1\", host: \"registry.example.com:5000\" }}\n\
+         apps:\n  - {{ slug: acme, upstreams: [up, ported] }}\n  - {{ slug: other, upstreams: [up] }}\n\
+         licenses:\n  - {{ id: LICENSE-good-0001, app: acme, customer: Big Bank }}\n\
+         {extra}",
+        cache.display()
+    )
+}
+
+/// A config file for CLI runs that never reach an upstream.
+struct CliConfig {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn cli_config(upstream_url: &str) -> CliConfig {
+    let dir = support::tempdir();
+    let path = dir.path().join("berth.yaml");
+    std::fs::write(
+        &path,
+        config_yaml(5443, HOSTNAME, &dir.path().join("cache"), upstream_url, ""),
+    )
+    .unwrap();
+    CliConfig { dir, path }
+}
+
+/// Runs `berth ARGS` with `stdin`, bounded; (exit code, stdout, stderr).
+fn berth(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let mut status = None;
+    let exited = support::wait_until(Duration::from_secs(20), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("berth {args:?} did not exit within 20 s");
+    }
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.unwrap().code(), out, err)
+}
+
+fn rewrite(cfg: &Path, extra: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    let mut args = vec![
+        "rewrite",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--app",
+        "acme",
+    ];
+    args.extend_from_slice(extra);
+    berth(&args, stdin)
+}
+
+/// Runs a rewrite that must succeed and returns stdout.
+fn rewrite_ok(cfg: &Path, extra: &[&str], stdin: &str) -> String {
+    let (code, out, err) = rewrite(cfg, extra, stdin);
+    assert_eq!(code, Some(0), "berth rewrite {extra:?} failed: {err}");
+    out
+}
+
+const DEPLOYMENT: &str = "\
+# Vendor manifest: comments, quoting and order must survive.
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api   # keep me
+spec:
+  template:
+    spec:
+      containers:
+        - name: api
+          image: upstream.test/acme/api:v1
+        - name: side
+          image: \"registry.example.com:5000/team/app:1\"
+        - name: foreign
+          image: ghcr.io/elsewhere/tool:1
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: not-a-workload
+data:
+  image: upstream.test/acme/api:v1
+";
+
+const DEPLOYMENT_REWRITTEN: &str = "\
+# Vendor manifest: comments, quoting and order must survive.
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api   # keep me
+spec:
+  template:
+    spec:
+      imagePullSecrets:
+        - name: acme-pull
+      containers:
+        - name: api
+          image: images.acme.test/proxy/acme/upstream.test/acme/api:v1
+        - name: side
+          image: \"images.acme.test/proxy/acme/registry.example.com_5000/team/app:1\"
+        - name: foreign
+          image: ghcr.io/elsewhere/tool:1
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: not-a-workload
+data:
+  image: upstream.test/acme/api:v1
+";
+
+#[test]
+fn rewrite_file_and_stdin_with_pull_secret() {
+    let c = cli_config("http://127.0.0.1:1");
+    let input = c.dir.path().join("deploy.yaml");
+    std::fs::write(&input, DEPLOYMENT).unwrap();
+    let from_file = rewrite_ok(
+        &c.path,
+        &["-f", input.to_str().unwrap(), "--pull-secret", "acme-pull"],
+        "",
+    );
+    assert_eq!(from_file, DEPLOYMENT_REWRITTEN);
+    let from_stdin = rewrite_ok(
+        &c.path,
+        &["-f", "-", "--pull-secret", "acme-pull"],
+        DEPLOYMENT,
+    );
+    assert_eq!(from_stdin, DEPLOYMENT_REWRITTEN);
+    // Idempotent: rewriting the output changes nothing.
+    let again = rewrite_ok(&c.path, &["--pull-secret", "acme-pull"], &from_file);
+    assert_eq!(again, DEPLOYMENT_REWRITTEN);
+    // Without --pull-secret no imagePullSecrets appear.
+    let plain = rewrite_ok(&c.path, &["-f", input.to_str().unwrap()], "");
+    assert!(!plain.contains("imagePullSecrets"), "{plain}");
+    assert!(
+        plain.contains("image: images.acme.test/proxy/acme/upstream.test/acme/api:v1"),
+        "{plain}"
+    );
+}
+
+#[test]
+fn rewrite_all_and_registry_targets() {
+    let c = cli_config("http://127.0.0.1:1");
+    let all = rewrite_ok(&c.path, &["--all"], DEPLOYMENT);
+    assert!(
+        all.contains("image: images.acme.test/proxy/acme/ghcr.io/elsewhere/tool:1"),
+        "--all left a foreign image: {all}"
+    );
+    assert!(
+        all.contains("image: images.acme.test/proxy/acme/upstream.test/acme/api:v1"),
+        "{all}"
+    );
+    // ConfigMaps are data, not workloads, even with --all.
+    assert!(
+        all.ends_with("data:\n  image: upstream.test/acme/api:v1\n"),
+        "{all}"
+    );
+
+    let mirror = rewrite_ok(
+        &c.path,
+        &["--registry", "mirror.customer.example/vendor"],
+        DEPLOYMENT,
+    );
+    assert!(
+        mirror.contains("image: mirror.customer.example/vendor/upstream.test/acme/api:v1"),
+        "{mirror}"
+    );
+    assert!(
+        mirror.contains(
+            "image: \"mirror.customer.example/vendor/registry.example.com_5000/team/app:1\""
+        ),
+        "{mirror}"
+    );
+    assert!(
+        mirror.contains("image: ghcr.io/elsewhere/tool:1"),
+        "{mirror}"
+    );
+    assert!(!mirror.contains(HOSTNAME), "{mirror}");
+}
+
+#[test]
+fn rewrite_single_images() {
+    let c = cli_config("http://127.0.0.1:1");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let cases: Vec<(Vec<&str>, String, String)> = vec![
+        (
+            vec![],
+            "upstream.test/acme/api:v1".into(),
+            "images.acme.test/proxy/acme/upstream.test/acme/api:v1".into(),
+        ),
+        (
+            vec![],
+            format!("upstream.test/acme/api:v1@{digest}"),
+            format!("images.acme.test/proxy/acme/upstream.test/acme/api:v1@{digest}"),
+        ),
+        (
+            vec![],
+            "registry.example.com:5000/team/app".into(),
+            "images.acme.test/proxy/acme/registry.example.com_5000/team/app".into(),
+        ),
+        // Not one of the app's upstreams: unchanged.
+        (
+            vec![],
+            "ghcr.io/elsewhere/tool:1".into(),
+            "ghcr.io/elsewhere/tool:1".into(),
+        ),
+        // Already rewritten: unchanged.
+        (
+            vec![],
+            "images.acme.test/proxy/acme/upstream.test/acme/api:v1".into(),
+            "images.acme.test/proxy/acme/upstream.test/acme/api:v1".into(),
+        ),
+        (
+            vec!["--all"],
+            "ghcr.io/elsewhere/tool:1".into(),
+            "images.acme.test/proxy/acme/ghcr.io/elsewhere/tool:1".into(),
+        ),
+        (
+            vec!["--registry", "mirror.example/ns"],
+            "upstream.test/acme/api:v1".into(),
+            "mirror.example/ns/upstream.test/acme/api:v1".into(),
+        ),
+    ];
+    for (flags, image, want) in cases {
+        let mut args = flags.clone();
+        args.extend_from_slice(&["--image", &image]);
+        let out = rewrite_ok(&c.path, &args, "");
+        assert_eq!(out, format!("{want}\n"), "--image {image} {flags:?}");
+    }
+    // --image and -f together are refused.
+    let (code, out, _) = rewrite(&c.path, &["--image", "a/b:1", "-f", "x.yaml"], "");
+    assert_ne!(code, Some(0));
+    assert!(out.is_empty(), "{out}");
+    // An unknown app is a usage error.
+    let (code, out, err) = berth(
+        &[
+            "rewrite",
+            "--config",
+            c.path.to_str().unwrap(),
+            "--app",
+            "nope",
+            "--image",
+            "upstream.test/acme/api:v1",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn malformed_yaml_fails_with_position_and_no_output() {
+    let c = cli_config("http://127.0.0.1:1");
+    // Line 6 has an unclosed quote; the first document is fine and must not be printed.
+    let bad = "\
+apiVersion: v1
+kind: Pod
+spec:
+  containers:
+    - name: a
+      image: \"upstream.test/acme/api:v1
+---
+kind: Pod
+";
+    let (code, out, err) = rewrite(&c.path, &["--pull-secret", "s"], bad);
+    assert_ne!(code, Some(0), "malformed YAML accepted: {out}");
+    assert!(out.is_empty(), "stdout on failure: {out:?}");
+    assert!(
+        err.contains("line ") && err.contains("column "),
+        "no position in: {err}"
+    );
+    // A tab indentation error on a known line: the line number is the one at fault.
+    let tabbed = "apiVersion: v1\nkind: Pod\nspec:\n\tcontainers: []\n";
+    let (code, out, err) = rewrite(&c.path, &[], tabbed);
+    assert_ne!(code, Some(0));
+    assert!(out.is_empty(), "stdout on failure: {out:?}");
+    assert!(err.contains("line 4"), "wrong or no line in: {err}");
+    // A missing file is an error too, naming it.
+    let (code, out, err) = rewrite(&c.path, &["-f", "/nonexistent/deploy.yaml"], "");
+    assert_ne!(code, Some(0));
+    assert!(out.is_empty());
+    assert!(err.contains("/nonexistent/deploy.yaml"), "{err}");
+}
+
+#[test]
+fn pin_digests_resolves_tags_through_the_real_upstream() {
+    let reg = Registry::start(RegistryAuth::Htpasswd {
+        user: VENDOR.into(),
+        password: UPSTREAM_PASSWORD.into(),
+    });
+    let img = push_image(
+        &reg,
+        Some((VENDOR, UPSTREAM_PASSWORD)),
+        "acme/api",
+        "v1",
+        &ImageSpec {
+            layer_sizes: vec![2000],
+            seed: 77,
+        },
+    );
+    let c = cli_config(&reg.url());
+    let input = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+spec:
+  containers:
+    - name: api
+      image: upstream.test/acme/api:v1
+    - name: foreign
+      image: ghcr.io/elsewhere/tool:1
+";
+    let heads_before = reg.count_requests("HEAD", "/v2/acme/api/manifests/v1");
+    let out = rewrite_ok(&c.path, &["--pin-digests"], input);
+    let want = input.replace(
+        "image: upstream.test/acme/api:v1",
+        &format!(
+            "image: images.acme.test/proxy/acme/upstream.test/acme/api:v1@{}",
+            img.manifest_digest
+        ),
+    );
+    assert_eq!(out, want);
+    assert!(
+        reg.count_requests("HEAD", "/v2/acme/api/manifests/v1") > heads_before,
+        "the digest did not come from the upstream"
+    );
+
+    // A tag the upstream does not have: an error naming the image, nothing printed.
+    let missing = input.replace("api:v1", "api:nope");
+    let (code, out, err) = rewrite(&c.path, &["--pin-digests"], &missing);
+    assert_ne!(code, Some(0), "pinned a missing tag: {out}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("upstream.test/acme/api:nope"), "{err}");
+}
+
+// ---- the admission webhook ------------------------------------------------------------
+
+fn review(uid: &str, namespace: &str, pod: &Value) -> Vec<u8> {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": pod,
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn unescape(seg: &str) -> String {
+    seg.replace("~1", "/").replace("~0", "~")
+}
+
+/// RFC 6902 `add` and `replace`, the operations a mutating webhook needs here.
+fn apply_patch(doc: &mut Value, patch: &Value) {
+    for op in patch.as_array().expect("patch is a JSON array") {
+        let path = op["path"].as_str().expect("op.path");
+        let segs: Vec<String> = path.split('/').skip(1).map(unescape).collect();
+        let (last, parents) = segs.split_last().expect("non-root path");
+        let mut target = &mut *doc;
+        for s in parents {
+            target = match target {
+                Value::Array(a) => &mut a[s.parse::<usize>().expect("index")],
+                Value::Object(o) => o
+                    .get_mut(s)
+                    .unwrap_or_else(|| panic!("{path}: no parent {s}")),
+                _ => panic!("{path}: bad parent at {s}"),
+            };
+        }
+        let value = op["value"].clone();
+        match (op["op"].as_str(), target) {
+            (Some("add"), Value::Array(a)) if last == "-" => a.push(value),
+            (Some("add"), Value::Array(a)) => a.insert(last.parse().expect("index"), value),
+            (Some("add"), Value::Object(o)) => {
+                o.insert(last.clone(), value);
+            }
+            (Some("replace"), Value::Array(a)) => {
+                let i: usize = last.parse().expect("index");
+                assert!(i < a.len(), "{path}: replace past the end");
+                a[i] = value;
+            }
+            (Some("replace"), Value::Object(o)) => {
+                assert!(o.contains_key(last), "{path}: replace of a missing member");
+                o.insert(last.clone(), value);
+            }
+            (o, _) => panic!("unexpected op {o:?} at {path}"),
+        }
+    }
+}
+
+#[test]
+fn admission_webhook_through_berth_serve() {
+    let cache = support::tempdir();
+    let port = support::free_port();
+    let rules = "rewrite:\n  - { app: acme, pull_secret: acme-pull, namespaces: [prod] }\n";
+    let berth = Berth::start_on(
+        port,
+        &config_yaml(port, HOSTNAME, cache.path(), "http://127.0.0.1:1", rules),
+        &[],
+    );
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "api", "namespace": "prod"},
+        "spec": {
+            "containers": [
+                {"name": "api", "image": "upstream.test/acme/api:v1"},
+                {"name": "foreign", "image": "ghcr.io/elsewhere/tool:1"},
+            ],
+            "initContainers": [
+                {"name": "init", "image": "registry.example.com:5000/team/init:2"},
+            ],
+        }
+    });
+    let post = |body: &[u8]| {
+        http::request(
+            port,
+            "POST",
+            "/admission/rewrite",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+    };
+
+    let uid = "8f1e2d3c-0000-4a5b-9c8d-112233445566";
+    let r = post(&review(uid, "prod", &pod));
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), berth.logs());
+    let v = r.json();
+    assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(v["kind"], "AdmissionReview");
+    let resp = &v["response"];
+    assert_eq!(resp["uid"], uid);
+    assert_eq!(resp["allowed"], true);
+    assert_eq!(resp["patchType"], "JSONPatch", "{v}");
+    let patch: Value = serde_json::from_slice(
+        &STANDARD
+            .decode(resp["patch"].as_str().expect("patch"))
+            .expect("base64 patch"),
+    )
+    .expect("JSON patch");
+    let mut patched = pod.clone();
+    apply_patch(&mut patched, &patch);
+    let mut want = pod.clone();
+    want["spec"]["containers"][0]["image"] =
+        json!("images.acme.test/proxy/acme/upstream.test/acme/api:v1");
+    want["spec"]["initContainers"][0]["image"] =
+        json!("images.acme.test/proxy/acme/registry.example.com_5000/team/init:2");
+    want["spec"]["imagePullSecrets"] = json!([{"name": "acme-pull"}]);
+    assert_eq!(patched, want, "patch was {patch}");
+
+    // Another namespace: allowed, untouched.
+    let r = post(&review("uid-2", "dev", &pod));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let resp = &r.json()["response"];
+    assert_eq!(resp["uid"], "uid-2");
+    assert_eq!(resp["allowed"], true);
+    assert!(resp.get("patch").is_none(), "patched outside prod: {resp}");
+    assert!(resp.get("patchType").is_none(), "{resp}");
+
+    // Malformed input.
+    let r = post(b"{\"apiVersion\": \"admission.k8s.io/v1\", ");
+    assert_eq!(r.status, 400, "malformed JSON: {}", r.text());
+    let r = post(br#"{"apiVersion":"v1","kind":"Pod"}"#);
+    assert_eq!(r.status, 400, "not a review: {}", r.text());
+    let r = http::get(port, "/admission/rewrite", &[]);
+    assert!(
+        (400..500).contains(&r.status),
+        "GET on the webhook: {} {}",
+        r.status,
+        r.text()
+    );
+
+    // The webhook follows config reloads: a rule for dev now patches dev.
+    let rules = "rewrite:\n  - { app: acme, pull_secret: acme-pull, namespaces: [prod, dev] }\n";
+    std::fs::write(
+        &berth.config_path,
+        config_yaml(port, HOSTNAME, cache.path(), "http://127.0.0.1:1", rules),
+    )
+    .unwrap();
+    berth.sighup();
+    let patched_dev = support::wait_until(Duration::from_secs(10), || {
+        post(&review("uid-3", "dev", &pod)).json()["response"]
+            .get("patch")
+            .is_some()
+    });
+    assert!(patched_dev, "rewrite rules not reloaded within 10 s");
+}
