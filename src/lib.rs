@@ -54,11 +54,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         (Some(c), Some(r))
     };
     let addr = config.server.listen;
+    let grace = config.server.shutdown_timeout;
+    let admin_addr = config.server.admin_listen;
+    // Everything the service needs (cache index, token key, audit log) is ready before the
+    // port opens: a client that can connect can be served.
+    let api = Arc::new(api::Api::new(config)?);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let grace = config.server.shutdown_timeout;
-    let admin = match config.server.admin_listen {
+    let admin = match admin_addr {
         Some(a) => Some((
             a,
             tokio::net::TcpListener::bind(a)
@@ -67,7 +71,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         )),
         None => None,
     };
-    let api = Arc::new(api::Api::new(config)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some((a, l)) = admin {
         tracing::info!(admin = %a, "admin listener: /metrics /healthz /readyz");

@@ -293,7 +293,10 @@ licenses:
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].name, "proxy/acme/q.io/acme/api");
         assert_eq!(g[0].actions, vec!["pull"]);
-        let star = grant(l, &scope::parse_all(["repository:proxy/acme/q.io/acme/web:*"]));
+        let star = grant(
+            l,
+            &scope::parse_all(["repository:proxy/acme/q.io/acme/web:*"]),
+        );
         assert_eq!(star.len(), 1);
         assert_eq!(star[0].actions, vec!["pull"]);
     }

@@ -88,21 +88,23 @@ impl Issuer {
                         source,
                     })?;
                 }
-                let mut f = std::fs::OpenOptions::new()
+                // Written aside and renamed in, so nobody ever reads a half-written key.
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                let written = std::fs::OpenOptions::new()
                     .write(true)
-                    .create_new(true)
+                    .create(true)
+                    .truncate(true)
                     .mode(0o600)
-                    .open(path)
-                    .map_err(|source| KeyError::Create {
+                    .open(&tmp)
+                    .and_then(|mut f| f.write_all(&k).and_then(|_| f.sync_all()))
+                    .and_then(|_| std::fs::rename(&tmp, path));
+                if let Err(source) = written {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(KeyError::Create {
                         path: shown.clone(),
                         source,
-                    })?;
-                f.write_all(&k)
-                    .and_then(|_| f.sync_all())
-                    .map_err(|source| KeyError::Create {
-                        path: shown.clone(),
-                        source,
-                    })?;
+                    });
+                }
                 tracing::info!(path = %shown, "generated a new token signing key");
                 k
             }
