@@ -416,16 +416,36 @@ async fn read_at(file: &Arc<std::fs::File>, pos: u64, len: usize) -> std::io::Re
     .map_err(std::io::Error::other)?
 }
 
-/// Sends `[pos, end)`; returns `Ok` early if the client went away.
+/// Sends `[pos, end)` of a file this reader has to itself; returns `Ok` early if the client
+/// went away. Sequential reads on the reader's own descriptor fill buffers without zeroing
+/// them first, and one chunk is read ahead while the previous one is written out.
 async fn send_range(
     file: &Arc<std::fs::File>,
     mut pos: u64,
     end: u64,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
 ) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let f = file.clone();
+    tokio::task::spawn_blocking(move || (&*f).seek(SeekFrom::Start(pos)))
+        .await
+        .map_err(std::io::Error::other)??;
     while pos < end {
         let n = ((end - pos) as usize).min(READ_CHUNK);
-        let b = read_at(file, pos, n).await?;
+        let f = file.clone();
+        let b = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(n);
+            (&*f).take(n as u64).read_to_end(&mut buf)?;
+            if buf.len() != n {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "cached blob is shorter than its index entry",
+                ));
+            }
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         pos += n as u64;
         if tx.send(Ok(b)).await.is_err() {
             return Ok(());
