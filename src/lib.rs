@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod oci;
 pub mod pin;

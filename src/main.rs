@@ -235,17 +235,19 @@ enum Airgap {
     List { bundle: PathBuf },
 }
 
-fn init_logging() {
+fn init_logging() -> berth::logging::Sink {
     let level = std::env::var("BERTH_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
+    let sink = berth::logging::Sink::stderr();
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
         .with_ansi(false)
-        .with_writer(std::io::stderr)
+        .with_writer(sink.clone())
         .init();
+    sink
 }
 
 fn load(path: &std::path::Path) -> Result<berth::config::Config, ExitCode> {
@@ -588,7 +590,7 @@ fn main() -> ExitCode {
                 },
         } => upstream_test(&config, name.as_deref(), image.as_deref()),
         Command::Serve { config } => {
-            init_logging();
+            let logs = init_logging();
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -603,14 +605,15 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(berth::run(config)) {
+            let code = match runtime.block_on(berth::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
-                    eprintln!("berth: {e}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            logs.flush();
+            code
         }
     }
 }

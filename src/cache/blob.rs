@@ -19,6 +19,9 @@ use crate::oci::Digest;
 
 /// Bytes gathered before one write (and one wake-up of readers).
 const WRITE_BATCH: usize = 256 * 1024;
+/// The first batch is small, so the first bytes reach clients without waiting for a full
+/// batch (time to first byte).
+const FIRST_BATCH: usize = 16 * 1024;
 /// Bytes per read of a cached or filling blob.
 pub const READ_CHUNK: usize = 256 * 1024;
 /// After a full disk, berth stops trying to cache for this long.
@@ -197,6 +200,7 @@ impl BlobStore {
             written: 0,
             total: None,
             done: false,
+            pending: None,
         }))
     }
 
@@ -227,7 +231,11 @@ pub struct FillWriter {
     written: u64,
     total: Option<u64>,
     done: bool,
+    /// The batch being hashed and written while the next one is gathered from the upstream.
+    pending: Option<WriteJob>,
 }
+
+type WriteJob = tokio::task::JoinHandle<(Sha256, std::io::Result<usize>)>;
 
 impl FillWriter {
     pub fn fill(&self) -> Arc<Fill> {
@@ -254,34 +262,27 @@ impl FillWriter {
             }
         }
         self.buf.extend_from_slice(&chunk);
-        if self.buf.len() >= WRITE_BATCH {
+        let batch = if self.written == 0 && self.pending.is_none() {
+            FIRST_BATCH
+        } else {
+            WRITE_BATCH
+        };
+        if self.buf.len() >= batch {
             self.flush().await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), String> {
-        if self.buf.is_empty() {
+    /// Waits for the batch in flight and takes back the hasher.
+    async fn settle(&mut self) -> Result<(), String> {
+        let Some(job) = self.pending.take() else {
             return Ok(());
-        }
-        let data = self.buf.split().freeze();
-        let file = self.fill.file.clone();
-        let offset = self.written;
-        let mut hasher = self.hasher.take().ok_or("fill already failed")?;
-        let res = tokio::task::spawn_blocking(move || {
-            // Hashing off the async threads: it is the most CPU a fill spends.
-            hasher.update(&data);
-            file.write_all_at(&data, offset)
-                .map(|_| (hasher, data.len()))
-        })
-        .await
-        .map_err(|e| format!("write task failed: {e}"))?;
+        };
+        let (hasher, res) = job.await.map_err(|e| format!("write task failed: {e}"))?;
         match res {
-            Ok((h, n)) => {
-                self.hasher = Some(h);
+            Ok(n) => {
+                self.hasher = Some(hasher);
                 self.written += n as u64;
-                let w = self.written;
-                self.fill.state.send_modify(|s| s.written = w);
                 Ok(())
             }
             Err(e) => {
@@ -293,10 +294,36 @@ impl FillWriter {
         }
     }
 
+    /// Hands the gathered bytes to a blocking task (hash, write, wake readers) and returns
+    /// at once, so the upstream keeps streaming meanwhile; one batch is in flight at most,
+    /// which also keeps the writes in order and memory bounded.
+    async fn flush(&mut self) -> Result<(), String> {
+        self.settle().await?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = self.buf.split().freeze();
+        let fill = self.fill.clone();
+        let offset = self.written;
+        let mut hasher = self.hasher.take().ok_or("fill already failed")?;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            // Hashing off the async threads: it is the most CPU a fill spends.
+            hasher.update(&data);
+            let res = fill.file.write_all_at(&data, offset).map(|_| data.len());
+            if res.is_ok() {
+                let w = offset + data.len() as u64;
+                fill.state.send_modify(|s| s.written = w);
+            }
+            (hasher, res)
+        }));
+        Ok(())
+    }
+
     /// Verifies length and digest, lets readers finish, then makes the blob durable and
     /// visible under its digest.
     pub async fn finish(mut self) -> Result<(), String> {
         self.flush().await?;
+        self.settle().await?;
         if let Some(t) = self.total {
             if self.written != t {
                 return Err(format!("upstream sent {} of {t} bytes", self.written));
