@@ -271,6 +271,7 @@ http {{
   sendfile on;
   tcp_nopush on;
   keepalive_requests 1000000;
+  {extra}
   default_type application/octet-stream;
   client_body_temp_path {d}/t_body;
   proxy_temp_path {d}/t_proxy;
@@ -292,6 +293,7 @@ http {{
 ",
             cert = certs.cert.display(),
             key = certs.key.display(),
+            extra = nginx_extra(),
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
@@ -349,6 +351,14 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Extra nginx directives for the `http` block, for experiments such as
+/// `BERTH_BENCH_NGINX_EXTRA="output_buffers 2 256k;"` (with TLS nginx cannot sendfile and
+/// reads the file through output_buffers). Empty by default: nginx as shipped, since
+/// larger buffers made no difference we could see above the noise.
+fn nginx_extra() -> String {
+    std::env::var("BERTH_BENCH_NGINX_EXTRA").unwrap_or_default()
 }
 
 // ---- memory ------------------------------------------------------------------------------
