@@ -338,14 +338,26 @@ impl World {
                 };
                 let path = self.blob_path_for(target.name);
                 let size = self.size;
+                let origin = if sys == "dist" {
+                    &self.twin
+                } else {
+                    &self.upstream
+                };
+                let seen = origin.requests().len();
                 let f = self.rt.block_on(async {
                     let mut c = connect(&target).await?;
                     c.get_exact(&path, None, size).await
                 })?;
                 let (wall, ttfb) = (f.total.as_secs_f64(), f.ttfb.as_secs_f64() * 1e3);
+                // What the proxy asked of its origin explains much of its time to first byte.
+                let asked: Vec<String> = origin.requests()[seen..]
+                    .iter()
+                    .map(|(m, p, st)| format!("{m} {} {st}", short_path(p)))
+                    .collect();
                 eprintln!(
-                    "run {}: cold GET: {sys} wall {wall:.3} s, ttfb {ttfb:.1} ms",
-                    run + 1
+                    "run {}: cold GET: {sys} wall {wall:.3} s, ttfb {ttfb:.1} ms; origin saw: {}",
+                    run + 1,
+                    asked.join(", ")
                 );
                 self.report.add(wall_row, "s", sys, wall);
                 self.report.add(ttfb_row, "ms", sys, ttfb);
@@ -510,6 +522,14 @@ impl World {
         }
         self.report.goal(&rss_row, Goal::AtMost(64.0));
         Ok(())
+    }
+}
+
+/// `/v2/acme/app/blobs/sha256:0123456789ab…` shortened to `…/blobs/sha256:01234567`.
+fn short_path(p: &str) -> String {
+    match p.rfind("/blobs/").or_else(|| p.rfind("/manifests/")) {
+        Some(i) => format!("…{}", &p[i..(i + 22).min(p.len())]),
+        None => p.to_string(),
     }
 }
 
