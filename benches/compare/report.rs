@@ -1,0 +1,182 @@
+//! Collects raw figures per (metric, system) and renders the medians, ranges, ratios and
+//! targets as a plain-text table.
+
+/// The optimisation targets from the benchmarks issue, checked against berth's figures.
+#[derive(Clone, Copy)]
+pub enum Goal {
+    /// Median of berth / median of the named system, at least this.
+    RatioAtLeast(&'static str, f64),
+    RatioAtMost(&'static str, f64),
+    /// Berth's median at least this.
+    AtLeast(f64),
+    /// Berth's worst run at most this: a peak or a count must hold every time.
+    AtMost(f64),
+}
+
+struct Row {
+    label: String,
+    unit: &'static str,
+    /// (system, one figure per run) in the order systems first reported.
+    values: Vec<(String, Vec<f64>)>,
+    goal: Option<Goal>,
+}
+
+#[derive(Default)]
+pub struct Report {
+    rows: Vec<Row>,
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn cell(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{} [{}–{}]", num(median(v)), num(min), num(max))
+}
+
+impl Report {
+    pub fn add(&mut self, label: &str, unit: &'static str, system: &str, value: f64) {
+        let idx = match self.rows.iter().position(|r| r.label == label) {
+            Some(i) => i,
+            None => {
+                self.rows.push(Row {
+                    label: label.to_string(),
+                    unit,
+                    values: Vec::new(),
+                    goal: None,
+                });
+                self.rows.len() - 1
+            }
+        };
+        let row = &mut self.rows[idx];
+        match row.values.iter_mut().find(|(s, _)| s == system) {
+            Some((_, v)) => v.push(value),
+            None => row.values.push((system.to_string(), vec![value])),
+        }
+    }
+
+    pub fn goal(&mut self, label: &str, goal: Goal) {
+        if let Some(r) = self.rows.iter_mut().find(|r| r.label == label) {
+            r.goal = Some(goal);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let header = [
+            "metric",
+            "unit",
+            "berth",
+            "dist",
+            "reference",
+            "berth/dist",
+            "berth/ref",
+            "target",
+            "met",
+        ];
+        let mut lines: Vec<[String; 9]> = vec![header.map(String::from)];
+        for r in &self.rows {
+            let get = |s: &str| r.values.iter().find(|(n, _)| n == s).map(|(_, v)| v);
+            let berth = get("berth");
+            let dist = get("dist");
+            let reference = r.values.iter().find(|(n, _)| n != "berth" && n != "dist");
+            let ratio = |other: Option<&Vec<f64>>| match (berth, other) {
+                (Some(b), Some(o)) => format!("{:.2}x", median(b) / median(o)),
+                _ => "-".into(),
+            };
+            let (target, met) = match (r.goal, berth) {
+                (Some(g), Some(b)) => {
+                    let med = median(b);
+                    let worst_high = b.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    match g {
+                        Goal::RatioAtLeast(s, x) => {
+                            let o = get(s).map_or(f64::NAN, |v| median(v));
+                            (format!(">= {x:.2}x {s}"), med / o >= x)
+                        }
+                        Goal::RatioAtMost(s, x) => {
+                            let o = get(s).map_or(f64::NAN, |v| median(v));
+                            (format!("<= {x:.2}x {s}"), med / o <= x)
+                        }
+                        Goal::AtLeast(x) => (format!(">= {}", num(x)), med >= x),
+                        Goal::AtMost(x) => (format!("<= {} every run", num(x)), worst_high <= x),
+                    }
+                }
+                _ => (String::new(), true),
+            };
+            let met = if r.goal.is_none() {
+                String::new()
+            } else if met {
+                "yes".into()
+            } else {
+                "NO".into()
+            };
+            lines.push([
+                r.label.clone(),
+                r.unit.to_string(),
+                berth.map_or("-".into(), |v| cell(v)),
+                dist.map_or("-".into(), |v| cell(v)),
+                reference.map_or("-".into(), |(n, v)| format!("{n} {}", cell(v))),
+                ratio(dist),
+                ratio(reference.map(|(_, v)| v)),
+                target,
+                met,
+            ]);
+        }
+        let mut widths = [0usize; 9];
+        for l in &lines {
+            for (w, c) in widths.iter_mut().zip(l) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let mut out = String::from("median [min–max] of the runs; ratios are of medians\n\n");
+        for (i, l) in lines.iter().enumerate() {
+            let cells: Vec<String> = l
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+            if i == 0 {
+                let total = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+                out.push_str(&"-".repeat(total));
+                out.push('\n');
+            }
+        }
+        out.push_str("\nraw figures, in run order:\n");
+        for r in &self.rows {
+            for (s, v) in &r.values {
+                let v: Vec<String> = v.iter().map(|x| num(*x)).collect();
+                out.push_str(&format!(
+                    "  {} [{}] {s}: {}\n",
+                    r.label,
+                    r.unit,
+                    v.join(" ")
+                ));
+            }
+        }
+        out
+    }
+}
