@@ -95,6 +95,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         })
     };
     let watcher = tokio::spawn(watch_config(api.clone(), resolver));
+    warm_up(&api);
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -106,6 +107,29 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     reloader.abort();
     watcher.abort();
     Ok(())
+}
+
+/// Learns how each upstream authenticates in the background, so the first customer pull
+/// does not pay for the 401 round trip. Failures only log: the request path learns anyway.
+fn warm_up(api: &Arc<api::Api>) {
+    let config = api.config.current();
+    if config.cache.offline {
+        return;
+    }
+    for up in config.upstreams.clone() {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let client = api.registry.upstream_client();
+            let r = tokio::time::timeout(up.timeout, client.learn_scheme(&up)).await;
+            match r {
+                Ok(Ok(())) => tracing::debug!(upstream = %up.name, "upstream reachable"),
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %up.name, error = %e, "upstream check at start failed")
+                }
+                Err(_) => tracing::warn!(upstream = %up.name, "upstream check at start timed out"),
+            }
+        });
+    }
 }
 
 /// Reloads when the config file changes on disk (an edit, or a ConfigMap update that

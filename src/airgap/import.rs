@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::bundle::Bundle;
 use super::human;
-use crate::cache::manifest::now_secs;
+use crate::cache::manifest::now_ms;
 use crate::cache::{self, Links, ManifestStore, TagEntry, TagKey, TagStore};
 use crate::config::{Config, Upstream};
 use crate::oci::reference::ImageRef;
@@ -138,7 +138,7 @@ async fn import_staged(
                     digest: p.image.top.digest.clone(),
                     media_type: p.image.top.media_type.clone(),
                     length: p.image.top.size,
-                    checked: now_secs(),
+                    checked_ms: now_ms(),
                 },
             )
             .await;

@@ -415,7 +415,7 @@ pub fn read(
     end: Option<u64>,
     idle: Duration,
 ) -> mpsc::Receiver<std::io::Result<Bytes>> {
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
         let result = match source {
             Source::Cached { file, size, guard } => {

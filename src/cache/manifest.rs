@@ -110,24 +110,25 @@ pub struct TagEntry {
     pub digest: String,
     pub media_type: String,
     pub length: u64,
-    /// When the upstream last confirmed this answer (seconds since the epoch).
-    pub checked: u64,
+    /// When the upstream last confirmed this answer (milliseconds since the epoch: whole
+    /// seconds would make a short `tag_ttl` expire early at every second boundary).
+    pub checked_ms: u64,
 }
 
 impl TagEntry {
     pub fn age(&self, now: SystemTime) -> std::time::Duration {
         let now = now
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        std::time::Duration::from_secs(now.saturating_sub(self.checked))
+        std::time::Duration::from_millis(now.saturating_sub(self.checked_ms))
     }
 }
 
-pub fn now_secs() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -151,8 +152,21 @@ impl TagKey {
     }
 }
 
-/// Normalizes an Accept header to a set (order, spacing and parameters ignored) and hashes it.
+/// Normalizes an Accept header to a set (order, spacing and parameters ignored) and hashes
+/// it. Clients send a handful of distinct headers, so results are remembered: this runs on
+/// every manifest request.
 pub fn accept_key(accept: &str) -> String {
+    static KNOWN: std::sync::LazyLock<moka::sync::Cache<String, String>> =
+        std::sync::LazyLock::new(|| moka::sync::Cache::new(1024));
+    if let Some(k) = KNOWN.get(accept) {
+        return k;
+    }
+    let k = compute_accept_key(accept);
+    KNOWN.insert(accept.to_string(), k.clone());
+    k
+}
+
+fn compute_accept_key(accept: &str) -> String {
     let mut types: Vec<String> = accept
         .split(',')
         .map(|t| {

@@ -262,7 +262,7 @@ impl Registry {
             match self.head_manifest(t, tag, None, accept).await {
                 Ok(f) if f.digest.as_deref() == Some(e.digest.as_str()) => {
                     let mut fresh = e.clone();
-                    fresh.checked = manifest::now_secs();
+                    fresh.checked_ms = manifest::now_ms();
                     self.cache.tags.put(&key, fresh).await;
                     Stats::bump(&self.cache.stats.manifest_hits);
                     return Ok(stored_manifest(m, e.digest.clone(), head));
@@ -307,7 +307,7 @@ impl Registry {
                             digest: d.to_string(),
                             media_type: media_type.clone(),
                             length: bytes.len() as u64,
-                            checked: manifest::now_secs(),
+                            checked_ms: manifest::now_ms(),
                         },
                     )
                     .await;

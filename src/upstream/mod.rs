@@ -266,6 +266,32 @@ impl Client {
         }
     }
 
+    /// Asks the upstream's `/v2/` without credentials and remembers the challenge, so the
+    /// first real request goes out authenticated instead of paying for a 401 round trip.
+    /// Sends no credentials and fetches no token.
+    pub async fn learn_scheme(&self, up: &Upstream) -> Result<(), UpstreamError> {
+        if self.scheme(up).is_some() {
+            return Ok(());
+        }
+        let req = Request {
+            method: Method::GET,
+            path: "/v2/".into(),
+            query: None,
+            headers: HeaderMap::new(),
+            scope: String::new(),
+        };
+        let resp = self.send_following(up, &req, None).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            if let Some(s) = pick_scheme(resp.headers()) {
+                if let Scheme::Bearer { realm, .. } = &s {
+                    check_realm(&up.base_url, realm)?;
+                }
+                self.set_scheme(&up.name, s);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a token or Basic header is ready for this upstream (for `upstream test`).
     pub async fn authenticate(&self, up: &Upstream, scope: &str) -> Result<(), UpstreamError> {
         let req = Request {
