@@ -64,7 +64,7 @@ skopeo copy -q --preserve-digests --dest-tls-verify=false --dest-creds "vendor:$
 
 # 3. berth in front of it, with one app and one license.
 cat > berth.yaml <<YAML
-server: { listen: 127.0.0.1:5443, hostname: images.acme.test }
+server: { listen: 127.0.0.1:5443, hostname: "127.0.0.1:5443" }
 cache: { dir: $work/cache }
 upstreams:
   - { name: acme-registry, url: "http://127.0.0.1:5000", host: registry.acme.test,
