@@ -9,7 +9,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -239,37 +239,8 @@ fn assert_status(r: &Resp, status: u16, code: Option<&str>, what: &str) {
 
 /// Runs the berth CLI to completion (bounded), returning (exit code, stdout, stderr).
 fn run_berth(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
-    let mut status = None;
-    let exited = support::wait_until(Duration::from_secs(10), || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("berth {args:?} did not exit within 10 s");
-    }
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.unwrap().code(), out, err)
+    let r = support::berth::run_cli(args, &[], None, Duration::from_secs(10));
+    (r.code, r.stdout, r.stderr)
 }
 
 fn output_text(o: &Output) -> String {

@@ -8,7 +8,6 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -126,38 +125,8 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 fn run_berth(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
-    let mut status = None;
-    let exited = support::wait_until(Duration::from_secs(30), || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("berth {args:?} did not exit within 30 s");
-    }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    (status.unwrap().code(), out)
+    let r = support::berth::run_cli(args, env, None, Duration::from_secs(30));
+    (r.code, r.stdout + &r.stderr)
 }
 
 // ---- kinds ----------------------------------------------------------------------------

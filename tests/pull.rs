@@ -7,7 +7,6 @@ use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1305,38 +1304,8 @@ fn large_blob_is_streamed_with_bounded_memory() {
 // ---- 12. bad configuration ------------------------------------------------------------
 
 fn run_berth(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
-    let mut status = None;
-    let exited = support::wait_until(Duration::from_secs(10), || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("berth {args:?} did not exit within 10 s");
-    }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    (status.unwrap().code(), out)
+    let r = support::berth::run_cli(args, env, None, Duration::from_secs(10));
+    (r.code, r.stdout + &r.stderr)
 }
 
 #[test]

@@ -6,9 +6,7 @@
 mod http;
 mod support;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -64,43 +62,8 @@ fn cli_config(upstream_url: &str) -> CliConfig {
 
 /// Runs `berth ARGS` with `stdin`, bounded; (exit code, stdout, stderr).
 fn berth(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let mut status = None;
-    let exited = support::wait_until(Duration::from_secs(20), || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("berth {args:?} did not exit within 20 s");
-    }
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.unwrap().code(), out, err)
+    let r = support::berth::run_cli(args, &[], Some(stdin), Duration::from_secs(20));
+    (r.code, r.stdout, r.stderr)
 }
 
 fn rewrite(cfg: &Path, extra: &[&str], stdin: &str) -> (Option<i32>, String, String) {

@@ -183,3 +183,61 @@ impl Drop for Berth {
         self.kill_now();
     }
 }
+
+/// What a finished `berth` CLI run printed.
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the berth CLI to completion with a bound on its run time. The pipes are drained by
+/// threads while it runs, so a chatty command cannot block on a full pipe.
+pub fn run_cli(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> CliRun {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout pipe")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr pipe")));
+    let mut status = None;
+    let exited = wait_until(timeout, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("berth {args:?} did not exit within {timeout:?}");
+    }
+    CliRun {
+        code: status.and_then(|s| s.code()),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
