@@ -630,13 +630,21 @@ fn broken_upstream_blobs_are_never_served_whole_nor_cached() {
     for (fault, (digest, size)) in faults.into_iter().zip(img.layers.clone()) {
         let path = blob_url("acme", "acme/faulty", &digest);
         *mode.lock().unwrap() = fault;
-        let fetches = fake.count("GET", &digest);
+        let fetches = full_gets(&fake, &digest);
         let r = get(b.port, &path, ACME, &[], false);
         assert_eq!(
-            fake.count("GET", &digest),
+            full_gets(&fake, &digest),
             fetches + 1,
-            "{fault:?}: no upstream fetch"
+            "{fault:?}: not exactly one upstream fetch"
         );
+        if fault != Fault::Corrupt {
+            // A broken connection is resumed with a range request; this fake ignores
+            // ranges (answers 200), so the resume fails and the fill with it.
+            assert!(
+                range_gets(&fake, &digest) >= 1,
+                "{fault:?}: no resume was tried"
+            );
+        }
         eprintln!(
             "[figures] {fault:?}: status {}, {} of {size} bytes, complete={}, after {:?}",
             r.status,
@@ -673,7 +681,7 @@ fn broken_upstream_blobs_are_never_served_whole_nor_cached() {
             ok.status,
             ok.received
         );
-        assert_eq!(fake.count("GET", &digest), fetches + 2);
+        assert_eq!(full_gets(&fake, &digest), fetches + 2);
         assert!(support::wait_until(Duration::from_secs(5), || cached_path(
             cache.path(),
             &digest
@@ -687,6 +695,110 @@ fn broken_upstream_blobs_are_never_served_whole_nor_cached() {
         failures.is_empty(),
         "berth let clients receive complete bodies of failed fills:\n{}",
         failures.join("\n")
+    );
+}
+
+/// Blob GETs the fake saw without a `Range` header (full fetches).
+fn full_gets(fake: &FakeServer, digest: &str) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path().ends_with(&format!("/blobs/{digest}")))
+        .filter(|r| r.header("range").is_none())
+        .count()
+}
+
+fn range_gets(fake: &FakeServer, digest: &str) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path().ends_with(&format!("/blobs/{digest}")))
+        .filter(|r| r.header("range").is_some())
+        .count()
+}
+
+#[test]
+fn a_connection_broken_mid_blob_is_resumed_with_a_range_request() {
+    let reg = registry();
+    let img = push(&reg, "acme/resume", "1", &[4 * MIB + 7], 57);
+    let (digest, size) = img.layers[0].clone();
+    let file = img.blob_path(&digest);
+    let origin = reg.url();
+    let d = digest.clone();
+    let fake = FakeServer::start(move |req| {
+        if req.method == "GET" && req.path().ends_with(&format!("/blobs/{d}")) {
+            return match req.header("range") {
+                // The first, full GET breaks after 1 MiB.
+                None => FakeResponse {
+                    status: 200,
+                    headers: vec![],
+                    body: FakeBody::File {
+                        path: file.clone(),
+                        drop_after: Some(MIB),
+                        corrupt_at: None,
+                        stall_after: None,
+                    },
+                },
+                Some(r) => {
+                    let from: usize = r
+                        .strip_prefix("bytes=")
+                        .and_then(|x| x.strip_suffix('-'))
+                        .and_then(|x| x.parse().ok())
+                        .expect("berth asks for an open-ended range");
+                    let all = std::fs::read(&file).unwrap();
+                    FakeResponse::bytes(206, all[from..].to_vec()).header(
+                        "Content-Range",
+                        &format!("bytes {from}-{}/{}", all.len() - 1, all.len()),
+                    )
+                }
+            };
+        }
+        FakeResponse::proxy_to(&origin, req)
+    });
+    let cache = support::tempdir();
+    let b = start_berth(cache.path(), &fake.url(), &Opts::default());
+    assert_eq!(
+        get_manifest(b.port, "acme", "acme/resume", "1", ACME).status,
+        200
+    );
+    let r = get(
+        b.port,
+        &blob_url("acme", "acme/resume", &digest),
+        ACME,
+        &[],
+        false,
+    );
+    assert!(
+        r.status == 200 && r.complete && r.received == size,
+        "status {} received {} of {size}, complete={}",
+        r.status,
+        r.received,
+        r.complete
+    );
+    assert_eq!(
+        r.sha256,
+        hex_of(&digest),
+        "the resumed body is not the blob"
+    );
+    assert_eq!(full_gets(&fake, &digest), 1);
+    let ranges: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter_map(|q| q.header("range").map(str::to_string))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![format!("bytes={MIB}-")],
+        "one resume, at the break"
+    );
+    assert!(support::wait_until(Duration::from_secs(5), || cached_path(
+        cache.path(),
+        &digest
+    )
+    .exists()));
+    assert_every_cached_blob_hashes_to_its_name(cache.path());
+    assert!(
+        b.logs().contains("resuming with a range request"),
+        "{}",
+        b.logs()
     );
 }
 

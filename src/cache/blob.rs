@@ -201,6 +201,7 @@ impl BlobStore {
             total: None,
             done: false,
             pending: None,
+            received: 0,
         }))
     }
 
@@ -233,6 +234,8 @@ pub struct FillWriter {
     done: bool,
     /// The batch being hashed and written while the next one is gathered from the upstream.
     pending: Option<WriteJob>,
+    /// Bytes accepted from the upstream so far (written, in flight or buffered).
+    received: u64,
 }
 
 type WriteJob = tokio::task::JoinHandle<(Sha256, std::io::Result<usize>)>;
@@ -240,6 +243,15 @@ type WriteJob = tokio::task::JoinHandle<(Sha256, std::io::Result<usize>)>;
 impl FillWriter {
     pub fn fill(&self) -> Arc<Fill> {
         self.fill.clone()
+    }
+
+    /// Where a resumed upstream request must start.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    pub fn total(&self) -> Option<u64> {
+        self.total
     }
 
     pub fn head(&mut self, total: Option<u64>) {
@@ -262,6 +274,7 @@ impl FillWriter {
             }
         }
         self.buf.extend_from_slice(&chunk);
+        self.received += chunk.len() as u64;
         let batch = if self.written == 0 && self.pending.is_none() {
             FIRST_BATCH
         } else {

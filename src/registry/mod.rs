@@ -575,30 +575,47 @@ impl Registry {
             let total = header(resp.headers(), CONTENT_LENGTH).and_then(|l| l.parse().ok());
             w.head(total);
             let mut body = resp.into_body();
+            let mut resumes = 0;
             loop {
-                let frame = match tokio::time::timeout(up.timeout, body.frame()).await {
-                    Err(_) => {
-                        let reason = format!("the upstream stalled for {:?}", up.timeout);
-                        tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}");
-                        return w.fail(reason);
-                    }
+                let broken = match tokio::time::timeout(up.timeout, body.frame()).await {
+                    Err(_) => format!("the upstream stalled for {:?}", up.timeout),
                     Ok(None) => break,
-                    Ok(Some(Err(e))) => {
-                        let reason = format!(
-                            "the upstream connection failed: {}",
-                            upstream::error_chain(&e)
-                        );
-                        tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}");
-                        return w.fail(reason);
+                    Ok(Some(Err(e))) => format!(
+                        "the upstream connection failed: {}",
+                        upstream::error_chain(&e)
+                    ),
+                    Ok(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            if let Err(reason) = w.write(data).await {
+                                tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}");
+                                return w.fail(reason);
+                            }
+                        }
+                        continue;
                     }
-                    Ok(Some(Ok(f))) => f,
                 };
-                if let Ok(data) = frame.into_data() {
-                    if let Err(reason) = w.write(data).await {
-                        tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}");
-                        return w.fail(reason);
+                // A connection that breaks mid-blob is picked up where it stopped with a
+                // range request, so the clients following this fill never notice; the hash
+                // still covers every byte.
+                if resumes < MAX_RESUMES && w.total().is_some_and(|t| w.received() < t) {
+                    resumes += 1;
+                    let from = w.received();
+                    match resume(&client, &up, &req, from).await {
+                        Ok(b) => {
+                            tracing::info!(upstream = %up.name, %digest, from, reason = %broken,
+                                "upstream broke mid-blob; resuming with a range request");
+                            body = b;
+                            continue;
+                        }
+                        Err(why) => {
+                            let reason = format!("{broken}; resuming failed: {why}");
+                            tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}");
+                            return w.fail(reason);
+                        }
                     }
                 }
+                tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {broken}");
+                return w.fail(broken);
             }
             match w.finish().await {
                 Ok(()) => {
@@ -783,6 +800,35 @@ impl Registry {
             )),
         }
     }
+}
+
+/// Range requests a fill may make after its upstream connection breaks.
+const MAX_RESUMES: u32 = 2;
+
+/// Asks the upstream for the rest of a blob from byte `from`; only a 206 that starts there
+/// will do (a 200 would mean starting over, which the fill cannot).
+async fn resume(
+    client: &upstream::Client,
+    up: &Upstream,
+    req: &upstream::Request,
+    from: u64,
+) -> std::result::Result<Incoming, String> {
+    let mut r = req.clone();
+    let range = HeaderValue::try_from(format!("bytes={from}-")).map_err(|e| e.to_string())?;
+    r.headers.insert(RANGE, range);
+    let resp = client.fetch(up, &r).await.map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        return Err(format!(
+            "the upstream answered {} to a range request",
+            resp.status()
+        ));
+    }
+    let starts_right = header(resp.headers(), CONTENT_RANGE)
+        .is_some_and(|c| c.starts_with(&format!("bytes {from}-")));
+    if !starts_right {
+        return Err("the upstream's Content-Range does not start where asked".into());
+    }
+    Ok(resp.into_body())
 }
 
 fn accept_header(accept: &str) -> Result<HeaderMap> {
