@@ -2,7 +2,6 @@
 //! Labels stay low-cardinality: route classes, status codes, upstream and app names; never
 //! license ids or repository names.
 
-use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -56,14 +55,14 @@ pub struct Metrics {
     pub token_fetches: Family<UpstreamOnly, Counter>,
     pub ratelimit_remaining: Family<UpstreamOnly, Gauge>,
     pub pulls: Family<AppLabels, Counter>,
-    cache_hits: Family<KindLabels, Gauge>,
-    cache_misses: Family<KindLabels, Gauge>,
-    stale_serves: Gauge,
+    cache_hits: Family<KindLabels, Counter>,
+    cache_misses: Family<KindLabels, Counter>,
+    stale_serves: Counter,
     cache_bytes: Gauge,
     cache_blobs: Gauge,
-    evictions: Gauge,
-    evicted_bytes: Gauge,
-    fills: Gauge,
+    evictions: Counter,
+    evicted_bytes: Counter,
+    fills: Counter,
     fills_in_flight: Gauge,
 }
 
@@ -88,12 +87,12 @@ impl Metrics {
             pulls: Family::default(),
             cache_hits: Family::default(),
             cache_misses: Family::default(),
-            stale_serves: Gauge::default(),
+            stale_serves: Counter::default(),
             cache_bytes: Gauge::default(),
             cache_blobs: Gauge::default(),
-            evictions: Gauge::default(),
-            evicted_bytes: Gauge::default(),
-            fills: Gauge::default(),
+            evictions: Counter::default(),
+            evicted_bytes: Counter::default(),
+            fills: Counter::default(),
             fills_in_flight: Gauge::default(),
             registry: Registry::default(),
         };
@@ -182,29 +181,34 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    /// Renders the text exposition, reading the cache's own counters at scrape time.
+    /// A request answered from the cache (`kind`: blob or manifest).
+    pub fn cache_hit(&self, kind: &'static str) {
+        self.cache_hits.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// A request that had to go upstream.
+    pub fn cache_miss(&self, kind: &'static str) {
+        self.cache_misses.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn stale_serve(&self) {
+        self.stale_serves.inc();
+    }
+
+    pub fn fill_started(&self) {
+        self.fills.inc();
+    }
+
+    pub fn evicted(&self, blobs: u64, bytes: u64) {
+        self.evictions.inc_by(blobs);
+        self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// Renders the text exposition, reading the cache's size at scrape time.
     pub fn render(&self, cache: &Cache) -> String {
-        let s = &cache.stats;
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as i64;
-        self.cache_hits
-            .get_or_create(&KindLabels { kind: "blob" })
-            .set(get(&s.blob_hits));
-        self.cache_hits
-            .get_or_create(&KindLabels { kind: "manifest" })
-            .set(get(&s.manifest_hits));
-        self.cache_misses
-            .get_or_create(&KindLabels { kind: "blob" })
-            .set(get(&s.blob_misses));
-        self.cache_misses
-            .get_or_create(&KindLabels { kind: "manifest" })
-            .set(get(&s.manifest_misses));
-        self.stale_serves.set(get(&s.stale_serves));
-        self.fills.set(get(&s.upstream_fills));
         let index = cache.blobs.index();
         self.cache_bytes.set(index.total() as i64);
         self.cache_blobs.set(index.len() as i64);
-        self.evictions.set(get(&index.evictions));
-        self.evicted_bytes.set(get(&index.evicted_bytes));
         self.fills_in_flight
             .set(cache.blobs.fills_in_flight() as i64);
         let mut out = String::new();

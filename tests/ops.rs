@@ -460,14 +460,19 @@ fn metrics_count_requests_pulls_and_cache_hits() {
         "{m1}"
     );
     assert!(
-        d(&m0, &m1, "berth_cache_misses", &[("kind", "blob")]) >= blobs,
+        d(&m0, &m1, "berth_cache_misses_total", &[("kind", "blob")]) >= blobs,
         "{m1}"
     );
     assert!(
-        d(&m0, &m1, "berth_cache_misses", &[("kind", "manifest")]) >= 1.0,
+        d(
+            &m0,
+            &m1,
+            "berth_cache_misses_total",
+            &[("kind", "manifest")]
+        ) >= 1.0,
         "{m1}"
     );
-    assert!(d(&m0, &m1, "berth_cache_fills", &[]) >= blobs, "{m1}");
+    assert!(d(&m0, &m1, "berth_cache_fills_total", &[]) >= blobs, "{m1}");
     assert!(
         metric(&m1, "berth_cache_size_bytes", &[]) >= layer_bytes as f64,
         "{m1}"
@@ -479,19 +484,19 @@ fn metrics_count_requests_pulls_and_cache_hits() {
     pull_through(&b, &img, GOOD);
     let m2 = scrape(admin);
     assert!(
-        d(&m1, &m2, "berth_cache_hits", &[("kind", "blob")]) >= blobs,
+        d(&m1, &m2, "berth_cache_hits_total", &[("kind", "blob")]) >= blobs,
         "{m2}"
     );
     assert!(
-        d(&m1, &m2, "berth_cache_hits", &[("kind", "manifest")]) >= 1.0,
+        d(&m1, &m2, "berth_cache_hits_total", &[("kind", "manifest")]) >= 1.0,
         "{m2}"
     );
     assert_eq!(
-        d(&m1, &m2, "berth_cache_misses", &[("kind", "blob")]),
+        d(&m1, &m2, "berth_cache_misses_total", &[("kind", "blob")]),
         0.0,
         "{m2}"
     );
-    assert_eq!(d(&m1, &m2, "berth_cache_fills", &[]), 0.0, "{m2}");
+    assert_eq!(d(&m1, &m2, "berth_cache_fills_total", &[]), 0.0, "{m2}");
     assert!(
         d(&m1, &m2, "berth_pulls_total", &[("app", "acme")]) >= 1.0,
         "{m2}"

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -28,8 +27,6 @@ pub struct Index {
     inner: Mutex<Inner>,
     max: Option<u64>,
     wake: Notify,
-    pub evictions: AtomicU64,
-    pub evicted_bytes: AtomicU64,
 }
 
 /// Holds a blob in place while a response reads it.
@@ -53,8 +50,6 @@ impl Index {
             inner: Mutex::new(Inner::default()),
             max,
             wake: Notify::new(),
-            evictions: AtomicU64::new(0),
-            evicted_bytes: AtomicU64::new(0),
         }
     }
 
@@ -194,8 +189,7 @@ impl Index {
             })
             .await;
             if let Ok((n, bytes)) = removed {
-                self.evictions.fetch_add(n, Ordering::Relaxed);
-                self.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+                crate::metrics::METRICS.evicted(n, bytes);
                 tracing::info!(
                     blobs = n,
                     bytes,

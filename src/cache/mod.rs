@@ -19,23 +19,6 @@ pub use index::Index;
 pub use links::Links;
 pub use manifest::{ManifestStore, TagEntry, TagKey, TagStore};
 
-/// Counters for logs and metrics.
-#[derive(Default)]
-pub struct Stats {
-    pub blob_hits: AtomicU64,
-    pub blob_misses: AtomicU64,
-    pub manifest_hits: AtomicU64,
-    pub manifest_misses: AtomicU64,
-    pub stale_serves: AtomicU64,
-    pub upstream_fills: AtomicU64,
-}
-
-impl Stats {
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 pub struct Cache {
     pub dir: PathBuf,
     /// Shared lock held while serving, so `cache purge` cannot run underneath.
@@ -44,7 +27,6 @@ pub struct Cache {
     pub manifests: ManifestStore,
     pub tags: TagStore,
     pub links: Links,
-    pub stats: Stats,
 }
 
 /// A name no other temp file of this process or an earlier one can have.
@@ -140,7 +122,6 @@ impl Cache {
             manifests: ManifestStore::new(manifests_dir, tmp.clone()),
             tags: TagStore::new(tags_dir, tmp),
             links,
-            stats: Stats::default(),
             _lock: lock,
             dir,
         })

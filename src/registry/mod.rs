@@ -16,9 +16,10 @@ use hyper::body::Incoming;
 use crate::api::body::{self, Body};
 use crate::api::route::Reference;
 use crate::cache::manifest::{self, StoredManifest};
-use crate::cache::{blob, Begin, Cache, FillKey, Source, Stats, TagEntry, TagKey};
+use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
 use crate::config::Upstream;
 use crate::error::{Error, Result};
+use crate::metrics::METRICS;
 use crate::oci::digest::Algorithm;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
 use crate::upstream::{self, UpstreamError};
@@ -218,14 +219,14 @@ impl Registry {
         let ds = d.to_string();
         if t.linked(&self.cache, &ds) {
             if let Some(m) = self.cache.manifests.get(d).await {
-                Stats::bump(&self.cache.stats.manifest_hits);
+                METRICS.cache_hit("manifest");
                 return Ok(stored_manifest(&m, ds, head));
             }
         }
         if t.offline {
             return Err(Error::Offline(format!("{}@{ds}", t.public_name)));
         }
-        Stats::bump(&self.cache.stats.manifest_misses);
+        METRICS.cache_miss("manifest");
         if head {
             return self.head_manifest(t, &ds, Some(d), accept).await;
         }
@@ -256,7 +257,7 @@ impl Registry {
         let what = format!("{}:{tag}", t.public_name);
         if let Some((e, m)) = &cached {
             if t.offline || e.age(SystemTime::now()) < t.tag_ttl {
-                Stats::bump(&self.cache.stats.manifest_hits);
+                METRICS.cache_hit("manifest");
                 return Ok(stored_manifest(m, e.digest.clone(), head));
             }
             match self.head_manifest(t, tag, None, accept).await {
@@ -264,7 +265,7 @@ impl Registry {
                     let mut fresh = e.clone();
                     fresh.checked_ms = manifest::now_ms();
                     self.cache.tags.put(&key, fresh).await;
-                    Stats::bump(&self.cache.stats.manifest_hits);
+                    METRICS.cache_hit("manifest");
                     return Ok(stored_manifest(m, e.digest.clone(), head));
                 }
                 Ok(_) => {}
@@ -283,7 +284,7 @@ impl Registry {
             }
             return Err(Error::Offline(what));
         }
-        Stats::bump(&self.cache.stats.manifest_misses);
+        METRICS.cache_miss("manifest");
         if head && cached.is_none() {
             return match self.head_manifest(t, tag, None, accept).await {
                 Err(err) if err.is_transient() => {
@@ -341,7 +342,7 @@ impl Registry {
                 continue;
             };
             if let Some(m) = self.cache.manifests.get(&d).await {
-                Stats::bump(&self.cache.stats.manifest_hits);
+                METRICS.cache_hit("manifest");
                 tracing::info!(upstream = %t.upstream.name, image = %format!("{}:{tag}", t.public_name),
                     digest = %e.digest, "serving a stored tag answer recorded for another Accept set");
                 return Some(stored_manifest(&m, e.digest, head));
@@ -359,7 +360,7 @@ impl Registry {
         digest: &str,
         head: bool,
     ) -> Fetched {
-        Stats::bump(&self.cache.stats.stale_serves);
+        METRICS.stale_serve();
         tracing::warn!(upstream = %t.upstream.name, image = %what, error = %err,
             "upstream unavailable: serving the last known manifest");
         stored_manifest(m, digest.to_string(), head)
@@ -483,14 +484,14 @@ impl Registry {
                 self.confirm_blob(t, digest).await?;
             }
             if let Some((file, size, guard)) = self.cache.blobs.open(digest) {
-                Stats::bump(&self.cache.stats.blob_hits);
+                METRICS.cache_hit("blob");
                 return cached_blob(Source::Cached { file, size, guard }, size, ds, range, head);
             }
         }
         if t.offline {
             return Err(Error::Offline(format!("{}@{ds}", t.public_name)));
         }
-        Stats::bump(&self.cache.stats.blob_misses);
+        METRICS.cache_miss("blob");
         if head || range.is_some() || !cacheable {
             return self.blob_pass_through(t, digest, range, head).await;
         }
@@ -550,7 +551,7 @@ impl Registry {
     /// Fetches the blob in a task of its own, so a client that disconnects does not stop
     /// the fill other clients (and the cache) are waiting for.
     fn spawn_fill(&self, t: &Target, digest: Digest, mut w: blob::FillWriter) {
-        Stats::bump(&self.cache.stats.upstream_fills);
+        METRICS.fill_started();
         let client = self.upstream.clone();
         let cache = self.cache.clone();
         let up = t.upstream.clone();
