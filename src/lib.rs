@@ -73,10 +73,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         None => None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some((a, l)) = admin {
+    let admin_task = admin.map(|(a, l)| {
         tracing::info!(admin = %a, "admin listener: /metrics /healthz /readyz");
-        tokio::spawn(server::admin::serve(api.clone(), l, stop_rx.clone()));
-    }
+        tokio::spawn(server::admin::serve(api.clone(), l, stop_rx.clone()))
+    });
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     tracing::info!(
@@ -102,6 +102,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
         }
         let _ = stop_tx.send(true);
+        // Probes fail before the customer port closes, so a load balancer stops sending
+        // new pulls here while the ones in flight finish.
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
     };
     server::serve(api, listener, tls, grace, shutdown).await;
     reloader.abort();
