@@ -1,5 +1,8 @@
 //! AdmissionReview round trips: the returned JSONPatch, applied to the request object, must give the rewritten object.
 
+#[path = "support/jsonpatch.rs"]
+mod jsonpatch;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use berth::rewrite::{review, AdmissionContext, AdmissionRules, Rules};
@@ -37,45 +40,6 @@ fn request(kind: &str, operation: &str, object: Value) -> Vec<u8> {
     .into_bytes()
 }
 
-fn unescape(seg: &str) -> String {
-    seg.replace("~1", "/").replace("~0", "~")
-}
-
-/// A minimal RFC 6902 applier for the ops berth emits (add, replace).
-fn apply(doc: &mut Value, patch: &Value) {
-    for op in patch.as_array().expect("patch is a list") {
-        let path = op["path"].as_str().expect("path");
-        let segs: Vec<String> = path.split('/').skip(1).map(unescape).collect();
-        let (last, parents) = segs.split_last().expect("non-root path");
-        let mut target = &mut *doc;
-        for s in parents {
-            target = match target {
-                Value::Array(a) => &mut a[s.parse::<usize>().expect("index")],
-                Value::Object(o) => o.get_mut(s).expect("parent exists"),
-                _ => panic!("bad parent at {s}"),
-            };
-        }
-        let value = op["value"].clone();
-        match (op["op"].as_str(), target) {
-            (Some("add"), Value::Array(a)) if last == "-" => a.push(value),
-            (Some("add"), Value::Array(a)) => a.insert(last.parse().expect("index"), value),
-            (Some("add"), Value::Object(o)) => {
-                o.insert(last.clone(), value);
-            }
-            (Some("replace"), Value::Array(a)) => {
-                let i: usize = last.parse().expect("index");
-                assert!(i < a.len(), "replace past the end");
-                a[i] = value;
-            }
-            (Some("replace"), Value::Object(o)) => {
-                assert!(o.contains_key(last), "replace of a missing member {path}");
-                o.insert(last.clone(), value);
-            }
-            (o, t) => panic!("unsupported op {o:?} on {t}"),
-        }
-    }
-}
-
 fn patched(response: &Value, mut object: Value) -> Value {
     let r = &response["response"];
     assert_eq!(r["patchType"], "JSONPatch");
@@ -85,7 +49,7 @@ fn patched(response: &Value, mut object: Value) -> Value {
             .expect("base64"),
     )
     .expect("patch JSON");
-    apply(&mut object, &patch);
+    jsonpatch::apply_patch(&mut object, &patch);
     object
 }
 
