@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use crate::api::body::{self, Body};
 use crate::api::route::Reference;
+use crate::cache::index::ReadGuard;
 use crate::cache::manifest::{self, StoredManifest};
 use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
 use crate::config::Upstream;
@@ -485,7 +486,7 @@ impl Registry {
             }
             if let Some((file, size, guard)) = self.cache.blobs.open(digest) {
                 METRICS.cache_hit("blob");
-                return cached_blob(Source::Cached { file, size, guard }, size, ds, range, head);
+                return cached_blob(file, size, guard, ds, range, head);
             }
         }
         if t.offline {
@@ -674,12 +675,11 @@ impl Registry {
         } else if partial {
             body::from_incoming(resp.into_body())
         } else {
-            Verified::new(
+            Body::boxed(Verified::new(
                 body::from_incoming(resp.into_body()),
                 digest.clone(),
                 length,
-            )
-            .boxed()
+            ))
         };
         Ok(Fetched {
             partial,
@@ -864,8 +864,9 @@ fn manifest_fetched(bytes: Bytes, media_type: String, digest: String, head: bool
 
 /// Serves a cached blob, whole or a range of it, straight from disk.
 fn cached_blob(
-    source: Source,
+    file: Arc<std::fs::File>,
     size: u64,
+    guard: ReadGuard,
     digest: String,
     range: Option<ByteRange>,
     head: bool,
@@ -879,12 +880,13 @@ fn cached_blob(
     let body = if head {
         body::empty()
     } else {
-        body::from_channel(blob::read(
-            source,
+        body::from_file(body::FileRange {
+            file,
             start,
-            Some(end),
-            Duration::from_secs(60),
-        ))
+            end,
+            size,
+            guard,
+        })
     };
     Ok(Fetched {
         partial: range.is_some(),

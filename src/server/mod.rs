@@ -1,8 +1,9 @@
 //! Listeners: accepts TCP connections, terminates TLS when configured, serves HTTP/1.1 and
-//! HTTP/2 with hyper, and shuts down gracefully (stop accepting, let pulls in flight finish
-//! up to a deadline).
+//! HTTP/2 (hyper over TLS, berth's own HTTP/1.1 loop with sendfile on plain TCP), and shuts
+//! down gracefully (stop accepting, let pulls in flight finish up to a deadline).
 
 pub mod admin;
+pub mod plain;
 pub mod tls;
 
 use std::future::Future;
@@ -30,6 +31,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Tells berth's own plain-HTTP connections that shutdown began; their hyper watcher
+    // (held until they end) is what `graceful.shutdown()` waits for.
+    let (closing, _) = tokio::sync::watch::channel(false);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
@@ -49,9 +53,14 @@ pub async fn serve(
         let api = api.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
+        let closing = closing.subscribe();
         tokio::spawn(async move {
             match acceptor {
-                None => serve_conn(api, TokioIo::new(stream), remote, watcher).await,
+                None => {
+                    if let Some(rest) = plain::serve(api.clone(), stream, remote, closing).await {
+                        serve_conn(api, TokioIo::new(rest), remote, watcher).await
+                    }
+                }
                 Some(acc) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
                         Ok(Ok(tls)) => serve_conn(api, TokioIo::new(tls), remote, watcher).await,
@@ -63,6 +72,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    closing.send_replace(true);
     tracing::info!("shutting down: waiting for requests in flight");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
