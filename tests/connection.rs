@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use support::berth::Berth;
+use support::fake::{FakeBody, FakeResponse, FakeServer};
 use support::image::{push_image, ImageSpec, TestImage};
 use support::registry::{Registry, RegistryAuth};
 
@@ -46,19 +47,7 @@ fn setup() -> Setup {
         },
     );
     let cache = support::tempdir();
-    let port = support::free_port();
-    let yaml = format!(
-        r#"server: {{ listen: "127.0.0.1:{port}", hostname: "127.0.0.1:{port}" }}
-cache: {{ dir: "{cache}" }}
-upstreams:
-  - {{ name: up, url: "{url}", host: upstream.test, username: {VENDOR}, password: "${{UPSTREAM_PASSWORD}}", repositories: ["acme/*"] }}
-apps: [ {{ slug: acme, upstreams: [up] }} ]
-licenses: [ {{ id: {LICENSE}, app: acme, customer: A }} ]
-"#,
-        cache = cache.path().display(),
-        url = reg.url(),
-    );
-    let berth = Berth::start(&yaml, &[("UPSTREAM_PASSWORD", VENDOR_PW)]);
+    let berth = start_berth(&reg.url(), cache.path());
     let s = Setup {
         _reg: reg,
         _cache: cache,
@@ -77,6 +66,21 @@ licenses: [ {{ id: {LICENSE}, app: acme, customer: A }} ]
     });
     assert!(cached, "the layers were not cached");
     s
+}
+
+fn start_berth(upstream_url: &str, cache: &Path) -> Berth {
+    let port = support::free_port();
+    let yaml = format!(
+        r#"server: {{ listen: "127.0.0.1:{port}", hostname: "127.0.0.1:{port}" }}
+cache: {{ dir: "{cache}" }}
+upstreams:
+  - {{ name: up, url: "{upstream_url}", host: upstream.test, username: {VENDOR}, password: "${{UPSTREAM_PASSWORD}}", repositories: ["acme/*"] }}
+apps: [ {{ slug: acme, upstreams: [up] }} ]
+licenses: [ {{ id: {LICENSE}, app: acme, customer: A }} ]
+"#,
+        cache = cache.display(),
+    );
+    Berth::start(&yaml, &[("UPSTREAM_PASSWORD", VENDOR_PW)])
 }
 
 fn blob_path(digest: &str) -> String {
@@ -501,4 +505,81 @@ fn cache_dir_is_clean(cache: &Path) -> bool {
     std::fs::read_dir(cache.join("tmp"))
         .map(|d| d.count() == 0)
         .unwrap_or(true)
+}
+
+#[test]
+fn a_body_of_unknown_length_is_chunked_for_http11_and_ends_the_connection_for_http10() {
+    let reg = Registry::start(RegistryAuth::Htpasswd {
+        user: VENDOR.into(),
+        password: VENDOR_PW.into(),
+    });
+    let img = push_image(
+        &reg,
+        Some((VENDOR, VENDOR_PW)),
+        "acme/app",
+        "v1",
+        &ImageSpec {
+            layer_sizes: vec![2 * MIB + 1, 300 * 1024],
+            seed: 11,
+        },
+    );
+    // An upstream that sends blobs without a length (chunked), the rest as the registry
+    // does: berth's answer to a cold GET then has no length either.
+    let origin = reg.url();
+    let files: Vec<(String, std::path::PathBuf)> = img
+        .layers
+        .iter()
+        .map(|(d, _)| (d.clone(), img.blob_path(d)))
+        .collect();
+    let fake = FakeServer::start(move |req| {
+        match files
+            .iter()
+            .find(|(d, _)| req.method == "GET" && req.path().ends_with(&format!("/blobs/{d}")))
+        {
+            Some((_, path)) => FakeResponse {
+                status: 200,
+                headers: vec![("transfer-encoding".into(), "chunked".into())],
+                body: FakeBody::File {
+                    path: path.clone(),
+                    drop_after: None,
+                    corrupt_at: None,
+                    stall_after: None,
+                },
+            },
+            None => FakeResponse::proxy_to(&origin, req),
+        }
+    });
+    let cache = support::tempdir();
+    let b = start_berth(&fake.url(), cache.path());
+
+    let (first, second) = (&img.layers[0].0, &img.layers[1].0);
+    let mut c = Conn::open(b.port);
+    let r = c.send_and_read(&get(&blob_path(first), &[]), false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), *first);
+    // The chunked body ended cleanly: the connection is in step for the next request.
+    assert_eq!(c.send_and_read(&get("/v2/", &[]), false).status, 200);
+
+    let mut c = Conn::open(b.port);
+    let r = c.send_and_read(
+        format!(
+            "GET {} HTTP/1.0\r\nConnection: keep-alive\r\nAuthorization: {}\r\n\r\n",
+            blob_path(second),
+            basic()
+        )
+        .as_bytes(),
+        false,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("transfer-encoding"),
+        None,
+        "HTTP/1.0 has no chunks"
+    );
+    assert_eq!(r.header("connection"), Some("close"));
+    // Read to the end of the connection: the body is exactly the blob.
+    assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), *second);
+    assert_eq!(fake.count("GET", "/blobs/"), 2);
 }

@@ -141,12 +141,13 @@ pub async fn serve(
             }
         };
         let is_head = head.request.method() == Method::HEAD;
+        let http10 = head.request.version() == Version::HTTP_10;
         let req = head.request.map(|()| Full::new(body));
         let resp = api.clone().handle(req, remote).await;
         let keep_alive = head.keep_alive && !*closing.borrow();
-        match write_response(&mut stream, resp, is_head, keep_alive).await {
-            Ok(true) if keep_alive => {}
-            Ok(_) => {
+        match write_response(&mut stream, resp, is_head, http10, keep_alive).await {
+            Ok(true) => {}
+            Ok(false) => {
                 let _ = stream.shutdown().await;
                 return None;
             }
@@ -338,12 +339,13 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes one response; `Ok(true)` when the connection is still in step for another
-/// request.
+/// Writes one response; `Ok(true)` when the connection may carry another request (kept
+/// alive, and every declared byte sent).
 async fn write_response(
     stream: &mut TcpStream,
     resp: Response<Logged>,
     is_head: bool,
+    http10: bool,
     keep_alive: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
@@ -356,8 +358,11 @@ async fn write_response(
         Some(v) => v.to_str().ok().and_then(|s| s.parse().ok()),
         None => body.size_hint().exact(),
     };
-    // Without a length, HTTP/1.1 frames the body in chunks.
-    let chunked = !bodyless && declared.is_none();
+    // Without a length, HTTP/1.1 frames the body in chunks; HTTP/1.0 knows no chunks, so
+    // there the end of the body is the end of the connection.
+    let unframed = !bodyless && declared.is_none();
+    let chunked = unframed && !http10;
+    let keep_alive = keep_alive && !(unframed && http10);
     let mut out = BytesMut::with_capacity(1024);
     {
         let mut head = Vec::with_capacity(512);
@@ -389,7 +394,7 @@ async fn write_response(
     }
     if bodyless {
         stream.write_all(&out).await?;
-        return Ok(true);
+        return Ok(keep_alive);
     }
     if let Some(range) = body.take_file() {
         stream.write_all(&out).await?;
@@ -399,7 +404,7 @@ async fn write_response(
         body.sent(n, sent.is_ok());
         sent?;
         drop(range);
-        return Ok(n == want);
+        return Ok(keep_alive && n == want);
     }
     let mut sent = 0u64;
     let mut body = std::pin::pin!(body);
@@ -446,7 +451,7 @@ async fn write_response(
     if !out.is_empty() {
         stream.write_all(&out).await?;
     }
-    Ok(declared.is_none_or(|d| d == sent))
+    Ok(keep_alive && declared.is_none_or(|d| d == sent))
 }
 
 /// Sends the range with sendfile(2); returns the bytes sent.

@@ -344,10 +344,11 @@ async fn handle(
 
 async fn build_response(resp: FakeResponse) -> Response<RespBody> {
     let mut builder = Response::builder().status(resp.status);
-    let has_len = resp
-        .headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    // A response that names its own length or transfer-encoding gets no Content-Length
+    // (so a test can have a body of unknown length, sent chunked).
+    let has_len = resp.headers.iter().any(|(k, _)| {
+        k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+    });
     for (k, v) in &resp.headers {
         builder = builder.header(k, v);
     }
