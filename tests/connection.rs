@@ -29,9 +29,8 @@ struct Setup {
     img: TestImage,
 }
 
-/// An image whose big layer is larger than one sendfile call, pulled once so every blob is
-/// cached.
-fn setup() -> Setup {
+/// A real registry holding `acme/app:v1` with layers of these sizes.
+fn registry_with(layer_sizes: &[u64], seed: u64) -> (Registry, TestImage) {
     let reg = Registry::start(RegistryAuth::Htpasswd {
         user: VENDOR.into(),
         password: VENDOR_PW.into(),
@@ -42,10 +41,17 @@ fn setup() -> Setup {
         "acme/app",
         "v1",
         &ImageSpec {
-            layer_sizes: vec![24 * MIB + 12345, 1000],
-            seed: 7,
+            layer_sizes: layer_sizes.to_vec(),
+            seed,
         },
     );
+    (reg, img)
+}
+
+/// An image whose big layer is larger than one sendfile call, pulled once so every blob is
+/// cached.
+fn setup() -> Setup {
+    let (reg, img) = registry_with(&[24 * MIB + 12345, 1000], 7);
     let cache = support::tempdir();
     let berth = start_berth(&reg.url(), cache.path());
     let s = Setup {
@@ -509,20 +515,7 @@ fn cache_dir_is_clean(cache: &Path) -> bool {
 
 #[test]
 fn a_body_of_unknown_length_is_chunked_for_http11_and_ends_the_connection_for_http10() {
-    let reg = Registry::start(RegistryAuth::Htpasswd {
-        user: VENDOR.into(),
-        password: VENDOR_PW.into(),
-    });
-    let img = push_image(
-        &reg,
-        Some((VENDOR, VENDOR_PW)),
-        "acme/app",
-        "v1",
-        &ImageSpec {
-            layer_sizes: vec![2 * MIB + 1, 300 * 1024],
-            seed: 11,
-        },
-    );
+    let (reg, img) = registry_with(&[2 * MIB + 1, 300 * 1024], 11);
     // An upstream that sends blobs without a length (chunked), the rest as the registry
     // does: berth's answer to a cold GET then has no length either.
     let origin = reg.url();
