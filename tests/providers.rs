@@ -169,6 +169,32 @@ fn dockerhub_uses_hub_service_and_library_prefix() {
 }
 
 #[test]
+fn anonymous_dockerhub_keeps_hub_routing() {
+    // Public Hub images (redis, postgres) without a Hub account: no credentials, but still
+    // docker.io names and the library/ prefix.
+    let reg = Registry::start(RegistryAuth::None);
+    let img = push_image(&reg, None, "library/redis", "7", &spec(12));
+    let ups = format!(
+        "  - {{ name: hub, kind: dockerhub, url: \"{}\" }}\n",
+        reg.url()
+    );
+    let b = start(&ups, &["hub"], &[]);
+    pull(&b.berth, "docker.io", "redis", "7", &img);
+    assert!(
+        reg.requests()
+            .iter()
+            .any(|(m, p, _)| m == "GET" && p.contains("/v2/library/redis/manifests/7")),
+        "berth did not ask the upstream for library/redis"
+    );
+    assert!(
+        reg.requests()
+            .iter()
+            .all(|(_, p, _)| !p.starts_with("/v2/redis/")),
+        "a one-part Hub name reached the upstream without library/"
+    );
+}
+
+#[test]
 fn gcr_and_gar_send_the_json_key() {
     let secret = canary();
     let key = serde_json::json!({

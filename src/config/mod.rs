@@ -733,8 +733,10 @@ fn validate_upstream_auth(
             ))
         }
     };
-    if matches!(kind, K::Dockerhub | K::Quay | K::Ghcr | K::Acr) && credentials.is_none() {
-        // Anonymous pulls are what `kind: public` is for.
+    if matches!(kind, K::Quay | K::Ghcr | K::Acr) && credentials.is_none() {
+        // Anonymous pulls are what `kind: public` is for. Docker Hub is the exception:
+        // anonymous Hub pulls (public images such as `redis`, within Hub's per-address
+        // rate limit) still need its routing (`docker.io`, `library/`).
         return Err(required("username"));
     }
 
@@ -1430,10 +1432,13 @@ licenses:
             err("kind: acr, url: \"https://a.azurecr.io\""),
             "upstreams[0].username: required for kind acr"
         );
+        // Anonymous Docker Hub keeps Hub's routing.
+        let hub = one_upstream("kind: dockerhub").unwrap();
         assert_eq!(
-            err("kind: dockerhub"),
-            "upstreams[0].username: required for kind dockerhub"
+            hub.upstreams[0].upstream_repository("redis"),
+            "library/redis"
         );
+        assert!(hub.upstreams[0].serves_host("docker.io"));
         assert_eq!(
             err("kind: custom"),
             "upstreams[0].url: required for kind custom"
