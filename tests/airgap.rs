@@ -386,6 +386,53 @@ fn import_serves_by_tag_and_digest_with_the_upstream_stopped() {
 }
 
 #[test]
+fn import_into_a_running_server_is_served_without_a_restart() {
+    let mut up = upstream();
+    let (bundle, _) = up.export_all();
+    let url = up.reg.url();
+    up.reg.stop();
+    let cache = support::tempdir();
+    let port = support::free_port();
+    let yaml = config_yaml(port, cache.path(), &url);
+    let cfg = cache.path().join("berth.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let b = Berth::start_on(port, &yaml, &[("UPSTREAM_PASSWORD", PASSWORD)]);
+    // Nothing cached and the upstream gone: the pull fails.
+    let dest = support::tempdir();
+    let src = format!("docker://127.0.0.1:{port}/proxy/acme/{}", worker_ref());
+    let creds = format!("{LICENSE}:{LICENSE}");
+    let out = skopeo_copy_to_oci(&src, Some(&creds), dest.path(), &[]);
+    assert!(
+        !out.status.success(),
+        "pulled with nothing cached and no upstream"
+    );
+
+    let (ok, stdout, stderr) = berth(
+        &[
+            "airgap",
+            "import",
+            "--config",
+            cfg.to_str().unwrap(),
+            bundle.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "import next to a running server:\n{stdout}\n{stderr}");
+    // The same server, not restarted, now serves the images, by tag and by digest.
+    assert_eq!(pull(&b, &worker_ref(), false), up.worker.manifest_digest);
+    assert_eq!(pull(&b, &api_ref(), true), up.index.index_digest);
+    assert_eq!(
+        pull(
+            &b,
+            &format!("{HOST}/acme/worker@{}", up.worker.manifest_digest),
+            false
+        ),
+        up.worker.manifest_digest
+    );
+    assert!(b.logs().contains("adopted a blob"), "{}", b.logs());
+}
+
+#[test]
 fn push_into_an_htpasswd_registry_then_again_skips_present_blobs() {
     let up = upstream();
     let (bundle, _) = up.export_all();

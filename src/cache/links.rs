@@ -1,6 +1,7 @@
 //! Which digests belong to which upstream repository. A cached blob or manifest is served
 //! to a request only when its repository is linked to it, so knowing a digest never opens
-//! another app's content. Persisted as an append-only log, replayed at startup.
+//! another app's content. Persisted as an append-only log, replayed at startup and caught
+//! up on a miss (`berth airgap import` appends to it while a server runs).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -10,6 +11,9 @@ use std::sync::{Mutex, RwLock};
 pub struct Links {
     set: RwLock<HashSet<String>>,
     log: Mutex<std::fs::File>,
+    path: std::path::PathBuf,
+    /// How far into the log the set reflects (whole lines only).
+    read_to: Mutex<u64>,
 }
 
 fn key(upstream: &str, repository: &str, digest: &str) -> String {
@@ -20,17 +24,11 @@ impl Links {
     /// Loads the log; a torn last line (a crash mid-append) is ignored.
     pub fn open(path: &Path) -> std::io::Result<Links> {
         let mut set = HashSet::new();
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                for line in text.lines() {
-                    if line.split('\t').count() == 3 && line.contains(":") {
-                        set.insert(line.to_string());
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let read_to = match std::fs::read(path) {
+            Ok(bytes) => replay(&bytes, &mut set),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
-        }
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -38,14 +36,46 @@ impl Links {
         Ok(Links {
             set: RwLock::new(set),
             log: Mutex::new(log),
+            path: path.to_path_buf(),
+            read_to: Mutex::new(read_to as u64),
         })
     }
 
     pub fn contains(&self, upstream: &str, repository: &str, digest: &str) -> bool {
+        let k = key(upstream, repository, digest);
+        if self
+            .set
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&k)
+        {
+            return true;
+        }
+        self.catch_up();
         self.set
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key(upstream, repository, digest))
+            .contains(&k)
+    }
+
+    /// Reads what other processes appended to the log since the last look (berth's own
+    /// appends come along too, and are already in the set).
+    fn catch_up(&self) {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut read_to = self.read_to.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len <= *read_to {
+            return;
+        }
+        let mut tail = Vec::new();
+        if f.seek(SeekFrom::Start(*read_to)).is_err() || f.read_to_end(&mut tail).is_err() {
+            return;
+        }
+        let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
+        *read_to += replay(&tail, &mut set) as u64;
     }
 
     /// Links digests to a repository; only new links are written to the log.
@@ -115,12 +145,25 @@ impl Links {
             text.push('\n');
         }
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
+        std::fs::write(&tmp, &text)?;
         std::fs::rename(&tmp, path)?;
         let log = std::fs::OpenOptions::new().append(true).open(path)?;
+        *self.read_to.lock().unwrap_or_else(|e| e.into_inner()) = text.len() as u64;
         *self.log.lock().unwrap_or_else(|e| e.into_inner()) = log;
         Ok(())
     }
+}
+
+/// Adds the log's whole lines to `set`; returns how many bytes they took (a torn last
+/// line, a crash or a writer mid-append, is left for the next look).
+fn replay(bytes: &[u8], set: &mut HashSet<String>) -> usize {
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    for line in String::from_utf8_lossy(&bytes[..whole]).lines() {
+        if line.split('\t').count() == 3 && line.contains(':') {
+            set.insert(line.to_string());
+        }
+    }
+    whole
 }
 
 #[cfg(test)]
@@ -149,5 +192,33 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert!(l.contains("up", "acme/api", "sha256:bb"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_another_process_appends_are_seen_on_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("links.log");
+        let server = Links::open(&path).unwrap();
+        server.add("up", "acme/api", ["sha256:aa"]);
+        // `berth airgap import` while the server runs: its own Links on the same file.
+        let import = Links::open(&path).unwrap();
+        import.add("up", "acme/worker", ["sha256:bb", "sha256:cc"]);
+        // Half a line, as a writer mid-append leaves it: not taken, and not lost later.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"up\tacme/db\tsha2")
+            .unwrap();
+        assert!(server.contains("up", "acme/worker", "sha256:cc"));
+        assert!(!server.contains("up", "acme/db", "sha256:dd"));
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"56:dd\n")
+            .unwrap();
+        assert!(server.contains("up", "acme/db", "sha256:dd"));
+        assert!(!server.contains("up", "acme/db", "sha256:aa"));
     }
 }

@@ -139,6 +139,27 @@ impl Cache {
         Ok(())
     }
 
+    /// Whether the blob is cached. A blob the index does not know may still have been put
+    /// on disk by `berth airgap import` while this server runs: files under `sha256/` are
+    /// renamed in only once verified, so such a file is adopted as it is. A miss costs one
+    /// stat(2), next to the upstream fetch that follows it.
+    pub fn has_blob(&self, d: &crate::oci::Digest) -> bool {
+        if self.blobs.is_cached(d) {
+            return true;
+        }
+        let path = self.blobs.path(d);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                let hex = d.hex();
+                let pinned = read_pins(&self.dir).contains(hex);
+                self.blobs.index().insert(hex, meta.len(), pinned);
+                tracing::info!(digest = %d, pinned, "adopted a blob put in the cache by another process");
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Starts background eviction; call from inside the runtime.
     pub fn start_evictor(&self) {
         let index = self.blobs.index().clone();

@@ -475,7 +475,7 @@ impl Registry {
     ) -> Result<Fetched> {
         let ds = digest.to_string();
         let cacheable = digest.algorithm() == Algorithm::Sha256;
-        if cacheable && self.cache.blobs.is_cached(digest) {
+        if cacheable && self.cache.has_blob(digest) {
             if !t.linked(&self.cache, &ds) {
                 if t.offline {
                     return Err(Error::BlobUnknown(format!("{}@{ds}", t.public_name)));
