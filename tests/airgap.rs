@@ -296,6 +296,20 @@ struct Served {
     cache_dir: PathBuf,
 }
 
+/// `berth airgap import --config CFG BUNDLE`; returns (success, stdout, stderr).
+fn import(cfg: &Path, bundle: &Path) -> (bool, String, String) {
+    berth(
+        &[
+            "airgap",
+            "import",
+            "--config",
+            cfg.to_str().unwrap(),
+            bundle.to_str().unwrap(),
+        ],
+        None,
+    )
+}
+
 /// A fresh cache: imports `bundle` (expecting `ok`), then starts berth on it.
 fn import_and_serve(upstream_url: &str, bundle: &Path, ok: bool) -> (Served, String) {
     let cache = support::tempdir();
@@ -305,16 +319,7 @@ fn import_and_serve(upstream_url: &str, bundle: &Path, ok: bool) -> (Served, Str
     std::fs::write(&cfg, &yaml).unwrap();
     let cache_dir = cache.path().to_path_buf();
     let started = Instant::now();
-    let (success, stdout, stderr) = berth(
-        &[
-            "airgap",
-            "import",
-            "--config",
-            cfg.to_str().unwrap(),
-            bundle.to_str().unwrap(),
-        ],
-        None,
-    );
+    let (success, stdout, stderr) = import(&cfg, bundle);
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(success, ok, "import:\n{stdout}\n{stderr}");
     if ok {
@@ -407,16 +412,7 @@ fn import_into_a_running_server_is_served_without_a_restart() {
         "pulled with nothing cached and no upstream"
     );
 
-    let (ok, stdout, stderr) = berth(
-        &[
-            "airgap",
-            "import",
-            "--config",
-            cfg.to_str().unwrap(),
-            bundle.to_str().unwrap(),
-        ],
-        None,
-    );
+    let (ok, stdout, stderr) = import(&cfg, &bundle);
     assert!(ok, "import next to a running server:\n{stdout}\n{stderr}");
     // The same server, not restarted, now serves the images, by tag and by digest.
     assert_eq!(pull(&b, &worker_ref(), false), up.worker.manifest_digest);
