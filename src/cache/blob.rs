@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 
@@ -314,7 +314,8 @@ impl BlobStore {
             key,
             tmp_path,
             hasher: Some(Sha256::new()),
-            buf: BytesMut::with_capacity(WRITE_BATCH),
+            batch: Vec::new(),
+            batch_len: 0,
             written: 0,
             total: None,
             done: false,
@@ -346,7 +347,12 @@ pub struct FillWriter {
     key: FillKey,
     tmp_path: PathBuf,
     hasher: Option<Sha256>,
-    buf: BytesMut,
+    /// The upstream's chunks gathered for the next write, as they came: copying them into
+    /// one buffer cost a pass over every byte (frames are ~400 KiB anyway, so a batch is
+    /// rarely more than one chunk).
+    batch: Vec<Bytes>,
+    /// Bytes in `batch`.
+    batch_len: usize,
     written: u64,
     total: Option<u64>,
     done: bool,
@@ -394,10 +400,11 @@ impl FillWriter {
                 return Err(format!("upstream sent more than the announced {t} bytes"));
             }
         }
-        self.buf.extend_from_slice(&chunk);
         self.received += chunk.len() as u64;
+        self.batch_len += chunk.len();
+        self.batch.push(chunk.clone());
         self.fill.publish(chunk);
-        if self.buf.len() >= WRITE_BATCH {
+        if self.batch_len >= WRITE_BATCH {
             self.flush().await?;
         }
         Ok(())
@@ -429,21 +436,27 @@ impl FillWriter {
     /// which also keeps the writes in order and memory bounded.
     async fn flush(&mut self) -> Result<(), String> {
         self.settle().await?;
-        if self.buf.is_empty() {
+        if self.batch.is_empty() {
             return Ok(());
         }
-        let data = self.buf.split().freeze();
+        let chunks = std::mem::take(&mut self.batch);
+        let len = std::mem::take(&mut self.batch_len);
         let fill = self.fill.clone();
         let offset = self.written;
         let mut hasher = self.hasher.take().ok_or("fill already failed")?;
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            // Hashing off the async threads: it is the most CPU a fill spends.
-            hasher.update(&data);
-            let res = fill.file.write_all_at(&data, offset).map(|_| data.len());
-            if res.is_ok() {
-                fill.stored(offset + data.len() as u64);
+            // Hashing off the async threads: it is the most CPU a fill spends. Each chunk
+            // is written right after it is hashed, while it is still in the CPU's cache.
+            let mut at = offset;
+            for c in &chunks {
+                hasher.update(c);
+                if let Err(e) = fill.file.write_all_at(c, at) {
+                    return (hasher, Err(e));
+                }
+                at += c.len() as u64;
             }
-            (hasher, res)
+            fill.stored(at);
+            (hasher, Ok(len))
         }));
         Ok(())
     }
