@@ -1,9 +1,11 @@
 //! The blob store: content-addressed files under `<cache.dir>/sha256/<hex>`, single-flight
 //! fills (one upstream fetch per blob however many clients ask), and readers that follow a
 //! fill as it grows. A fill writes to a temp file, hashing as it goes, and is renamed in
-//! only when digest and length match; readers wait on a watch channel, never poll.
+//! only when digest and length match; readers wait on a watch channel, never poll. Readers
+//! that keep up take the fill's recent chunks from memory; only those that fall behind
+//! read the temp file back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,13 +19,16 @@ use super::index::{Index, ReadGuard};
 use crate::error::Error;
 use crate::oci::Digest;
 
-/// Bytes gathered before one write (and one wake-up of readers).
+/// Bytes gathered before one hash-and-write on a blocking thread. Followers do not wait
+/// for it: they get chunks from the window as they arrive.
 const WRITE_BATCH: usize = 256 * 1024;
-/// The first batch is small, so the first bytes reach clients without waiting for a full
-/// batch (time to first byte).
-const FIRST_BATCH: usize = 16 * 1024;
 /// Bytes per read of a cached or filling blob.
 pub const READ_CHUNK: usize = 256 * 1024;
+/// Bytes of chunks already on disk that a fill keeps in memory for its followers. A
+/// follower within this distance of the upstream takes the chunks themselves (no copy, no
+/// blocking read); one further behind reads the temp file. Chunks not yet on disk come on
+/// top, bounded by the write batching (one batch in flight, one being gathered).
+const WINDOW: usize = 1024 * 1024;
 /// After a full disk, berth stops trying to cache for this long.
 const DISK_FULL_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -55,18 +60,136 @@ pub enum End {
 #[derive(Debug, Clone)]
 pub struct FillState {
     pub head: Head,
-    pub written: u64,
+    /// Bytes received from the upstream and handed to followers (in the window or on disk).
+    /// How much is on disk is the window's business: followers only read the file for bytes
+    /// the window has let go of, so they need not wake for every write.
+    pub received: u64,
     pub end: End,
 }
 
 pub struct Fill {
     file: Arc<std::fs::File>,
     state: watch::Sender<FillState>,
+    window: Mutex<Window>,
 }
 
 impl Fill {
+    fn new(file: Arc<std::fs::File>) -> Fill {
+        let (state, _) = watch::channel(FillState {
+            head: Head::Pending,
+            received: 0,
+            end: End::Running,
+        });
+        Fill {
+            file,
+            state,
+            window: Mutex::new(Window::default()),
+        }
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<FillState> {
         self.state.subscribe()
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes a chunk from the upstream visible to followers at once, before it is hashed or
+    /// written: followers still hold back the blob's last byte until the digest matched.
+    fn publish(&self, chunk: Bytes) {
+        let received = {
+            let mut w = self.window();
+            w.push(chunk);
+            w.end
+        };
+        self.state.send_modify(|s| s.received = received);
+    }
+
+    /// Records that the file holds `[0, written)`, so the window may let go of those chunks.
+    fn stored(&self, written: u64) {
+        self.window().stored(written);
+    }
+
+    /// (bytes the window holds, where it starts, bytes on disk), for the tests.
+    #[cfg(test)]
+    fn window_stats(&self) -> (usize, u64, u64) {
+        let w = self.window();
+        (w.len, w.end - w.len as u64, w.on_disk)
+    }
+}
+
+/// The most recent chunks of a fill, contiguous and ending at everything received. A chunk
+/// leaves only once it is on disk and the window is over `WINDOW`, so whatever lies before
+/// the window's start can be read from the file.
+#[derive(Default)]
+struct Window {
+    /// (offset in the blob, bytes), in order.
+    chunks: VecDeque<(u64, Bytes)>,
+    /// Bytes in `chunks`.
+    len: usize,
+    /// Offset just past the last chunk.
+    end: u64,
+    /// The file holds `[0, on_disk)`.
+    on_disk: u64,
+}
+
+/// What a follower gets from the window.
+enum Taken {
+    /// Slices of the window's chunks from the follower's position on (possibly none).
+    Memory,
+    /// The position lies before the window: read the file, which holds bytes up to here.
+    Disk(u64),
+}
+
+impl Window {
+    fn push(&mut self, chunk: Bytes) {
+        let n = chunk.len();
+        self.chunks.push_back((self.end, chunk));
+        self.end += n as u64;
+        self.len += n;
+        self.trim();
+    }
+
+    fn stored(&mut self, written: u64) {
+        self.on_disk = written;
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.len > WINDOW {
+            match self.chunks.front() {
+                Some((off, b)) if off + b.len() as u64 <= self.on_disk => {
+                    self.len -= b.len();
+                    self.chunks.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Appends to `out` slices covering `[pos, limit)`, at most `max` bytes (`limit` must
+    /// not exceed `end`). Refcounted slices: nothing is copied.
+    fn take(&self, pos: u64, limit: u64, max: usize, out: &mut Vec<Bytes>) -> Taken {
+        let start = self.end - self.len as u64;
+        if pos < start {
+            return Taken::Disk(self.on_disk);
+        }
+        let limit = limit.min(pos + max as u64);
+        let first = self
+            .chunks
+            .partition_point(|(off, b)| off + b.len() as u64 <= pos);
+        let mut at = pos;
+        for (off, b) in self.chunks.range(first..) {
+            if at >= limit {
+                break;
+            }
+            let from = (at - off) as usize;
+            let to = (limit - off).min(b.len() as u64) as usize;
+            out.push(b.slice(from..to));
+            at = off + to as u64;
+        }
+        Taken::Memory
     }
 }
 
@@ -183,12 +306,7 @@ impl BlobStore {
                 return Begin::PassThrough;
             }
         };
-        let (tx, _) = watch::channel(FillState {
-            head: Head::Pending,
-            written: 0,
-            end: End::Running,
-        });
-        let fill = Arc::new(Fill { file, state: tx });
+        let fill = Arc::new(Fill::new(file));
         fills.insert(key.clone(), fill.clone());
         Begin::Leader(Box::new(FillWriter {
             store: self.clone(),
@@ -196,7 +314,8 @@ impl BlobStore {
             key,
             tmp_path,
             hasher: Some(Sha256::new()),
-            buf: BytesMut::with_capacity(WRITE_BATCH),
+            batch: Vec::new(),
+            batch_len: 0,
             written: 0,
             total: None,
             done: false,
@@ -228,7 +347,12 @@ pub struct FillWriter {
     key: FillKey,
     tmp_path: PathBuf,
     hasher: Option<Sha256>,
-    buf: BytesMut,
+    /// The upstream's chunks gathered for the next write, as they came: copying them into
+    /// one buffer cost a pass over every byte (frames are ~400 KiB anyway, so a batch is
+    /// rarely more than one chunk).
+    batch: Vec<Bytes>,
+    /// Bytes in `batch`.
+    batch_len: usize,
     written: u64,
     total: Option<u64>,
     done: bool,
@@ -268,19 +392,19 @@ impl FillWriter {
     }
 
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), String> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
         if let Some(t) = self.total {
-            if self.written + (self.buf.len() + chunk.len()) as u64 > t {
+            if self.received + chunk.len() as u64 > t {
                 return Err(format!("upstream sent more than the announced {t} bytes"));
             }
         }
-        self.buf.extend_from_slice(&chunk);
         self.received += chunk.len() as u64;
-        let batch = if self.written == 0 && self.pending.is_none() {
-            FIRST_BATCH
-        } else {
-            WRITE_BATCH
-        };
-        if self.buf.len() >= batch {
+        self.batch_len += chunk.len();
+        self.batch.push(chunk.clone());
+        self.fill.publish(chunk);
+        if self.batch_len >= WRITE_BATCH {
             self.flush().await?;
         }
         Ok(())
@@ -312,22 +436,27 @@ impl FillWriter {
     /// which also keeps the writes in order and memory bounded.
     async fn flush(&mut self) -> Result<(), String> {
         self.settle().await?;
-        if self.buf.is_empty() {
+        if self.batch.is_empty() {
             return Ok(());
         }
-        let data = self.buf.split().freeze();
+        let chunks = std::mem::take(&mut self.batch);
+        let len = std::mem::take(&mut self.batch_len);
         let fill = self.fill.clone();
         let offset = self.written;
         let mut hasher = self.hasher.take().ok_or("fill already failed")?;
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            // Hashing off the async threads: it is the most CPU a fill spends.
-            hasher.update(&data);
-            let res = fill.file.write_all_at(&data, offset).map(|_| data.len());
-            if res.is_ok() {
-                let w = offset + data.len() as u64;
-                fill.state.send_modify(|s| s.written = w);
+            // Hashing off the async threads: it is the most CPU a fill spends. Each chunk
+            // is written right after it is hashed, while it is still in the CPU's cache.
+            let mut at = offset;
+            for c in &chunks {
+                hasher.update(c);
+                if let Err(e) = fill.file.write_all_at(c, at) {
+                    return (hasher, Err(e));
+                }
+                at += c.len() as u64;
             }
-            (hasher, res)
+            fill.stored(at);
+            (hasher, Ok(len))
         }));
         Ok(())
     }
@@ -445,15 +574,60 @@ pub fn read(
     rx
 }
 
-async fn read_at(file: &Arc<std::fs::File>, pos: u64, len: usize) -> std::io::Result<Bytes> {
+/// The buffers one follower reads the file into, used again once hyper has sent their bytes.
+/// A fresh zeroed buffer per read cost more than the read: in a herd of 32 clients behind
+/// one fill, zeroing and the allocator's page faults and `madvise` calls for those buffers
+/// were a quarter of berth's CPU. A buffer taken back holds the bytes of an earlier read,
+/// so it need not be zeroed again for `read_exact_at`.
+#[derive(Default)]
+struct Buffers(Vec<Bytes>);
+
+impl Buffers {
+    /// Enough for what one follower has in flight: the channel's two, the one being sent
+    /// and what hyper queues for the socket.
+    const KEEP: usize = 6;
+
+    /// A buffer of `n` initialized bytes: a kept one nobody else holds any more, or a new one.
+    fn get(&mut self, n: usize) -> BytesMut {
+        let kept = self
+            .0
+            .iter()
+            .position(Bytes::is_unique)
+            .and_then(|i| self.0.swap_remove(i).try_into_mut().ok());
+        let mut b = kept.unwrap_or_else(|| BytesMut::with_capacity(n.max(READ_CHUNK)));
+        if b.len() >= n {
+            b.truncate(n);
+        } else {
+            b.resize(n, 0);
+        }
+        b
+    }
+
+    /// Hands out the bytes read into `b`, keeping a handle to take the buffer back later.
+    fn share(&mut self, b: BytesMut) -> Bytes {
+        let bytes = b.freeze();
+        if self.0.len() < Self::KEEP {
+            self.0.push(bytes.clone());
+        }
+        bytes
+    }
+}
+
+async fn read_at(
+    file: &Arc<std::fs::File>,
+    pos: u64,
+    n: usize,
+    bufs: &mut Buffers,
+) -> std::io::Result<Bytes> {
     let file = file.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len];
+    let mut buf = bufs.get(n);
+    let buf = tokio::task::spawn_blocking(move || {
         file.read_exact_at(&mut buf, pos)?;
-        Ok(Bytes::from(buf))
+        Ok::<_, std::io::Error>(buf)
     })
     .await
-    .map_err(std::io::Error::other)?
+    .map_err(std::io::Error::other)??;
+    Ok(bufs.share(buf))
 }
 
 /// Sends `[pos, end)` of a file this reader has to itself; returns `Ok` early if the client
@@ -502,43 +676,65 @@ async fn follow(
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
 ) -> std::io::Result<()> {
     let mut rx = fill.subscribe();
+    let mut slices = Vec::new();
+    let mut bufs = Buffers::default();
     loop {
-        let st = rx.borrow_and_update().clone();
-        // Until the fill is verified the last written byte is held back: a client must
+        let (received, verified) = {
+            let st = rx.borrow_and_update();
+            match &st.end {
+                End::Failed(reason) => return Err(std::io::Error::other(reason.clone())),
+                End::Verified => (st.received, true),
+                End::Running => (st.received, false),
+            }
+        };
+        // Until the fill is verified the last received byte is held back: a client must
         // never receive a complete body whose digest turns out wrong (HTTP/1.1 clients
         // cannot tell a cut after the last byte from a clean end).
-        let available = match st.end {
-            End::Verified => st.written,
-            _ => st.written.saturating_sub(1),
+        let available = if verified {
+            received
+        } else {
+            received.saturating_sub(1)
         };
         let limit = end.map_or(available, |e| e.min(available));
         if pos < limit {
-            let n = ((limit - pos) as usize).min(READ_CHUNK);
-            let b = read_at(&fill.file, pos, n).await?;
-            pos += n as u64;
-            if tx.send(Ok(b)).await.is_err() {
-                return Ok(());
+            let taken = fill.window().take(pos, limit, READ_CHUNK, &mut slices);
+            match taken {
+                Taken::Memory => {
+                    for b in slices.drain(..) {
+                        pos += b.len() as u64;
+                        if tx.send(Ok(b)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Taken::Disk(on_disk) => {
+                    // Fallen behind the window: the file holds everything before it.
+                    let n = ((limit.min(on_disk) - pos) as usize).min(READ_CHUNK);
+                    debug_assert!(n > 0, "the window let go of bytes not on disk");
+                    let b = read_at(&fill.file, pos, n, &mut bufs).await?;
+                    pos += n as u64;
+                    if tx.send(Ok(b)).await.is_err() {
+                        return Ok(());
+                    }
+                }
             }
             continue;
         }
-        match &st.end {
-            End::Verified => return Ok(()),
-            End::Failed(reason) => return Err(std::io::Error::other(reason.clone())),
-            End::Running => {
-                if end.is_some_and(|e| pos >= e && e < st.written) {
-                    // A range wholly written: no need to wait for the rest of the blob.
-                    return Ok(());
-                }
-                match tokio::time::timeout(idle, rx.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(std::io::Error::other("fill ended without a result")),
-                    Err(_) => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("no progress from the upstream for {idle:?}"),
-                        ))
-                    }
-                }
+        if verified {
+            return Ok(());
+        }
+        if end.is_some_and(|e| pos >= e && e < received) {
+            // A range wholly received: no need to wait for the rest of the blob.
+            return Ok(());
+        }
+        match tokio::time::timeout(idle, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(std::io::Error::other("fill ended without a result")),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no progress from the upstream for {idle:?}"),
+                ))
             }
         }
     }
@@ -675,5 +871,323 @@ mod tests {
                 .is_err()
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Bytes that differ from position to position (a repeating pattern would hide
+    /// misplaced chunks).
+    fn blob(len: usize) -> Vec<u8> {
+        let mut x: u32 = 0x9e37_79b9;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Feeds `data[from..to]` in chunks of uneven sizes, as hyper's frames come.
+    async fn feed(w: &mut FillWriter, data: &[u8], from: usize, to: usize) {
+        let sizes = [16_384, 1, 65_536, 7_919, 131_072, 400_000, 3];
+        let mut at = from;
+        let mut i = 0;
+        while at < to {
+            let n = sizes[i % sizes.len()].min(to - at);
+            w.write(Bytes::copy_from_slice(&data[at..at + n]))
+                .await
+                .unwrap();
+            at += n;
+            i += 1;
+        }
+    }
+
+    fn leader(s: &Arc<BlobStore>, d: &Digest) -> Box<FillWriter> {
+        match s.begin(key(d)) {
+            Begin::Leader(w) => w,
+            _ => panic!("expected leader"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caught_up_follower_gets_chunks_before_they_are_on_disk() {
+        let (s, dir) = store();
+        let data = blob(10_000);
+        let d = Digest::sha256_of(&data);
+        let mut w = leader(&s, &d);
+        w.head(Some(data.len() as u64));
+        let fill = w.fill();
+        let mut rx = read(
+            Source::Filling(fill.clone()),
+            0,
+            None,
+            Duration::from_secs(5),
+        );
+        w.write(Bytes::copy_from_slice(&data)).await.unwrap();
+        // Far less than a write batch: nothing is on disk, yet the follower has every byte
+        // but the held-back last one, straight from memory.
+        let mut got = Vec::new();
+        while got.len() < data.len() - 1 {
+            got.extend_from_slice(&rx.recv().await.unwrap().unwrap());
+        }
+        assert_eq!(got, data[..data.len() - 1]);
+        assert_eq!(
+            fill.file.metadata().unwrap().len(),
+            0,
+            "bytes came from the file"
+        );
+        w.finish().await.unwrap();
+        got.extend(collect(rx).await.unwrap());
+        assert_eq!(got, data);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_keeps_up_gets_the_exact_bytes() {
+        let (s, dir) = store();
+        let data = blob(6 * 1024 * 1024 + 123);
+        let d = Digest::sha256_of(&data);
+        let mut w = leader(&s, &d);
+        w.head(Some(data.len() as u64));
+        let rx = read(Source::Filling(w.fill()), 0, None, Duration::from_secs(5));
+        let reader = tokio::spawn(collect(rx));
+        feed(&mut w, &data, 0, data.len()).await;
+        w.finish().await.unwrap();
+        assert!(reader.await.unwrap().unwrap() == data);
+        assert_eq!(std::fs::read(s.path(&d)).unwrap(), data);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_late_follower_reads_the_file_then_catches_up() {
+        let (s, dir) = store();
+        let data = blob(8 * 1024 * 1024 + 77);
+        let d = Digest::sha256_of(&data);
+        let mut w = leader(&s, &d);
+        w.head(Some(data.len() as u64));
+        let fill = w.fill();
+        feed(&mut w, &data, 0, 4 * 1024 * 1024).await;
+        // Every flush waits for the one before, so by now all but the last two batches are
+        // on disk and the window has let go of the start of the blob.
+        let (_, start, _) = fill.window_stats();
+        assert!(start > 1024 * 1024, "window still starts at {start}");
+        let late = tokio::spawn(collect(read(
+            Source::Filling(fill.clone()),
+            0,
+            None,
+            Duration::from_secs(5),
+        )));
+        // A range that lies wholly before the window comes from the file, and ends without
+        // waiting for the fill.
+        let range = collect(read(
+            Source::Filling(fill.clone()),
+            1000,
+            Some(300_000),
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(range, data[1000..300_000]);
+        feed(&mut w, &data, 4 * 1024 * 1024, data.len()).await;
+        w.finish().await.unwrap();
+        assert!(late.await.unwrap().unwrap() == data);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_the_window_continues_from_the_file() {
+        let (s, dir) = store();
+        let data = blob(5 * 1024 * 1024 + 5);
+        let d = Digest::sha256_of(&data);
+        let mut w = leader(&s, &d);
+        w.head(Some(data.len() as u64));
+        let fill = w.fill();
+        // Nobody reads this one while the fill runs: it takes a few chunks from memory,
+        // then the window moves on without it.
+        let rx = read(
+            Source::Filling(fill.clone()),
+            0,
+            None,
+            Duration::from_secs(5),
+        );
+        feed(&mut w, &data, 0, data.len()).await;
+        assert!(fill.window_stats().1 > 0);
+        w.finish().await.unwrap();
+        assert!(collect(rx).await.unwrap() == data);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_window_stays_bounded_whatever_the_blob_size() {
+        let (s, dir) = store();
+        let data = blob(24 * 1024 * 1024);
+        let d = Digest::sha256_of(&data);
+        let mut w = leader(&s, &d);
+        w.head(Some(data.len() as u64));
+        let fill = w.fill();
+        // A follower that never reads must not make the fill keep its chunks.
+        let stuck = read(
+            Source::Filling(fill.clone()),
+            0,
+            None,
+            Duration::from_secs(5),
+        );
+        // hyper's frames are up to ~400 KiB; larger chunks check that a chunk stays in the
+        // window, over the cap, until it is on disk.
+        let sizes = [50_000, 100_000, 150_000, 400_000, 1_500_000, 3_000_000];
+        let largest_chunk = 3_000_000;
+        let mut at = 0;
+        let mut peak = 0;
+        for i in 0.. {
+            if at >= data.len() {
+                break;
+            }
+            let n = sizes[i % sizes.len()].min(data.len() - at);
+            w.write(Bytes::copy_from_slice(&data[at..at + n]))
+                .await
+                .unwrap();
+            at += n;
+            let (len, start, on_disk) = fill.window_stats();
+            // Only chunks not yet on disk may push the window over its cap...
+            assert!(
+                len as u64 <= WINDOW as u64 + (at as u64 - on_disk),
+                "window {len} at {at}, on disk {on_disk}"
+            );
+            // ...and those are one batch being written plus one being gathered.
+            assert!(
+                len <= WINDOW + 2 * WRITE_BATCH + largest_chunk,
+                "window {len}"
+            );
+            assert!(start <= on_disk, "bytes before the window are not on disk");
+            peak = peak.max(len);
+        }
+        assert!(peak > WINDOW / 2, "the window never filled: {peak}");
+        w.finish().await.unwrap();
+        drop(stuck);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_last_byte_waits_for_the_digest() {
+        let (s, dir) = store();
+        let data = blob(3 * 1024 * 1024);
+        let d = Digest::sha256_of(&data);
+        let mut w = leader(&s, &d);
+        w.head(Some(data.len() as u64));
+        let mut rx = read(Source::Filling(w.fill()), 0, None, Duration::from_secs(5));
+        feed(&mut w, &data, 0, data.len()).await;
+        let mut got = Vec::new();
+        while got.len() < data.len() - 1 {
+            got.extend_from_slice(&rx.recv().await.unwrap().unwrap());
+        }
+        assert_eq!(got.len(), data.len() - 1);
+        // Every byte has arrived, but not the verdict: the last byte must not leave.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "a follower got past the held-back byte before verification"
+        );
+        w.finish().await.unwrap();
+        got.extend(collect(rx).await.unwrap());
+        assert!(got == data);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bad_digest_fails_every_follower() {
+        let (s, dir) = store();
+        let mut data = blob(4 * 1024 * 1024);
+        let d = Digest::sha256_of(&data);
+        // One flipped byte in the middle; the length is right.
+        data[2 * 1024 * 1024] ^= 1;
+        let mut w = leader(&s, &d);
+        w.head(Some(data.len() as u64));
+        let fill = w.fill();
+        let idle = Duration::from_secs(5);
+        let early = tokio::spawn(collect(read(Source::Filling(fill.clone()), 0, None, idle)));
+        feed(&mut w, &data, 0, 3 * 1024 * 1024).await;
+        let late = tokio::spawn(collect(read(Source::Filling(fill.clone()), 0, None, idle)));
+        let tail = tokio::spawn(collect(read(
+            Source::Filling(fill.clone()),
+            3 * 1024 * 1024,
+            None,
+            idle,
+        )));
+        feed(&mut w, &data, 3 * 1024 * 1024, data.len()).await;
+        let err = w.finish().await.unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
+        for (name, r) in [("early", early), ("late", late), ("tail", tail)] {
+            assert!(r.await.unwrap().is_err(), "{name} follower ended cleanly");
+        }
+        assert!(!s.is_cached(&d));
+        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stalled_fill_times_followers_out() {
+        let (s, dir) = store();
+        let data = blob(100_000);
+        let d = Digest::sha256_of(&data);
+        let mut w = leader(&s, &d);
+        w.head(Some(data.len() as u64));
+        let rx = read(
+            Source::Filling(w.fill()),
+            0,
+            None,
+            Duration::from_millis(200),
+        );
+        w.write(Bytes::copy_from_slice(&data[..50_000]))
+            .await
+            .unwrap();
+        let err = collect(rx).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        drop(w);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn more_than_the_announced_length_fails_the_fill() {
+        let (s, dir) = store();
+        let data = blob(700_000);
+        let d = Digest::sha256_of(&data);
+        let mut w = leader(&s, &d);
+        w.head(Some(600_000));
+        // Over the length while a batch is still in flight must be caught too.
+        w.write(Bytes::copy_from_slice(&data[..300_000]))
+            .await
+            .unwrap();
+        assert!(w
+            .write(Bytes::copy_from_slice(&data[300_000..]))
+            .await
+            .is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn read_buffers_come_back_only_once_nobody_holds_their_bytes() {
+        let mut bufs = Buffers::default();
+        let mut b = bufs.get(1000);
+        assert_eq!(b.len(), 1000);
+        b.fill(7);
+        let sent = bufs.share(b);
+        // Still queued for the socket: the next read must not overwrite it.
+        let mut other = bufs.get(1000);
+        assert_ne!(other.as_ptr(), sent.as_ptr());
+        other.fill(9);
+        assert!(sent.iter().all(|&x| x == 7));
+        let other = bufs.share(other);
+        let ptr = sent.as_ptr();
+        drop(sent);
+        // Sent and dropped: the same memory comes back, as it was (no zeroing).
+        let again = bufs.get(600);
+        assert_eq!(again.as_ptr(), ptr);
+        assert_eq!(again.len(), 600);
+        assert!(again.iter().all(|&x| x == 7));
+        // A longer read than the buffer last held is zero-filled past the old bytes.
+        let longer = bufs.get(READ_CHUNK);
+        assert_ne!(longer.as_ptr(), other.as_ptr());
+        assert_eq!(longer.len(), READ_CHUNK);
     }
 }
