@@ -431,9 +431,9 @@ impl FillWriter {
         }
     }
 
-    /// Hands the gathered bytes to a blocking task (hash, write, wake readers) and returns
-    /// at once, so the upstream keeps streaming meanwhile; one batch is in flight at most,
-    /// which also keeps the writes in order and memory bounded.
+    /// Hands the gathered chunks to a blocking task (hash, write, let the window drop them)
+    /// and returns at once, so the upstream keeps streaming meanwhile; one batch is in
+    /// flight at most, which also keeps the writes in order and the window bounded.
     async fn flush(&mut self) -> Result<(), String> {
         self.settle().await?;
         if self.batch.is_empty() {
