@@ -700,6 +700,8 @@ async fn follow(
             let taken = fill.window().take(pos, limit, READ_CHUNK, &mut slices);
             match taken {
                 Taken::Memory => {
+                    // Caught up: the read buffers kept from the file need not stay pinned.
+                    bufs.0.clear();
                     for b in slices.drain(..) {
                         pos += b.len() as u64;
                         if tx.send(Ok(b)).await.is_err() {
