@@ -464,17 +464,13 @@ impl FillWriter {
     /// Verifies length and digest, lets readers finish, then makes the blob durable and
     /// visible under its digest.
     pub async fn finish(mut self) -> Result<(), String> {
-        self.flush().await?;
-        self.settle().await?;
-        if let Some(t) = self.total {
-            if self.written != t {
-                return Err(format!("upstream sent {} of {t} bytes", self.written));
-            }
-        }
-        let hasher = self.hasher.take().ok_or("fill already failed")?;
-        let got = Digest::from_sha256(&hasher.finalize());
-        if got != self.key.digest {
-            return Err(format!("content does not match {}", self.key.digest));
+        if let Err(reason) = self.verify().await {
+            // Followers are cut with the real reason, not Drop's "fill abandoned".
+            self.fill
+                .state
+                .send_modify(|s| s.end = End::Failed(reason.clone()));
+            self.cleanup();
+            return Err(reason);
         }
         self.fill.state.send_modify(|s| s.end = End::Verified);
         let file = self.fill.file.clone();
@@ -505,6 +501,22 @@ impl FillWriter {
                 Err(e)
             }
         }
+    }
+
+    async fn verify(&mut self) -> Result<(), String> {
+        self.flush().await?;
+        self.settle().await?;
+        if let Some(t) = self.total {
+            if self.written != t {
+                return Err(format!("upstream sent {} of {t} bytes", self.written));
+            }
+        }
+        let hasher = self.hasher.take().ok_or("fill already failed")?;
+        let got = Digest::from_sha256(&hasher.finalize());
+        if got != self.key.digest {
+            return Err(format!("content does not match {}", self.key.digest));
+        }
+        Ok(())
     }
 
     pub fn fail(mut self, reason: String) {
@@ -840,14 +852,15 @@ mod tests {
         // The reader got at most all but the last byte, then an error.
         let mut rx = rx;
         let mut got = 0;
-        let mut failed = false;
+        let mut failure = None;
         while let Some(item) = rx.recv().await {
             match item {
                 Ok(b) => got += b.len(),
-                Err(_) => failed = true,
+                Err(e) => failure = Some(e.to_string()),
             }
         }
-        assert!(failed);
+        let failure = failure.expect("the reader was not cut");
+        assert!(failure.contains("does not match"), "reader saw {failure:?}");
         assert!(got < 14, "a reader received the whole wrong body");
         assert!(!s.is_cached(&d));
         assert!(!s.path(&d).exists());
