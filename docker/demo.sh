@@ -16,6 +16,8 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 cargo build --release --locked
+# Where cargo put it: a CARGO_TARGET_DIR set in the environment wins over ./target.
+bin="$(cd "$root" && realpath "${CARGO_TARGET_DIR:-target}")/release/berth"
 rm -rf "$work" && mkdir -p "$work"
 cd "$work"
 
@@ -72,8 +74,8 @@ upstreams:
 apps: [ { slug: acme, upstreams: [acme-registry] } ]
 licenses: [ { id: LICENSE-demo-0001, app: acme, customer: Demo Customer } ]
 YAML
-"$root/target/release/berth" check-config --config berth.yaml
-"$root/target/release/berth" serve --config berth.yaml &
+"$bin" check-config --config berth.yaml
+"$bin" serve --config berth.yaml &
 berth_pid=$!
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:5443/v2/ && break; sleep 0.1; done
 
