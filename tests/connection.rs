@@ -75,9 +75,14 @@ fn setup() -> Setup {
 }
 
 fn start_berth(upstream_url: &str, cache: &Path) -> Berth {
+    start_berth_with(upstream_url, cache, "")
+}
+
+/// `server_extra`: more keys for the `server:` map, e.g. `, header_timeout: 1s`.
+fn start_berth_with(upstream_url: &str, cache: &Path, server_extra: &str) -> Berth {
     let port = support::free_port();
     let yaml = format!(
-        r#"server: {{ listen: "127.0.0.1:{port}", hostname: "127.0.0.1:{port}" }}
+        r#"server: {{ listen: "127.0.0.1:{port}", hostname: "127.0.0.1:{port}"{server_extra} }}
 cache: {{ dir: "{cache}" }}
 upstreams:
   - {{ name: up, url: "{upstream_url}", host: upstream.test, username: {VENDOR}, password: "${{UPSTREAM_PASSWORD}}", repositories: ["acme/*"] }}
@@ -575,4 +580,84 @@ fn a_body_of_unknown_length_is_chunked_for_http11_and_ends_the_connection_for_ht
     // Read to the end of the connection: the body is exactly the blob.
     assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), *second);
     assert_eq!(fake.count("GET", "/blobs/"), 2);
+}
+
+#[test]
+fn slow_heads_and_idle_connections_are_cut_after_their_timeouts() {
+    let (reg, _img) = registry_with(&[1000], 3);
+    let cache = support::tempdir();
+    let b = start_berth_with(
+        &reg.url(),
+        cache.path(),
+        ", header_timeout: 1s, idle_timeout: 2s",
+    );
+    // A head begun and never finished: 408 with an OCI body, then the connection closes.
+    let mut c = Conn::open(b.port);
+    c.send(b"GET /v2/ HTTP/1.1\r\nHost: berth.test\r\n");
+    let started = std::time::Instant::now();
+    let r = c.read(false);
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(r.oci_code(), "BAD_REQUEST");
+    assert!(c.closed_by_server());
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // An idle keep-alive connection is closed after idle_timeout, not before.
+    let mut c = Conn::open(b.port);
+    assert_eq!(c.send_and_read(&get("/v2/", &[]), false).status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.send_and_read(&get("/v2/", &[]), false).status,
+        200,
+        "closed before idle_timeout"
+    );
+    let idle_from = std::time::Instant::now();
+    assert!(c.closed_by_server());
+    let idled = idle_from.elapsed();
+    assert!(
+        idled >= Duration::from_millis(1500) && idled < Duration::from_secs(10),
+        "closed after {idled:?} idle"
+    );
+}
+
+#[test]
+fn over_tls_a_slow_head_is_cut_after_header_timeout() {
+    let (reg, _img) = registry_with(&[1000], 4);
+    let dir = support::tempdir();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+    let b = start_berth_with(
+        &reg.url(),
+        dir.path(),
+        &format!(
+            ", header_timeout: 1s, tls: [ {{ cert: \"{}\", key: \"{}\" }} ]",
+            crt.display(),
+            key.display()
+        ),
+    );
+    // openssl as the TLS client: handshake, half a request head, then nothing.
+    let mut client = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{}", b.port))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut stdin = client.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    // stdin stays open: only the server closing the connection ends s_client.
+    let ended = support::wait_until(Duration::from_secs(15), || {
+        client.try_wait().ok().flatten().is_some()
+    });
+    let _ = client.kill();
+    drop(stdin);
+    assert!(
+        ended,
+        "berth kept a stalled TLS request head open past header_timeout"
+    );
 }

@@ -89,6 +89,8 @@ struct RawServer {
     #[serde(default)]
     tls: Vec<RawTls>,
     shutdown_timeout: Option<String>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
     admin_listen: Option<String>,
 }
 
@@ -212,6 +214,10 @@ pub struct ServerConfig {
     pub hostname: String,
     pub tls: Vec<TlsFiles>,
     pub shutdown_timeout: Duration,
+    /// Longest a client may take to send a request head once it started (slow-loris).
+    pub header_timeout: Duration,
+    /// Longest a plain-HTTP keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, apart from customers.
     pub admin_listen: Option<SocketAddr>,
 }
@@ -852,6 +858,15 @@ fn validate(
         Some(s) => parse_duration("server.shutdown_timeout", s)?,
         None => Duration::from_secs(30),
     };
+    let positive = |key: &str, v: &Option<String>, default: u64| match v {
+        None => Ok(Duration::from_secs(default)),
+        Some(s) => match parse_duration(key, s)? {
+            d if d.is_zero() => Err(ConfigError::new(key, "must be longer than 0s")),
+            d => Ok(d),
+        },
+    };
+    let header_timeout = positive("server.header_timeout", &raw.server.header_timeout, 30)?;
+    let idle_timeout = positive("server.idle_timeout", &raw.server.idle_timeout, 75)?;
 
     let mut upstreams = Vec::new();
     let mut upstream_index = HashMap::new();
@@ -1075,6 +1090,8 @@ fn validate(
             hostname: raw.server.hostname,
             tls,
             shutdown_timeout,
+            header_timeout,
+            idle_timeout,
             admin_listen: match &raw.server.admin_listen {
                 Some(a) => Some(a.parse().map_err(|_| {
                     ConfigError::new(
@@ -1344,6 +1361,31 @@ licenses:
 
     fn err(entry: &str) -> String {
         one_upstream(entry).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn connection_timeouts_default_and_refuse_zero() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.server.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(75));
+        let with = |extra: &str| {
+            parse(&GOOD.replace(
+                "  hostname: images.acme.test\n",
+                &format!("  hostname: images.acme.test\n  {extra}\n"),
+            ))
+        };
+        assert_eq!(
+            with("idle_timeout: 5m").unwrap().server.idle_timeout,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            with("header_timeout: 0s").unwrap_err().to_string(),
+            "server.header_timeout: must be longer than 0s"
+        );
+        assert!(with("idle_timeout: soon")
+            .unwrap_err()
+            .to_string()
+            .starts_with("server.idle_timeout: invalid duration"));
     }
 
     #[test]

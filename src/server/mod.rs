@@ -54,16 +54,26 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         let closing = closing.subscribe();
+        let timeouts = {
+            let c = api.config.current();
+            plain::Timeouts {
+                idle: c.server.idle_timeout,
+                head: c.server.header_timeout,
+            }
+        };
         tokio::spawn(async move {
             match acceptor {
                 None => {
-                    if let Some(rest) = plain::serve(api.clone(), stream, remote, closing).await {
-                        serve_conn(api, TokioIo::new(rest), remote, watcher).await
+                    let rest = plain::serve(api.clone(), stream, remote, closing, timeouts).await;
+                    if let Some(rest) = rest {
+                        serve_conn(api, TokioIo::new(rest), remote, watcher, timeouts).await
                     }
                 }
                 Some(acc) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_conn(api, TokioIo::new(tls), remote, watcher).await,
+                        Ok(Ok(tls)) => {
+                            serve_conn(api, TokioIo::new(tls), remote, watcher, timeouts).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
@@ -85,6 +95,7 @@ async fn serve_conn<I>(
     io: TokioIo<I>,
     remote: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
+    timeouts: plain::Timeouts,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -92,7 +103,12 @@ async fn serve_conn<I>(
         let api = api.clone();
         async move { Ok::<_, std::convert::Infallible>(api.handle(req, remote).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The same slow-loris limit as the plain loop: a head begun must arrive in time.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeouts.head);
     let conn = builder.serve_connection(io, service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%remote, error = %e, "connection ended with an error");

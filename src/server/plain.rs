@@ -29,10 +29,12 @@ const MAX_HEADERS: usize = 100;
 /// Largest request body read here: an AdmissionReview (the API server's limit is 3 MiB) or
 /// a token form; the handlers enforce their own, smaller limits.
 const MAX_BODY: u64 = 4 * 1024 * 1024 + 64 * 1024;
-/// An idle keep-alive connection is closed after this long (nginx's default is 75 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-/// Time from the first byte of a request to the end of its head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// `server.idle_timeout` and `server.header_timeout`, as they were when the connection came.
+#[derive(Clone, Copy)]
+pub struct Timeouts {
+    pub idle: Duration,
+    pub head: Duration,
+}
 /// Bytes per sendfile call: large enough that the syscall cost vanishes, small enough that
 /// one call cannot hold a worker thread for long when the page cache is cold.
 const SENDFILE_CHUNK: usize = 1 << 20;
@@ -115,10 +117,11 @@ pub async fn serve(
     mut stream: TcpStream,
     remote: SocketAddr,
     mut closing: watch::Receiver<bool>,
+    timeouts: Timeouts,
 ) -> Option<Prefixed> {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
-        let head = match next_request(&mut stream, &mut buf, &mut closing).await {
+        let head = match next_request(&mut stream, &mut buf, &mut closing, timeouts).await {
             Next::Request(h) => h,
             Next::HandOff => {
                 return Some(Prefixed {
@@ -133,7 +136,7 @@ pub async fn serve(
                 return None;
             }
         };
-        let body = match read_body(&mut stream, &mut buf, head.body_len).await {
+        let body = match read_body(&mut stream, &mut buf, head.body_len, timeouts.head).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "request body unreadable");
@@ -165,6 +168,7 @@ async fn next_request(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     closing: &mut watch::Receiver<bool>,
+    timeouts: Timeouts,
 ) -> Next {
     const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
     loop {
@@ -186,7 +190,7 @@ async fn next_request(
         // Waiting for a new request, shutdown closes the connection; in the middle of one,
         // only the head timeout does.
         let idle = buf.is_empty();
-        let limit = if idle { IDLE_TIMEOUT } else { HEAD_TIMEOUT };
+        let limit = if idle { timeouts.idle } else { timeouts.head };
         if idle && *closing.borrow() {
             return Next::Close;
         }
@@ -299,10 +303,15 @@ fn keep_alive(version: Version, h: &HeaderMap) -> bool {
     }
 }
 
-async fn read_body(stream: &mut TcpStream, buf: &mut BytesMut, len: u64) -> io::Result<Bytes> {
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    len: u64,
+    limit: Duration,
+) -> io::Result<Bytes> {
     let len = len as usize;
     while buf.len() < len {
-        let n = tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(buf))
+        let n = tokio::time::timeout(limit, stream.read_buf(buf))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request body too slow"))??;
         if n == 0 {
