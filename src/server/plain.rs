@@ -330,7 +330,7 @@ async fn reject(stream: &mut TcpStream, status: StatusCode, why: &str) -> io::Re
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let mut out = Vec::with_capacity(256 + body.len());
+    let mut out = BytesMut::with_capacity(256 + body.len());
     status_line(&mut out, status);
     out.extend_from_slice(b"content-type: application/json\r\n");
     out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
@@ -340,10 +340,10 @@ async fn reject(stream: &mut TcpStream, status: StatusCode, why: &str) -> io::Re
     stream.shutdown().await
 }
 
-fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+fn status_line(out: &mut BytesMut, status: StatusCode) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
 }
@@ -373,34 +373,30 @@ async fn write_response(
     let chunked = unframed && !http10;
     let keep_alive = keep_alive && !(unframed && http10);
     let mut out = BytesMut::with_capacity(1024);
-    {
-        let mut head = Vec::with_capacity(512);
-        status_line(&mut head, status);
-        for (name, value) in &parts.headers {
-            if name == CONNECTION || name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
-                continue;
-            }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
+    status_line(&mut out, status);
+    for (name, value) in &parts.headers {
+        if name == CONNECTION || name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
+            continue;
         }
-        match declared {
-            Some(len) if status != StatusCode::NO_CONTENT && !status.is_informational() => {
-                head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes())
-            }
-            _ if chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-            _ => {}
-        }
-        head.extend_from_slice(b"date: ");
-        head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
-        head.extend_from_slice(b"\r\n");
-        if !keep_alive {
-            head.extend_from_slice(b"connection: close\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&head);
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
+    match declared {
+        Some(len) if status != StatusCode::NO_CONTENT && !status.is_informational() => {
+            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes())
+        }
+        _ if chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     if bodyless {
         stream.write_all(&out).await?;
         return Ok(keep_alive);
