@@ -1,6 +1,8 @@
 //! Integration tests of berth's core pull path against a real docker-registry, skopeo,
 //! a token realm and fault-injecting fake origins.
 
+#[path = "support/http.rs"]
+mod http;
 mod support;
 
 use std::cell::RefCell;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::digest::{Context, SHA256};
+
+use http::Resp;
 
 use support::berth::Berth;
 use support::fake::{FakeResponse, FakeServer};
@@ -186,46 +190,6 @@ fn expected_blobs(img: &TestImage) -> Vec<String> {
 
 // ---- a raw HTTP/1.1 client that keeps every response --------------------------------
 
-#[derive(Clone, Debug)]
-struct Resp {
-    status: u16,
-    headers: Headers,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    /// The first OCI error code, checking the body has the `{"errors":[{code,message}]}` shape.
-    fn code(&self) -> String {
-        let v = self.json();
-        let e = &v["errors"][0];
-        assert!(e["message"].is_string(), "OCI error without a message: {v}");
-        e["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no OCI error code in {v}"))
-            .to_string()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
 /// Every response any test gets goes through here, so the canary scan sees all of them.
 struct Client {
     port: u16,
@@ -249,79 +213,9 @@ impl Client {
         if let Some(a) = auth {
             h.push(("Authorization", a));
         }
-        let r = raw_request(self.port, method, path, &h);
+        let r = http::request(self.port, method, path, &h, b"");
         self.seen.borrow_mut().push(r.clone());
         r
-    }
-}
-
-fn raw_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if matches!(method, "POST" | "PUT" | "PATCH") {
-        req.push_str("Content-Length: 0\r\n");
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("send request");
-    let mut all = Vec::new();
-    s.read_to_end(&mut all)
-        .unwrap_or_else(|e| panic!("{method} {path}: reading response: {e}"));
-    parse_response(&all).unwrap_or_else(|| {
-        panic!(
-            "{method} {path}: unparseable response {:?}",
-            String::from_utf8_lossy(&all[..all.len().min(500)])
-        )
-    })
-}
-
-type Headers = Vec<(String, String)>;
-
-/// (status, headers, offset of the body) once `raw` holds a whole response head.
-fn parse_head(raw: &[u8]) -> Option<(u16, Headers, usize)> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Some((status, headers, split))
-}
-
-fn parse_response(raw: &[u8]) -> Option<Resp> {
-    let (status, headers, split) = parse_head(raw)?;
-    let mut r = Resp {
-        status,
-        headers,
-        body: raw[split..].to_vec(),
-    };
-    if r.header("transfer-encoding")
-        .is_some_and(|t| t.contains("chunked"))
-    {
-        r.body = dechunk(&r.body)?;
-    }
-    Some(r)
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&b[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
     }
 }
 
@@ -1262,7 +1156,7 @@ fn large_blob_is_streamed_with_bounded_memory() {
             got += n as u64;
         } else {
             head.extend_from_slice(&buf[..n]);
-            if let Some((status, _, split)) = parse_head(&head) {
+            if let Some((status, _, split)) = http::parse_head(&head) {
                 assert_eq!(status, 200);
                 hash.update(&head[split..]);
                 got += (head.len() - split) as u64;

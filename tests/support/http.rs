@@ -40,9 +40,13 @@ impl Resp {
         })
     }
 
-    /// The first OCI error code of an error body.
+    /// The first OCI error code, checking the body has the `{"errors":[{code,message}]}` shape.
     pub fn code(&self) -> String {
         let v = self.json();
+        assert!(
+            v["errors"][0]["message"].is_string(),
+            "OCI error without a message: {v}"
+        );
         v["errors"][0]["code"]
             .as_str()
             .unwrap_or_else(|| panic!("no OCI error code in {v}"))
