@@ -4,6 +4,9 @@
 //! HTTP/2 with prior knowledge). The upstream is a real docker-registry.
 
 mod support;
+// Named apart from the `http` crate, which the h2 test uses.
+#[path = "support/http.rs"]
+mod raw_http;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use raw_http::Resp;
 use support::berth::Berth;
 use support::fake::{FakeBody, FakeResponse, FakeServer};
 use support::image::{push_image, ImageSpec, TestImage};
@@ -120,32 +124,6 @@ fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     }
     r.push_str("\r\n");
     r.into_bytes()
-}
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body[..self.body.len().min(300)]).into_owned()
-    }
-
-    fn oci_code(&self) -> String {
-        let v: serde_json::Value = serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{} body is not JSON ({e}): {}", self.status, self.text()));
-        v["errors"][0]["code"].as_str().unwrap_or("").to_string()
-    }
 }
 
 /// One keep-alive connection read response by response, framing each body by its
@@ -348,14 +326,14 @@ fn malformed_heads_get_a_4xx_oci_error_and_the_server_carries_on() {
         let _ = c.r.get_mut().write_all(&raw);
         let r = c.read(false);
         assert_eq!(r.status, want, "{what}: {}", r.text());
-        assert_eq!(r.oci_code(), "BAD_REQUEST", "{what}");
+        assert_eq!(r.code(), "BAD_REQUEST", "{what}");
         assert_eq!(r.header("connection"), Some("close"), "{what}");
     }
     // A malformed blob reference inside a well-formed request is the API's 4xx, too.
     let mut c = Conn::open(port);
     let r = c.send_and_read(&get(&blob_path("sha256:nothex"), &[]), false);
     assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(r.oci_code(), "DIGEST_INVALID");
+    assert_eq!(r.code(), "DIGEST_INVALID");
     let r = c.send_and_read(&get("/v2/", &[]), false);
     assert_eq!(r.status, 200, "the server still answers after all that");
     assert!(
@@ -597,7 +575,7 @@ fn slow_heads_and_idle_connections_are_cut_after_their_timeouts() {
     let started = std::time::Instant::now();
     let r = c.read(false);
     assert_eq!(r.status, 408, "{}", r.text());
-    assert_eq!(r.oci_code(), "BAD_REQUEST");
+    assert_eq!(r.code(), "BAD_REQUEST");
     assert!(c.closed_by_server());
     assert!(started.elapsed() < Duration::from_secs(10));
 
