@@ -26,7 +26,7 @@ use super::{human, Descriptor};
 use crate::config::Secret;
 use crate::oci::reference::ImageRef;
 use crate::rewrite::{rewrite_image, Rules};
-use crate::upstream::{challenge, error_chain, USER_AGENT_VALUE};
+use crate::upstream::{challenge, error_chain, https_connector, USER_AGENT_VALUE};
 
 /// Blobs up to this size go in one PUT; bigger ones in PATCH chunks of this size. Either
 /// way at most this much of a blob is in memory.
@@ -235,17 +235,7 @@ fn status_failure(what: &str, status: StatusCode) -> Failure {
 
 impl Pusher {
     fn new(base: String, opts: &PushOptions) -> Pusher {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)
-            .expect("the ring provider supports the default protocol versions")
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let https = https_connector(HttpConnector::new(), Duration::from_secs(10));
         Pusher {
             http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https),
             base,

@@ -112,6 +112,24 @@ pub struct Client {
     clock: ecr::Clock,
 }
 
+/// HTTPS (webpki roots, ring) or plain HTTP, HTTP/1.1 and HTTP/2, over `http`: the one
+/// connector berth talks to registries with, for pulls and for airgap pushes alike.
+pub fn https_connector(
+    mut http: HttpConnector,
+    connect_timeout: Duration,
+) -> hyper_rustls::HttpsConnector<HttpConnector> {
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)
+        .expect("the ring provider supports the default protocol versions")
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http)
+}
+
 impl Default for Client {
     fn default() -> Self {
         Self::new()
@@ -121,17 +139,8 @@ impl Default for Client {
 impl Client {
     pub fn new() -> Client {
         let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)
-            .expect("the ring provider supports the default protocol versions")
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let https = https_connector(http, CONNECT_TIMEOUT);
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
