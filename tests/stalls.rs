@@ -385,3 +385,76 @@ fn collected_bodies_answer_504_when_the_upstream_stalls() {
         );
     }
 }
+
+/// The head of a streamed response goes to the client as soon as berth has it: here the
+/// upstream sends 16 KiB, then waits for the test to have seen the head (or 10 s) before
+/// sending the rest, so a head held back for more body arrives only after that.
+#[test]
+fn the_head_goes_out_before_64_kib_of_body_arrived() {
+    let data = blob();
+    let n = data.len();
+    let (d256, d512) = (sha256(&data), sha512(&data));
+    let body = data.clone();
+    let up = StallServer::start(move |req| {
+        let range = req.to_ascii_lowercase().contains("\r\nrange:");
+        let mut headers = vec![("Content-Length", n.to_string())];
+        if range {
+            headers.push(("Content-Range", format!("bytes 0-{}/{n}", n - 1)));
+        }
+        StallPlan {
+            head: Some(head(
+                if range {
+                    "206 Partial Content"
+                } else {
+                    "200 OK"
+                },
+                &headers,
+            )),
+            first: body[..FIRST].to_vec(),
+            rest: Some(body[FIRST..].to_vec()),
+        }
+    });
+    let cache = support::tempdir();
+    // Long enough that no stall timeout can be what pushes the head out.
+    let b = start_berth(cache.path(), &up.url(), "30s");
+    for (what, digest, range) in [
+        ("ranged pass-through", &d256, true),
+        ("sha512 pass-through", &d512, false),
+        ("cache fill", &d256, false),
+    ] {
+        let before = up.conns().len();
+        let mut sent_at_head = None;
+        let extra: &[(&str, &str)] = if range { &[("Range", "bytes=0-")] } else { &[] };
+        let seen = exchange(
+            b.port,
+            "GET",
+            &path("blobs", digest),
+            extra,
+            CLIENT_LIMIT,
+            |_| {
+                // (berth's startup probe of /v2/ is no blob request and does not count)
+                let conns = up.conns();
+                let blob_conns = conns[before..]
+                    .iter()
+                    .filter(|c| c.request.contains("/blobs/"));
+                sent_at_head = Some(blob_conns.map(|c| c.sent).sum::<u64>());
+                up.release();
+            },
+        );
+        eprintln!(
+            "[figures] {what}: head after the upstream sent {sent_at_head:?} bytes; {} body bytes in {:?}",
+            seen.body.len(),
+            seen.took
+        );
+        let sent = sent_at_head.unwrap_or_else(|| panic!("{what}: no response head"));
+        assert!(
+            sent < 64 * KIB as u64,
+            "{what}: the head waited until the upstream had sent {sent} bytes"
+        );
+        assert_eq!(seen.status, Some(if range { 206 } else { 200 }), "{what}");
+        assert_eq!(
+            seen.body, data,
+            "{what}: the body arrived intact after the head"
+        );
+    }
+}
