@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::api::body::{self, Body};
+use crate::api::body::{self, Body, Stall, UpstreamStalled};
 use crate::api::route::Reference;
 use crate::cache::index::ReadGuard;
 use crate::cache::manifest::{self, StoredManifest};
@@ -447,7 +447,8 @@ impl Registry {
         let media_type = header(resp.headers(), CONTENT_TYPE)
             .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
         let claimed = header(resp.headers(), "docker-content-digest");
-        let bytes = read_limited(&t.upstream, resp.into_body(), MAX_MANIFEST, "manifest").await?;
+        let what = format!("manifest {}:{reference}", t.repository);
+        let bytes = read_limited(&t.upstream, resp.into_body(), MAX_MANIFEST, &what).await?;
         let actual = Digest::sha256_of(&bytes);
         if let Some(want) = expected {
             // Only sha256 can be recomputed here; a sha512 reference is trusted as served.
@@ -576,17 +577,19 @@ impl Registry {
             }
             let total = header(resp.headers(), CONTENT_LENGTH).and_then(|l| l.parse().ok());
             w.head(total);
-            let mut body = resp.into_body();
+            let mut body = stall(&up, resp.into_body(), &req.path);
             let mut resumes = 0;
             loop {
-                let broken = match tokio::time::timeout(up.timeout, body.frame()).await {
-                    Err(_) => format!("the upstream stalled for {:?}", up.timeout),
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => format!(
+                let broken = match body.frame().await {
+                    None => break,
+                    Some(Err(e)) if e.is::<UpstreamStalled>() => {
+                        format!("the upstream stalled for {:?}", up.timeout)
+                    }
+                    Some(Err(e)) => format!(
                         "the upstream connection failed: {}",
-                        upstream::error_chain(&e)
+                        upstream::error_chain(&*e)
                     ),
-                    Ok(Some(Ok(frame))) => {
+                    Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
                             if let Err(reason) = w.write(data).await {
                                 tracing::warn!(upstream = %up.name, %digest, "blob fill failed: {reason}");
@@ -606,7 +609,7 @@ impl Registry {
                         Ok(b) => {
                             tracing::info!(upstream = %up.name, %digest, from, reason = %broken,
                                 "upstream broke mid-blob; resuming with a range request");
-                            body = b;
+                            body = stall(&up, b, &req.path);
                             continue;
                         }
                         Err(why) => {
@@ -652,7 +655,7 @@ impl Registry {
         }
         let method = if head { Method::HEAD } else { Method::GET };
         let path = format!("/v2/{}/blobs/{}", t.repository, digest);
-        let resp = self.fetch(t, method, path, None, headers).await?;
+        let resp = self.fetch(t, method, path.clone(), None, headers).await?;
         let status = resp.status();
         if status == StatusCode::RANGE_NOT_SATISFIABLE {
             return Err(Error::RangeNotSatisfiable {
@@ -672,14 +675,13 @@ impl Registry {
         let content_range = header(resp.headers(), CONTENT_RANGE);
         let body = if head {
             body::empty()
-        } else if partial {
-            body::from_incoming(resp.into_body())
         } else {
-            Body::boxed(Verified::new(
-                body::from_incoming(resp.into_body()),
-                digest.clone(),
-                length,
-            ))
+            let streamed = body::from_upstream(stall(&t.upstream, resp.into_body(), path));
+            if partial {
+                streamed
+            } else {
+                Body::boxed(Verified::new(streamed, digest.clone(), length))
+            }
         };
         Ok(Fetched {
             partial,
@@ -723,7 +725,8 @@ impl Registry {
                 t.public_name, query
             ))
         });
-        let bytes = read_limited(&t.upstream, resp.into_body(), MAX_TAG_LIST, "tag list").await?;
+        let what = format!("tag list of {}", t.repository);
+        let bytes = read_limited(&t.upstream, resp.into_body(), MAX_TAG_LIST, &what).await?;
         let mut v: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| Error::Upstream {
                 upstream: t.upstream.name.clone(),
@@ -760,13 +763,9 @@ impl Registry {
             .await?;
         match resp.status() {
             StatusCode::OK => {
-                let bytes = read_limited(
-                    &t.upstream,
-                    resp.into_body(),
-                    MAX_MANIFEST,
-                    "referrers index",
-                )
-                .await?;
+                let what = format!("referrers index of {}@{digest}", t.repository);
+                let bytes =
+                    read_limited(&t.upstream, resp.into_body(), MAX_MANIFEST, &what).await?;
                 Ok(Fetched {
                     partial: false,
                     media_type: Some(OCI_INDEX.into()),
@@ -928,9 +927,21 @@ fn failure(up: &Upstream, resp: &http::Response<Incoming>, not_found: Error) -> 
     }
 }
 
+/// An upstream body under `upstreams[].timeout` as its longest stall: the one guard every
+/// upstream body berth reads goes through (pass-through, in-memory bodies, cache fills).
+fn stall(up: &Upstream, body: Incoming, what: impl Into<String>) -> Stall<Incoming> {
+    Stall::new(body, up.timeout, &up.name, what)
+}
+
+/// Collects an upstream body of at most `limit` bytes; a stall is a timeout (504, and
+/// stale-if-error applies), an oversized or broken body an upstream failure.
 async fn read_limited(up: &Upstream, body: Incoming, limit: usize, what: &str) -> Result<Bytes> {
-    match Limited::new(body, limit).collect().await {
+    match Limited::new(stall(up, body, what), limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<UpstreamStalled>() => Err(Error::UpstreamTimeout {
+            upstream: up.name.clone(),
+            after: up.timeout,
+        }),
         Err(e) => Err(Error::Upstream {
             upstream: up.name.clone(),
             reason: if e.is::<http_body_util::LengthLimitError>() {

@@ -414,7 +414,20 @@ async fn write_response(
     let mut sent = 0u64;
     let mut body = std::pin::pin!(body);
     loop {
-        let frame = match body.frame().await {
+        // Coalesce only what is ready: when the body has nothing yet (an upstream still
+        // sending, or stalled), what is gathered (the head first of all) goes out now.
+        let next = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+        let next = match next {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        let frame = match next {
             None => break,
             Some(Ok(f)) => f,
             Some(Err(e)) => {

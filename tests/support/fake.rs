@@ -449,3 +449,148 @@ impl hyper::body::Body for ChanBody {
         self.rx.poll_recv(cx)
     }
 }
+
+/// What [`StallServer`] does with one request.
+#[derive(Clone, Debug, Default)]
+pub struct StallPlan {
+    /// The response head without the blank line (`HTTP/1.1 200 OK\r\nContent-Length: 9`);
+    /// `None`: never answer.
+    pub head: Option<String>,
+    /// Body bytes sent right after the head.
+    pub first: Vec<u8>,
+    /// Sent once [`StallServer::release`] is called after this request came (or after
+    /// 10 s); without it the connection stays silent until the peer closes it.
+    pub rest: Option<Vec<u8>>,
+}
+
+/// One connection [`StallServer`] saw.
+#[derive(Clone, Debug)]
+pub struct StallConn {
+    /// The request line (`GET /v2/... HTTP/1.1`).
+    pub request: String,
+    /// Body bytes written so far.
+    pub sent: u64,
+    /// When the peer closed the connection (read returned 0 or failed).
+    pub closed: Option<std::time::Instant>,
+}
+
+/// A raw-socket origin that sends a response head and part of a body and then goes silent,
+/// recording when the other side gives up on the connection: what no real server does on
+/// demand. One request per connection; every head should say `Connection: close`.
+pub struct StallServer {
+    pub port: u16,
+    conns: Arc<Mutex<Vec<StallConn>>>,
+    /// Bumped by every `release`.
+    release: Arc<(Mutex<u64>, std::sync::Condvar)>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallServer {
+    /// `plan` gets the request head (request line and headers) as text.
+    pub fn start<F>(plan: F) -> StallServer
+    where
+        F: Fn(&str) -> StallPlan + Send + Sync + 'static,
+    {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind stall server");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<StallConn>>> = Arc::default();
+        let release: Arc<(Mutex<u64>, std::sync::Condvar)> = Arc::default();
+        let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let plan = Arc::new(plan);
+        let (c, r, s) = (conns.clone(), release.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut stream = match listener.accept() {
+                    Ok((st, _)) => st,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let (conns, release, plan) = (c.clone(), r.clone(), plan.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let line = text.lines().next().unwrap_or("").to_string();
+                    let generation = *release.0.lock().unwrap();
+                    let p = plan(&text);
+                    let i = {
+                        let mut g = conns.lock().unwrap();
+                        g.push(StallConn {
+                            request: line,
+                            sent: 0,
+                            closed: None,
+                        });
+                        g.len() - 1
+                    };
+                    let sent = |n: usize| conns.lock().unwrap()[i].sent += n as u64;
+                    if let Some(head) = &p.head {
+                        let _ = stream.write_all(format!("{head}\r\n\r\n").as_bytes());
+                        if stream.write_all(&p.first).is_ok() {
+                            sent(p.first.len());
+                        }
+                        if let Some(rest) = &p.rest {
+                            let (lock, cv) = &*release;
+                            let g = lock.lock().unwrap();
+                            let _ = cv
+                                .wait_timeout_while(g, Duration::from_secs(10), |r| {
+                                    *r == generation
+                                })
+                                .unwrap();
+                            if stream.write_all(rest).is_ok() {
+                                sent(rest.len());
+                            }
+                        }
+                    }
+                    // Silent from here on; a read ends when the peer closes.
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+                    loop {
+                        match stream.read(&mut b) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    conns.lock().unwrap()[i].closed = Some(std::time::Instant::now());
+                });
+            }
+        });
+        StallServer {
+            port,
+            conns,
+            release,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn conns(&self) -> Vec<StallConn> {
+        self.conns.lock().unwrap().clone()
+    }
+
+    /// Lets every connection that came before this call and has a `rest` send it.
+    pub fn release(&self) {
+        let (lock, cv) = &*self.release;
+        *lock.lock().unwrap() += 1;
+        cv.notify_all();
+    }
+}
+
+impl Drop for StallServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.release();
+    }
+}
