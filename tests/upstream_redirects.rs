@@ -9,6 +9,8 @@
 mod http;
 mod support;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -17,7 +19,7 @@ use base64::Engine;
 use support::berth::Berth;
 use support::fake::{FakeResponse, FakeServer, Recorded};
 use support::image::{push_image, read_oci_layout, skopeo_copy_to_oci, ImageSpec, TestImage};
-use support::registry::Registry;
+use support::registry::{Registry, RegistryAuth};
 use support::token::TokenRealm;
 
 const LICENSE: &str = "LICENSE-redir-0001";
@@ -373,4 +375,142 @@ fn a_token_realm_that_redirects_is_not_followed_with_the_credentials() {
     assert!(realm.request_count() >= 1);
     assert_eq!(evil.request_count(), 0, "{:?}", evil.requests());
     assert!(!b.logs().contains(&pw) && !r.text().contains(&pw));
+}
+
+// ---- airgap push ----------------------------------------------------------------------
+
+/// Runs the real binary with `stdin`; returns (success, stdout + stderr).
+fn berth_cli(args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("wait berth");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A bundle of one small image, exported from an anonymous registry.
+fn bundle(dir: &Path) -> (PathBuf, Registry) {
+    let reg = Registry::start(RegistryAuth::None);
+    push_image(&reg, None, "acme/app", "v1", &spec(3));
+    let config = dir.join("export.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ listen: \"127.0.0.1:{}\", hostname: h }}\n\
+             cache: {{ dir: \"{}\" }}\n\
+             upstreams:\n  - {{ name: up, url: \"{}\", host: {HOST} }}\n\
+             apps:\n  - {{ slug: acme, upstreams: [up] }}\n\
+             licenses:\n  - {{ id: {LICENSE}, app: acme, customer: Test }}\n",
+            support::free_port(),
+            dir.join("cache").display(),
+            reg.url()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("bundle.tar");
+    let (ok, text) = berth_cli(
+        &[
+            "airgap",
+            "export",
+            "--config",
+            config.to_str().unwrap(),
+            "--app",
+            "acme",
+            "-o",
+            out.to_str().unwrap(),
+            &format!("{HOST}/acme/app:v1"),
+        ],
+        "",
+    );
+    assert!(ok, "export failed: {text}");
+    (out, reg)
+}
+
+#[test]
+fn airgap_push_keeps_credentials_on_the_destination_origin() {
+    let pw = canary();
+    let dir = support::tempdir();
+    let (bundle, _source) = bundle(dir.path());
+    let target = Registry::start(RegistryAuth::Htpasswd {
+        user: "pusher".into(),
+        password: pw.clone(),
+    });
+    let evil = evil_server();
+    // An upload "location" on another origin that challenges, naming its own realm.
+    let challenge = format!("Bearer realm=\"{}/token\",service=\"evil\"", evil.url());
+    let elsewhere = FakeServer::start(move |_: &Recorded| {
+        FakeResponse::new(401)
+            .header("www-authenticate", &challenge)
+            .header("www-authenticate", "Basic realm=\"elsewhere\"")
+    });
+    let (origin, elsewhere_url) = (target.url(), elsewhere.url());
+    let front = FakeServer::start(move |req: &Recorded| {
+        let mut resp = FakeResponse::proxy_to(&origin, req);
+        if req.method == "POST" && req.path().ends_with("/blobs/uploads/") && resp.status == 202 {
+            for (k, v) in resp.headers.iter_mut() {
+                if k.eq_ignore_ascii_case("location") {
+                    let path = v
+                        .find("/v2/")
+                        .map(|i| v[i..].to_string())
+                        .unwrap_or_default();
+                    *v = format!("{elsewhere_url}{path}");
+                }
+            }
+        }
+        resp
+    });
+    let to = format!("127.0.0.1:{}/mirror", front.port);
+    let (ok, out) = berth_cli(
+        &[
+            "airgap",
+            "push",
+            bundle.to_str().unwrap(),
+            "--to",
+            &to,
+            "--username",
+            "pusher",
+            "--password-stdin",
+            "--insecure",
+        ],
+        &format!("{pw}\n"),
+    );
+    assert!(elsewhere.request_count() >= 1, "{out}");
+    let leaked: Vec<_> = elsewhere
+        .requests()
+        .into_iter()
+        .filter(|r| r.header("authorization").is_some())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "credentials sent to another origin: {leaked:?}"
+    );
+    assert_eq!(evil.request_count(), 0, "{:?}", evil.requests());
+    assert!(
+        !ok,
+        "the push succeeded through a refusing upload location: {out}"
+    );
+    assert!(
+        out.contains(&format!("127.0.0.1:{} refused", elsewhere.port)),
+        "{out}"
+    );
+    assert!(!out.contains(&pw));
+    // The registry itself did get the credentials (the push went that far).
+    assert!(front
+        .requests()
+        .iter()
+        .any(|r| r.header("authorization") == Some(basic("pusher", &pw).as_str())));
 }
