@@ -29,7 +29,8 @@ use crate::config::Secret;
 use crate::oci::reference::ImageRef;
 use crate::rewrite::{rewrite_image, Rules};
 use crate::upstream::{
-    basic_header, challenge, check_realm, error_chain, https_connector, Origin, USER_AGENT_VALUE,
+    basic_header, challenge, check_realm, error_chain, https_connector, resolve, Origin,
+    USER_AGENT_VALUE,
 };
 
 /// Blobs up to this size go in one PUT; bigger ones in PATCH chunks of this size. Either
@@ -256,12 +257,12 @@ impl Pusher {
         })
     }
 
-    fn url(&self, path_or_location: &str) -> String {
-        if path_or_location.starts_with("http://") || path_or_location.starts_with("https://") {
-            path_or_location.to_string()
-        } else {
-            format!("{}{}", self.base, path_or_location)
-        }
+    /// A path on the registry, or a `Location` it gave (absolute, scheme-relative or
+    /// relative), as a URL. Resolved, not concatenated: `base` + `.evil.example/x` must not
+    /// become another host.
+    fn url(&self, path_or_location: &str) -> Option<Uri> {
+        let root: Uri = format!("{}/", self.base).parse().ok()?;
+        resolve(&root, path_or_location)
     }
 
     fn basic(&self) -> Option<HeaderValue> {
@@ -375,10 +376,9 @@ impl Pusher {
         scopes: &[String],
     ) -> Result<Resp, Failure> {
         let shown = target.split('?').next().unwrap_or(target);
-        let uri: Uri = self
+        let uri = self
             .url(target)
-            .parse()
-            .map_err(|_| fatal(format!("{method} {shown}: not a valid URL")))?;
+            .ok_or_else(|| fatal(format!("{method} {shown}: not a valid URL")))?;
         let target_origin = Origin::of(&uri);
         let own_origin = target_origin == self.home;
         let mut retried = false;
@@ -627,6 +627,40 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    #[test]
+    fn locations_resolve_against_the_registry() {
+        let opts = PushOptions {
+            to: "reg.example".into(),
+            username: None,
+            password: None,
+            insecure: false,
+        };
+        let p = Pusher::new("https://reg.example".into(), &opts).unwrap();
+        let url = |t: &str| p.url(t).map(|u| u.to_string());
+        assert_eq!(
+            url("/v2/a/blobs/uploads/").as_deref(),
+            Some("https://reg.example/v2/a/blobs/uploads/")
+        );
+        assert_eq!(
+            url("https://up.example/u?x=1").as_deref(),
+            Some("https://up.example/u?x=1")
+        );
+        // Relative: a path under the registry, never a longer host name.
+        assert_eq!(
+            url(".evil.example/x").as_deref(),
+            Some("https://reg.example/.evil.example/x")
+        );
+        assert_eq!(
+            url("//cdn.example/u").as_deref(),
+            Some("https://cdn.example/u")
+        );
+        assert_eq!(
+            Origin::of(&p.url("/v2/").unwrap()),
+            p.home,
+            "the registry's own paths are its origin"
+        );
     }
 
     #[test]

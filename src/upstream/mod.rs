@@ -114,7 +114,10 @@ pub struct Client {
     http: HttpClient,
     tokens: token::TokenCache,
     ecr: ecr::EcrTokens,
-    schemes: Mutex<HashMap<String, Scheme>>,
+    /// Keyed by (upstream name, base URL): a scheme is only ever the answer of that URL's
+    /// origin, so a request still in flight across a reload that changed the URL cannot
+    /// hand the old origin's realm to the new one.
+    schemes: Mutex<HashMap<(String, String), Scheme>>,
     /// Last `ratelimit-remaining` seen per upstream (Docker Hub's pull quota).
     ratelimits: Mutex<HashMap<String, u64>>,
     clock: ecr::Clock,
@@ -313,7 +316,7 @@ impl Client {
         if let Scheme::Bearer { realm, .. } = &s {
             check_realm(&up.base_url, realm)?;
         }
-        self.set_scheme(&up.name, s);
+        self.set_scheme(up, s);
         Ok(())
     }
 
@@ -342,17 +345,17 @@ impl Client {
             .schemes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&up.name)
+            .get(&(up.name.clone(), up.base_url.clone()))
             .cloned();
         // ECR always wants Basic: sending it up front saves an anonymous round trip.
         learned.or_else(|| up.ecr.is_some().then_some(Scheme::Basic))
     }
 
-    fn set_scheme(&self, upstream: &str, s: Scheme) {
+    fn set_scheme(&self, up: &Upstream, s: Scheme) {
         self.schemes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(upstream.to_string(), s);
+            .insert((up.name.clone(), up.base_url.clone()), s);
     }
 
     async fn authorization(
@@ -611,7 +614,7 @@ impl Origin {
 }
 
 /// Resolves a `Location` against the URL that answered with it.
-fn resolve(base: &Uri, location: &str) -> Option<Uri> {
+pub(crate) fn resolve(base: &Uri, location: &str) -> Option<Uri> {
     if location.starts_with("http://") || location.starts_with("https://") {
         return location.parse().ok();
     }
@@ -720,6 +723,44 @@ mod tests {
         assert_eq!(learnable(true, StatusCode::UNAUTHORIZED, &h), bearer);
         assert_eq!(learnable(false, StatusCode::UNAUTHORIZED, &h), None);
         assert_eq!(learnable(true, StatusCode::FORBIDDEN, &h), None);
+    }
+
+    fn upstream(url: &str) -> Arc<Upstream> {
+        crate::config::Config::parse(
+            &format!("server: {{listen: \"127.0.0.1:1\", hostname: h}}\ncache: {{dir: d}}\nupstreams: [{{name: up, url: \"{url}\", username: u, password: p}}]\n"),
+            std::path::Path::new("/"),
+            &|_| None,
+        )
+        .unwrap()
+        .upstreams[0]
+            .clone()
+    }
+
+    /// A realm learned from one URL's origin is not used for the same upstream name once
+    /// its URL is another (a reload that raced a request still in flight).
+    #[test]
+    fn learned_schemes_belong_to_the_url_that_taught_them() {
+        let client = Client::new();
+        let old = upstream("https://old.example");
+        let new = upstream("https://new.example");
+        client
+            .learn(
+                &old,
+                Scheme::Bearer {
+                    realm: "https://auth.old.example/token".into(),
+                    service: None,
+                },
+            )
+            .unwrap();
+        assert!(client.scheme(&old).is_some());
+        assert_eq!(client.scheme(&new), None);
+        // And a realm that may not have the password is never remembered.
+        let refused = Scheme::Bearer {
+            realm: "http://auth.new.example/token".into(),
+            service: None,
+        };
+        assert!(client.learn(&new, refused).is_err());
+        assert_eq!(client.scheme(&new), None);
     }
 
     #[test]
