@@ -2,20 +2,22 @@
 //! rewriter's airgap names (`REGISTRY/NAMESPACE/<upstream-host>/<repository>`), with the
 //! distribution push protocol: HEAD to skip blobs already there, a cross-repository mount
 //! when this run already pushed the blob elsewhere, monolithic uploads for small blobs and
-//! chunked ones (bounded memory) for big ones, retries, and Basic or Bearer auth.
+//! chunked ones (bounded memory) for big ones, retries, and Basic or Bearer auth. The
+//! credentials follow the same rule as the upstream client's: they go only to the
+//! destination's own origin (an upload `Location` elsewhere gets none, and its 401 is a
+//! failure, not a challenge), and a token realm must pass `upstream::check_realm`.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, USER_AGENT,
     WWW_AUTHENTICATE,
 };
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -26,7 +28,10 @@ use super::{human, Descriptor};
 use crate::config::Secret;
 use crate::oci::reference::ImageRef;
 use crate::rewrite::{rewrite_image, Rules};
-use crate::upstream::{challenge, error_chain, https_connector, USER_AGENT_VALUE};
+use crate::upstream::{
+    basic_header, challenge, check_realm, error_chain, https_connector, resolve, Origin,
+    USER_AGENT_VALUE,
+};
 
 /// Blobs up to this size go in one PUT; bigger ones in PATCH chunks of this size. Either
 /// way at most this much of a blob is in memory.
@@ -56,7 +61,7 @@ pub struct PushReport {
     pub mounted: usize,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Auth {
     None,
     Basic,
@@ -69,6 +74,8 @@ enum Auth {
 struct Pusher {
     http: HttpClient,
     base: String,
+    /// The destination's origin: the only one that gets the credentials or may challenge.
+    home: Origin,
     username: Option<String>,
     password: Option<Secret>,
     auth: Mutex<Auth>,
@@ -131,7 +138,7 @@ pub async fn push(bundle: &Bundle, opts: &PushOptions) -> anyhow::Result<PushRep
         anyhow::bail!("--to: give REGISTRY[/NAMESPACE]");
     }
     let scheme = if opts.insecure { "http" } else { "https" };
-    let p = Pusher::new(format!("{scheme}://{host}"), opts);
+    let p = Pusher::new(format!("{scheme}://{host}"), opts)?;
     let images = bundle.images()?;
     let mut report = PushReport::default();
     let mut progress = Progress::new();
@@ -234,36 +241,33 @@ fn status_failure(what: &str, status: StatusCode) -> Failure {
 }
 
 impl Pusher {
-    fn new(base: String, opts: &PushOptions) -> Pusher {
+    fn new(base: String, opts: &PushOptions) -> anyhow::Result<Pusher> {
+        let uri: Uri = base
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--to: {base} is not a valid registry address"))?;
         let https = https_connector(HttpConnector::new(), Duration::from_secs(10));
-        Pusher {
+        Ok(Pusher {
             http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https),
+            home: Origin::of(&uri),
             base,
             username: opts.username.clone(),
             password: opts.password.clone(),
             auth: Mutex::new(Auth::None),
             tokens: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
-    fn url(&self, path_or_location: &str) -> String {
-        if path_or_location.starts_with("http://") || path_or_location.starts_with("https://") {
-            path_or_location.to_string()
-        } else {
-            format!("{}{}", self.base, path_or_location)
-        }
+    /// A path on the registry, or a `Location` it gave (absolute, scheme-relative or
+    /// relative), as a URL. Resolved, not concatenated: `base` + `.evil.example/x` must not
+    /// become another host.
+    fn url(&self, path_or_location: &str) -> Option<Uri> {
+        let root: Uri = format!("{}/", self.base).parse().ok()?;
+        resolve(&root, path_or_location)
     }
 
     fn basic(&self) -> Option<HeaderValue> {
         let (u, p) = (self.username.as_ref()?, self.password.as_ref()?);
-        let raw = format!("{u}:{}", p.expose());
-        let mut v = HeaderValue::try_from(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        ))
-        .ok()?;
-        v.set_sensitive(true);
-        Some(v)
+        Some(basic_header(u, p))
     }
 
     async fn authorization(&self, scopes: &[String]) -> Result<Option<HeaderValue>, Failure> {
@@ -320,6 +324,8 @@ impl Pusher {
         let req = b
             .body(Full::new(Bytes::new()))
             .map_err(|_| fatal("cannot form the token request"))?;
+        // Not followed if it redirects (the client follows nothing by itself): the request
+        // carries the password, and a redirect would take it wherever it points.
         let resp = self.send(req).await?;
         if resp.status() != StatusCode::OK {
             return Err(status_failure("token service", resp.status()));
@@ -358,7 +364,9 @@ impl Pusher {
         }
     }
 
-    /// Sends a request, answering the registry's challenge once.
+    /// Sends a request, answering the registry's challenge once. `target` is a path on the
+    /// registry or a `Location` it gave, which may be on another origin: that one gets no
+    /// credentials, and its 401 fails the request.
     async fn call(
         &self,
         method: Method,
@@ -367,18 +375,26 @@ impl Pusher {
         body: Bytes,
         scopes: &[String],
     ) -> Result<Resp, Failure> {
+        let shown = target.split('?').next().unwrap_or(target);
+        let uri = self
+            .url(target)
+            .ok_or_else(|| fatal(format!("{method} {shown}: not a valid URL")))?;
+        let target_origin = Origin::of(&uri);
+        let own_origin = target_origin == self.home;
         let mut retried = false;
         loop {
             let mut b = http::Request::builder()
                 .method(method.clone())
-                .uri(self.url(target))
+                .uri(uri.clone())
                 .header(USER_AGENT, USER_AGENT_VALUE)
                 .header(CONTENT_LENGTH, body.len());
             for (k, v) in headers {
                 b = b.header(k, v);
             }
-            if let Some(a) = self.authorization(scopes).await? {
-                b = b.header(AUTHORIZATION, a);
+            if own_origin {
+                if let Some(a) = self.authorization(scopes).await? {
+                    b = b.header(AUTHORIZATION, a);
+                }
             }
             let req = b
                 .body(Full::new(body.clone()))
@@ -387,39 +403,21 @@ impl Pusher {
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
+            if !own_origin {
+                return Err(fatal(format!(
+                    "{method} {shown}: upload location on {} refused the request (401); \
+                     berth sends credentials only to the registry's own origin",
+                    target_origin.authority()
+                )));
+            }
             if retried {
                 return Err(fatal(format!(
-                    "{method} {target}: the registry refused the credentials"
+                    "{method} {shown}: the registry refused the credentials"
                 )));
             }
             retried = true;
-            let challenges: Vec<_> = resp
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(challenge::parse)
-                .collect();
-            let learned = if let Some(c) = challenges.iter().find(|c| c.scheme == "bearer") {
-                let realm = c
-                    .param("realm")
-                    .ok_or_else(|| fatal("Bearer challenge without a realm"))?;
-                if self.base.starts_with("https://") && !realm.starts_with("https://") {
-                    return Err(fatal(
-                        "the challenge's realm is not https; refusing to send credentials",
-                    ));
-                }
-                Auth::Bearer {
-                    realm: realm.to_string(),
-                    service: c.param("service").map(str::to_string),
-                }
-            } else if challenges.iter().any(|c| c.scheme == "basic") && self.username.is_some() {
-                Auth::Basic
-            } else {
-                return Err(fatal(format!(
-                    "{method} {target}: the registry wants credentials (--username, --password-stdin)"
-                )));
-            };
+            let learned = learn(&self.base, resp.headers(), self.username.is_some())
+                .map_err(|m| fatal(format!("{method} {shown}: {m}")))?;
             *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = learned;
             self.tokens
                 .lock()
@@ -551,6 +549,31 @@ impl Pusher {
     }
 }
 
+/// How the registry's own 401 asks to authenticate (Bearer preferred), or why berth will
+/// not: no realm, a realm `check_realm` refuses, or credentials the user did not give.
+fn learn(base: &str, headers: &HeaderMap, has_username: bool) -> Result<Auth, String> {
+    let challenges: Vec<_> = headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(challenge::parse)
+        .collect();
+    if let Some(c) = challenges.iter().find(|c| c.scheme == "bearer") {
+        let realm = c
+            .param("realm")
+            .ok_or_else(|| "Bearer challenge without a realm".to_string())?;
+        check_realm(base, realm).map_err(|e| e.to_string())?;
+        return Ok(Auth::Bearer {
+            realm: realm.to_string(),
+            service: c.param("service").map(str::to_string),
+        });
+    }
+    if challenges.iter().any(|c| c.scheme == "basic") && has_username {
+        return Ok(Auth::Basic);
+    }
+    Err("the registry wants credentials (--username, --password-stdin)".into())
+}
+
 fn location(resp: &Resp) -> Result<String, Failure> {
     resp.headers()
         .get(LOCATION)
@@ -566,6 +589,79 @@ fn location_or(resp: &Resp, old: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn challenge(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(WWW_AUTHENTICATE, HeaderValue::from_static(v));
+        h
+    }
+
+    #[test]
+    fn realms_follow_the_upstream_rule() {
+        let https = challenge("Bearer realm=\"https://auth.example/token\",service=\"r\"");
+        let http = challenge("Bearer realm=\"http://auth.example/token\"");
+        assert_eq!(
+            learn("https://reg.example", &https, true),
+            Ok(Auth::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("r".into())
+            })
+        );
+        // No downgrade of the password to plain HTTP from an HTTPS registry.
+        let refused = learn("https://reg.example", &http, true).unwrap_err();
+        assert!(refused.contains("plain http"), "{refused}");
+        assert!(learn("http://127.0.0.1:5000", &http, true).is_ok());
+        assert!(learn(
+            "https://reg.example",
+            &challenge("Bearer realm=\"/token\""),
+            true
+        )
+        .is_err());
+        assert_eq!(
+            learn("https://reg.example", &challenge("Basic realm=\"r\""), true),
+            Ok(Auth::Basic)
+        );
+        assert!(learn(
+            "https://reg.example",
+            &challenge("Basic realm=\"r\""),
+            false
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn locations_resolve_against_the_registry() {
+        let opts = PushOptions {
+            to: "reg.example".into(),
+            username: None,
+            password: None,
+            insecure: false,
+        };
+        let p = Pusher::new("https://reg.example".into(), &opts).unwrap();
+        let url = |t: &str| p.url(t).map(|u| u.to_string());
+        assert_eq!(
+            url("/v2/a/blobs/uploads/").as_deref(),
+            Some("https://reg.example/v2/a/blobs/uploads/")
+        );
+        assert_eq!(
+            url("https://up.example/u?x=1").as_deref(),
+            Some("https://up.example/u?x=1")
+        );
+        // Relative: a path under the registry, never a longer host name.
+        assert_eq!(
+            url(".evil.example/x").as_deref(),
+            Some("https://reg.example/.evil.example/x")
+        );
+        assert_eq!(
+            url("//cdn.example/u").as_deref(),
+            Some("https://cdn.example/u")
+        );
+        assert_eq!(
+            Origin::of(&p.url("/v2/").unwrap()),
+            p.home,
+            "the registry's own paths are its origin"
+        );
+    }
 
     #[test]
     fn targets_follow_the_rewriter() {

@@ -1,7 +1,9 @@
 //! The upstream client: sends berth's requests to a vendor registry with the stored
 //! credentials (anonymous, Basic, or the Bearer challenge → token flow), caches tokens per
 //! (upstream, scope), retries once on a 401, and follows redirects without leaking
-//! `Authorization` to another origin. Credentials never appear in errors or logs.
+//! `Authorization` to another origin. Only the upstream's own origin may teach berth how to
+//! authenticate: a 401 or 403 from a redirect target fails that request and is never a new
+//! place to send credentials. Credentials never appear in errors or logs.
 //! Provider specifics (ECR's authorization tokens) live in submodules.
 
 pub mod challenge;
@@ -61,6 +63,12 @@ pub enum UpstreamError {
     Token(String),
     #[error("more than {MAX_REDIRECTS} redirects")]
     Redirects,
+    /// A redirect target on another origin (a CDN, a presigned URL) answered 401 or 403.
+    /// Its challenge is not the upstream's: berth neither answers it nor learns from it.
+    #[error(
+        "redirect target {target} refused the request ({status}); berth sends no credentials there"
+    )]
+    RedirectRefused { target: String, status: StatusCode },
     #[error("{0}")]
     Protocol(String),
 }
@@ -106,7 +114,10 @@ pub struct Client {
     http: HttpClient,
     tokens: token::TokenCache,
     ecr: ecr::EcrTokens,
-    schemes: Mutex<HashMap<String, Scheme>>,
+    /// Keyed by (upstream name, base URL): a scheme is only ever the answer of that URL's
+    /// origin, so a request still in flight across a reload that changed the URL cannot
+    /// hand the old origin's realm to the new one.
+    schemes: Mutex<HashMap<(String, String), Scheme>>,
     /// Last `ratelimit-remaining` seen per upstream (Docker Hub's pull quota).
     ratelimits: Mutex<HashMap<String, u64>>,
     clock: ecr::Clock,
@@ -226,22 +237,26 @@ impl Client {
             let started = std::time::Instant::now();
             let sent = self.send_following(up, req, auth.header.as_ref()).await;
             let status = match &sent {
-                Ok(r) => r.status().as_u16().to_string(),
+                Ok(r) => r.resp.status().as_u16().to_string(),
                 Err(UpstreamError::Timeout(_)) => "timeout".to_string(),
+                Err(UpstreamError::RedirectRefused { .. }) => "redirect_refused".to_string(),
                 Err(_) => "error".to_string(),
             };
             crate::metrics::METRICS.observe_upstream(&up.name, &status, started.elapsed());
-            let resp = sent?;
-            if resp.status() != StatusCode::UNAUTHORIZED {
-                self.note_ratelimit(up, resp.headers());
-                return Ok(resp);
+            let answer = sent?;
+            if answer.resp.status() != StatusCode::UNAUTHORIZED {
+                // A CDN's headers say nothing about the registry's pull quota.
+                if answer.own_origin {
+                    self.note_ratelimit(up, answer.resp.headers());
+                }
+                return Ok(answer.resp);
             }
             if retried {
                 return Err(UpstreamError::Unauthorized);
             }
             retried = true;
-            let learned = pick_scheme(resp.headers());
-            drop(resp);
+            let learned = answer.challenge();
+            drop(answer);
             match (&learned, &scheme) {
                 (None, _) => return Err(UpstreamError::Unauthorized),
                 // An ECR token may have been revoked or expired early: fetch a new one.
@@ -261,10 +276,7 @@ impl Client {
                 _ => {}
             }
             if let Some(s) = learned {
-                if let Scheme::Bearer { realm, .. } = &s {
-                    check_realm(&up.base_url, realm)?;
-                }
-                self.set_scheme(&up.name, s);
+                self.learn(up, s)?;
             }
             // Only the token this request was refused with goes: a 401 to an anonymous
             // first contact, or to a token another request has already replaced, must not
@@ -289,15 +301,22 @@ impl Client {
             headers: HeaderMap::new(),
             scope: String::new(),
         };
-        let resp = self.send_following(up, &req, None).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            if let Some(s) = pick_scheme(resp.headers()) {
-                if let Scheme::Bearer { realm, .. } = &s {
-                    check_realm(&up.base_url, realm)?;
-                }
-                self.set_scheme(&up.name, s);
+        let answer = self.send_following(up, &req, None).await?;
+        if answer.resp.status() == StatusCode::UNAUTHORIZED {
+            if let Some(s) = answer.challenge() {
+                self.learn(up, s)?;
             }
         }
+        Ok(())
+    }
+
+    /// Remembers how `up` authenticates, from a challenge of its own origin. A token realm
+    /// is where the stored password goes, so it must pass `check_realm` first.
+    fn learn(&self, up: &Upstream, s: Scheme) -> Result<(), UpstreamError> {
+        if let Scheme::Bearer { realm, .. } = &s {
+            check_realm(&up.base_url, realm)?;
+        }
+        self.set_scheme(up, s);
         Ok(())
     }
 
@@ -326,17 +345,17 @@ impl Client {
             .schemes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&up.name)
+            .get(&(up.name.clone(), up.base_url.clone()))
             .cloned();
         // ECR always wants Basic: sending it up front saves an anonymous round trip.
         learned.or_else(|| up.ecr.is_some().then_some(Scheme::Basic))
     }
 
-    fn set_scheme(&self, upstream: &str, s: Scheme) {
+    fn set_scheme(&self, up: &Upstream, s: Scheme) {
         self.schemes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(upstream.to_string(), s);
+            .insert((up.name.clone(), up.base_url.clone()), s);
     }
 
     async fn authorization(
@@ -381,12 +400,15 @@ impl Client {
         }
     }
 
+    /// Sends `req` to the upstream and follows its redirects, with `auth` on the upstream's
+    /// own origin only. A 401 or 403 from another origin is `RedirectRefused`: that origin
+    /// is not the upstream, so its refusal is this request's failure, not a challenge.
     async fn send_following(
         &self,
         up: &Upstream,
         req: &Request,
         auth: Option<&HeaderValue>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         let target = match &req.query {
             Some(q) => format!("{}{}?{}", up.base_url, req.path, q),
             None => format!("{}{}", up.base_url, req.path),
@@ -394,7 +416,7 @@ impl Client {
         let mut uri: Uri = target
             .parse()
             .map_err(|_| UpstreamError::Protocol("cannot form the upstream URL".into()))?;
-        let home = origin(&uri);
+        let home = Origin::of(&uri);
         let mut method = req.method.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut builder = http::Request::builder()
@@ -406,7 +428,8 @@ impl Client {
             builder = builder.header(USER_AGENT, USER_AGENT_VALUE);
             // Credentials go only to the registry's own origin: a CDN or presigned URL must
             // never see them (and S3 rejects a request that carries both).
-            if origin(&uri) == home {
+            let own_origin = Origin::of(&uri) == home;
+            if own_origin {
                 if let Some(a) = auth {
                     builder = builder.header(AUTHORIZATION, a.clone());
                 }
@@ -416,7 +439,16 @@ impl Client {
                 .map_err(|_| UpstreamError::Protocol("cannot form the upstream request".into()))?;
             let resp = send(&self.http, request, up.timeout).await?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
-                return Ok(resp);
+                let status = resp.status();
+                if !own_origin
+                    && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+                {
+                    return Err(UpstreamError::RedirectRefused {
+                        target: Origin::of(&uri).authority(),
+                        status,
+                    });
+                }
+                return Ok(Answer { resp, own_origin });
             }
             let location = resp
                 .headers()
@@ -430,10 +462,32 @@ impl Client {
             if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
                 method = Method::GET;
             }
-            tracing::debug!(upstream = %up.name, to = ?origin(&uri), "following redirect");
+            tracing::debug!(upstream = %up.name, to = %Origin::of(&uri).authority(), "following redirect");
         }
         Err(UpstreamError::Redirects)
     }
+}
+
+/// A final (non-redirect) response and whether the upstream's own origin gave it.
+struct Answer {
+    resp: http::Response<Incoming>,
+    own_origin: bool,
+}
+
+impl Answer {
+    /// The scheme a 401 asks for, when the upstream's own origin sent it; a challenge from
+    /// anywhere else teaches nothing (`send_following` already refuses those, this keeps
+    /// the rule where the learning happens).
+    fn challenge(&self) -> Option<Scheme> {
+        learnable(self.own_origin, self.resp.status(), self.resp.headers())
+    }
+}
+
+fn learnable(own_origin: bool, status: StatusCode, headers: &HeaderMap) -> Option<Scheme> {
+    if !own_origin || status != StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    pick_scheme(headers)
 }
 
 /// Sends one request with a bound on the time to the response head.
@@ -507,32 +561,60 @@ fn pick_scheme(headers: &HeaderMap) -> Option<Scheme> {
         .then_some(Scheme::Basic)
 }
 
-/// A realm is where berth sends the stored password: it must be a URL, and an HTTPS
-/// registry may not send it over plain HTTP.
-fn check_realm(base_url: &str, realm: &str) -> Result<(), UpstreamError> {
+/// A realm is where berth sends the stored password: it must be an absolute URL with a
+/// host, and only a plain-HTTP registry may name a plain-HTTP realm (an HTTPS one would
+/// otherwise downgrade the password to cleartext). Callers check that the challenge came
+/// from the registry's own origin; this checks where it points. Shared with airgap push.
+pub(crate) fn check_realm(base_url: &str, realm: &str) -> Result<(), UpstreamError> {
+    let refuse = |why: &str| UpstreamError::Token(format!("{why}; refusing to send credentials"));
     let uri: Uri = realm
         .parse()
-        .map_err(|_| UpstreamError::Token("the challenge's realm is not a URL".into()))?;
-    match uri.scheme_str() {
+        .map_err(|_| refuse("the challenge's realm is not a URL"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(refuse("the challenge's realm has no host"));
+    }
+    let base_scheme = base_url
+        .parse::<Uri>()
+        .ok()
+        .and_then(|b| b.scheme_str().map(str::to_ascii_lowercase));
+    match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
         Some("https") => Ok(()),
-        Some("http") if base_url.starts_with("http://") => Ok(()),
-        _ => Err(UpstreamError::Token(
-            "the challenge's realm is not an https URL; refusing to send credentials".into(),
+        Some("http") if base_scheme.as_deref() == Some("http") => Ok(()),
+        Some("http") => Err(refuse(
+            "the challenge's realm is plain http for an https registry",
         )),
+        _ => Err(refuse("the challenge's realm is not an http(s) URL")),
     }
 }
 
-fn origin(uri: &Uri) -> (String, String, u16) {
-    let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
-    let host = uri.host().unwrap_or("").to_ascii_lowercase();
-    let port = uri
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    (scheme, host, port)
+/// Scheme, host and port: what credentials are bound to. Two URLs share an origin only
+/// when all three match (default ports filled in, names compared case-insensitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    pub(crate) fn of(uri: &Uri) -> Origin {
+        let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+        let host = uri.host().unwrap_or("").to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        Origin { scheme, host, port }
+    }
+
+    /// `host:port`, for messages: never the path or query, where a presigned URL keeps
+    /// its signature.
+    pub(crate) fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 /// Resolves a `Location` against the URL that answered with it.
-fn resolve(base: &Uri, location: &str) -> Option<Uri> {
+pub(crate) fn resolve(base: &Uri, location: &str) -> Option<Uri> {
     if location.starts_with("http://") || location.starts_with("https://") {
         return location.parse().ok();
     }
@@ -587,8 +669,9 @@ mod tests {
         let a: Uri = "https://r.example/v2/".parse().unwrap();
         let b: Uri = "https://R.example:443/x".parse().unwrap();
         let c: Uri = "http://r.example/x".parse().unwrap();
-        assert_eq!(origin(&a), origin(&b));
-        assert_ne!(origin(&a), origin(&c));
+        assert_eq!(Origin::of(&a), Origin::of(&b));
+        assert_ne!(Origin::of(&a), Origin::of(&c));
+        assert_eq!(Origin::of(&b).authority(), "r.example:443");
     }
 
     #[test]
@@ -614,9 +697,70 @@ mod tests {
     #[test]
     fn realm_must_not_downgrade() {
         assert!(check_realm("https://quay.io", "http://evil/token").is_err());
+        assert!(check_realm("https://quay.io", "HTTP://evil/token").is_err());
+        assert!(check_realm("HTTPS://quay.io", "http://evil/token").is_err());
         assert!(check_realm("https://quay.io", "https://quay.io/v2/auth").is_ok());
+        assert!(check_realm("https://quay.io", "https://auth.quay.io/token").is_ok());
         assert!(check_realm("http://127.0.0.1:5000", "http://127.0.0.1:9/token").is_ok());
+        assert!(check_realm("http://127.0.0.1:5000", "https://auth.example/token").is_ok());
         assert!(check_realm("https://quay.io", "file:///etc/passwd").is_err());
+        assert!(check_realm("http://127.0.0.1:5000", "ftp://127.0.0.1/token").is_err());
+        assert!(check_realm("https://quay.io", "/token").is_err());
+    }
+
+    /// A challenge teaches a scheme only from the upstream's own origin, and only on a 401.
+    #[test]
+    fn only_an_own_origin_401_teaches() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"https://evil.example/token\""),
+        );
+        let bearer = Some(Scheme::Bearer {
+            realm: "https://evil.example/token".into(),
+            service: None,
+        });
+        assert_eq!(learnable(true, StatusCode::UNAUTHORIZED, &h), bearer);
+        assert_eq!(learnable(false, StatusCode::UNAUTHORIZED, &h), None);
+        assert_eq!(learnable(true, StatusCode::FORBIDDEN, &h), None);
+    }
+
+    fn upstream(url: &str) -> Arc<Upstream> {
+        crate::config::Config::parse(
+            &format!("server: {{listen: \"127.0.0.1:1\", hostname: h}}\ncache: {{dir: d}}\nupstreams: [{{name: up, url: \"{url}\", username: u, password: p}}]\n"),
+            std::path::Path::new("/"),
+            &|_| None,
+        )
+        .unwrap()
+        .upstreams[0]
+            .clone()
+    }
+
+    /// A realm learned from one URL's origin is not used for the same upstream name once
+    /// its URL is another (a reload that raced a request still in flight).
+    #[test]
+    fn learned_schemes_belong_to_the_url_that_taught_them() {
+        let client = Client::new();
+        let old = upstream("https://old.example");
+        let new = upstream("https://new.example");
+        client
+            .learn(
+                &old,
+                Scheme::Bearer {
+                    realm: "https://auth.old.example/token".into(),
+                    service: None,
+                },
+            )
+            .unwrap();
+        assert!(client.scheme(&old).is_some());
+        assert_eq!(client.scheme(&new), None);
+        // And a realm that may not have the password is never remembered.
+        let refused = Scheme::Bearer {
+            realm: "http://auth.new.example/token".into(),
+            service: None,
+        };
+        assert!(client.learn(&new, refused).is_err());
+        assert_eq!(client.scheme(&new), None);
     }
 
     #[test]

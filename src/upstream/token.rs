@@ -1,5 +1,7 @@
 //! Upstream bearer tokens: fetched from the challenge's realm with the stored credentials,
 //! cached per (upstream, scope) until shortly before they expire, one fetch per key at a time.
+//! The realm is one the upstream's own origin named (checked by `check_realm`); its
+//! redirects are never followed, since the request carries the stored password.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,9 +144,16 @@ async fn fetch(
             upstream: up.name.clone(),
         })
         .inc();
+    // One request, no redirects followed (the client follows none by itself): a realm that
+    // points elsewhere would take the Basic credentials along to wherever it points.
     let resp = send(http, req, up.timeout).await?;
     match resp.status() {
         StatusCode::OK => {}
+        s if s.is_redirection() => {
+            return Err(UpstreamError::Token(format!(
+                "the realm answered {s}; berth does not follow a token realm's redirects with credentials"
+            )))
+        }
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             return Err(UpstreamError::Unauthorized)
         }
