@@ -389,7 +389,13 @@ impl Exporter<'_> {
                     .and_then(|v| v.to_str().ok())
                     .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
                     .filter(|s| !s.is_empty());
-                let body = http_body_util::Limited::new(resp.into_body(), MAX_MANIFEST as usize)
+                let body = upstream::Stall::new(
+                    resp.into_body(),
+                    img.upstream.timeout,
+                    &img.upstream.name,
+                    what.to_string(),
+                );
+                let body = http_body_util::Limited::new(body, MAX_MANIFEST as usize)
                     .collect()
                     .await
                     .map_err(|e| anyhow::anyhow!("{what}: reading the manifest: {e}"))?

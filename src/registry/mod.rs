@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::api::body::{self, Body, Stall, UpstreamStalled};
+use crate::api::body::{self, Body};
 use crate::api::route::Reference;
 use crate::cache::index::ReadGuard;
 use crate::cache::manifest::{self, StoredManifest};
@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::oci::digest::Algorithm;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
-use crate::upstream::{self, UpstreamError};
+use crate::upstream::{self, Stall, UpstreamError, UpstreamStalled};
 
 pub use verify::Verified;
 

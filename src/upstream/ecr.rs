@@ -200,7 +200,13 @@ pub(super) async fn fetch(
         other => other,
     })?;
     let status = resp.status();
-    let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+    let body = super::Stall::new(
+        resp.into_body(),
+        timeout,
+        &host,
+        "ECR GetAuthorizationToken",
+    );
+    let body = Limited::new(body, MAX_RESPONSE)
         .collect()
         .await
         .map_err(|_| UpstreamError::Token("reading the ECR response failed".into()))?

@@ -10,6 +10,7 @@ pub mod challenge;
 pub mod ecr;
 pub mod probe;
 pub mod sigv4;
+mod stall;
 mod token;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::config::{Secret, Upstream};
 use crate::error::Error;
 
+pub use stall::{Stall, UpstreamStalled};
 pub use token::Token;
 
 /// Redirect hops followed for one request (registries use one, CDNs sometimes two).

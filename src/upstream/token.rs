@@ -159,7 +159,9 @@ async fn fetch(
         }
         s => return Err(UpstreamError::Token(format!("the realm answered {s}"))),
     }
-    let body = Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
+    // A realm that goes silent mid-body fails like one that never answers.
+    let body = super::Stall::new(resp.into_body(), up.timeout, &up.name, "token response");
+    let body = Limited::new(body, MAX_TOKEN_RESPONSE)
         .collect()
         .await
         .map_err(|_| UpstreamError::Token("reading the token response failed".into()))?
