@@ -74,6 +74,7 @@ enum Command {
     Audit {
         #[arg(long, short, default_value = "berth.yaml")]
         config: PathBuf,
+        /// A license id or its fingerprint (records name licenses by fingerprint).
         #[arg(long)]
         license: Option<String>,
         /// host/repository, optionally with :tag or @digest.
@@ -568,8 +569,8 @@ fn main() -> ExitCode {
                             println!("{}", serde_json::to_string(&r).unwrap_or_default());
                         } else {
                             println!(
-                                "{}  {:<24} {:<20} {}:{}  {}",
-                                r.time, r.customer, r.license, r.image, r.reference, r.digest
+                                "{}  {:<24} {:<32} {}:{}  {}",
+                                r.time, r.customer, r.fingerprint, r.image, r.reference, r.digest
                             );
                         }
                     }
