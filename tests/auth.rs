@@ -1261,6 +1261,83 @@ fn rate_limit_answers_429_with_retry_after() {
     assert_status(&f.get("/v2/", Some(&g)), 200, None, "after Retry-After");
 }
 
+/// Guessing license ids is throttled per source: after 10 failures, /v2/ Basic, GET /token
+/// and the password grant answer 429 with Retry-After without looking at the credentials,
+/// with one log line for the source however many attempts follow. A license that logged in
+/// from the same address before keeps working; a new one waits at most Retry-After.
+#[test]
+fn failed_logins_are_throttled_per_source_with_retry_after() {
+    let f = Fixture::start(Cfg::default());
+    // GOOD logs in once before anyone guesses.
+    f.token(GOOD, &[]);
+    let started = Instant::now();
+    let guesses = 300;
+    let mut statuses = Vec::new();
+    for n in 0..guesses {
+        let id = format!("GUESS-{n:06}");
+        statuses.push(f.get("/v2/", Some(&basic(&id))).status);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let checked = statuses.iter().filter(|&&s| s == 401).count();
+    let throttled = statuses.iter().filter(|&&s| s == 429).count();
+    eprintln!("MEASURE {guesses} guesses in {secs:.2}s: {checked} checked, {throttled} throttled");
+    assert_eq!(checked + throttled, guesses, "{statuses:?}");
+    assert_eq!(
+        &statuses[..10],
+        &[401; 10],
+        "the first 10 failures are plain 401s"
+    );
+    // One more guess per second after the burst, whatever the machine's speed.
+    assert!(
+        checked <= 10 + secs.ceil() as usize + 1,
+        "{checked} guesses checked in {secs:.2}s"
+    );
+    let r = f.get("/v2/", Some(&basic("GUESS-last-1")));
+    assert_status(&r, 429, Some("TOOMANYREQUESTS"), "throttled /v2/");
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert_eq!(retry, 1, "one failure's worth of wait");
+    // The token endpoint, both ways, is the same door.
+    assert_status(
+        &f.token_request("GUESS-token-1", &[]),
+        429,
+        None,
+        "GET /token",
+    );
+    let r = http::request(
+        f.port,
+        "POST",
+        "/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"grant_type=password&username=GUESS-form-1&password=GUESS-form-1&service=x",
+    );
+    assert_status(&r, 429, None, "password grant");
+    assert!(r.header("retry-after").is_some());
+    // GOOD logged in from here before: it passes, by Basic and at /token.
+    assert_status(&f.get("/v2/", Some(&basic(GOOD))), 200, None, "known good");
+    f.token(GOOD, &[]);
+    // OTHER never did: it waits for Retry-After, then is served.
+    assert_status(
+        &f.get("/v2/", Some(&basic(OTHER))),
+        429,
+        None,
+        "OTHER throttled",
+    );
+    std::thread::sleep(Duration::from_secs(retry));
+    assert_status(
+        &f.get("/v2/", Some(&basic(OTHER))),
+        200,
+        None,
+        "OTHER after wait",
+    );
+    let logs = f.berth.logs();
+    let lines = logs.matches("too many failed logins").count();
+    assert_eq!(lines, 1, "one line per throttled source:\n{logs}");
+}
+
 // ---- 8. pull-secret -------------------------------------------------------------------
 
 #[test]

@@ -98,7 +98,11 @@ impl LoginThrottle {
         let tolerance = LOGIN_FAILURE_INTERVAL * LOGIN_FAILURE_BURST.saturating_sub(1);
         let allow_at = s.tat.and_then(|t| t.checked_sub(tolerance)).unwrap_or(now);
         if now >= allow_at {
-            s.logged = false;
+            // The episode (and its log line) ends when the bucket is full again, not when
+            // one attempt gets through: a guesser held at one a second is logged once.
+            if s.tat.is_none_or(|t| t <= now) {
+                s.logged = false;
+            }
             return Ok(());
         }
         let fp = fingerprint();
