@@ -73,6 +73,9 @@ impl Cache {
                 leftovers += 1;
             }
         }
+        // Staging directories of airgap imports that were killed; a running import's is
+        // locked and stays.
+        leftovers += crate::airgap::import::remove_abandoned_stages(&tmp);
         let index = Arc::new(Index::new(cfg.max_size));
         let mut found: Vec<(std::time::SystemTime, String, u64)> = Vec::new();
         for e in std::fs::read_dir(&blobs_dir)
