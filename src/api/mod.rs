@@ -144,7 +144,15 @@ impl Api {
             return admission(config, req).await;
         }
         if config.server.admin_listen.is_none() && (path == "/healthz" || path == "/readyz") {
-            // Probes need an answer somewhere; without an admin listener it is here.
+            // Probes need an answer somewhere; without an admin listener it is here. Not
+            // `?upstreams=1`: it sends credentialed requests to every upstream, for anyone.
+            let probe = if path == "/healthz" {
+                "/healthz"
+            } else {
+                "/readyz"
+            };
+            let mut req = req;
+            *req.uri_mut() = http::Uri::from_static(probe);
             return Ok(crate::server::admin::handle(self, req).await);
         }
         if !path.starts_with("/v2") {
