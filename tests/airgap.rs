@@ -608,6 +608,33 @@ fn damaged_and_hostile_bundles_are_refused_and_nothing_is_served() {
         |_, d| Some(d),
         &[("./index.json", tar::EntryType::Regular, &index_copy)],
     );
+    // index.json naming the api's reference twice: once for the api, once for the worker.
+    let dup_ref = dir.path().join("dup-ref.tar");
+    rewrite_bundle(
+        &bundle,
+        &dup_ref,
+        |n, d| {
+            if n != "index.json" {
+                return Some(d);
+            }
+            let mut v: serde_json::Value = serde_json::from_slice(&d).unwrap();
+            let m = v["manifests"].as_array_mut().unwrap();
+            let api = m
+                .iter()
+                .find(|e| e["annotations"]["io.berth.upstream.ref"] == api_ref().as_str())
+                .unwrap()
+                .clone();
+            let mut worker = m
+                .iter()
+                .find(|e| e["annotations"]["io.berth.upstream.ref"] == worker_ref().as_str())
+                .unwrap()
+                .clone();
+            worker["annotations"] = api["annotations"].clone();
+            m.push(worker);
+            Some(serde_json::to_vec(&v).unwrap())
+        },
+        &[],
+    );
     // Cut in the middle of the 9 MiB layer's data.
     let truncated = dir.path().join("truncated.tar");
     let full = std::fs::read(&bundle).unwrap();
@@ -632,6 +659,7 @@ fn damaged_and_hostile_bundles_are_refused_and_nothing_is_served() {
         (&symlink, "blobs/sha256/link"),
         (&truncated, layer_entry.as_str()),
         (&with_dup, "\"./index.json\": appears twice"),
+        (&dup_ref, &format!("{} appears twice", api_ref())),
     ] {
         let (served, stderr) = import_and_serve(&url, path, false);
         assert!(

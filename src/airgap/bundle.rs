@@ -314,6 +314,18 @@ impl Bundle {
                 .or(ref_name)
                 .unwrap_or_else(|| top.digest.clone());
             self.walk(top, &of, &mut img, 0)?;
+            // Two entries for one reference with different content: which one a tag gets
+            // would depend on the reader (an import seeds the last). Refuse, naming both.
+            if let Some(first) = out.iter().find(|i: &&Image| {
+                i.display_ref() == img.display_ref() && i.top.digest != img.top.digest
+            }) {
+                return Err(invalid(format!(
+                    "index.json: {} appears twice, as {} and as {}",
+                    img.display_ref(),
+                    first.top.digest,
+                    img.top.digest
+                )));
+            }
             out.push(img);
         }
         Ok(out)
