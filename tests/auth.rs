@@ -409,7 +409,7 @@ fn skopeo_login_then_copy_over_tls_uses_berth_tokens() {
     assert!(
         logs.lines().any(|l| l.contains("/manifests/v1")
             && l.contains("status=200")
-            && l.contains(&format!("license=\"{GOOD}\""))),
+            && l.contains(&format!("license=\"{}\"", fingerprint(GOOD)))),
         "no authenticated manifest GET in:\n{logs}"
     );
 }
