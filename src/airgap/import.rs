@@ -103,7 +103,8 @@ async fn interrupted() -> &'static str {
 }
 
 /// An import's staging directory, `tmp/airgap-<unique>.part`, locked (flock) while the
-/// import lives so a server starting meanwhile leaves it alone, and removed on drop.
+/// import lives so a server starting meanwhile leaves it alone
+/// ([`cache::remove_abandoned_stages`]), and removed on drop.
 struct Stage {
     path: std::path::PathBuf,
     _lock: std::fs::File,
@@ -114,8 +115,8 @@ impl Stage {
         let name = cache::temp_name();
         // Created and locked under a name the server's cleanup does not look at, then
         // renamed: there is no moment at which the directory is visible and unlocked.
-        let hidden = tmp.join(format!(".{STAGE_PREFIX}{name}"));
-        let path = tmp.join(format!("{STAGE_PREFIX}{name}"));
+        let hidden = tmp.join(format!(".{}{name}", cache::STAGE_PREFIX));
+        let path = tmp.join(format!("{}{name}", cache::STAGE_PREFIX));
         let fail = |e: std::io::Error| anyhow::anyhow!("{}: {e}", hidden.display());
         std::fs::create_dir(&hidden).map_err(fail)?;
         let lock = std::fs::File::open(&hidden).map_err(fail)?;
@@ -131,40 +132,6 @@ impl Drop for Stage {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
-}
-
-/// Staging directories of imports are `tmp/<STAGE_PREFIX>…`.
-pub const STAGE_PREFIX: &str = "airgap-";
-
-/// Removes staging directories that no import holds any more (one killed with SIGKILL, or
-/// a crash); called when the cache opens. Returns how many went.
-pub fn remove_abandoned_stages(tmp: &Path) -> usize {
-    let mut removed = 0;
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return 0;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().starts_with(STAGE_PREFIX)
-            || !e.file_type().is_ok_and(|t| t.is_dir())
-        {
-            continue;
-        }
-        let path = e.path();
-        let Ok(dir) = std::fs::File::open(&path) else {
-            continue;
-        };
-        match dir.try_lock() {
-            Ok(()) => {
-                if std::fs::remove_dir_all(&path).is_ok() {
-                    removed += 1;
-                }
-            }
-            // A running import holds it.
-            Err(_) => continue,
-        }
-    }
-    removed
 }
 
 /// Seeds the cache from a verified bundle whose blobs are staged.
