@@ -74,6 +74,7 @@ enum Command {
     Audit {
         #[arg(long, short, default_value = "berth.yaml")]
         config: PathBuf,
+        /// A license id or its fingerprint (records name licenses by fingerprint).
         #[arg(long)]
         license: Option<String>,
         /// host/repository, optionally with :tag or @digest.
@@ -211,7 +212,8 @@ enum Airgap {
     Import {
         #[arg(long, short, default_value = "berth.yaml")]
         config: PathBuf,
-        /// The app to import into (default: the one recorded in the bundle).
+        /// The app to import into (default: the configuration's only app). A bundle
+        /// exported for another app is refused.
         #[arg(long)]
         app: Option<String>,
         bundle: PathBuf,
@@ -353,7 +355,10 @@ fn airgap(cmd: Airgap) -> ExitCode {
                 Err(code) => return code,
             };
             let started = std::time::Instant::now();
-            match rt.block_on(airgap::import::import(&config, &bundle, app.as_deref())) {
+            let result = rt.block_on(airgap::import::import(&config, &bundle, app.as_deref()));
+            // An interrupted import leaves its bundle reader blocked in a read: do not wait.
+            rt.shutdown_background();
+            match result {
                 Ok(r) => {
                     println!(
                         "{}: imported {} images, {} blobs ({}) into {}, pinned, {:.1}s",
@@ -568,8 +573,8 @@ fn main() -> ExitCode {
                             println!("{}", serde_json::to_string(&r).unwrap_or_default());
                         } else {
                             println!(
-                                "{}  {:<24} {:<20} {}:{}  {}",
-                                r.time, r.customer, r.license, r.image, r.reference, r.digest
+                                "{}  {:<24} {:<32} {}:{}  {}",
+                                r.time, r.customer, r.fingerprint, r.image, r.reference, r.digest
                             );
                         }
                     }

@@ -587,6 +587,54 @@ fn damaged_and_hostile_bundles_are_refused_and_nothing_is_served() {
         |_, d| Some(d),
         &[("blobs/sha256/link", tar::EntryType::Symlink, b"")],
     );
+    // A second index.json after the first: whoever extracts the tar sees the last one.
+    let dup_index = dir.path().join("dup-index.tar");
+    let mut index_copy = Vec::new();
+    rewrite_bundle(
+        &bundle,
+        &dup_index,
+        |n, d| {
+            if n == "index.json" {
+                index_copy = d.clone();
+            }
+            Some(d)
+        },
+        &[],
+    );
+    let with_dup = dir.path().join("dup-index2.tar");
+    rewrite_bundle(
+        &dup_index,
+        &with_dup,
+        |_, d| Some(d),
+        &[("./index.json", tar::EntryType::Regular, &index_copy)],
+    );
+    // index.json naming the api's reference twice: once for the api, once for the worker.
+    let dup_ref = dir.path().join("dup-ref.tar");
+    rewrite_bundle(
+        &bundle,
+        &dup_ref,
+        |n, d| {
+            if n != "index.json" {
+                return Some(d);
+            }
+            let mut v: serde_json::Value = serde_json::from_slice(&d).unwrap();
+            let m = v["manifests"].as_array_mut().unwrap();
+            let api = m
+                .iter()
+                .find(|e| e["annotations"]["io.berth.upstream.ref"] == api_ref().as_str())
+                .unwrap()
+                .clone();
+            let mut worker = m
+                .iter()
+                .find(|e| e["annotations"]["io.berth.upstream.ref"] == worker_ref().as_str())
+                .unwrap()
+                .clone();
+            worker["annotations"] = api["annotations"].clone();
+            m.push(worker);
+            Some(serde_json::to_vec(&v).unwrap())
+        },
+        &[],
+    );
     // Cut in the middle of the 9 MiB layer's data.
     let truncated = dir.path().join("truncated.tar");
     let full = std::fs::read(&bundle).unwrap();
@@ -610,6 +658,8 @@ fn damaged_and_hostile_bundles_are_refused_and_nothing_is_served() {
         (&absolute, "/tmp/evil"),
         (&symlink, "blobs/sha256/link"),
         (&truncated, layer_entry.as_str()),
+        (&with_dup, "\"./index.json\": appears twice"),
+        (&dup_ref, &format!("{} appears twice", api_ref())),
     ] {
         let (served, stderr) = import_and_serve(&url, path, false);
         assert!(
@@ -637,4 +687,233 @@ fn damaged_and_hostile_bundles_are_refused_and_nothing_is_served() {
         assert!(!out.status.success(), "{}: served", path.display());
         eprintln!("refused {}: {}", path.display(), stderr.trim());
     }
+}
+
+/// A config with two apps, each with its own upstream on the same host: `acme` (LICENSE)
+/// and `other` (OTHER_LICENSE).
+fn two_app_yaml(port: u16, cache: &Path, upstream_url: &str) -> String {
+    format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: \"127.0.0.1:{port}\" }}\n\
+         cache: {{ dir: \"{}\" }}\n\
+         upstreams:\n  - {{ name: up, url: \"{upstream_url}\", host: {HOST}, username: {VENDOR}, password: \"${{UPSTREAM_PASSWORD}}\" }}\n\
+         \x20 - {{ name: up2, url: \"{upstream_url}\", host: {HOST}, username: {VENDOR}, password: \"${{UPSTREAM_PASSWORD}}\" }}\n\
+         apps:\n  - {{ slug: acme, upstreams: [up] }}\n  - {{ slug: other, upstreams: [up2] }}\n\
+         licenses:\n  - {{ id: {LICENSE}, app: acme, customer: Big Bank }}\n\
+         \x20 - {{ id: {OTHER_LICENSE}, app: other, customer: Other Corp }}\n",
+        cache.display()
+    )
+}
+
+const OTHER_LICENSE: &str = "LICENSE-other-0001";
+
+/// Files under `dir` (recursively), for "nothing was written" checks.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The bundle does not choose the app it is imported into: one whose index names another
+/// app is refused (without `--app` when the config has several apps, and with an `--app`
+/// it does not match), and nothing of it reaches the cache, so the other app's tags are
+/// not seeded with these manifests.
+#[test]
+fn import_refuses_a_bundle_that_names_another_app() {
+    let mut up = upstream();
+    let (bundle, _) = up.export_all();
+    let url = up.reg.url();
+    up.reg.stop();
+    let dir = support::tempdir();
+    let retargeted = dir.path().join("other-app.tar");
+    rewrite_bundle(
+        &bundle,
+        &retargeted,
+        |n, d| {
+            if n != "index.json" {
+                return Some(d);
+            }
+            let mut v: serde_json::Value = serde_json::from_slice(&d).unwrap();
+            for m in v["manifests"].as_array_mut().unwrap() {
+                m["annotations"]["io.berth.app"] = "other".into();
+            }
+            Some(serde_json::to_vec(&v).unwrap())
+        },
+        &[],
+    );
+    let cache = support::tempdir();
+    let port = support::free_port();
+    let cfg = cache.path().join("berth.yaml");
+    std::fs::write(&cfg, two_app_yaml(port, &cache.path().join("c"), &url)).unwrap();
+    let tags = cache.path().join("c").join("tags");
+
+    let (ok, _, stderr) = import(&cfg, &retargeted);
+    assert!(!ok, "imported into the app the bundle named: {stderr}");
+    assert!(stderr.contains("--app"), "{stderr}");
+    assert!(files_under(&tags).is_empty(), "{:?}", files_under(&tags));
+
+    let with_app = |app: &str, b: &Path| {
+        berth(
+            &[
+                "airgap",
+                "import",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--app",
+                app,
+                b.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    let (ok, _, stderr) = with_app("acme", &retargeted);
+    assert!(!ok, "--app acme took a bundle for other: {stderr}");
+    assert!(
+        stderr.contains("exported for app other, not acme"),
+        "{stderr}"
+    );
+    assert!(files_under(&tags).is_empty());
+    assert!(files_under(&cache.path().join("c").join("sha256")).is_empty());
+
+    // The genuine bundle, named app and --app agreeing, is imported into acme's upstream.
+    let (ok, _, stderr) = with_app("acme", &bundle);
+    assert!(ok, "{stderr}");
+    let seeded = files_under(&tags);
+    assert!(!seeded.is_empty());
+    assert!(
+        seeded
+            .iter()
+            .all(|p| p.strip_prefix(&tags).unwrap().starts_with("up")
+                && !p.strip_prefix(&tags).unwrap().starts_with("up2")),
+        "{seeded:?}"
+    );
+}
+
+/// Staging directories of imports under `tmp`: (path, number of files in it).
+fn stages(tmp: &Path) -> Vec<(PathBuf, usize)> {
+    std::fs::read_dir(tmp)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("airgap-"))
+                .map(|e| (e.path(), files_under(&e.path()).len()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `berth airgap import` reading the bundle through a FIFO that the test feeds with
+/// the first half of `bundle` and then holds open, so the import is caught mid-verify with
+/// blobs staged. Returns the child and the FIFO's writing end.
+fn import_stuck_mid_bundle(
+    cfg: &Path,
+    bundle: &Path,
+    dir: &Path,
+    tmp: &Path,
+) -> (std::process::Child, std::fs::File) {
+    let fifo = dir.join("bundle.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["airgap", "import", "--config", cfg.to_str().unwrap()])
+        .arg(&fifo)
+        .env("UPSTREAM_PASSWORD", PASSWORD)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    let data = std::fs::read(bundle).unwrap();
+    // Blocks until berth opens the FIFO, then until it has read all but a pipe's worth.
+    let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    w.write_all(&data[..data.len() / 2]).unwrap();
+    assert!(
+        support::wait_until(std::time::Duration::from_secs(10), || stages(tmp)
+            .iter()
+            .any(|(_, n)| *n > 0)),
+        "no staged blobs: {:?}",
+        stages(tmp)
+    );
+    (child, w)
+}
+
+fn wait_child(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("berth airgap import did not exit within 10s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// An import stopped with ctrl-c (SIGINT) removes its staging directory; one killed outright
+/// (SIGKILL) leaves it, and the next `berth serve` removes it, but not the staging directory
+/// of an import that is still running (it holds a lock on it).
+#[test]
+fn interrupted_imports_leave_no_staging_behind() {
+    let mut up = upstream();
+    let (bundle, _) = up.export_all();
+    let url = up.reg.url();
+    up.reg.stop();
+    let cache = support::tempdir();
+    let port = support::free_port();
+    let yaml = config_yaml(port, &cache.path().join("c"), &url);
+    let cfg = cache.path().join("berth.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let tmp = cache.path().join("c").join("tmp");
+
+    let work = support::tempdir();
+    let (mut child, w) = import_stuck_mid_bundle(&cfg, &bundle, work.path(), &tmp);
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_child(&mut child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    drop(w);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+    assert!(stages(&tmp).is_empty(), "left behind: {:?}", stages(&tmp));
+
+    // SIGKILL: nothing runs in berth, the staging stays for the server to clean.
+    let work = support::tempdir();
+    let (mut child, w) = import_stuck_mid_bundle(&cfg, &bundle, work.path(), &tmp);
+    child.kill().unwrap();
+    wait_child(&mut child);
+    drop(w);
+    let abandoned = stages(&tmp);
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    // And one that a running import holds (here: this test holds its lock).
+    let live = tmp.join("airgap-live-0-0.part");
+    std::fs::create_dir(&live).unwrap();
+    std::fs::write(live.join("blob"), b"x").unwrap();
+    let lock = std::fs::File::open(&live).unwrap();
+    lock.lock().unwrap();
+    let b = Berth::start_on(port, &yaml, &[("UPSTREAM_PASSWORD", PASSWORD)]);
+    let left: Vec<PathBuf> = stages(&tmp).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(left, vec![live.clone()], "{}", b.logs());
+    assert!(live.join("blob").exists());
+    assert!(
+        b.logs().contains("removed unfinished cache files"),
+        "{}",
+        b.logs()
+    );
 }

@@ -409,7 +409,7 @@ fn skopeo_login_then_copy_over_tls_uses_berth_tokens() {
     assert!(
         logs.lines().any(|l| l.contains("/manifests/v1")
             && l.contains("status=200")
-            && l.contains(&format!("license=\"{GOOD}\""))),
+            && l.contains(&format!("license=\"{}\"", fingerprint(GOOD)))),
         "no authenticated manifest GET in:\n{logs}"
     );
 }
@@ -1041,7 +1041,8 @@ fn audit_log_records_manifest_pulls_and_cli_reads_them() {
         .collect();
     assert_eq!(lines.len(), 3, "{text}");
     let l = &lines[0];
-    assert_eq!(l["license"], GOOD);
+    assert_eq!(l["fingerprint"], fingerprint(GOOD));
+    assert!(l.get("license").is_none(), "{l}");
     assert_eq!(l["customer"], "Big Bank");
     assert_eq!(l["app"], "acme");
     assert_eq!(l["image"], format!("{HOST}/acme/api"));
@@ -1057,7 +1058,7 @@ fn audit_log_records_manifest_pulls_and_cli_reads_them() {
         "{l}"
     );
     assert_eq!(lines[1]["reference"], json!(digest));
-    assert_eq!(lines[2]["license"], OTHER);
+    assert_eq!(lines[2]["fingerprint"], fingerprint(OTHER));
     assert_eq!(lines[2]["app"], "other");
 
     let cfg = f.berth.config_path.to_str().unwrap();
@@ -1072,12 +1073,16 @@ fn audit_log_records_manifest_pulls_and_cli_reads_them() {
     };
     let mine = json_lines(&["--license", GOOD]);
     assert_eq!(mine.len(), 2);
-    assert!(mine.iter().all(|r| r["license"] == GOOD));
+    assert!(mine.iter().all(|r| r["fingerprint"] == fingerprint(GOOD)));
+    // The fingerprint selects the same records as the id.
+    assert_eq!(json_lines(&["--license", &fingerprint(GOOD)]), mine);
     assert_eq!(mine[0], lines[0], "the CLI changed the record");
     let v1 = json_lines(&["--image", &format!("{HOST}/acme/api:v1")]);
     assert_eq!(
-        v1.iter().map(|r| r["license"].clone()).collect::<Vec<_>>(),
-        vec![json!(GOOD), json!(OTHER)]
+        v1.iter()
+            .map(|r| r["fingerprint"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(fingerprint(GOOD)), json!(fingerprint(OTHER))]
     );
     assert_eq!(
         json_lines(&["--image", &format!("{HOST}/acme/api")]).len(),
@@ -1102,6 +1107,119 @@ fn audit_log_records_manifest_pulls_and_cli_reads_them() {
         out.contains("Other Corp") && out.contains(&format!("{HOST}/acme/api:v1")),
         "{out}"
     );
+}
+
+/// License ids are customers' passwords: no access-log line, audit record or `berth audit`
+/// output may carry one, whether the pull came with Basic or a token, succeeded or failed.
+/// Lines name the license's fingerprint and customer instead, and the audit file is 0600
+/// (also when an older berth had left it 0644).
+#[test]
+fn license_ids_never_reach_logs_audit_or_cli() {
+    use std::os::unix::fs::PermissionsExt;
+    let audit = support::tempdir();
+    let log = audit.path().join("audit.log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let f = Fixture::start(Cfg {
+        auth: format!("audit_log: \"{}\"", log.display()),
+        ..Cfg::default()
+    });
+    let manifest = manifest_path("acme", "acme/api", "v1");
+    let g = basic(GOOD);
+    // Basic: a pull, a pull of another app (denied), a wrong password.
+    assert_status(&f.get(&manifest, Some(&g)), 200, None, "Basic pull");
+    assert_status(
+        &f.get(&manifest_path("other", "acme/api", "v1"), Some(&g)),
+        403,
+        Some("DENIED"),
+        "Basic, other app",
+    );
+    let wrong = format!("Basic {}", STANDARD.encode(format!("{GOOD}:nope")));
+    assert_status(&f.get(&manifest, Some(&wrong)), 401, None, "wrong password");
+    // Tokens: GET with Basic, POST password grant, then pulls with both.
+    let (t, _) = f.token(GOOD, &[&pull_scope("acme", "acme/api")]);
+    assert_status(
+        &f.get(&manifest, Some(&bearer(&t))),
+        200,
+        None,
+        "token pull",
+    );
+    let form = format!(
+        "grant_type=password&service=127.0.0.1:{}&client_id=test&username={GOOD}&password={GOOD}&scope={}",
+        f.port,
+        pull_scope("acme", "acme/api")
+    );
+    let r = http::request(
+        f.port,
+        "POST",
+        "/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    );
+    assert_status(&r, 200, None, "password grant");
+    let t2 = r.json()["access_token"].as_str().unwrap().to_string();
+    assert_status(
+        &f.get(&manifest, Some(&bearer(&t2))),
+        200,
+        None,
+        "token 2 pull",
+    );
+    assert_status(
+        &f.get(&manifest_path("acme", "acme/web", "v1"), Some(&bearer(&t2))),
+        401,
+        None,
+        "token for another repository",
+    );
+    assert_status(
+        &f.token_request(OTHER, &["repository:proxy/acme/x/y:pull"]),
+        200,
+        None,
+        "OTHER token",
+    );
+    let cfg = f.berth.config_path.to_str().unwrap();
+    let mut cli = String::new();
+    for args in [
+        vec!["audit", "--config", cfg],
+        vec!["audit", "--config", cfg, "--json"],
+        vec!["audit", "--config", cfg, "--license", GOOD],
+        vec!["audit", "--config", cfg, "--license", GOOD, "--json"],
+    ] {
+        let (code, out, err) = run_berth(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        cli.push_str(&out);
+        cli.push_str(&err);
+    }
+    // Access-log lines are written when a body ends; give the last ones a moment.
+    assert!(
+        support::wait_until(Duration::from_secs(5), || {
+            f.berth.logs().matches("status=").count() >= 9
+        }),
+        "{}",
+        f.berth.logs()
+    );
+    let logs = f.berth.logs();
+    let audit_text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(audit_text.lines().count(), 3, "{audit_text}");
+    for (what, text) in [("log", &logs), ("audit file", &audit_text), ("CLI", &cli)] {
+        for id in [GOOD, OTHER] {
+            assert!(!text.contains(id), "{what} names license id {id}:\n{text}");
+        }
+    }
+    // What they name instead.
+    let fp = fingerprint(GOOD);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("status=200") && l.contains(&fp) && l.contains("Big Bank")),
+        "{logs}"
+    );
+    assert!(cli.contains(&fp) && cli.contains("Big Bank"), "{cli}");
+    assert_eq!(
+        cli.lines().filter(|l| l.contains(&fp)).count(),
+        3 * 4,
+        "{cli}"
+    );
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "audit log mode {mode:o}");
 }
 
 // ---- 7. rate limits -------------------------------------------------------------------
@@ -1141,6 +1259,83 @@ fn rate_limit_answers_429_with_retry_after() {
     // After waiting as told, GOOD is served again.
     std::thread::sleep(Duration::from_secs(retry));
     assert_status(&f.get("/v2/", Some(&g)), 200, None, "after Retry-After");
+}
+
+/// Guessing license ids is throttled per source: after 10 failures, /v2/ Basic, GET /token
+/// and the password grant answer 429 with Retry-After without looking at the credentials,
+/// with one log line for the source however many attempts follow. A license that logged in
+/// from the same address before keeps working; a new one waits at most Retry-After.
+#[test]
+fn failed_logins_are_throttled_per_source_with_retry_after() {
+    let f = Fixture::start(Cfg::default());
+    // GOOD logs in once before anyone guesses.
+    f.token(GOOD, &[]);
+    let started = Instant::now();
+    let guesses = 300;
+    let mut statuses = Vec::new();
+    for n in 0..guesses {
+        let id = format!("GUESS-{n:06}");
+        statuses.push(f.get("/v2/", Some(&basic(&id))).status);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let checked = statuses.iter().filter(|&&s| s == 401).count();
+    let throttled = statuses.iter().filter(|&&s| s == 429).count();
+    eprintln!("MEASURE {guesses} guesses in {secs:.2}s: {checked} checked, {throttled} throttled");
+    assert_eq!(checked + throttled, guesses, "{statuses:?}");
+    assert_eq!(
+        &statuses[..10],
+        &[401; 10],
+        "the first 10 failures are plain 401s"
+    );
+    // One more guess per second after the burst, whatever the machine's speed.
+    assert!(
+        checked <= 10 + secs.ceil() as usize + 1,
+        "{checked} guesses checked in {secs:.2}s"
+    );
+    let r = f.get("/v2/", Some(&basic("GUESS-last-1")));
+    assert_status(&r, 429, Some("TOOMANYREQUESTS"), "throttled /v2/");
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert_eq!(retry, 1, "one failure's worth of wait");
+    // The token endpoint, both ways, is the same door.
+    assert_status(
+        &f.token_request("GUESS-token-1", &[]),
+        429,
+        None,
+        "GET /token",
+    );
+    let r = http::request(
+        f.port,
+        "POST",
+        "/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"grant_type=password&username=GUESS-form-1&password=GUESS-form-1&service=x",
+    );
+    assert_status(&r, 429, None, "password grant");
+    assert!(r.header("retry-after").is_some());
+    // GOOD logged in from here before: it passes, by Basic and at /token.
+    assert_status(&f.get("/v2/", Some(&basic(GOOD))), 200, None, "known good");
+    f.token(GOOD, &[]);
+    // OTHER never did: it waits for Retry-After, then is served.
+    assert_status(
+        &f.get("/v2/", Some(&basic(OTHER))),
+        429,
+        None,
+        "OTHER throttled",
+    );
+    std::thread::sleep(Duration::from_secs(retry));
+    assert_status(
+        &f.get("/v2/", Some(&basic(OTHER))),
+        200,
+        None,
+        "OTHER after wait",
+    );
+    let logs = f.berth.logs();
+    let lines = logs.matches("too many failed logins").count();
+    assert_eq!(lines, 1, "one line per throttled source:\n{logs}");
 }
 
 // ---- 8. pull-secret -------------------------------------------------------------------

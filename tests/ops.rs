@@ -1562,3 +1562,107 @@ fn compose_file_runs_the_image_as_documented() {
     assert!(dockerfile.contains("FROM scratch"));
     assert!(dockerfile.contains("\"/etc/berth/berth.yaml\""));
 }
+
+// ---- readiness: the upstream check's listener, a full cache disk ----------------------
+
+/// `?upstreams=1` makes berth send requests, with its stored credentials, to every
+/// upstream. Without an admin listener `/readyz` answers on the customer port, for anyone:
+/// there the query is ignored and no upstream is contacted; the admin listener still runs
+/// the check.
+#[test]
+fn readyz_upstream_check_runs_only_on_the_admin_listener() {
+    let up = support::fake::FakeServer::start(|_| support::fake::FakeResponse::new(200));
+    let cache = support::tempdir();
+    let port = support::free_port();
+    let yaml = |admin: Option<u16>| {
+        let admin = admin
+            .map(|a| format!(", admin_listen: \"127.0.0.1:{a}\""))
+            .unwrap_or_default();
+        // Offline: no warm-up requests at start, so every upstream request is a probe's.
+        format!(
+            "server: {{ listen: \"127.0.0.1:{port}\", hostname: \"127.0.0.1:{port}\"{admin} }}\n\
+             cache: {{ dir: \"{}\", offline: true }}\n\
+             upstreams:\n  - {{ name: vendor-registry, url: \"{}\", host: {HOST}, username: {VENDOR}, password: readyz-secret-1 }}\n\
+             apps:\n  - {{ slug: acme, upstreams: [vendor-registry] }}\n\
+             licenses:\n  - {{ id: {GOOD}, app: acme, customer: Good }}\n",
+            cache.path().display(),
+            up.url()
+        )
+    };
+    let b = Berth::start_on(port, &yaml(None), &[]);
+    for query in ["?upstreams=1", "?upstreams=1&upstreams=1", ""] {
+        let r = http(port, "GET", &format!("/readyz{query}"), &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v["checks"].get("upstreams").is_none(), "{v}");
+    }
+    assert_eq!(up.request_count(), 0, "{:?}", up.requests());
+    drop(b);
+
+    let admin = support::free_port();
+    let _b = Berth::start_on(port, &yaml(Some(admin)), &[]);
+    let (s, v) = readyz(admin, "?upstreams=1");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["checks"]["upstreams"]["vendor-registry"], "ok", "{v}");
+    assert!(up.request_count() > 0);
+}
+
+/// A full cache disk makes berth not ready, naming the cause, even while a tiny probe
+/// write still succeeds; freeing space makes it ready again. Needs a small filesystem of
+/// its own: a 16 MiB tmpfs (root; skipped where mounting is not allowed).
+#[test]
+fn readyz_fails_while_the_cache_disk_is_full() {
+    struct Mounted(PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let mnt = support::tempdir();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(mnt.path())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mounted(mnt.path().to_path_buf());
+    let cache = mnt.path().join("cache");
+    let cfg = Cfg::new(&cache, "http://127.0.0.1:1".into());
+    let b = cfg.start();
+    let admin = cfg.admin.unwrap();
+    let (s, v) = readyz(admin, "");
+    assert_eq!(s, 200, "{v}");
+
+    // Fill the filesystem, then give back 64 KiB: room for a probe, not for a layer.
+    let filler_path = mnt.path().join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while filler.write_all(&chunk).is_ok() {}
+    let full = filler.metadata().unwrap().len();
+    filler.set_len(full - 64 * 1024).unwrap();
+    let (s, v) = readyz(admin, "");
+    assert_eq!(s, 503, "64 KiB free: {v}");
+    let why = v["checks"]["cache"].as_str().unwrap_or("").to_string();
+    assert!(why.contains("cache disk full"), "{v}");
+    // Entirely full: the probe write itself fails (ENOSPC), same verdict.
+    filler.set_len(full).unwrap();
+    let _ = filler.write_all(&chunk);
+    let (s, v) = readyz(admin, "");
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["checks"]["cache"]
+            .as_str()
+            .is_some_and(|c| c.contains("cache disk full")),
+        "{v}"
+    );
+    assert_eq!(http(admin, "GET", "/healthz", &[]).status, 200);
+    drop(filler);
+    std::fs::remove_file(&filler_path).unwrap();
+    let (s, v) = readyz(admin, "");
+    assert_eq!(s, 200, "ready again with space: {v}");
+    drop(b);
+}

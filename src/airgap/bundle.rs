@@ -3,7 +3,7 @@
 //! a staging directory), and then checks that everything `index.json` reaches is there with
 //! the size its descriptor claims. Nothing is trusted before that pass has finished.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -108,6 +108,9 @@ impl Bundle {
         let mut layout_seen = false;
         let mut index_bytes: Option<Vec<u8>> = None;
         let mut blobs: HashMap<String, BlobEntry> = HashMap::new();
+        // Every regular entry by its normalized name: a tar may repeat a name, and whoever
+        // extracts it gets the last copy while a reader may take the first.
+        let mut names: HashSet<String> = HashSet::new();
         let mut progress = super::progress::Progress::new();
         let mut verified = 0u64;
         let entries = archive
@@ -135,6 +138,11 @@ impl Bundle {
                 .size()
                 .map_err(|e| invalid(format!("entry {raw:?}: bad size in the tar header: {e}")))?;
             let offset = entry.raw_file_position();
+            if !names.insert(name.clone()) {
+                return Err(invalid(format!(
+                    "entry {raw:?}: appears twice in the bundle ({name:?})"
+                )));
+            }
             match name.as_str() {
                 "oci-layout" => {
                     let bytes = read_small(&mut entry, size, &raw)?;
@@ -158,10 +166,6 @@ impl Bundle {
                         )));
                     }
                     let digest = format!("sha256:{hex}");
-                    if blobs.contains_key(&digest) {
-                        // A repeated entry replaces the first when extracted: refuse the ambiguity.
-                        return Err(invalid(format!("entry {raw:?}: appears twice")));
-                    }
                     let staged = stage.map(|d| d.join(hex));
                     let mut sink: Box<dyn Write> = match &staged {
                         Some(p) => Box::new(std::io::BufWriter::with_capacity(
@@ -310,6 +314,18 @@ impl Bundle {
                 .or(ref_name)
                 .unwrap_or_else(|| top.digest.clone());
             self.walk(top, &of, &mut img, 0)?;
+            // Two entries for one reference with different content: which one a tag gets
+            // would depend on the reader (an import seeds the last). Refuse, naming both.
+            if let Some(first) = out.iter().find(|i: &&Image| {
+                i.display_ref() == img.display_ref() && i.top.digest != img.top.digest
+            }) {
+                return Err(invalid(format!(
+                    "index.json: {} appears twice, as {} and as {}",
+                    img.display_ref(),
+                    first.top.digest,
+                    img.top.digest
+                )));
+            }
             out.push(img);
         }
         Ok(out)

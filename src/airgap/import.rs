@@ -36,6 +36,9 @@ pub async fn import(
     bundle_path: &Path,
     app: Option<&str>,
 ) -> anyhow::Result<ImportReport> {
+    // Before reading a byte of the bundle: which app the images go to is the operator's
+    // choice (or the configuration's only app), never the bundle's.
+    let app = target_app(config, app)?;
     let dir = config.cache.dir.clone();
     let tmp = dir.join("tmp");
     for d in [
@@ -46,25 +49,98 @@ pub async fn import(
     ] {
         std::fs::create_dir_all(&d).map_err(|e| anyhow::anyhow!("{}: {e}", d.display()))?;
     }
-    // A directory, not a file: `Cache::open` clears loose temp files only, so a server
-    // starting meanwhile does not pull the staged blobs from under the import.
-    let stage = tmp.join(format!("airgap-{}", cache::temp_name()));
-    std::fs::create_dir_all(&stage)?;
-    let result = import_staged(config, bundle_path, app, &stage).await;
-    let _ = std::fs::remove_dir_all(&stage);
-    result
+    // Removed when the import ends, whatever the outcome; `Cache::open` removes one that a
+    // killed import left, but never one an import still holds.
+    let stage = Stage::create(&tmp)?;
+    let path = bundle_path.to_path_buf();
+    let stage_dir = stage.path.clone();
+    let scan = tokio::task::spawn_blocking(move || Bundle::scan(&path, Some(&stage_dir)));
+    // Verifying a big bundle takes a while: ctrl-c or SIGTERM then stops the import and
+    // removes what was staged. Seeding (renames, small writes) is short and not cut.
+    let bundle = tokio::select! {
+        r = scan => r??,
+        s = interrupted() => anyhow::bail!("interrupted by {s} while verifying the bundle"),
+    };
+    let report = seed(config, bundle_path, &app, bundle).await;
+    drop(stage);
+    report
 }
 
-async fn import_staged(
+/// The app an import seeds: `--app`, else the configuration's only app.
+fn target_app(config: &Config, app: Option<&str>) -> anyhow::Result<String> {
+    match app {
+        Some(a) if config.app(a).is_some() => Ok(a.to_string()),
+        Some(a) => anyhow::bail!("--app: app {a} is not in the configuration"),
+        None => {
+            let mut slugs: Vec<&str> = config.apps.keys().map(String::as_str).collect();
+            slugs.sort_unstable();
+            match slugs.as_slice() {
+                [one] => Ok(one.to_string()),
+                _ => anyhow::bail!(
+                    "the configuration has {} apps ({}): pass --app to say which one the bundle is for",
+                    slugs.len(),
+                    slugs.join(", ")
+                ),
+            }
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default action (exit) stays; `Cache::open` cleans up then.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// An import's staging directory, `tmp/airgap-<unique>.part`, locked (flock) while the
+/// import lives so a server starting meanwhile leaves it alone
+/// ([`cache::remove_abandoned_stages`]), and removed on drop.
+struct Stage {
+    path: std::path::PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Stage {
+    fn create(tmp: &Path) -> anyhow::Result<Stage> {
+        let name = cache::temp_name();
+        // Created and locked under a name the server's cleanup does not look at, then
+        // renamed: there is no moment at which the directory is visible and unlocked.
+        let hidden = tmp.join(format!(".{}{name}", cache::STAGE_PREFIX));
+        let path = tmp.join(format!("{}{name}", cache::STAGE_PREFIX));
+        let fail = |e: std::io::Error| anyhow::anyhow!("{}: {e}", hidden.display());
+        std::fs::create_dir(&hidden).map_err(fail)?;
+        let lock = std::fs::File::open(&hidden).map_err(fail)?;
+        if let Err(e) = lock.lock().and_then(|_| std::fs::rename(&hidden, &path)) {
+            let _ = std::fs::remove_dir_all(&hidden);
+            return Err(fail(e));
+        }
+        Ok(Stage { path, _lock: lock })
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Seeds the cache from a verified bundle whose blobs are staged.
+async fn seed(
     config: &Config,
     bundle_path: &Path,
-    app: Option<&str>,
-    stage: &Path,
+    app: &str,
+    bundle: Bundle,
 ) -> anyhow::Result<ImportReport> {
-    let path = bundle_path.to_path_buf();
-    let stage_owned = stage.to_path_buf();
-    let bundle =
-        tokio::task::spawn_blocking(move || Bundle::scan(&path, Some(&stage_owned))).await??;
     let images = bundle.images()?;
     if images.is_empty() {
         anyhow::bail!("{}: the bundle holds no images", bundle_path.display());
@@ -156,22 +232,21 @@ async fn import_staged(
     Ok(report)
 }
 
-/// Resolves every image to (app, upstream, repository, tag) before anything is written.
-fn plan(
-    config: &Config,
-    app: Option<&str>,
-    images: Vec<super::Image>,
-) -> anyhow::Result<Vec<Planned>> {
+/// Resolves every image to (upstream, repository, tag) of `slug` before anything is
+/// written. An image the bundle records for another app is refused: importing it would
+/// seed this app's tags with whatever the bundle says.
+fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Result<Vec<Planned>> {
+    let a = config
+        .app(slug)
+        .ok_or_else(|| anyhow::anyhow!("app {slug} is not in the configuration"))?;
     let mut out = Vec::new();
     for image in images {
         let what = image.display_ref();
-        let slug = app
-            .map(str::to_string)
-            .or_else(|| image.app.clone())
-            .ok_or_else(|| anyhow::anyhow!("{what}: the bundle names no app; pass --app"))?;
-        let a = config
-            .app(&slug)
-            .ok_or_else(|| anyhow::anyhow!("{what}: app {slug} is not in the configuration"))?;
+        if let Some(other) = image.app.as_deref().filter(|o| *o != slug) {
+            anyhow::bail!(
+                "{what}: the bundle was exported for app {other}, not {slug}; refusing to import it into {slug}"
+            );
+        }
         let text = image
             .upstream_ref
             .clone()

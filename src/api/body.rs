@@ -159,9 +159,27 @@ pub struct LogLine {
     pub method: String,
     pub path: String,
     pub status: u16,
-    pub license: Option<String>,
+    /// The authenticated caller, if any.
+    pub who: Option<Who>,
     pub remote: String,
     pub start: Instant,
+}
+
+/// How log lines name a license: its fingerprint and customer, never its id (the id is the
+/// customer's password).
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub fingerprint: String,
+    pub customer: String,
+}
+
+impl Who {
+    pub fn of(license: &crate::config::License) -> Who {
+        Who {
+            fingerprint: license.fingerprint.clone(),
+            customer: license.customer.clone(),
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -194,7 +212,8 @@ pin_project_lite::pin_project! {
                 status = l.status,
                 bytes = *this.bytes,
                 ms = l.start.elapsed().as_millis() as u64,
-                license = l.license.as_deref().unwrap_or("-"),
+                license = l.who.as_ref().map_or("-", |w| w.fingerprint.as_str()),
+                customer = l.who.as_ref().map_or("-", |w| w.customer.as_str()),
                 remote = %l.remote,
                 complete,
                 "request"

@@ -20,12 +20,12 @@ use http_body_util::BodyExt;
 
 use crate::audit::{AuditLog, PullRecord};
 use crate::auth;
-use crate::auth::ratelimit::Limiter;
+use crate::auth::ratelimit::{Limiter, LoginThrottle};
 use crate::auth::token::Issuer;
 use crate::config::{Config, Live};
 use crate::error::Error;
 use crate::registry::{ByteRange, Fetched, Registry, Target};
-use body::{Body, LogLine, Logged};
+use body::{Body, LogLine, Logged, Who};
 use route::{RepoPath, Route};
 
 pub struct Api {
@@ -33,6 +33,7 @@ pub struct Api {
     pub registry: Registry,
     pub tokens: Issuer,
     limiter: Limiter,
+    logins: LoginThrottle,
     audit: Option<AuditLog>,
 }
 
@@ -72,6 +73,7 @@ impl Api {
             registry: Registry::new(cache),
             tokens,
             limiter: Limiter::default(),
+            logins: LoginThrottle::default(),
             audit,
         })
     }
@@ -86,8 +88,8 @@ impl Api {
         let config = self.config.current();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let mut license_id = None;
-        let result = self.dispatch(&config, req, remote, &mut license_id).await;
+        let mut who = None;
+        let result = self.dispatch(&config, req, remote, &mut who).await;
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
@@ -115,7 +117,7 @@ impl Api {
                     method: method.to_string(),
                     path,
                     status,
-                    license: license_id,
+                    who,
                     remote: remote.to_string(),
                     start,
                 },
@@ -128,7 +130,7 @@ impl Api {
         config: &Config,
         req: Request<B>,
         remote: SocketAddr,
-        license_id: &mut Option<String>,
+        who: &mut Option<Who>,
     ) -> Result<Response<Body>, Error>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send,
@@ -136,13 +138,21 @@ impl Api {
     {
         let path = req.uri().path();
         if path == "/token" {
-            return token::handle(self, config, req, license_id).await;
+            return token::handle(self, config, req, remote, who).await;
         }
         if path == "/admission/rewrite" {
             return admission(config, req).await;
         }
         if config.server.admin_listen.is_none() && (path == "/healthz" || path == "/readyz") {
-            // Probes need an answer somewhere; without an admin listener it is here.
+            // Probes need an answer somewhere; without an admin listener it is here. Not
+            // `?upstreams=1`: it sends credentialed requests to every upstream, for anyone.
+            let probe = if path == "/healthz" {
+                "/healthz"
+            } else {
+                "/readyz"
+            };
+            let mut req = req;
+            *req.uri_mut() = http::Uri::from_static(probe);
             return Ok(crate::server::admin::handle(self, req).await);
         }
         if !path.starts_with("/v2") {
@@ -152,18 +162,31 @@ impl Api {
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let principal =
-            match auth::authenticate(config, &self.tokens, authorization, SystemTime::now()) {
-                Ok(p) => p,
-                Err(why) => {
-                    if why != auth::Rejection::Missing {
-                        tracing::info!(path, reason = why.as_str(), "authentication failed");
-                    }
-                    return Err(Error::Unauthorized);
+        let source = auth::Source {
+            throttle: &self.logins,
+            ip: remote.ip(),
+        };
+        let principal = match auth::authenticate(
+            config,
+            &self.tokens,
+            authorization,
+            source,
+            SystemTime::now(),
+        ) {
+            Ok(p) => p,
+            Err(why) => {
+                // Throttled attempts are logged once per source by the throttle.
+                if !matches!(
+                    why,
+                    auth::Rejection::Missing | auth::Rejection::Throttled(_)
+                ) {
+                    tracing::info!(path, reason = why.as_str(), "authentication failed");
                 }
-            };
+                return Err(why.error());
+            }
+        };
         let license = principal.license;
-        *license_id = Some(license.id.expose().to_string());
+        *who = Some(Who::of(license));
         if let Some(limit) = license.rate_limit.or(config.auth.rate_limit) {
             if let Err(wait) = self
                 .limiter
@@ -201,7 +224,8 @@ impl Api {
                     if let Some(log) = &self.audit {
                         log.record(&PullRecord {
                             time: PullRecord::now_rfc3339(),
-                            license: license.id.expose().to_string(),
+                            fingerprint: license.fingerprint.clone(),
+                            legacy_id: None,
                             customer: license.customer.clone(),
                             app: repo.app.clone(),
                             image: format!("{}/{}", repo.host, repo.repository),

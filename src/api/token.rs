@@ -9,7 +9,7 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 
-use super::body::{self, Body, BoxError};
+use super::body::{self, Body, BoxError, Who};
 use super::{Api, MAX_FORM};
 use crate::auth::{self, scope};
 use crate::config::Config;
@@ -19,7 +19,8 @@ pub(super) async fn handle<B>(
     api: &Api,
     config: &Config,
     req: Request<B>,
-    license_id: &mut Option<String>,
+    remote: std::net::SocketAddr,
+    who: &mut Option<Who>,
 ) -> Result<Response<Body>, Error>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send,
@@ -39,7 +40,7 @@ where
             let Some((user, password)) = basic else {
                 return Err(Error::Unauthorized);
             };
-            let license = login(config, &user, &password, now)?;
+            let license = login(api, config, remote, &user, &password, now)?;
             let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
                 .filter(|(k, _)| k == "scope")
                 .map(|(_, v)| v.into_owned())
@@ -72,7 +73,7 @@ where
             let (Some(user), Some(password)) = (get("username"), get("password")) else {
                 return Err(Error::Unauthorized);
             };
-            let license = login(config, user, password, now)?;
+            let license = login(api, config, remote, user, password, now)?;
             let values: Vec<&str> = form
                 .iter()
                 .filter(|(k, _)| k == "scope")
@@ -82,7 +83,7 @@ where
         }
         _ => return Err(Error::Unsupported("use GET or POST".into())),
     };
-    *license_id = Some(license.id.expose().to_string());
+    *who = Some(Who::of(license));
     let granted = auth::grant(license, &scopes);
     let issued = api
         .tokens
@@ -106,13 +107,21 @@ where
 }
 
 fn login<'c>(
+    api: &Api,
     config: &'c Config,
+    remote: std::net::SocketAddr,
     user: &str,
     password: &str,
     now: SystemTime,
 ) -> Result<&'c crate::config::License, Error> {
-    auth::license_login(config, user, password, now).map_err(|why| {
-        tracing::info!(reason = why.as_str(), "token request refused");
-        Error::Unauthorized
+    let source = auth::Source {
+        throttle: &api.logins,
+        ip: remote.ip(),
+    };
+    auth::throttled_login(config, source, user, password, now).map_err(|why| {
+        if !matches!(why, auth::Rejection::Throttled(_)) {
+            tracing::info!(reason = why.as_str(), "token request refused");
+        }
+        why.error()
     })
 }

@@ -5,13 +5,15 @@ pub mod ratelimit;
 pub mod scope;
 pub mod token;
 
-use std::time::SystemTime;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 
 use crate::api::route::RepoPath;
 use crate::config::{Config, License};
 use crate::error::Error;
+use ratelimit::LoginThrottle;
 use scope::Access;
 use token::{Claims, Issuer};
 
@@ -25,6 +27,8 @@ pub enum Rejection {
     Expired,
     Revoked,
     BadToken,
+    /// Too many failed logins from this source; try again after this long.
+    Throttled(Duration),
 }
 
 impl Rejection {
@@ -36,8 +40,26 @@ impl Rejection {
             Rejection::Expired => "license expired",
             Rejection::Revoked => "license revoked",
             Rejection::BadToken => "invalid, expired or foreign token",
+            Rejection::Throttled(_) => "too many failed logins from this source",
         }
     }
+
+    /// What the client is told: 429 with `Retry-After` when throttled, else a plain 401.
+    pub fn error(self) -> Error {
+        match self {
+            Rejection::Throttled(wait) => Error::TooManyRequests {
+                retry_after: Some(wait.as_secs_f64().ceil().max(1.0).to_string()),
+            },
+            _ => Error::Unauthorized,
+        }
+    }
+}
+
+/// Where a login comes from, for the failed-login throttle.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub throttle: &'a LoginThrottle,
+    pub ip: IpAddr,
 }
 
 /// An authenticated caller: the license, and the token it came with (a token narrows
@@ -73,12 +95,13 @@ impl Principal<'_> {
     }
 }
 
-/// Checks an `Authorization` header value: Basic with username = password = license id,
-/// or a bearer token issued by berth for this hostname.
+/// Checks an `Authorization` header value: Basic with username = password = license id
+/// (throttled per source), or a bearer token issued by berth for this hostname.
 pub fn authenticate<'c>(
     config: &'c Config,
     issuer: &Issuer,
     authorization: Option<&str>,
+    source: Source<'_>,
     now: SystemTime,
 ) -> Result<Principal<'c>, Rejection> {
     let value = authorization.ok_or(Rejection::Missing)?;
@@ -101,7 +124,7 @@ pub fn authenticate<'c>(
         return Err(Rejection::Malformed);
     }
     let (user, password) = decode_basic(rest).ok_or(Rejection::Malformed)?;
-    let license = license_login(config, &user, &password, now)?;
+    let license = throttled_login(config, source, &user, &password, now)?;
     Ok(Principal {
         license,
         token: None,
@@ -116,6 +139,34 @@ pub fn decode_basic(encoded: &str) -> Option<(String, String)> {
     let decoded = String::from_utf8(decoded).ok()?;
     let (u, p) = decoded.split_once(':')?;
     Some((u.to_string(), p.to_string()))
+}
+
+/// [`license_login`] behind the failed-login throttle of `source`: a throttled source is
+/// refused before its credentials are looked at; a wrong id counts against it.
+pub fn throttled_login<'c>(
+    config: &'c Config,
+    source: Source<'_>,
+    user: &str,
+    password: &str,
+    now: SystemTime,
+) -> Result<&'c License, Rejection> {
+    let at = Instant::now();
+    source
+        .throttle
+        .admit(source.ip, || crate::config::fingerprint(user), at)
+        .map_err(Rejection::Throttled)?;
+    match license_login(config, user, password, now) {
+        Ok(l) => {
+            source.throttle.succeeded(source.ip, &l.fingerprint, at);
+            Ok(l)
+        }
+        Err(Rejection::Unknown) => {
+            source.throttle.failed(source.ip, at);
+            Err(Rejection::Unknown)
+        }
+        // Expired and revoked licenses are real ids: nothing was guessed.
+        Err(e) => Err(e),
+    }
 }
 
 /// A license login: username and password are both the license id.
@@ -212,6 +263,58 @@ licenses:
 
     fn issuer() -> Issuer {
         Issuer::from_key(&[1u8; 32], std::time::Duration::from_secs(300))
+    }
+
+    fn authenticate<'c>(
+        config: &'c Config,
+        issuer: &Issuer,
+        authorization: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Principal<'c>, Rejection> {
+        let throttle = LoginThrottle::default();
+        let source = Source {
+            throttle: &throttle,
+            ip: [127, 0, 0, 1].into(),
+        };
+        super::authenticate(config, issuer, authorization, source, now)
+    }
+
+    #[test]
+    fn wrong_ids_throttle_the_source_before_credentials_are_checked() {
+        let c = config();
+        let i = issuer();
+        let now = SystemTime::now();
+        let throttle = LoginThrottle::default();
+        let at = |ip: [u8; 4]| Source {
+            throttle: &throttle,
+            ip: ip.into(),
+        };
+        let good = basic("good-license-1", "good-license-1");
+        assert!(super::authenticate(&c, &i, Some(&good), at([10, 0, 0, 1]), now).is_ok());
+        for n in 0..ratelimit::LOGIN_FAILURE_BURST {
+            let h = basic(&format!("guess-{n:04}"), &format!("guess-{n:04}"));
+            assert_eq!(
+                super::authenticate(&c, &i, Some(&h), at([10, 0, 0, 1]), now).err(),
+                Some(Rejection::Unknown)
+            );
+        }
+        // One guess more is throttled.
+        let h = basic("guess-last", "guess-last");
+        let Some(Rejection::Throttled(wait)) =
+            super::authenticate(&c, &i, Some(&h), at([10, 0, 0, 1]), now).err()
+        else {
+            panic!("not throttled");
+        };
+        assert!(matches!(
+            Rejection::Throttled(wait).error(),
+            Error::TooManyRequests { retry_after: Some(ref s) } if s == "1"
+        ));
+        // The license that logged in from there before keeps working; others' sources too.
+        assert!(super::authenticate(&c, &i, Some(&good), at([10, 0, 0, 1]), now).is_ok());
+        assert_eq!(
+            super::authenticate(&c, &i, Some(&h), at([10, 0, 0, 2]), now).err(),
+            Some(Rejection::Unknown)
+        );
     }
 
     #[test]

@@ -40,6 +40,47 @@ pub(crate) fn temp_name() -> String {
     format!("{}-{nanos}-{n}.part", std::process::id())
 }
 
+/// Staging directories of airgap imports are `tmp/<STAGE_PREFIX>…` (created as
+/// `tmp/.<STAGE_PREFIX>…`, locked, then renamed).
+pub const STAGE_PREFIX: &str = "airgap-";
+
+/// Removes staging directories that no import holds any more (one killed with SIGKILL, or
+/// a crash); called when the cache opens. Returns how many went.
+pub(crate) fn remove_abandoned_stages(tmp: &Path) -> usize {
+    let mut removed = 0;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        // The hidden name too: an import that died between creating and renaming it. One
+        // caught before it is locked fails its rename and says so; nothing is lost.
+        if !(name.starts_with(STAGE_PREFIX)
+            || name
+                .strip_prefix('.')
+                .is_some_and(|n| n.starts_with(STAGE_PREFIX)))
+            || !e.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let path = e.path();
+        let Ok(dir) = std::fs::File::open(&path) else {
+            continue;
+        };
+        match dir.try_lock() {
+            Ok(()) => {
+                if std::fs::remove_dir_all(&path).is_ok() {
+                    removed += 1;
+                }
+            }
+            // A running import holds it.
+            Err(_) => continue,
+        }
+    }
+    removed
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cache.dir: {path}: {source}")]
 pub struct OpenError {
@@ -73,6 +114,9 @@ impl Cache {
                 leftovers += 1;
             }
         }
+        // Staging directories of airgap imports that were killed; a running import's is
+        // locked and stays.
+        leftovers += remove_abandoned_stages(&tmp);
         let index = Arc::new(Index::new(cfg.max_size));
         let mut found: Vec<(std::time::SystemTime, String, u64)> = Vec::new();
         for e in std::fs::read_dir(&blobs_dir)
