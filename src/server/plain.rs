@@ -15,16 +15,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body::Frame;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
+use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 use crate::api::body::{FileRange, Logged};
 use crate::api::Api;
@@ -184,7 +184,16 @@ pub async fn serve(
         // next request: rather than read it for nothing, end the connection.
         let in_step = conn.body_left == 0 && !conn.body_failed;
         let keep_alive = head.keep_alive && in_step && !*closing.borrow();
-        match write_response(&mut conn.stream, resp, is_head, http10, keep_alive, timeouts.send).await {
+        match write_response(
+            &mut conn.stream,
+            resp,
+            is_head,
+            http10,
+            keep_alive,
+            timeouts.send,
+        )
+        .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 let _ = conn.stream.shutdown().await;
@@ -198,6 +207,10 @@ pub async fn serve(
     }
 }
 
+/// Waiting for one of the `BODY_READERS` permits.
+type Acquiring =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
+
 /// The request body as the handler reads it: straight from the connection, at most
 /// `BODY_CHUNK` bytes at a time, never past the request's Content-Length. Reading holds one
 /// of the `BODY_READERS` permits. A client that stops sending is cut after
@@ -207,7 +220,7 @@ pub struct RequestBody<'a> {
     timer: Pin<Box<Sleep>>,
     progress: Option<Duration>,
     readers: Arc<Semaphore>,
-    acquiring: Option<Pin<Box<dyn std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>>,
+    acquiring: Option<Acquiring>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -290,9 +303,10 @@ impl http_body::Body for RequestBody<'_> {
         let n = rb.filled().len();
         this.conn.buf.truncate(n);
         match polled {
-            Poll::Ready(Ok(())) if n == 0 => {
-                this.fail(io::Error::new(io::ErrorKind::UnexpectedEof, "request body cut short"))
-            }
+            Poll::Ready(Ok(())) if n == 0 => this.fail(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "request body cut short",
+            )),
             Poll::Ready(Ok(())) => this.data(n),
             Poll::Ready(Err(e)) => this.fail(e),
             Poll::Pending => {
@@ -525,7 +539,10 @@ async fn write_all(stream: &mut TcpStream, mut data: &[u8], send: Duration) -> i
 }
 
 fn stalled() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "client stopped reading the response")
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "client stopped reading the response",
+    )
 }
 
 fn status_line(out: &mut BytesMut, status: StatusCode) {

@@ -1,8 +1,10 @@
 //! The admission webhook listener (`server.webhook_listen`): HTTPS for the Kubernetes API
 //! server, apart from the customer port, serving only `POST /admission/rewrite` (and
 //! `/healthz`). A review is read whole (at most `MAX_REVIEW`), a few at a time, and parsed
-//! on the blocking pool one at a time: parsing a JSON document of megabytes takes a core
-//! and many times its size in memory, which must not stall the workers serving pulls.
+//! on a thread of its own, one at a time: parsing a JSON document of megabytes takes a core
+//! and many times its size in memory, which must not stall the workers serving pulls. One
+//! long-lived thread (not the blocking pool) because the allocator keeps memory per thread:
+//! parses spread over many pool threads would each leave a parse's worth behind.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +36,43 @@ const REVIEW_DEADLINE: Duration = Duration::from_secs(30);
 struct Reviews {
     receiving: Semaphore,
     parsing: Semaphore,
+    parser: std::sync::mpsc::Sender<Job>,
+}
+
+/// A review to parse, with the config it is judged by and where the answer goes.
+struct Job {
+    body: bytes::Bytes,
+    config: Arc<crate::config::Config>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, Error>>,
+}
+
+/// The parser thread: reviews in, response bodies out, until the listener goes.
+fn start_parser() -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let spawned = std::thread::Builder::new()
+        .name("berth-webhook".into())
+        .spawn(move || {
+            for job in rx {
+                let config = job.config;
+                let body = job.body;
+                let out = std::panic::catch_unwind(move || {
+                    let review = crate::rewrite::review(
+                        &|ctx| crate::rewrite::admission_rules(&config, ctx),
+                        &body,
+                    )
+                    .map_err(|e| Error::BadRequest(e.reason))?;
+                    serde_json::to_vec(&review).map_err(|e| Error::Internal(e.to_string()))
+                })
+                .unwrap_or_else(|_| Err(Error::Internal("admission review panicked".into())));
+                let _ = job.reply.send(out);
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread every review is answered with an internal error (and the
+        // API server, with failurePolicy Ignore, admits the object unrewritten).
+        tracing::error!(error = %e, "cannot start the admission review thread");
+    }
+    tx
 }
 
 /// Serves the webhook listener until `stop` turns true; connections in flight are closed
@@ -50,6 +89,7 @@ pub async fn serve(
     let reviews = Arc::new(Reviews {
         receiving: Semaphore::new(RECEIVING),
         parsing: Semaphore::new(PARSING),
+        parser: start_parser(),
     });
     let mut stopping = stop.clone();
     loop {
@@ -66,10 +106,11 @@ pub async fn serve(
         let timeouts = timeouts(&api);
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "webhook TLS handshake failed"),
+                Ok(Err(e)) => {
+                    return tracing::debug!(%remote, error = %e, "webhook TLS handshake failed")
+                }
                 Err(_) => return tracing::debug!(%remote, "webhook TLS handshake timed out"),
             };
             let handler = move |req: Request<Incoming>| {
@@ -119,7 +160,11 @@ async fn handle(
 
 /// The mutating admission webhook: rewrites images of matching workloads to pull through
 /// berth and adds the pull secret, per the config's `rewrite:` rules.
-async fn review(api: &Api, reviews: &Reviews, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn review(
+    api: &Api,
+    reviews: &Reviews,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Error> {
     let too_large = || Error::BadRequest(format!("AdmissionReview larger than {MAX_REVIEW} bytes"));
     let declared = req
         .headers()
@@ -145,15 +190,15 @@ async fn review(api: &Api, reviews: &Reviews, req: Request<Incoming>) -> Result<
         .await
         .map_err(|_| Error::Internal("webhook closed".into()))?;
     drop(receiving);
-    let config = api.config.current();
-    let out = tokio::task::spawn_blocking(move || {
-        let review =
-            crate::rewrite::review(&|ctx| crate::rewrite::admission_rules(&config, ctx), &bytes)
-                .map_err(|e| Error::BadRequest(e.reason))?;
-        serde_json::to_vec(&review).map_err(|e| Error::Internal(e.to_string()))
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("admission review task: {e}")))??;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job = Job {
+        body: bytes,
+        config: api.config.current(),
+        reply,
+    };
+    let gone = || Error::Internal("the admission review thread is gone".into());
+    reviews.parser.send(job).map_err(|_| gone())?;
+    let out = answer.await.map_err(|_| gone())??;
     let len = out.len();
     let mut r = Response::new(full(out));
     r.headers_mut()
