@@ -422,7 +422,11 @@ impl<I: AsyncRead> AsyncRead for Stalled<I> {
 }
 
 impl<I: AsyncWrite> AsyncWrite for Stalled<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.io.poll_write(cx, buf);
         pending_write(this.timer, *this.limit, cx, polled)
