@@ -299,12 +299,6 @@ fn malformed_heads_get_a_4xx_oci_error_and_the_server_carries_on() {
             400,
         ),
         (
-            // Refused from its declared length, without waiting for any of it.
-            "huge token form",
-            b"POST /token HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n".to_vec(),
-            400,
-        ),
-        (
             "signed length",
             b"POST /token HTTP/1.1\r\nContent-Length: +5\r\n\r\nabcde".to_vec(),
             400,
@@ -312,6 +306,12 @@ fn malformed_heads_get_a_4xx_oci_error_and_the_server_carries_on() {
         (
             "length and chunked",
             b"POST /token HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            // Refused from its declared length, without waiting for any of it.
+            "huge token form",
+            b"POST /token HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n".to_vec(),
             400,
         ),
         (
