@@ -714,3 +714,49 @@ fn a_client_that_stops_reading_a_blob_is_cut_after_send_timeout() {
     let r = c.send_and_read(&get(&blob, &[]), false);
     assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), big);
 }
+
+#[test]
+fn an_h2c_client_that_grants_no_window_is_cut_after_send_timeout() {
+    let s = setup_with(", send_timeout: 1s");
+    let port = s.berth.port;
+    let big = s.img.layers[0].0.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake");
+        // The client's connection keeps reading the socket (so TCP never stalls), but the
+        // body is never read, so the stream's flow-control window is never given back.
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://127.0.0.1:{port}{}", blob_path(&big)))
+            .header("authorization", basic())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.expect("h2 request");
+        assert_eq!(resp.status(), 200);
+        let ended = tokio::time::timeout(Duration::from_secs(15), conn)
+            .await
+            .is_ok();
+        drop(resp);
+        ended
+    });
+    assert!(
+        ended,
+        "berth kept an h2 stream the client stopped taking open past send_timeout:\n{}",
+        s.berth.logs()
+    );
+    assert!(s.berth.logs().contains("client stopped taking a response"));
+    // And the blob still goes to a client that reads.
+    let mut c = Conn::open(s.berth.port);
+    let r = c.send_and_read(&get(&blob_path(&s.img.layers[0].0), &[]), false);
+    assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), s.img.layers[0].0);
+}

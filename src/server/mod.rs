@@ -290,6 +290,13 @@ pub(crate) async fn serve_hyper<I, H, F, B>(
                 closing_down = true;
                 conn.as_mut().graceful_shutdown();
             }
+            _ = activity.stalled(timeouts.send) => {
+                // An HTTP/2 client can stop a stream without stalling the socket (it
+                // just grants no flow-control window): the response, and the cached blob
+                // it holds, would wait forever. The connection goes.
+                tracing::info!(%remote, send_timeout = ?timeouts.send, "client stopped taking a response; connection closed");
+                return;
+            }
         }
     }
 }
@@ -300,9 +307,41 @@ pub(crate) async fn serve_hyper<I, H, F, B>(
 struct Activity {
     open: AtomicUsize,
     changed: Notify,
+    /// Responses that handed hyper a frame and have not been asked for the next one yet,
+    /// by request number, since when.
+    waiting: std::sync::Mutex<std::collections::HashMap<u64, Instant>>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl Activity {
+    /// Resolves once some response has waited longer than `limit` for hyper to take its
+    /// next frame: the client is not taking it. Checked every `limit / 2`, so it costs a
+    /// connection a timer tick now and then, not a wake-up per frame.
+    async fn stalled(&self, limit: Duration) {
+        let mut tick = tokio::time::interval((limit / 2).max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if waiting
+                .values()
+                .any(|since| now.duration_since(*since) > limit)
+            {
+                return;
+            }
+        }
+    }
+
+    fn set_waiting(&self, id: u64, waiting: bool) {
+        let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if waiting {
+            w.insert(id, Instant::now());
+        } else {
+            w.remove(&id);
+        }
+    }
+
     /// Resolves once no request has been open for `idle`.
     async fn idle_for(&self, idle: Duration) {
         loop {
@@ -322,18 +361,20 @@ impl Activity {
 }
 
 /// One open request, counted until dropped.
-struct Open(Arc<Activity>);
+struct Open(Arc<Activity>, u64);
 
 impl Open {
     fn new(a: Arc<Activity>) -> Self {
         a.open.fetch_add(1, Ordering::AcqRel);
         a.changed.notify_waiters();
-        Open(a)
+        let id = a.next.fetch_add(1, Ordering::Relaxed);
+        Open(a, id)
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
+        self.0.set_waiting(self.1, false);
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         self.0.changed.notify_waiters();
     }
@@ -356,7 +397,14 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        let (activity, id) = (&this._open.0, this._open.1);
+        activity.set_waiting(id, false);
+        let polled = this.body.poll_frame(cx);
+        if matches!(&polled, Poll::Ready(Some(Ok(_)))) {
+            activity.set_waiting(id, true);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
