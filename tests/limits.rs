@@ -574,3 +574,71 @@ fn a_trickled_token_form_is_cut_at_body_timeout() {
         "the trickled form held the connection for {cut_after:?} (body_timeout 2s)"
     );
 }
+
+#[test]
+fn out_of_descriptors_accept_backs_off_logs_once_and_recovers() {
+    let (reg, _img) = registry();
+    let dir = support::tempdir();
+    let port = support::free_port();
+    let config = dir.path().join("berth.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"server: {{ listen: "127.0.0.1:{port}", hostname: "127.0.0.1:{port}" }}
+cache: {{ dir: "{cache}" }}
+upstreams: [ {{ name: up, url: "{url}", host: upstream.test, repositories: ["acme/*"] }} ]
+apps: [ {{ slug: acme, upstreams: [up] }} ]
+licenses: [ {{ id: {LICENSE}, app: acme, customer: A }} ]
+"#,
+            cache = dir.path().join("cache").display(),
+            url = reg.url(),
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("berth.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // A descriptor limit far below max_connections (4096): accept fails with EMFILE.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 48 && exec \"{}\" serve --config \"{}\"",
+            env!("CARGO_BIN_EXE_berth"),
+            config.display()
+        ))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        support::wait_for_port(port, Duration::from_secs(20)),
+        "{}",
+        logs()
+    );
+    let hogs: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let failures = logs()
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    drop(hogs);
+    let auth = basic();
+    let through = support::wait_until(Duration::from_secs(10), || {
+        std::panic::catch_unwind(|| raw_http::get(port, "/v2/", &[("Authorization", &auth)]))
+            .is_ok_and(|r| r.status == 200)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        (1..=2).contains(&failures),
+        "{failures} 'accept failed' lines in 3 s (want one per 10 s):\n{}",
+        logs()
+    );
+    assert!(
+        through,
+        "no client got through after the descriptors came back:\n{}",
+        logs()
+    );
+}
