@@ -144,7 +144,16 @@ async fn handle(
                 tracing::info!(%remote, error = %e, "admission review refused");
                 crate::api::error::response(&e)
             });
-            tracing::debug!(%remote, status = r.status().as_u16(), elapsed = ?start.elapsed(), "admission review");
+            let status = r.status().as_u16();
+            tracing::debug!(%remote, status, elapsed = ?start.elapsed(), "admission review");
+            // Counted as before, when reviews came through the customer port's access log.
+            crate::metrics::METRICS
+                .requests
+                .get_or_create(&crate::metrics::RouteLabels {
+                    route: "admission",
+                    status,
+                })
+                .inc();
             r
         }
         (_, "/admission/rewrite") => {
