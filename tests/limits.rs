@@ -478,11 +478,32 @@ fn at_max_connections_extras_are_refused_and_a_client_gets_through_after_they_go
     let (reg, _img) = registry();
     let dir = support::tempdir();
     let b = start(&reg.url(), dir.path(), ", max_connections: 10");
+    // Ten keep-alive connections, each answered once, so each surely holds its permit
+    // (the harness's own readiness probes may still have held some a moment ago).
+    let auth = basic();
     let hogs: Vec<TcpStream> = (0..10)
-        .map(|_| TcpStream::connect(("127.0.0.1", b.port)).unwrap())
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(
+                format!("GET /v2/ HTTP/1.1\r\nHost: berth\r\nAuthorization: {auth}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !(got.starts_with(b"HTTP/1.1 200") && got.ends_with(b"{}")) {
+                let n = s.read(&mut buf).expect("a hog's answer");
+                assert!(
+                    n > 0,
+                    "a hog was closed: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+                got.extend_from_slice(&buf[..n]);
+            }
+            s
+        })
         .collect();
-    // Let berth accept all ten before the extras arrive.
-    std::thread::sleep(Duration::from_millis(300));
     for _ in 0..5 {
         let mut extra = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
         extra
@@ -502,11 +523,15 @@ fn at_max_connections_extras_are_refused_and_a_client_gets_through_after_they_go
             ),
         }
     }
-    let refusals = b
-        .logs()
-        .lines()
-        .filter(|l| l.contains("connection limit reached"))
-        .count();
+    let refusals = || {
+        b.logs()
+            .lines()
+            .filter(|l| l.contains("connection limit reached"))
+            .count()
+    };
+    // The line may reach the log file a moment after the refusal reached the client.
+    support::wait_until(Duration::from_secs(5), || refusals() > 0);
+    let refusals = refusals();
     assert_eq!(
         refusals,
         1,
@@ -514,7 +539,6 @@ fn at_max_connections_extras_are_refused_and_a_client_gets_through_after_they_go
         b.logs()
     );
     drop(hogs);
-    let auth = basic();
     let through = support::wait_until(Duration::from_secs(5), || {
         std::panic::catch_unwind(|| raw_http::get(b.port, "/v2/", &[("Authorization", &auth)]))
             .is_ok_and(|r| r.status == 200)
