@@ -232,7 +232,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The bound asserted on berth's peak RSS (VmHWM) under the load below. Measured on a
-/// debug build: 56 MiB with the limits; the same load before them (reviews then on the
+/// debug build: 56-59 MiB with the limits; the same load before them (reviews then on the
 /// customer port) peaked at 840 MiB, the 100 trickled bodies alone at 417 MiB and the h2c
 /// streams alone at 433 MiB.
 const RSS_BOUND: u64 = 128 * MIB as u64;
