@@ -39,6 +39,11 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("server.webhook_listen: cannot listen on {addr}: {source}")]
+    WebhookListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -51,12 +56,26 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (tls, resolver) = if config.server.tls.is_empty() {
         (None, None)
     } else {
-        let (c, r) = server::tls::server_config(&config.server.tls)?;
+        let (c, r) = server::tls::server_config("server.tls", &config.server.tls)?;
         (Some(c), Some(r))
+    };
+    // The webhook listener's TLS is its own (certificates of its own, reloaded apart).
+    let (webhook_tls, webhook_resolver) = match config.server.webhook_listen {
+        Some(_) => {
+            let (c, r) =
+                server::tls::server_config("server.webhook_tls", &config.server.webhook_tls)?;
+            (Some(c), Some(r))
+        }
+        None => (None, None),
+    };
+    let resolvers = Resolvers {
+        customer: resolver,
+        webhook: webhook_resolver,
     };
     let addr = config.server.listen;
     let grace = config.server.shutdown_timeout;
     let admin_addr = config.server.admin_listen;
+    let config_webhook = config.server.webhook_listen;
     // Everything the service needs (cache index, token key, audit log) is ready before the
     // port opens: a client that can connect can be served.
     let api = Arc::new(api::Api::new(config)?);
@@ -72,7 +91,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         )),
         None => None,
     };
+    // The admission webhook has a listener of its own, never the customer port.
+    let webhook = match (config_webhook, webhook_tls) {
+        (Some(a), Some(tls)) => Some((
+            a,
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::WebhookListen { addr: a, source })?,
+            tls,
+        )),
+        _ => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some((a, l, tls)) = webhook {
+        tracing::info!(webhook = %a, "webhook listener: /admission/rewrite");
+        tokio::spawn(server::webhook::serve(api.clone(), l, tls, stop_rx.clone()));
+    }
     let admin_task = admin.map(|(a, l)| {
         tracing::info!(admin = %a, "admin listener: /metrics /healthz /readyz");
         tokio::spawn(server::admin::serve(api.clone(), l, stop_rx.clone()))
@@ -85,16 +119,17 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tls = tls.is_some(),
         "berth serving"
     );
+    let resolvers = Arc::new(resolvers);
     let reloader = {
         let api = api.clone();
-        let resolver = resolver.clone();
+        let resolvers = resolvers.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                reload(&api, resolver.as_deref());
+                reload(&api, &resolvers);
             }
         })
     };
-    let watcher = tokio::spawn(watch_config(api.clone(), resolver));
+    let watcher = tokio::spawn(watch_config(api.clone(), resolvers));
     warm_up(&api);
     let shutdown = async move {
         tokio::select! {
@@ -139,7 +174,7 @@ fn warm_up(api: &Arc<api::Api>) {
 
 /// Reloads when the config file changes on disk (an edit, or a ConfigMap update that
 /// swaps the symlink). Checks the file's metadata every 2 s: one `stat`, no file contents.
-async fn watch_config(api: Arc<api::Api>, resolver: Option<Arc<server::tls::SniResolver>>) {
+async fn watch_config(api: Arc<api::Api>, resolvers: Arc<Resolvers>) {
     let Some(path) = api.config.current().source.clone() else {
         return;
     };
@@ -155,14 +190,20 @@ async fn watch_config(api: Arc<api::Api>, resolver: Option<Arc<server::tls::SniR
         let now = stamp(&path);
         if now.is_some() && now != last {
             last = now;
-            reload(&api, resolver.as_deref());
+            reload(&api, &resolvers);
         }
     }
 }
 
+/// The certificate sets a reload swaps: the customer listener's and the webhook's.
+struct Resolvers {
+    customer: Option<Arc<server::tls::SniResolver>>,
+    webhook: Option<Arc<server::tls::SniResolver>>,
+}
+
 /// Re-reads the config file (and TLS certificates); an invalid file is refused and the old
 /// config keeps serving.
-fn reload(api: &api::Api, resolver: Option<&server::tls::SniResolver>) {
+fn reload(api: &api::Api, resolvers: &Resolvers) {
     let current = api.config.current();
     let Some(path) = current.source.clone() else {
         return;
@@ -175,10 +216,21 @@ fn reload(api: &api::Api, resolver: Option<&server::tls::SniResolver>) {
             if new.server.listen != current.server.listen {
                 tracing::warn!("server.listen changed: takes effect after a restart");
             }
-            if let Some(r) = resolver {
+            if new.server.webhook_listen != current.server.webhook_listen
+                || new.server.max_connections != current.server.max_connections
+            {
+                tracing::warn!("server.webhook_listen or server.max_connections changed: takes effect after a restart");
+            }
+            if let Some(r) = &resolvers.customer {
                 if new.server.tls.is_empty() {
                     tracing::warn!("server.tls removed: takes effect after a restart");
-                } else if let Err(e) = r.reload(&new.server.tls) {
+                } else if let Err(e) = r.reload("server.tls", &new.server.tls) {
+                    tracing::error!(error = %e, "reload refused; keeping the running configuration");
+                    return;
+                }
+            }
+            if let (Some(r), Some(_)) = (&resolvers.webhook, new.server.webhook_listen) {
+                if let Err(e) = r.reload("server.webhook_tls", &new.server.webhook_tls) {
                     tracing::error!(error = %e, "reload refused; keeping the running configuration");
                     return;
                 }

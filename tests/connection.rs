@@ -55,9 +55,14 @@ fn registry_with(layer_sizes: &[u64], seed: u64) -> (Registry, TestImage) {
 /// An image whose big layer is larger than one sendfile call, pulled once so every blob is
 /// cached.
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// `setup` with more keys for berth's `server:` map (as `start_berth_with`).
+fn setup_with(server_extra: &str) -> Setup {
     let (reg, img) = registry_with(&[24 * MIB + 12345, 1000], 7);
     let cache = support::tempdir();
-    let berth = start_berth(&reg.url(), cache.path());
+    let berth = start_berth_with(&reg.url(), cache.path(), server_extra);
     let s = Setup {
         _reg: reg,
         _cache: cache,
@@ -294,9 +299,20 @@ fn malformed_heads_get_a_4xx_oci_error_and_the_server_carries_on() {
             400,
         ),
         (
-            "huge body",
+            "signed length",
+            b"POST /token HTTP/1.1\r\nContent-Length: +5\r\n\r\nabcde".to_vec(),
+            400,
+        ),
+        (
+            "length and chunked",
+            b"POST /token HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            // Refused from its declared length, without waiting for any of it.
+            "huge token form",
             b"POST /token HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n".to_vec(),
-            413,
+            400,
         ),
         (
             "too many headers",
@@ -638,4 +654,109 @@ fn over_tls_a_slow_head_is_cut_after_header_timeout() {
         ended,
         "berth kept a stalled TLS request head open past header_timeout"
     );
+}
+
+#[test]
+fn transfer_codings_other_than_chunked_get_an_oci_error() {
+    let (reg, _img) = registry_with(&[1000], 5);
+    let cache = support::tempdir();
+    let b = start_berth(&reg.url(), cache.path());
+    for coding in ["xchunked", "gzip, chunked", "chunked, chunked"] {
+        let mut c = Conn::open(b.port);
+        c.send(
+            format!(
+                "POST /token HTTP/1.1\r\nHost: berth.test\r\nTransfer-Encoding: {coding}\r\n\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let r = c.read(false);
+        assert_eq!(r.status, 501, "Transfer-Encoding: {coding}: {}", r.text());
+        assert_eq!(r.code(), "UNSUPPORTED", "Transfer-Encoding: {coding}");
+        assert!(c.closed_by_server(), "Transfer-Encoding: {coding}");
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_a_blob_is_cut_after_send_timeout() {
+    let s = setup_with(", send_timeout: 1s");
+    let (big, size) = s.img.layers[0].clone();
+    let blob = blob_path(&big);
+    // berth's own loop (sendfile), and a connection hyper serves (handed over for its
+    // chunked request body): each asks for the 24 MiB blob and then reads nothing.
+    let mut plain = TcpStream::connect(("127.0.0.1", s.berth.port)).unwrap();
+    plain.write_all(&get(&blob, &[])).unwrap();
+    let mut handed = TcpStream::connect(("127.0.0.1", s.berth.port)).unwrap();
+    handed
+        .write_all(
+            format!(
+                "GET {blob} HTTP/1.1\r\nHost: berth.test\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                basic()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    // Well past send_timeout, the client starts reading: it finds what the socket buffers
+    // held when berth gave up, then the end of the connection, not the rest of the blob.
+    std::thread::sleep(Duration::from_secs(4));
+    for (what, mut conn) in [("sendfile loop", plain), ("hyper", handed)] {
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut got = Vec::new();
+        let ended = conn.read_to_end(&mut got);
+        assert!(
+            (got.len() as u64) < size,
+            "{what}: a client that stopped reading for 4 s still got all {size} bytes (send_timeout 1s)"
+        );
+        assert!(ended.is_ok(), "{what}: {ended:?}");
+    }
+    // berth has let go, and serves the blob to others.
+    let mut c = Conn::open(s.berth.port);
+    let r = c.send_and_read(&get(&blob, &[]), false);
+    assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), big);
+}
+
+#[test]
+fn an_h2c_client_that_grants_no_window_is_cut_after_send_timeout() {
+    let s = setup_with(", send_timeout: 1s");
+    let port = s.berth.port;
+    let big = s.img.layers[0].0.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake");
+        // The client's connection keeps reading the socket (so TCP never stalls), but the
+        // body is never read, so the stream's flow-control window is never given back.
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://127.0.0.1:{port}{}", blob_path(&big)))
+            .header("authorization", basic())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.expect("h2 request");
+        assert_eq!(resp.status(), 200);
+        let ended = tokio::time::timeout(Duration::from_secs(15), conn)
+            .await
+            .is_ok();
+        drop(resp);
+        ended
+    });
+    assert!(
+        ended,
+        "berth kept an h2 stream the client stopped taking open past send_timeout:\n{}",
+        s.berth.logs()
+    );
+    assert!(s.berth.logs().contains("client stopped taking a response"));
+    // And the blob still goes to a client that reads.
+    let mut c = Conn::open(s.berth.port);
+    let r = c.send_and_read(&get(&blob_path(&s.img.layers[0].0), &[]), false);
+    assert_eq!(format!("sha256:{}", sha256_hex(&r.body)), s.img.layers[0].0);
 }

@@ -1473,9 +1473,24 @@ fn kubernetes_manifests_match_the_api_schema_and_berth() {
                     && d["metadata"]["namespace"] == svc_ref["namespace"]
             })
             .expect("webhook service is not defined");
+        // /admission/rewrite is served only on server.webhook_listen: the Service port the
+        // API server calls must lead to that container port, and no customer-facing port
+        // may be that Service.
+        let webhook_port = seq(&svc["spec"]["ports"], "ports")
+            .iter()
+            .find(|p| p["port"] == svc_ref["port"])
+            .map(|p| s(&p["targetPort"], "targetPort"))
+            .expect("the webhook's Service has no such port");
+        assert_eq!(
+            ports.get(webhook_port),
+            Some(&port_of(&config["server"]["webhook_listen"])),
+            "the webhook port {webhook_port} is not server.webhook_listen"
+        );
         assert!(
-            seq(&svc["spec"]["ports"], "ports").iter().any(|p| p["port"] == svc_ref["port"] && p["targetPort"] == "registry"),
-            "webhook port does not reach berth's customer listener (where /admission/rewrite is served)"
+            seq(&svc["spec"]["ports"], "ports")
+                .iter()
+                .all(|p| p["targetPort"] != "registry"),
+            "the webhook Service also exposes the customer listener"
         );
         // Every resource is a kind berth knows where to find the pod spec in.
         let berth_kinds = [

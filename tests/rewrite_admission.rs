@@ -1,7 +1,11 @@
-//! AdmissionReview round trips: the returned JSONPatch, applied to the request object, must give the rewritten object.
+//! AdmissionReview round trips: the returned JSONPatch, applied to the request object, must give the rewritten object;
+//! and the webhook as `berth serve` runs it: HTTPS on its own listener (`server.webhook_listen`), never the customer port.
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/jsonpatch.rs"]
 mod jsonpatch;
+mod support;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -216,4 +220,229 @@ fn malformed_reviews_are_errors() {
         let err = review(&always, &body).expect_err(&String::from_utf8_lossy(&body));
         assert!(!err.reason.is_empty());
     }
+}
+
+// ---- the webhook listener of a running `berth serve` ------------------------------------
+
+/// berth with a plain customer listener on `port` and the webhook on `webhook_port` with
+/// the certificate in `dir`; `rules` is the `rewrite:` section.
+fn serve_yaml(port: u16, webhook_port: u16, dir: &std::path::Path, rules: &str) -> String {
+    format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: images.acme.test, webhook_listen: \"127.0.0.1:{webhook_port}\",\n\
+         \x20 webhook_tls: [ {{ cert: \"{crt}\", key: \"{key}\" }} ] }}\n\
+         cache: {{ dir: \"{cache}\" }}\n\
+         upstreams:\n\
+         \x20 - {{ name: up, url: \"http://127.0.0.1:1\", host: upstream.test }}\n\
+         \x20 - {{ name: ported, url: \"http://127.0.0.1:1\", host: \"registry.example.com:5000\" }}\n\
+         apps:\n  - {{ slug: acme, upstreams: [up, ported] }}\n\
+         licenses:\n  - {{ id: LICENSE-good-0001, app: acme, customer: Big Bank }}\n\
+         {rules}",
+        crt = dir.join("webhook.crt").display(),
+        key = dir.join("webhook.key").display(),
+        cache = dir.join("cache").display(),
+    )
+}
+
+/// One HTTPS request to the webhook listener (trusting only `ca`), the response read to
+/// the end of the connection.
+fn https(
+    port: u16,
+    ca: &rustls_pki_types::CertificateDer<'static>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> http::Resp {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(http::TIMEOUT)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    tls.write_all(req.as_bytes()).expect("send to the webhook");
+    tls.write_all(body).expect("send to the webhook");
+    let mut raw = Vec::new();
+    // A peer that closes without close_notify ends the read with an error; what arrived
+    // before it is the answer.
+    let _ = tls.read_to_end(&mut raw);
+    let (status, headers, split) = http::parse_head(&raw)
+        .unwrap_or_else(|| panic!("no HTTP answer: {:?}", String::from_utf8_lossy(&raw)));
+    http::Resp {
+        status,
+        headers,
+        body: raw[split..].to_vec(),
+    }
+}
+
+fn pod_review(uid: &str, namespace: &str, pod: &Value) -> Vec<u8> {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": pod,
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn the_webhook_listener_serves_reviews_over_tls_and_the_customer_port_does_not() {
+    let dir = support::tempdir();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("webhook.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("webhook.key"),
+        cert.key_pair.serialize_pem(),
+    )
+    .unwrap();
+    let ca = cert.cert.der().clone();
+    let (port, webhook_port) = (support::free_port(), support::free_port());
+    let rules = "rewrite:\n  - { app: acme, pull_secret: acme-pull, namespaces: [prod] }\n";
+    let berth = support::berth::Berth::start_on(
+        port,
+        &serve_yaml(port, webhook_port, dir.path(), rules),
+        &[],
+    );
+    assert!(support::wait_for_port(
+        webhook_port,
+        std::time::Duration::from_secs(10)
+    ));
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "api", "namespace": "prod"},
+        "spec": {
+            "containers": [
+                {"name": "api", "image": "upstream.test/acme/api:v1"},
+                {"name": "foreign", "image": "ghcr.io/elsewhere/tool:1"},
+            ],
+            "initContainers": [
+                {"name": "init", "image": "registry.example.com:5000/team/init:2"},
+            ],
+        }
+    });
+    let post = |body: &[u8]| {
+        https(
+            webhook_port,
+            &ca,
+            "POST",
+            "/admission/rewrite",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+    };
+
+    let uid = "8f1e2d3c-0000-4a5b-9c8d-112233445566";
+    let r = post(&pod_review(uid, "prod", &pod));
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), berth.logs());
+    let v = r.json();
+    assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(v["kind"], "AdmissionReview");
+    let mut want = pod.clone();
+    want["spec"]["containers"][0]["image"] =
+        json!("images.acme.test/proxy/acme/upstream.test/acme/api:v1");
+    want["spec"]["initContainers"][0]["image"] =
+        json!("images.acme.test/proxy/acme/registry.example.com_5000/team/init:2");
+    want["spec"]["imagePullSecrets"] = json!([{"name": "acme-pull"}]);
+    assert_eq!(v["response"]["uid"], uid);
+    assert_eq!(v["response"]["allowed"], true);
+    assert_eq!(patched(&v, pod.clone()), want);
+
+    // Another namespace: allowed, untouched.
+    let r = post(&pod_review("uid-2", "dev", &pod));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let resp = &r.json()["response"];
+    assert_eq!(
+        (resp["uid"].as_str(), resp["allowed"].as_bool()),
+        (Some("uid-2"), Some(true))
+    );
+    assert!(resp.get("patch").is_none(), "patched outside prod: {resp}");
+
+    // Malformed, too large, the wrong method: 4xx with an OCI error.
+    let r = post(b"{\"apiVersion\": \"admission.k8s.io/v1\", ");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "BAD_REQUEST"),
+        "{}",
+        r.text()
+    );
+    let r = post(br#"{"apiVersion":"v1","kind":"Pod"}"#);
+    assert_eq!(r.status, 400, "not a review: {}", r.text());
+    // Refused from its declared length, before any of it is read.
+    let r = https(
+        webhook_port,
+        &ca,
+        "POST",
+        "/admission/rewrite",
+        &[("Content-Length", "4194305")],
+        b"",
+    );
+    assert_eq!(r.status, 400, "a review over 4 MiB: {}", r.text());
+    let r = https(webhook_port, &ca, "GET", "/admission/rewrite", &[], b"");
+    assert!(
+        (400..500).contains(&r.status),
+        "GET: {} {}",
+        r.status,
+        r.text()
+    );
+    assert_eq!(
+        https(webhook_port, &ca, "GET", "/healthz", &[], b"").status,
+        200
+    );
+    assert_eq!(
+        https(webhook_port, &ca, "GET", "/v2/", &[], b"").status,
+        404
+    );
+
+    // The customer port is no webhook: 404, and the review is never parsed there.
+    let r = http::request(
+        port,
+        "POST",
+        "/admission/rewrite",
+        &[("Content-Type", "application/json")],
+        &pod_review("uid-c", "prod", &pod),
+    );
+    assert_eq!(r.status, 404, "customer port: {}", r.text());
+    assert_eq!(r.code(), "NAME_UNKNOWN");
+
+    // The webhook follows config reloads: a rule for dev now patches dev.
+    let rules = "rewrite:\n  - { app: acme, pull_secret: acme-pull, namespaces: [prod, dev] }\n";
+    std::fs::write(
+        &berth.config_path,
+        serve_yaml(port, webhook_port, dir.path(), rules),
+    )
+    .unwrap();
+    berth.sighup();
+    let patched_dev = support::wait_until(std::time::Duration::from_secs(10), || {
+        post(&pod_review("uid-3", "dev", &pod)).json()["response"]
+            .get("patch")
+            .is_some()
+    });
+    assert!(patched_dev, "rewrite rules not reloaded within 10 s");
 }

@@ -1,21 +1,12 @@
 //! The rewriter as users run it: the `berth rewrite` command line (files, stdin, single
-//! images, --all, --registry, --pin-digests against a real registry, malformed input) and
-//! the admission webhook served by a running `berth serve`.
+//! images, --all, --registry, --pin-digests against a real registry, malformed input). The
+//! admission webhook `berth serve` runs is tested in rewrite_admission.rs.
 
-#[path = "support/http.rs"]
-mod http;
-#[path = "support/jsonpatch.rs"]
-mod jsonpatch;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use serde_json::{json, Value};
-
-use support::berth::Berth;
 use support::image::{push_image, ImageSpec};
 use support::registry::{Registry, RegistryAuth};
 
@@ -363,121 +354,4 @@ spec:
     assert_ne!(code, Some(0), "pinned a missing tag: {out}");
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("upstream.test/acme/api:nope"), "{err}");
-}
-
-// ---- the admission webhook ------------------------------------------------------------
-
-fn review(uid: &str, namespace: &str, pod: &Value) -> Vec<u8> {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "object": pod,
-        }
-    })
-    .to_string()
-    .into_bytes()
-}
-
-#[test]
-fn admission_webhook_through_berth_serve() {
-    let cache = support::tempdir();
-    let port = support::free_port();
-    let rules = "rewrite:\n  - { app: acme, pull_secret: acme-pull, namespaces: [prod] }\n";
-    let berth = Berth::start_on(
-        port,
-        &config_yaml(port, HOSTNAME, cache.path(), "http://127.0.0.1:1", rules),
-        &[],
-    );
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "api", "namespace": "prod"},
-        "spec": {
-            "containers": [
-                {"name": "api", "image": "upstream.test/acme/api:v1"},
-                {"name": "foreign", "image": "ghcr.io/elsewhere/tool:1"},
-            ],
-            "initContainers": [
-                {"name": "init", "image": "registry.example.com:5000/team/init:2"},
-            ],
-        }
-    });
-    let post = |body: &[u8]| {
-        http::request(
-            port,
-            "POST",
-            "/admission/rewrite",
-            &[("Content-Type", "application/json")],
-            body,
-        )
-    };
-
-    let uid = "8f1e2d3c-0000-4a5b-9c8d-112233445566";
-    let r = post(&review(uid, "prod", &pod));
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), berth.logs());
-    let v = r.json();
-    assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
-    assert_eq!(v["kind"], "AdmissionReview");
-    let resp = &v["response"];
-    assert_eq!(resp["uid"], uid);
-    assert_eq!(resp["allowed"], true);
-    assert_eq!(resp["patchType"], "JSONPatch", "{v}");
-    let patch: Value = serde_json::from_slice(
-        &STANDARD
-            .decode(resp["patch"].as_str().expect("patch"))
-            .expect("base64 patch"),
-    )
-    .expect("JSON patch");
-    let mut patched = pod.clone();
-    jsonpatch::apply_patch(&mut patched, &patch);
-    let mut want = pod.clone();
-    want["spec"]["containers"][0]["image"] =
-        json!("images.acme.test/proxy/acme/upstream.test/acme/api:v1");
-    want["spec"]["initContainers"][0]["image"] =
-        json!("images.acme.test/proxy/acme/registry.example.com_5000/team/init:2");
-    want["spec"]["imagePullSecrets"] = json!([{"name": "acme-pull"}]);
-    assert_eq!(patched, want, "patch was {patch}");
-
-    // Another namespace: allowed, untouched.
-    let r = post(&review("uid-2", "dev", &pod));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let resp = &r.json()["response"];
-    assert_eq!(resp["uid"], "uid-2");
-    assert_eq!(resp["allowed"], true);
-    assert!(resp.get("patch").is_none(), "patched outside prod: {resp}");
-    assert!(resp.get("patchType").is_none(), "{resp}");
-
-    // Malformed input.
-    let r = post(b"{\"apiVersion\": \"admission.k8s.io/v1\", ");
-    assert_eq!(r.status, 400, "malformed JSON: {}", r.text());
-    let r = post(br#"{"apiVersion":"v1","kind":"Pod"}"#);
-    assert_eq!(r.status, 400, "not a review: {}", r.text());
-    let r = http::get(port, "/admission/rewrite", &[]);
-    assert!(
-        (400..500).contains(&r.status),
-        "GET on the webhook: {} {}",
-        r.status,
-        r.text()
-    );
-
-    // The webhook follows config reloads: a rule for dev now patches dev.
-    let rules = "rewrite:\n  - { app: acme, pull_secret: acme-pull, namespaces: [prod, dev] }\n";
-    std::fs::write(
-        &berth.config_path,
-        config_yaml(port, HOSTNAME, cache.path(), "http://127.0.0.1:1", rules),
-    )
-    .unwrap();
-    berth.sighup();
-    let patched_dev = support::wait_until(Duration::from_secs(10), || {
-        post(&review("uid-3", "dev", &pod)).json()["response"]
-            .get("patch")
-            .is_some()
-    });
-    assert!(patched_dev, "rewrite rules not reloaded within 10 s");
 }

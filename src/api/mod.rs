@@ -16,7 +16,6 @@ use http::header::{
     USER_AGENT, WWW_AUTHENTICATE,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 
 use crate::audit::{AuditLog, PullRecord};
 use crate::auth;
@@ -139,9 +138,6 @@ impl Api {
         let path = req.uri().path();
         if path == "/token" {
             return token::handle(self, config, req, remote, who).await;
-        }
-        if path == "/admission/rewrite" {
-            return admission(config, req).await;
         }
         if config.server.admin_listen.is_none() && (path == "/healthz" || path == "/readyz") {
             // Probes need an answer somewhere; without an admin listener it is here. Not
@@ -280,36 +276,6 @@ impl Api {
             }
         }
     }
-}
-
-/// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
-const MAX_REVIEW: usize = 4 * 1024 * 1024;
-
-/// The mutating admission webhook: rewrites images of matching workloads to pull through
-/// berth and adds the pull secret, per the config's `rewrite:` rules.
-async fn admission<B>(config: &Config, req: Request<B>) -> Result<Response<Body>, Error>
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send,
-    B::Error: Into<body::BoxError> + std::fmt::Display,
-{
-    if req.method() != Method::POST {
-        return Err(Error::Unsupported("POST an AdmissionReview".into()));
-    }
-    let bytes = http_body_util::Limited::new(req.into_body(), MAX_REVIEW)
-        .collect()
-        .await
-        .map_err(|_| Error::BadRequest("AdmissionReview too large or unreadable".into()))?
-        .to_bytes();
-    let review =
-        crate::rewrite::review(&|ctx| crate::rewrite::admission_rules(config, ctx), &bytes)
-            .map_err(|e| Error::BadRequest(e.reason))?;
-    let out = serde_json::to_vec(&review).map_err(|e| Error::Internal(e.to_string()))?;
-    let mut r = Response::new(body::full(out.clone()));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-    Ok(r)
 }
 
 /// The `WWW-Authenticate` challenge: the token endpoint, and for repository paths the scope

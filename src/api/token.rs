@@ -48,6 +48,11 @@ where
             (license, scope::parse_all(values.iter().map(String::as_str)))
         }
         Method::POST => {
+            // Refused before a byte is read: the form is the login, so nothing is known
+            // about the client yet.
+            if http_body::Body::size_hint(req.body()).lower() > MAX_FORM as u64 {
+                return Err(Error::BadRequest("token form too large".into()));
+            }
             let bytes = Limited::new(req.into_body(), MAX_FORM)
                 .collect()
                 .await

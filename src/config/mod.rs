@@ -88,10 +88,15 @@ struct RawServer {
     hostname: String,
     #[serde(default)]
     tls: Vec<RawTls>,
+    webhook_tls: Option<Vec<RawTls>>,
     shutdown_timeout: Option<String>,
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
+    body_timeout: Option<String>,
+    send_timeout: Option<String>,
+    max_connections: Option<usize>,
     admin_listen: Option<String>,
+    webhook_listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -218,8 +223,19 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Longest a plain-HTTP keep-alive connection may sit idle between requests.
     pub idle_timeout: Duration,
+    /// Longest wait for the next bytes of a request body (for a small one, all of it).
+    pub body_timeout: Duration,
+    /// Longest a response write waits for the client to take bytes.
+    pub send_timeout: Duration,
+    /// Connections served at once on the customer listener; more are closed at accept.
+    pub max_connections: usize,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, apart from customers.
     pub admin_listen: Option<SocketAddr>,
+    /// Where the admission webhook (`/admission/rewrite`) is served, over TLS with the
+    /// `server.tls` certificates; never on the customer listener.
+    pub webhook_listen: Option<SocketAddr>,
+    /// The webhook listener's certificates (picked by SNI); `server.tls` when not given.
+    pub webhook_tls: Vec<TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -840,20 +856,31 @@ fn validate(
             ),
         ));
     }
-    let mut tls = Vec::new();
-    for (i, t) in raw.server.tls.iter().enumerate() {
-        let cert = resolve_path(base, &t.cert);
-        let key = resolve_path(base, &t.key);
-        for (field, p) in [("cert", &cert), ("key", &key)] {
-            if !p.is_file() {
-                return Err(ConfigError::new(
-                    format!("server.tls[{i}].{field}"),
-                    format!("file not found: {}", p.display()),
-                ));
+    let tls_files = |key: &str, list: &[RawTls]| -> Result<Vec<TlsFiles>, ConfigError> {
+        let mut files = Vec::new();
+        for (i, t) in list.iter().enumerate() {
+            let cert = resolve_path(base, &t.cert);
+            let key_file = resolve_path(base, &t.key);
+            for (field, p) in [("cert", &cert), ("key", &key_file)] {
+                if !p.is_file() {
+                    return Err(ConfigError::new(
+                        format!("{key}[{i}].{field}"),
+                        format!("file not found: {}", p.display()),
+                    ));
+                }
             }
+            files.push(TlsFiles {
+                cert,
+                key: key_file,
+            });
         }
-        tls.push(TlsFiles { cert, key });
-    }
+        Ok(files)
+    };
+    let tls = tls_files("server.tls", &raw.server.tls)?;
+    let webhook_tls = match &raw.server.webhook_tls {
+        Some(list) => tls_files("server.webhook_tls", list)?,
+        None => tls.clone(),
+    };
     let shutdown_timeout = match &raw.server.shutdown_timeout {
         Some(s) => parse_duration("server.shutdown_timeout", s)?,
         None => Duration::from_secs(30),
@@ -867,6 +894,42 @@ fn validate(
     };
     let header_timeout = positive("server.header_timeout", &raw.server.header_timeout, 30)?;
     let idle_timeout = positive("server.idle_timeout", &raw.server.idle_timeout, 75)?;
+    let body_timeout = positive("server.body_timeout", &raw.server.body_timeout, 30)?;
+    let send_timeout = positive("server.send_timeout", &raw.server.send_timeout, 60)?;
+    let max_connections = match raw.server.max_connections {
+        None => 4096,
+        Some(0) => {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "must be at least 1",
+            ))
+        }
+        Some(n) => n,
+    };
+    let webhook_listen = match &raw.server.webhook_listen {
+        None => None,
+        Some(a) => {
+            let addr: SocketAddr = a.parse().map_err(|_| {
+                ConfigError::new(
+                    "server.webhook_listen",
+                    format!("invalid socket address {a:?} (expected e.g. 0.0.0.0:8443)"),
+                )
+            })?;
+            if webhook_tls.is_empty() {
+                return Err(ConfigError::new(
+                    "server.webhook_listen",
+                    "needs server.webhook_tls or server.tls: the API server calls admission webhooks over HTTPS only",
+                ));
+            }
+            if addr == listen {
+                return Err(ConfigError::new(
+                    "server.webhook_listen",
+                    "must differ from server.listen",
+                ));
+            }
+            Some(addr)
+        }
+    };
 
     let mut upstreams = Vec::new();
     let mut upstream_index = HashMap::new();
@@ -1092,6 +1155,11 @@ fn validate(
             shutdown_timeout,
             header_timeout,
             idle_timeout,
+            body_timeout,
+            send_timeout,
+            max_connections,
+            webhook_listen,
+            webhook_tls,
             admin_listen: match &raw.server.admin_listen {
                 Some(a) => Some(a.parse().map_err(|_| {
                     ConfigError::new(
@@ -1386,6 +1454,32 @@ licenses:
             .unwrap_err()
             .to_string()
             .starts_with("server.idle_timeout: invalid duration"));
+        assert_eq!(c.server.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.send_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 4096);
+        assert_eq!(c.server.webhook_listen, None);
+        assert_eq!(
+            with("send_timeout: 0s").unwrap_err().to_string(),
+            "server.send_timeout: must be longer than 0s"
+        );
+        assert_eq!(
+            with("max_connections: 0").unwrap_err().key,
+            "server.max_connections"
+        );
+        // The API server speaks only HTTPS to webhooks.
+        let e = with("webhook_listen: 127.0.0.1:8443").unwrap_err();
+        assert_eq!(e.key, "server.webhook_listen");
+        assert!(e.to_string().contains("server.tls"), "{e}");
+        assert_eq!(
+            with("webhook_listen: nowhere").unwrap_err().key,
+            "server.webhook_listen"
+        );
+        assert_eq!(
+            with("webhook_tls: [ { cert: /nonexistent.crt, key: /nonexistent.key } ]")
+                .unwrap_err()
+                .key,
+            "server.webhook_tls[0].cert"
+        );
     }
 
     #[test]

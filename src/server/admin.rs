@@ -5,33 +5,41 @@ use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::body::{full, Body};
 use crate::api::Api;
 
-pub async fn serve(api: Arc<Api>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+/// Connections at once: scrapers and probes, with room to spare.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin listener until `stop` turns true, with the customer listener's
+/// connection handling (accept backoff, timeouts, HTTP/2 limits) and a small connection
+/// limit of its own.
+pub async fn serve(api: Arc<Api>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    let mut limit = super::Limit::new(MAX_CONNECTIONS, "admin");
+    let mut accept_errors = super::Throttled::new();
+    let mut stopping = stop.clone();
     loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.changed() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
+        let (stream, remote) = tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return,
+            a = super::accept(&listener, "admin", &mut accept_errors) => a,
+        };
+        let Some(permit) = limit.admit(remote) else {
+            continue;
         };
         let api = api.clone();
+        let timeouts = super::timeouts(&api);
+        let closing = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let _permit = permit;
+            let handler = move |req: Request<Incoming>| {
                 let api = api.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&api, req).await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                async move { handle(&api, req).await }
+            };
+            super::serve_hyper(stream, remote, timeouts, closing, handler).await
         });
     }
 }

@@ -21,8 +21,8 @@ pub struct SniResolver {
 impl SniResolver {
     /// Loads the configured files and replaces the served certificates; on error the old
     /// ones stay.
-    pub fn reload(&self, files: &[TlsFiles]) -> Result<(), ConfigError> {
-        let certs = load(files)?;
+    pub fn reload(&self, key: &str, files: &[TlsFiles]) -> Result<(), ConfigError> {
+        let certs = load(key, files)?;
         *self.certs.write().unwrap_or_else(|e| e.into_inner()) = certs;
         Ok(())
     }
@@ -54,17 +54,20 @@ fn valid_for(ck: &CertifiedKey, name: &str) -> bool {
 
 /// Builds the rustls server config (HTTP/2 and HTTP/1.1 by ALPN) and the resolver that
 /// reloads certificates.
+/// `key`: the config key the files came from (`server.tls`, `server.webhook_tls`), named
+/// in errors.
 pub fn server_config(
+    key: &str,
     files: &[TlsFiles],
 ) -> Result<(Arc<rustls::ServerConfig>, Arc<SniResolver>), ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let resolver = Arc::new(SniResolver {
-        certs: std::sync::RwLock::new(load(files)?),
+        certs: std::sync::RwLock::new(load(key, files)?),
     });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError {
-            key: "server.tls".into(),
+            key: key.into(),
             message: e.to_string(),
         })?
         .with_no_client_auth()
@@ -73,11 +76,11 @@ pub fn server_config(
     Ok((Arc::new(cfg), resolver))
 }
 
-fn load(files: &[TlsFiles]) -> Result<Vec<Arc<CertifiedKey>>, ConfigError> {
+fn load(key: &str, files: &[TlsFiles]) -> Result<Vec<Arc<CertifiedKey>>, ConfigError> {
     let provider = rustls::crypto::ring::default_provider();
     let mut certs = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        let key_name = |field: &str| format!("server.tls[{i}].{field}");
+        let key_name = |field: &str| format!("{key}[{i}].{field}");
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&f.cert)
             .and_then(|it| it.collect::<Result<_, _>>())
             .map_err(|e| ConfigError {
