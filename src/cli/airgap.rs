@@ -9,22 +9,7 @@ use crate::airgap;
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Pull images through the app's upstreams into one OCI image layout tar.
-    Export {
-        /// The app whose upstreams serve the images.
-        #[arg(long)]
-        app: String,
-        /// Where to write the bundle.
-        #[arg(long, short)]
-        output: PathBuf,
-        /// A file of upstream references, one a line (`#` comments and blank lines ignored).
-        #[arg(long)]
-        images_file: Option<PathBuf>,
-        /// Keep only these platforms of multi-platform images, e.g. linux/amd64,linux/arm64.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-        /// Upstream references (`host/repository:tag`); default: the app's `images:`.
-        images: Vec<String>,
-    },
+    Export(ExportArgs),
     /// Verify a bundle, then seed the cache with it (pinned) for `berth serve`.
     Import {
         /// The app to import into (default: the configuration's only app). A bundle
@@ -34,22 +19,43 @@ pub enum Command {
         bundle: PathBuf,
     },
     /// Push every image of a bundle into a registry; prints old → new references.
-    Push {
-        bundle: PathBuf,
-        /// REGISTRY[/NAMESPACE]
-        #[arg(long)]
-        to: String,
-        #[arg(long)]
-        username: Option<String>,
-        /// Read the password from standard input.
-        #[arg(long)]
-        password_stdin: bool,
-        /// Plain HTTP instead of HTTPS.
-        #[arg(long)]
-        insecure: bool,
-    },
+    Push(PushArgs),
     /// Print the images, platforms and sizes in a bundle.
     List { bundle: PathBuf },
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The app whose upstreams serve the images.
+    #[arg(long)]
+    app: String,
+    /// Where to write the bundle.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// A file of upstream references, one a line (`#` comments and blank lines ignored).
+    #[arg(long)]
+    images_file: Option<PathBuf>,
+    /// Keep only these platforms of multi-platform images, e.g. linux/amd64,linux/arm64.
+    #[arg(long, value_delimiter = ',')]
+    platform: Vec<String>,
+    /// Upstream references (`host/repository:tag`); default: the app's `images:`.
+    images: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    bundle: PathBuf,
+    /// REGISTRY[/NAMESPACE]
+    #[arg(long)]
+    to: String,
+    #[arg(long)]
+    username: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Plain HTTP instead of HTTPS.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
@@ -64,21 +70,9 @@ pub fn run(config: &Path, command: Command) -> ExitCode {
         Err(code) => return code,
     };
     match command {
-        Command::Export {
-            app,
-            output,
-            images_file,
-            platform,
-            images,
-        } => export(&rt, config, app, output, images_file, &platform, images),
+        Command::Export(args) => export(&rt, config, args),
         Command::Import { app, bundle } => import(rt, config, app.as_deref(), &bundle),
-        Command::Push {
-            bundle,
-            to,
-            username,
-            password_stdin,
-            insecure,
-        } => push(&rt, &bundle, to, username, password_stdin, insecure),
+        Command::Push(args) => push(&rt, args),
         Command::List { bundle } => match airgap::list(&bundle, &mut std::io::stdout().lock()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("airgap list: {e}")),
@@ -96,15 +90,14 @@ fn read_images_file(path: &Path) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn export(
-    rt: &tokio::runtime::Runtime,
-    config: &Path,
-    app: String,
-    output: PathBuf,
-    images_file: Option<PathBuf>,
-    platform: &[String],
-    images: Vec<String>,
-) -> ExitCode {
+fn export(rt: &tokio::runtime::Runtime, config: &Path, args: ExportArgs) -> ExitCode {
+    let ExportArgs {
+        app,
+        output,
+        images_file,
+        platform,
+        images,
+    } = args;
     let config = match super::load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -187,14 +180,14 @@ fn import(
     }
 }
 
-fn push(
-    rt: &tokio::runtime::Runtime,
-    bundle: &Path,
-    to: String,
-    username: Option<String>,
-    password_stdin: bool,
-    insecure: bool,
-) -> ExitCode {
+fn push(rt: &tokio::runtime::Runtime, args: PushArgs) -> ExitCode {
+    let PushArgs {
+        bundle,
+        to,
+        username,
+        password_stdin,
+        insecure,
+    } = args;
     let password = if password_stdin {
         let mut line = String::new();
         if let Err(e) = std::io::stdin().read_line(&mut line) {
@@ -212,7 +205,7 @@ fn push(
         password,
         insecure,
     };
-    let b = match airgap::Bundle::scan(bundle, None) {
+    let b = match airgap::Bundle::scan(&bundle, None) {
         Ok(b) => b,
         Err(e) => return fail(&format!("airgap push: {e}")),
     };
