@@ -1,4 +1,4 @@
-//! `berth serve`: runs the proxy until SIGTERM or ctrl-c (the service itself is `crate::run`).
+//! `berth serve`: runs the proxy until SIGTERM or ctrl-c (the service itself is `crate::run`, in app.rs).
 
 use std::path::Path;
 use std::process::ExitCode;

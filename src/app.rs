@@ -1,0 +1,232 @@
+//! The composition root of `berth serve`: builds the service from the config, opens the
+//! listeners, and owns the process lifecycle (reload on SIGHUP or a changed file, graceful
+//! shutdown on SIGTERM).
+
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::{api, server};
+
+/// Why `berth serve` could not start; each names the config key or resource at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("server.listen: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Build(#[from] api::BuildError),
+    #[error("server.admin_listen: cannot listen on {addr}: {source}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server.webhook_listen: cannot listen on {addr}: {source}")]
+    WebhookListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the proxy until SIGTERM or ctrl-c. SIGHUP reloads the config file: licenses,
+/// upstreams and credentials change for new requests; pulls in flight keep their snapshot.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let (tls, resolver) = if config.server.tls.is_empty() {
+        (None, None)
+    } else {
+        let (c, r) = server::tls::server_config("server.tls", &config.server.tls)?;
+        (Some(c), Some(r))
+    };
+    // The webhook listener's TLS is its own (certificates of its own, reloaded apart).
+    let (webhook_tls, webhook_resolver) = match config.server.webhook_listen {
+        Some(_) => {
+            let (c, r) =
+                server::tls::server_config("server.webhook_tls", &config.server.webhook_tls)?;
+            (Some(c), Some(r))
+        }
+        None => (None, None),
+    };
+    let resolvers = Resolvers {
+        customer: resolver,
+        webhook: webhook_resolver,
+    };
+    let addr = config.server.listen;
+    let grace = config.server.shutdown_timeout;
+    let admin_addr = config.server.admin_listen;
+    let config_webhook = config.server.webhook_listen;
+    // Everything the service needs (cache index, token key, audit log) is ready before the
+    // port opens: a client that can connect can be served.
+    let api = Arc::new(api::Api::new(config)?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let admin = match admin_addr {
+        Some(a) => Some((
+            a,
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::AdminListen { addr: a, source })?,
+        )),
+        None => None,
+    };
+    // The admission webhook has a listener of its own, never the customer port.
+    let webhook = match (config_webhook, webhook_tls) {
+        (Some(a), Some(tls)) => Some((
+            a,
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::WebhookListen { addr: a, source })?,
+            tls,
+        )),
+        _ => None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some((a, l, tls)) = webhook {
+        tracing::info!(webhook = %a, "webhook listener: /admission/rewrite");
+        tokio::spawn(server::webhook::serve(api.clone(), l, tls, stop_rx.clone()));
+    }
+    let admin_task = admin.map(|(a, l)| {
+        tracing::info!(admin = %a, "admin listener: /metrics /healthz /readyz");
+        tokio::spawn(server::admin::serve(api.clone(), l, stop_rx.clone()))
+    });
+    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+    tracing::info!(
+        listen = %addr,
+        hostname = %api.config.current().server.hostname,
+        tls = tls.is_some(),
+        "berth serving"
+    );
+    let resolvers = Arc::new(resolvers);
+    let reloader = {
+        let api = api.clone();
+        let resolvers = resolvers.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                reload(&api, &resolvers);
+            }
+        })
+    };
+    let watcher = tokio::spawn(watch_config(api.clone(), resolvers));
+    warm_up(&api);
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+        let _ = stop_tx.send(true);
+        // Probes fail before the customer port closes, so a load balancer stops sending
+        // new pulls here while the ones in flight finish.
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+    };
+    server::serve(api, listener, tls, grace, shutdown).await;
+    reloader.abort();
+    watcher.abort();
+    Ok(())
+}
+
+/// Learns how each upstream authenticates in the background, so the first customer pull
+/// does not pay for the 401 round trip. Failures only log: the request path learns anyway.
+fn warm_up(api: &Arc<api::Api>) {
+    let config = api.config.current();
+    if config.cache.offline {
+        return;
+    }
+    for up in config.upstreams.clone() {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let client = api.registry.upstream_client();
+            let r = tokio::time::timeout(up.timeout, client.learn_scheme(&up)).await;
+            match r {
+                Ok(Ok(())) => tracing::debug!(upstream = %up.name, "upstream reachable"),
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %up.name, error = %e, "upstream check at start failed")
+                }
+                Err(_) => tracing::warn!(upstream = %up.name, "upstream check at start timed out"),
+            }
+        });
+    }
+}
+
+/// Reloads when the config file changes on disk (an edit, or a ConfigMap update that
+/// swaps the symlink). Checks the file's metadata every 2 s: one `stat`, no file contents.
+async fn watch_config(api: Arc<api::Api>, resolvers: Arc<Resolvers>) {
+    let Some(path) = api.config.current().source.clone() else {
+        return;
+    };
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now.is_some() && now != last {
+            last = now;
+            reload(&api, &resolvers);
+        }
+    }
+}
+
+/// The certificate sets a reload swaps: the customer listener's and the webhook's.
+struct Resolvers {
+    customer: Option<Arc<server::tls::SniResolver>>,
+    webhook: Option<Arc<server::tls::SniResolver>>,
+}
+
+/// Re-reads the config file (and TLS certificates); an invalid file is refused and the old
+/// config keeps serving.
+fn reload(api: &api::Api, resolvers: &Resolvers) {
+    let current = api.config.current();
+    let Some(path) = current.source.clone() else {
+        return;
+    };
+    match Config::load(&path) {
+        Ok(new) => {
+            if new.cache.dir != current.cache.dir {
+                tracing::warn!("cache.dir changed: takes effect after a restart");
+            }
+            if new.server.listen != current.server.listen {
+                tracing::warn!("server.listen changed: takes effect after a restart");
+            }
+            if new.server.webhook_listen != current.server.webhook_listen
+                || new.server.max_connections != current.server.max_connections
+            {
+                tracing::warn!("server.webhook_listen or server.max_connections changed: takes effect after a restart");
+            }
+            if let Some(r) = &resolvers.customer {
+                if new.server.tls.is_empty() {
+                    tracing::warn!("server.tls removed: takes effect after a restart");
+                } else if let Err(e) = r.reload("server.tls", &new.server.tls) {
+                    tracing::error!(error = %e, "reload refused; keeping the running configuration");
+                    return;
+                }
+            }
+            if let (Some(r), Some(_)) = (&resolvers.webhook, new.server.webhook_listen) {
+                if let Err(e) = r.reload("server.webhook_tls", &new.server.webhook_tls) {
+                    tracing::error!(error = %e, "reload refused; keeping the running configuration");
+                    return;
+                }
+            }
+            api.config.replace(new);
+            // Stored credentials may have changed: tokens obtained with the old ones go.
+            api.registry.upstream_client().forget_credentials();
+            tracing::info!(config = %path.display(), "configuration reloaded");
+        }
+        Err(e) => {
+            tracing::error!(config = %path.display(), error = %e, "reload refused; keeping the running configuration")
+        }
+    }
+}
