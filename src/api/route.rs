@@ -2,7 +2,9 @@
 //! at it. Pure: no I/O, no config.
 
 use crate::error::Error;
-use crate::oci::name::{valid_component, valid_host, valid_repository, valid_tag, MAX_NAME_LEN};
+use crate::oci::name::{
+    valid_component, valid_host_in_path, valid_repository, valid_tag, NAME_MAX,
+};
 use crate::oci::Digest;
 
 /// `proxy/<app>/<host>/<repository>`: the customer-facing repository name.
@@ -20,7 +22,7 @@ impl RepoPath {
     }
 
     fn parse(name: &str) -> Result<RepoPath, Error> {
-        if name.len() > MAX_NAME_LEN + "proxy/".len() + 64 {
+        if name.len() > NAME_MAX + "proxy/".len() + 64 {
             return Err(Error::NameInvalid("repository name too long".into()));
         }
         let rest = name.strip_prefix("proxy/").ok_or_else(|| {
@@ -40,11 +42,7 @@ impl RepoPath {
         }
         // The rewriter writes `host:port` as `host_port` (a colon cannot appear in a
         // repository path); both spellings are accepted.
-        let host_ok = valid_host(host)
-            || host
-                .rsplit_once('_')
-                .is_some_and(|(n, p)| valid_host(&format!("{n}:{p}")));
-        if !host_ok {
+        if !valid_host_in_path(host) {
             return Err(Error::NameInvalid(format!(
                 "invalid registry host {host:?}"
             )));
