@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::{AnyManifest, Descriptor, Platform, ANN_APP, ANN_REF_NAME, ANN_UPSTREAM_REF};
-use super::{MAX_MANIFEST, OCI_MANIFEST};
+use crate::oci::media::{MAX_MANIFEST, OCI_MANIFEST};
 use crate::oci::Digest;
 
 /// Why a bundle is refused; the message names the tar entry or digest at fault.

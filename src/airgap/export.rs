@@ -16,8 +16,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::progress::Progress;
 use super::{human, AnyManifest, Descriptor, Platform};
-use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_UPSTREAM_REF, MAX_MANIFEST};
+use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_UPSTREAM_REF};
 use crate::config::{Config, Upstream};
+use crate::oci::media::{self, MAX_MANIFEST};
 use crate::oci::reference::{is_docker_hub_host, ImageRef};
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
 use crate::upstream::{self, Client};
@@ -142,7 +143,7 @@ async fn export_into(
     ex.progress.finish();
     let index_json = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": super::OCI_INDEX,
+        "mediaType": media::OCI_INDEX,
         "manifests": index,
     });
     std::fs::write(
@@ -402,13 +403,13 @@ impl Exporter<'_> {
                     .to_bytes();
                 let media_type = media_type
                     .or_else(|| AnyManifest::parse(&body).and_then(|m| m.media_type))
-                    .unwrap_or_else(|| super::OCI_MANIFEST.to_string());
+                    .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
                 Ok((body, media_type))
             }
             .await;
             match res {
                 Ok((body, mt)) => {
-                    if mt.starts_with("application/vnd.docker.distribution.manifest.v1") {
+                    if mt.starts_with(media::DOCKER_MANIFEST_V1_PREFIX) {
                         anyhow::bail!("{what}: schema 1 manifests are not supported");
                     }
                     if let Some(want) = expected {

@@ -28,14 +28,7 @@ pub const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's `ctr image import` names images after this one.
 pub const ANN_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-
-/// A manifest is never more than this (distribution's own limit), so it may be held in
-/// memory; blobs never are.
-pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
+use crate::oci::media::is_index_type;
 
 /// An OCI descriptor, with the fields berth reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,10 +113,6 @@ impl AnyManifest {
             || self.media_type.as_deref().is_some_and(is_index_type)
             || (!self.manifests.is_empty() && self.config.is_none())
     }
-}
-
-pub fn is_index_type(media_type: &str) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_LIST
 }
 
 /// Human-readable byte counts for progress and summaries.

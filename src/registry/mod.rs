@@ -22,7 +22,8 @@ use crate::config::Upstream;
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::oci::digest::Algorithm;
-use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
+use crate::oci::media::{self, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
+use crate::oci::Digest;
 use crate::upstream::{self, Stall, UpstreamError, UpstreamStalled};
 
 pub use verify::Verified;
@@ -36,10 +37,8 @@ fn accepts(accept: &str, media_type: &str) -> bool {
     })
 }
 
-/// distribution refuses manifests over 4 MiB; so does berth, which holds them in memory.
-const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+const MAX_MANIFEST: usize = media::MAX_MANIFEST as usize;
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// The repository a request is about, resolved to its upstream, with the cache policy in
 /// force for this request.
@@ -444,8 +443,8 @@ impl Registry {
         let resp = self
             .upstream_manifest(t, Method::GET, reference, accept)
             .await?;
-        let media_type = header(resp.headers(), CONTENT_TYPE)
-            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        let media_type =
+            header(resp.headers(), CONTENT_TYPE).unwrap_or_else(|| OCI_MANIFEST.into());
         let claimed = header(resp.headers(), "docker-content-digest");
         let what = format!("manifest {}:{reference}", t.repository);
         let bytes = read_limited(&t.upstream, resp.into_body(), MAX_MANIFEST, &what).await?;
