@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 
-use crate::api::route::RepoPath;
 use crate::config::{Config, License};
 use crate::error::Error;
+use crate::oci::repo::RepoPath;
 use ratelimit::LoginThrottle;
 use scope::Access;
 use token::{Claims, Issuer};
@@ -208,9 +208,7 @@ pub fn grant(license: &License, requested: &[Access]) -> Vec<Access> {
         if a.kind != "repository" || !a.actions.iter().any(|x| x == "pull" || x == "*") {
             continue;
         }
-        let Ok(crate::api::route::Route::Tags { repo }) =
-            crate::api::route::parse(&format!("/v2/{}/tags/list", a.name))
-        else {
+        let Ok(repo) = RepoPath::parse(&a.name) else {
             continue;
         };
         let who = Principal {

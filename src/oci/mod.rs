@@ -1,9 +1,11 @@
-//! OCI protocol vocabulary: digests, repository names, references, media types.
+//! OCI protocol vocabulary: digests, repository names, references, media types, and
+//! berth's repository paths.
 
 pub mod digest;
 pub mod media;
 pub mod name;
 pub mod reference;
+pub mod repo;
 
 pub use digest::Digest;
 pub use media::DEFAULT_MANIFEST_ACCEPT;

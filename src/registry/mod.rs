@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::api::body::{self, Body};
-use crate::api::route::Reference;
 use crate::cache::index::ReadGuard;
 use crate::cache::manifest::{self, StoredManifest};
 use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
@@ -23,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::oci::digest::Algorithm;
 use crate::oci::media::{self, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
+use crate::oci::repo::Reference;
 use crate::oci::Digest;
 use crate::upstream::{self, Stall, UpstreamError, UpstreamStalled};
 
