@@ -14,10 +14,12 @@ use http_body_util::BodyExt;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::human;
 use super::progress::Progress;
-use super::{human, AnyManifest, Descriptor, Platform};
 use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_UPSTREAM_REF};
 use crate::config::{Config, Upstream};
+use crate::oci::digest::Algorithm;
+use crate::oci::manifest::{Descriptor, Manifest, Platform};
 use crate::oci::media::{self, MAX_MANIFEST};
 use crate::oci::reference::{is_docker_hub_host, ImageRef};
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
@@ -220,11 +222,11 @@ fn write_tar(stage: &Path, hexes: &[String], out: &Path) -> anyhow::Result<u64> 
     }
 }
 
-fn hex_of(digest: &str) -> anyhow::Result<&str> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| anyhow::anyhow!("unsupported digest {digest:?} (sha256 only)"))
+fn hex_of(digest: &Digest) -> anyhow::Result<&str> {
+    if digest.algorithm() != Algorithm::Sha256 {
+        anyhow::bail!("unsupported digest {:?} (sha256 only)", digest.as_str());
+    }
+    Ok(digest.hex())
 }
 
 impl Exporter<'_> {
@@ -238,7 +240,7 @@ impl Exporter<'_> {
             .unwrap_or_else(|| "latest".into());
         let expected = img.r.digest.as_deref();
         let (mut bytes, media_type) = self.get_manifest(img, &reference, expected).await?;
-        let m = AnyManifest::parse(&bytes)
+        let m = Manifest::parse(&bytes)
             .ok_or_else(|| anyhow::anyhow!("{}: the manifest is not JSON", img.input))?;
         let mut layer_bytes = 0u64;
         let original = Digest::sha256_of(&bytes).to_string();
@@ -278,9 +280,9 @@ impl Exporter<'_> {
             }
             for child in &kept {
                 let (cb, cmt) = self
-                    .get_manifest(img, &child.digest, Some(&child.digest))
+                    .get_manifest(img, child.digest.as_str(), Some(child.digest.as_str()))
                     .await?;
-                let cm = AnyManifest::parse(&cb).ok_or_else(|| {
+                let cm = Manifest::parse(&cb).ok_or_else(|| {
                     anyhow::anyhow!("{}: manifest {} is not JSON", img.input, child.digest)
                 })?;
                 if cm.is_index(&cmt) {
@@ -292,7 +294,7 @@ impl Exporter<'_> {
         } else {
             layer_bytes += self.image_blobs(img, &m).await?;
         }
-        let digest = Digest::sha256_of(&bytes).to_string();
+        let digest = Digest::sha256_of(&bytes);
         self.store_small(&digest, &bytes)?;
         let full = format!("{}/{}{}", img.r.registry, img.r.repository, img.r.suffix());
         let mut annotations = BTreeMap::new();
@@ -300,7 +302,7 @@ impl Exporter<'_> {
         annotations.insert(ANN_CONTAINERD_NAME.to_string(), full.clone());
         annotations.insert(ANN_UPSTREAM_REF.to_string(), full.clone());
         annotations.insert(ANN_APP.to_string(), self.opts.app.clone());
-        if digest != original {
+        if digest.as_str() != original {
             annotations.insert("io.berth.upstream.digest".into(), original);
         }
         self.progress.line(&format!(
@@ -319,7 +321,7 @@ impl Exporter<'_> {
         ))
     }
 
-    async fn image_blobs(&mut self, img: &Resolved, m: &AnyManifest) -> anyhow::Result<u64> {
+    async fn image_blobs(&mut self, img: &Resolved, m: &Manifest) -> anyhow::Result<u64> {
         let mut total = 0;
         for d in m.config.iter().chain(&m.layers) {
             total += d.size;
@@ -328,7 +330,7 @@ impl Exporter<'_> {
         Ok(total)
     }
 
-    fn store_small(&mut self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    fn store_small(&mut self, digest: &Digest, bytes: &[u8]) -> anyhow::Result<()> {
         let hex = hex_of(digest)?.to_string();
         std::fs::write(self.blobs_dir.join(&hex), bytes)?;
         self.stored.insert(hex, bytes.len() as u64);
@@ -402,7 +404,7 @@ impl Exporter<'_> {
                     .map_err(|e| anyhow::anyhow!("{what}: reading the manifest: {e}"))?
                     .to_bytes();
                 let media_type = media_type
-                    .or_else(|| AnyManifest::parse(&body).and_then(|m| m.media_type))
+                    .or_else(|| Manifest::parse(&body).and_then(|m| m.media_type))
                     .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
                 Ok((body, media_type))
             }
@@ -512,7 +514,7 @@ impl Exporter<'_> {
         }
         file.flush().await?;
         drop(file);
-        let got = Digest::from_sha256(&h.finalize()).to_string();
+        let got = Digest::from_sha256(&h.finalize());
         if got != d.digest || n != d.size {
             let _ = tokio::fs::remove_file(&part).await;
             anyhow::bail!(

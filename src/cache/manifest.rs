@@ -107,7 +107,7 @@ impl ManifestStore {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TagEntry {
-    pub digest: String,
+    pub digest: Digest,
     pub media_type: String,
     pub length: u64,
     /// When the upstream last confirmed this answer (milliseconds since the epoch: whole
@@ -266,43 +266,6 @@ impl TagStore {
     }
 }
 
-/// The digests a manifest refers to: config and layers of an image, child manifests of an
-/// index, and its subject. Unparseable manifests refer to nothing.
-pub fn referenced_digests(bytes: &[u8]) -> Vec<String> {
-    #[derive(Deserialize)]
-    struct Desc {
-        digest: String,
-    }
-    #[derive(Deserialize)]
-    struct Any {
-        config: Option<Desc>,
-        #[serde(default)]
-        layers: Vec<Desc>,
-        #[serde(default)]
-        manifests: Vec<Desc>,
-        subject: Option<Desc>,
-        #[serde(default, rename = "fsLayers")]
-        fs_layers: Vec<V1Layer>,
-    }
-    #[derive(Deserialize)]
-    struct V1Layer {
-        #[serde(rename = "blobSum")]
-        blob_sum: String,
-    }
-    let Ok(m) = serde_json::from_slice::<Any>(bytes) else {
-        return Vec::new();
-    };
-    m.config
-        .into_iter()
-        .chain(m.layers)
-        .chain(m.manifests)
-        .chain(m.subject)
-        .map(|d| d.digest)
-        .chain(m.fs_layers.into_iter().map(|l| l.blob_sum))
-        .filter(|d| d.parse::<Digest>().is_ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,18 +277,5 @@ mod tests {
         let c = accept_key("application/vnd.docker.distribution.manifest.v2+json");
         assert_eq!(a, b);
         assert_ne!(a, c);
-    }
-
-    #[test]
-    fn finds_children() {
-        let d1 = format!("sha256:{}", "1".repeat(64));
-        let d2 = format!("sha256:{}", "2".repeat(64));
-        let m = format!(
-            r#"{{"config":{{"digest":"{d1}"}},"layers":[{{"digest":"{d2}"}},{{"digest":"bogus"}}]}}"#
-        );
-        assert_eq!(referenced_digests(m.as_bytes()), vec![d1.clone(), d2]);
-        let i = format!(r#"{{"manifests":[{{"digest":"{d1}"}}]}}"#);
-        assert_eq!(referenced_digests(i.as_bytes()), vec![d1]);
-        assert!(referenced_digests(b"not json").is_empty());
     }
 }

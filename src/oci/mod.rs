@@ -2,6 +2,7 @@
 //! berth's repository paths.
 
 pub mod digest;
+pub mod manifest;
 pub mod media;
 pub mod name;
 pub mod reference;

@@ -220,7 +220,7 @@ impl Registry {
         if t.linked(&self.cache, &ds) {
             if let Some(m) = self.cache.manifests.get(d).await {
                 METRICS.cache_hit("manifest");
-                return Ok(stored_manifest(&m, ds, head));
+                return Ok(stored_manifest(&m, d, head));
             }
         }
         if t.offline {
@@ -232,7 +232,7 @@ impl Registry {
         }
         let (bytes, media_type) = self.get_manifest(t, &ds, Some(d), accept).await?;
         self.store_manifest(t, d, &bytes, &media_type).await;
-        Ok(manifest_fetched(bytes, media_type, ds, false))
+        Ok(manifest_fetched(bytes, media_type, d, false))
     }
 
     /// Tags move: the tag → digest answer is trusted for `tag_ttl`, then revalidated with a
@@ -248,17 +248,15 @@ impl Registry {
         let key = TagKey::new(&t.upstream.name, &t.repository, tag, accept);
         let mut cached = None;
         if let Some(e) = self.cache.tags.get(&key).await {
-            if let Ok(d) = e.digest.parse::<Digest>() {
-                if let Some(m) = self.cache.manifests.get(&d).await {
-                    cached = Some((e, m));
-                }
+            if let Some(m) = self.cache.manifests.get(&e.digest).await {
+                cached = Some((e, m));
             }
         }
         let what = format!("{}:{tag}", t.public_name);
         if let Some((e, m)) = &cached {
             if t.offline || e.age(SystemTime::now()) < t.tag_ttl {
                 METRICS.cache_hit("manifest");
-                return Ok(stored_manifest(m, e.digest.clone(), head));
+                return Ok(stored_manifest(m, &e.digest, head));
             }
             match self.head_manifest(t, tag, None, accept).await {
                 Ok(f) if f.digest.as_deref() == Some(e.digest.as_str()) => {
@@ -266,7 +264,7 @@ impl Registry {
                     fresh.checked_ms = manifest::now_ms();
                     self.cache.tags.put(&key, fresh).await;
                     METRICS.cache_hit("manifest");
-                    return Ok(stored_manifest(m, e.digest.clone(), head));
+                    return Ok(stored_manifest(m, &e.digest, head));
                 }
                 Ok(_) => {}
                 Err(err) if err.is_transient() => {
@@ -305,14 +303,14 @@ impl Registry {
                     .put(
                         &key,
                         TagEntry {
-                            digest: d.to_string(),
+                            digest: d.clone(),
                             media_type: media_type.clone(),
                             length: bytes.len() as u64,
                             checked_ms: manifest::now_ms(),
                         },
                     )
                     .await;
-                Ok(manifest_fetched(bytes, media_type, d.to_string(), head))
+                Ok(manifest_fetched(bytes, media_type, &d, head))
             }
             Err(err) if err.is_transient() => match &cached {
                 Some((e, m)) => Ok(self.stale(t, &what, &err, m, &e.digest, head)),
@@ -335,17 +333,14 @@ impl Registry {
             .entries(&t.upstream.name, &t.repository, tag)
             .await
         {
-            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest) {
+            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, e.digest.as_str()) {
                 continue;
             }
-            let Ok(d) = e.digest.parse::<Digest>() else {
-                continue;
-            };
-            if let Some(m) = self.cache.manifests.get(&d).await {
+            if let Some(m) = self.cache.manifests.get(&e.digest).await {
                 METRICS.cache_hit("manifest");
                 tracing::info!(upstream = %t.upstream.name, image = %format!("{}:{tag}", t.public_name),
                     digest = %e.digest, "serving a stored tag answer recorded for another Accept set");
-                return Some(stored_manifest(&m, e.digest, head));
+                return Some(stored_manifest(&m, &e.digest, head));
             }
         }
         None
@@ -357,13 +352,13 @@ impl Registry {
         what: &str,
         err: &Error,
         m: &StoredManifest,
-        digest: &str,
+        digest: &Digest,
         head: bool,
     ) -> Fetched {
         METRICS.stale_serve();
         tracing::warn!(upstream = %t.upstream.name, image = %what, error = %err,
             "upstream unavailable: serving the last known manifest");
-        stored_manifest(m, digest.to_string(), head)
+        stored_manifest(m, digest, head)
     }
 
     async fn store_manifest(&self, t: &Target, d: &Digest, bytes: &Bytes, media_type: &str) {
@@ -374,12 +369,11 @@ impl Registry {
             tracing::warn!(error = %e, digest = %d, "cannot cache a manifest");
             return;
         }
-        let ds = d.to_string();
-        let children = manifest::referenced_digests(bytes);
+        let children = crate::oci::manifest::referenced_digests(bytes);
         self.cache.links.add(
             &t.upstream.name,
             &t.repository,
-            std::iter::once(ds.as_str()).chain(children.iter().map(String::as_str)),
+            std::iter::once(d.as_str()).chain(children.iter().map(Digest::as_str)),
         );
     }
 
@@ -840,15 +834,15 @@ fn accept_header(accept: &str) -> Result<HeaderMap> {
     Ok(h)
 }
 
-fn stored_manifest(m: &StoredManifest, digest: String, head: bool) -> Fetched {
+fn stored_manifest(m: &StoredManifest, digest: &Digest, head: bool) -> Fetched {
     manifest_fetched(m.bytes.clone(), m.media_type.clone(), digest, head)
 }
 
-fn manifest_fetched(bytes: Bytes, media_type: String, digest: String, head: bool) -> Fetched {
+fn manifest_fetched(bytes: Bytes, media_type: String, digest: &Digest, head: bool) -> Fetched {
     Fetched {
         partial: false,
         media_type: Some(media_type),
-        digest: Some(digest),
+        digest: Some(digest.to_string()),
         length: Some(bytes.len() as u64),
         content_range: None,
         link: None,
