@@ -190,12 +190,12 @@ async fn seed(
                 .put(&m.digest, Bytes::from(body), &m.media_type)
                 .await?;
         }
-        let digests: Vec<&str> = p
+        let digests: Vec<&Digest> = p
             .image
             .manifests
             .iter()
-            .map(|m| m.digest.as_str())
-            .chain(p.image.blob_sizes.keys().map(Digest::as_str))
+            .map(|m| &m.digest)
+            .chain(p.image.blob_sizes.keys())
             .collect();
         links.add(&p.upstream.name, &p.reference.repository, digests);
         if let Some(tag) = &p.reference.tag {

@@ -20,7 +20,7 @@ pub struct StoredManifest {
 pub struct ManifestStore {
     root: PathBuf,
     tmp: PathBuf,
-    mem: moka::sync::Cache<String, Arc<StoredManifest>>,
+    mem: moka::sync::Cache<Digest, Arc<StoredManifest>>,
 }
 
 /// Writes a file so that readers see either nothing or the whole of it.
@@ -61,8 +61,7 @@ impl ManifestStore {
     }
 
     pub async fn get(&self, d: &Digest) -> Option<Arc<StoredManifest>> {
-        let key = d.to_string();
-        if let Some(m) = self.mem.get(&key) {
+        if let Some(m) = self.mem.get(d) {
             return Some(m);
         }
         let path = self.path(d);
@@ -80,7 +79,7 @@ impl ManifestStore {
             bytes: Bytes::from(bytes),
             media_type,
         });
-        self.mem.insert(key, m.clone());
+        self.mem.insert(d.clone(), m.clone());
         Some(m)
     }
 
@@ -95,7 +94,7 @@ impl ManifestStore {
         .await?;
         write_atomic(&self.tmp, &path, bytes.to_vec()).await?;
         self.mem.insert(
-            d.to_string(),
+            d.clone(),
             Arc::new(StoredManifest {
                 bytes,
                 media_type: media_type.to_string(),

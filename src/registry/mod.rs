@@ -57,7 +57,7 @@ impl Target {
         format!("repository:{}:pull", self.repository)
     }
 
-    fn linked(&self, cache: &Cache, digest: &str) -> bool {
+    fn linked(&self, cache: &Cache, digest: &Digest) -> bool {
         cache
             .links
             .contains(&self.upstream.name, &self.repository, digest)
@@ -217,7 +217,7 @@ impl Registry {
         head: bool,
     ) -> Result<Fetched> {
         let ds = d.to_string();
-        if t.linked(&self.cache, &ds) {
+        if t.linked(&self.cache, d) {
             if let Some(m) = self.cache.manifests.get(d).await {
                 METRICS.cache_hit("manifest");
                 return Ok(stored_manifest(&m, d, head));
@@ -333,7 +333,7 @@ impl Registry {
             .entries(&t.upstream.name, &t.repository, tag)
             .await
         {
-            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, e.digest.as_str()) {
+            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest) {
                 continue;
             }
             if let Some(m) = self.cache.manifests.get(&e.digest).await {
@@ -373,7 +373,7 @@ impl Registry {
         self.cache.links.add(
             &t.upstream.name,
             &t.repository,
-            std::iter::once(d.as_str()).chain(children.iter().map(Digest::as_str)),
+            std::iter::once(d).chain(&children),
         );
     }
 
@@ -470,7 +470,7 @@ impl Registry {
         let ds = digest.to_string();
         let cacheable = digest.algorithm() == Algorithm::Sha256;
         if cacheable && self.cache.has_blob(digest) {
-            if !t.linked(&self.cache, &ds) {
+            if !t.linked(&self.cache, digest) {
                 if t.offline {
                     return Err(Error::BlobUnknown(format!("{}@{ds}", t.public_name)));
                 }
@@ -535,11 +535,9 @@ impl Registry {
                 Error::BlobUnknown(format!("{}@{}", t.public_name, digest)),
             ));
         }
-        self.cache.links.add(
-            &t.upstream.name,
-            &t.repository,
-            [digest.to_string().as_str()],
-        );
+        self.cache
+            .links
+            .add(&t.upstream.name, &t.repository, [digest]);
         Ok(())
     }
 
@@ -617,9 +615,7 @@ impl Registry {
             }
             match w.finish().await {
                 Ok(()) => {
-                    cache
-                        .links
-                        .add(&up.name, &repository, [digest.to_string().as_str()]);
+                    cache.links.add(&up.name, &repository, [&digest]);
                     tracing::debug!(upstream = %up.name, %digest, "blob cached");
                 }
                 Err(reason) => {
