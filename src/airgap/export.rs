@@ -354,7 +354,7 @@ impl Exporter<'_> {
             path,
             query: None,
             headers,
-            scope: format!("repository:{}:pull", img.r.repository),
+            scope: crate::oci::scope::pull(&img.r.repository),
         }
     }
 

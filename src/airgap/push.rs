@@ -28,7 +28,7 @@ use super::progress::Progress;
 use crate::config::Secret;
 use crate::oci::manifest::Descriptor;
 use crate::oci::reference::ImageRef;
-use crate::oci::Digest;
+use crate::oci::{scope, Digest};
 use crate::rewrite::{rewrite_image, Rules};
 use crate::upstream::{
     basic_header, challenge, check_realm, error_chain, https_connector, resolve, Origin,
@@ -436,7 +436,7 @@ impl Pusher {
         size: u64,
         mount_from: Option<&str>,
     ) -> Result<Outcome, Failure> {
-        let mut scopes = vec![format!("repository:{repo}:pull,push")];
+        let mut scopes = vec![scope::pull_push(repo)];
         let head = self
             .call(
                 Method::HEAD,
@@ -451,7 +451,7 @@ impl Pusher {
         }
         let mut start = format!("/v2/{repo}/blobs/uploads/");
         if let Some(from) = mount_from.filter(|f| *f != repo) {
-            scopes.push(format!("repository:{from}:pull"));
+            scopes.push(scope::pull(from));
             let q = form_urlencoded::Serializer::new(String::new())
                 .append_pair("mount", digest.as_str())
                 .append_pair("from", from)
@@ -531,7 +531,7 @@ impl Pusher {
         m: &Descriptor,
         body: Bytes,
     ) -> Result<(), Failure> {
-        let scopes = vec![format!("repository:{repo}:pull,push")];
+        let scopes = vec![scope::pull_push(repo)];
         let resp = self
             .call(
                 Method::PUT,

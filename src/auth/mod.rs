@@ -2,7 +2,6 @@
 //! the license id, or by a berth-issued bearer token) and what that license may pull.
 
 pub mod ratelimit;
-pub mod scope;
 pub mod token;
 
 use std::net::IpAddr;
@@ -13,8 +12,8 @@ use base64::Engine as _;
 use crate::config::{Config, License};
 use crate::error::Error;
 use crate::oci::repo::RepoPath;
+use crate::oci::scope::Access;
 use ratelimit::LoginThrottle;
-use scope::Access;
 use token::{Claims, Issuer};
 
 /// Why a request was not authenticated; logged for operators, never sent to clients
@@ -232,6 +231,7 @@ pub fn grant(license: &License, requested: &[Access]) -> Vec<Access> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::scope;
     use std::path::Path;
 
     fn config() -> Config {

@@ -7,6 +7,7 @@ pub mod media;
 pub mod name;
 pub mod reference;
 pub mod repo;
+pub mod scope;
 
 pub use digest::Digest;
 pub use media::DEFAULT_MANIFEST_ACCEPT;

@@ -54,7 +54,7 @@ pub struct Target {
 
 impl Target {
     fn scope(&self) -> String {
-        format!("repository:{}:pull", self.repository)
+        crate::oci::scope::pull(&self.repository)
     }
 
     fn linked(&self, cache: &Cache, digest: &Digest) -> bool {
