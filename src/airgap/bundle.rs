@@ -156,7 +156,7 @@ impl Bundle {
                             "entry {raw:?}: only sha256 blobs are supported"
                         )));
                     };
-                    let Ok(digest) = format!("sha256:{hex}").parse::<Digest>() else {
+                    let Some(digest) = Digest::from_sha256_hex(hex) else {
                         return Err(invalid(format!(
                             "entry {raw:?}: a blob's file name must be its 64-digit lowercase sha256"
                         )));

@@ -33,6 +33,12 @@ impl Digest {
         &self.text[self.algorithm.name().len() + 1..]
     }
 
+    /// A sha256 digest from its hex part alone (a blob's file name in a cache or a bundle):
+    /// 64 lowercase hex digits, or `None`.
+    pub fn from_sha256_hex(hex: &str) -> Option<Digest> {
+        format!("sha256:{hex}").parse().ok()
+    }
+
     /// `<algorithm>:<hex>`, borrowed.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -187,6 +193,10 @@ mod tests {
         let escaped = json.replace(':', "\\u003a");
         assert_eq!(serde_json::from_str::<Digest>(&escaped).unwrap(), d);
         assert!(serde_json::from_str::<Digest>("\"sha256:zz\"").is_err());
+        let hex = "a".repeat(64);
+        assert_eq!(Digest::from_sha256_hex(&hex).unwrap().hex(), hex);
+        assert!(Digest::from_sha256_hex(&"A".repeat(64)).is_none());
+        assert!(Digest::from_sha256_hex("sha256:aa").is_none());
     }
 
     #[test]
