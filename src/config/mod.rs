@@ -395,8 +395,8 @@ impl Upstream {
     /// The repository name the upstream knows: Docker Hub's official images live under
     /// `library/`, but references spell them `redis`.
     pub fn upstream_repository<'a>(&self, repository: &'a str) -> std::borrow::Cow<'a, str> {
-        if self.kind == UpstreamKind::Dockerhub && !repository.contains('/') {
-            std::borrow::Cow::Owned(format!("library/{repository}"))
+        if self.kind == UpstreamKind::Dockerhub {
+            crate::oci::name::docker_hub_repository(repository)
         } else {
             std::borrow::Cow::Borrowed(repository)
         }

@@ -35,6 +35,16 @@ pub fn is_docker_hub_host(host: &str) -> bool {
         .any(|a| a.eq_ignore_ascii_case(host))
 }
 
+/// The repository Docker Hub knows a path by: official images live under `library/`, but
+/// references spell them `redis`.
+pub fn docker_hub_repository(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.contains('/') {
+        std::borrow::Cow::Borrowed(path)
+    } else {
+        std::borrow::Cow::Owned(format!("library/{path}"))
+    }
+}
+
 /// Why a string is not a path component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ComponentError {
@@ -258,5 +268,7 @@ mod tests {
         assert!(is_docker_hub_host("Index.Docker.IO"));
         assert!(is_docker_hub_host("registry-1.docker.io"));
         assert!(!is_docker_hub_host("quay.io"));
+        assert_eq!(docker_hub_repository("redis"), "library/redis");
+        assert_eq!(docker_hub_repository("bitnami/redis"), "bitnami/redis");
     }
 }

@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-use super::name::{check_component, valid_reference_host, valid_tag, ComponentError};
+use super::name::{
+    check_component, docker_hub_repository, valid_reference_host, valid_tag, ComponentError,
+};
 pub use super::name::{is_docker_hub_host, DOCKER_HUB, DOCKER_HUB_ALIASES, NAME_MAX};
 use super::Digest;
 
@@ -82,8 +84,8 @@ impl ImageRef {
             validate_component(component)?;
         }
         let hub = is_docker_hub_host(registry);
-        let repository = if hub && !path.contains('/') {
-            format!("library/{path}")
+        let repository = if hub {
+            docker_hub_repository(path).into_owned()
         } else {
             path.to_string()
         };
@@ -255,6 +257,13 @@ mod tests {
             (r.registry.as_str(), r.repository.as_str()),
             ("10.0.0.1:5000", "x")
         );
+        // The registry host may hold uppercase (docker's domain-component); the path not.
+        let r = p("Quay.io/acme/api");
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("Quay.io", "acme/api")
+        );
+        assert_eq!(p("Docker.IO/redis").to_string(), "docker.io/library/redis");
         // Distribution reads a lone `host:port` as name and tag.
         let r = p("localhost:5000");
         assert_eq!(
