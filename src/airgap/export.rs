@@ -235,10 +235,11 @@ impl Exporter<'_> {
         let reference = img
             .r
             .digest
-            .clone()
+            .as_ref()
+            .map(Digest::to_string)
             .or_else(|| img.r.tag.clone())
             .unwrap_or_else(|| "latest".into());
-        let expected = img.r.digest.as_deref();
+        let expected = img.r.digest.as_ref().map(Digest::as_str);
         let (mut bytes, media_type) = self.get_manifest(img, &reference, expected).await?;
         let m = Manifest::parse(&bytes)
             .ok_or_else(|| anyhow::anyhow!("{}: the manifest is not JSON", img.input))?;

@@ -255,7 +255,10 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
         if let Some(d) = &reference.digest {
             // A platform-filtered index has a digest of its own; the original is annotated.
             let original = image.top.annotations.get("io.berth.upstream.digest");
-            if reference.tag.is_none() && d != image.top.digest.as_str() && original != Some(d) {
+            if reference.tag.is_none()
+                && *d != image.top.digest
+                && original.map(String::as_str) != Some(d.as_str())
+            {
                 anyhow::bail!("{what}: the bundle holds {} instead", image.top.digest);
             }
         }

@@ -129,7 +129,7 @@ pub fn target_of(to: &str, upstream_ref: &str) -> anyhow::Result<(String, String
     let reference = r
         .tag
         .clone()
-        .or(r.digest.clone())
+        .or(r.digest.as_ref().map(Digest::to_string))
         .unwrap_or_else(|| "latest".into());
     Ok((new, repository, reference))
 }

@@ -40,7 +40,7 @@ pub struct ImageRef {
     pub registry: String,
     pub repository: String,
     pub tag: Option<String>,
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
 }
 
 impl ImageRef {
@@ -51,8 +51,10 @@ impl ImageRef {
         }
         let (name_tag, digest) = match input.split_once('@') {
             Some((n, d)) => {
-                validate_digest(d)?;
-                (n, Some(d.to_string()))
+                let d = d
+                    .parse()
+                    .map_err(|_| ReferenceError::InvalidDigest(d.to_string()))?;
+                (n, Some(d))
             }
             None => (input, None),
         };
@@ -120,7 +122,7 @@ impl ImageRef {
         }
         if let Some(d) = &self.digest {
             s.push('@');
-            s.push_str(d);
+            s.push_str(d.as_str());
         }
         s
     }
@@ -227,7 +229,7 @@ mod tests {
                 r.registry.as_str(),
                 r.repository.as_str(),
                 r.tag.as_deref(),
-                r.digest.as_deref()
+                r.digest.as_ref().map(Digest::as_str)
             ),
             ("quay.io", "acme/api", Some("1.2"), None)
         );
@@ -245,7 +247,7 @@ mod tests {
         );
         let r = p(&format!("ghcr.io/o/r:v1@{D}"));
         assert_eq!(r.tag.as_deref(), Some("v1"));
-        assert_eq!(r.digest.as_deref(), Some(D));
+        assert_eq!(r.digest.as_ref().map(Digest::as_str), Some(D));
         assert_eq!(r.to_string(), format!("ghcr.io/o/r:v1@{D}"));
         let r = p(&format!("redis@{D}"));
         assert_eq!(r.tag, None);
@@ -273,7 +275,7 @@ mod tests {
         assert!(p("a__b/c-d---e/f.g_h:Tag_1.x-y").tag.is_some());
         let s512 = format!("sha512:{}", "a".repeat(128));
         assert_eq!(
-            p(&format!("x@{s512}")).digest.as_deref(),
+            p(&format!("x@{s512}")).digest.as_ref().map(Digest::as_str),
             Some(s512.as_str())
         );
     }
