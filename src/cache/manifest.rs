@@ -166,15 +166,8 @@ pub fn accept_key(accept: &str) -> String {
 }
 
 fn compute_accept_key(accept: &str) -> String {
-    let mut types: Vec<String> = accept
-        .split(',')
-        .map(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+    let mut types: Vec<String> = crate::oci::media::accept_types(accept)
+        .map(str::to_ascii_lowercase)
         .filter(|t| !t.is_empty())
         .collect();
     types.sort();

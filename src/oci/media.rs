@@ -17,6 +17,20 @@ pub const DEFAULT_MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+js
 /// (blobs never are).
 pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
 
+/// The media types an `Accept` header lists, in order, parameters (`;q=…`) dropped and
+/// spaces trimmed (an empty entry stays empty).
+pub fn accept_types(accept: &str) -> impl Iterator<Item = &str> {
+    accept
+        .split(',')
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+}
+
+/// Whether an `Accept` header admits `media_type` (parameters ignored; `*/*` admits all).
+pub fn accepts(accept: &str, media_type: &str) -> bool {
+    let want = media_type.split(';').next().unwrap_or("").trim();
+    accept_types(accept).any(|t| t == "*/*" || t.eq_ignore_ascii_case(want))
+}
+
 /// Whether a media type names an index (OCI image index or docker manifest list).
 pub fn is_index_type(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST
@@ -33,5 +47,9 @@ mod tests {
         }
         assert!(is_index_type(OCI_INDEX) && is_index_type(DOCKER_LIST));
         assert!(!is_index_type(OCI_MANIFEST) && !is_index_type(DOCKER_MANIFEST));
+        assert_eq!(
+            accept_types(" a/b ;q=0.5,c/d,, e/f;x=y").collect::<Vec<_>>(),
+            ["a/b", "c/d", "", "e/f"]
+        );
     }
 }

@@ -21,21 +21,12 @@ use crate::config::Upstream;
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::oci::digest::Algorithm;
-use crate::oci::media::{self, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
+use crate::oci::media::{self, accepts, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
 use crate::oci::repo::Reference;
 use crate::oci::Digest;
 use crate::upstream::{self, Stall, UpstreamError, UpstreamStalled};
 
 pub use verify::Verified;
-
-/// Whether an `Accept` header admits `media_type` (parameters ignored; `*/*` admits all).
-fn accepts(accept: &str, media_type: &str) -> bool {
-    let want = media_type.split(';').next().unwrap_or("").trim();
-    accept.split(',').any(|t| {
-        let t = t.split(';').next().unwrap_or("").trim();
-        t == "*/*" || t.eq_ignore_ascii_case(want)
-    })
-}
 
 const MAX_MANIFEST: usize = media::MAX_MANIFEST as usize;
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
