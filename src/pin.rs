@@ -61,7 +61,7 @@ impl Pinner {
             path: format!("/v2/{}/manifests/{tag}", r.repository),
             query: None,
             headers,
-            scope: format!("repository:{}:pull", r.repository),
+            scope: crate::oci::scope::pull(&r.repository),
         };
         self.rt.block_on(async {
             let resp = self

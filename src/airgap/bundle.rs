@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use super::{AnyManifest, Descriptor, Platform, ANN_APP, ANN_REF_NAME, ANN_UPSTREAM_REF};
-use super::{MAX_MANIFEST, OCI_MANIFEST};
+use super::{ANN_APP, ANN_REF_NAME, ANN_UPSTREAM_REF};
+use crate::oci::digest::Algorithm;
+use crate::oci::manifest::{Descriptor, Manifest, Platform};
+use crate::oci::media::{MAX_MANIFEST, OCI_MANIFEST};
 use crate::oci::Digest;
 
 /// Why a bundle is refused; the message names the tar entry or digest at fault.
@@ -41,8 +43,8 @@ pub struct BlobEntry {
 pub struct Bundle {
     pub path: PathBuf,
     pub index: Vec<Descriptor>,
-    /// Verified blobs by digest (`sha256:<hex>`).
-    pub blobs: HashMap<String, BlobEntry>,
+    /// Verified blobs by digest (sha256 only).
+    pub blobs: HashMap<Digest, BlobEntry>,
 }
 
 /// One image of the bundle: an `index.json` entry and everything it reaches.
@@ -56,7 +58,7 @@ pub struct Image {
     /// registry that checks references accepts them in this order.
     pub manifests: Vec<Descriptor>,
     /// Configs and layers with their sizes.
-    pub blob_sizes: BTreeMap<String, u64>,
+    pub blob_sizes: BTreeMap<Digest, u64>,
     pub platforms: Vec<Platform>,
 }
 
@@ -66,7 +68,7 @@ impl Image {
         self.upstream_ref
             .clone()
             .or_else(|| self.ref_name.clone())
-            .unwrap_or_else(|| self.top.digest.clone())
+            .unwrap_or_else(|| self.top.digest.to_string())
     }
 }
 
@@ -89,12 +91,6 @@ pub fn safe_path(raw: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
 impl Bundle {
     /// Reads and verifies the whole tar. With `stage`, every blob is also copied into that
     /// directory as `<hex>` (same filesystem as the cache, so seeding is a rename).
@@ -107,7 +103,7 @@ impl Bundle {
         let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
         let mut layout_seen = false;
         let mut index_bytes: Option<Vec<u8>> = None;
-        let mut blobs: HashMap<String, BlobEntry> = HashMap::new();
+        let mut blobs: HashMap<Digest, BlobEntry> = HashMap::new();
         // Every regular entry by its normalized name: a tar may repeat a name, and whoever
         // extracts it gets the last copy while a reader may take the first.
         let mut names: HashSet<String> = HashSet::new();
@@ -160,12 +156,11 @@ impl Bundle {
                             "entry {raw:?}: only sha256 blobs are supported"
                         )));
                     };
-                    if !is_sha256_hex(hex) {
+                    let Some(digest) = Digest::from_sha256_hex(hex) else {
                         return Err(invalid(format!(
                             "entry {raw:?}: a blob's file name must be its 64-digit lowercase sha256"
                         )));
-                    }
-                    let digest = format!("sha256:{hex}");
+                    };
                     let staged = stage.map(|d| d.join(hex));
                     let mut sink: Box<dyn Write> = match &staged {
                         Some(p) => Box::new(std::io::BufWriter::with_capacity(
@@ -240,7 +235,7 @@ impl Bundle {
     }
 
     /// Opens a verified blob for reading.
-    pub fn open_blob(&self, digest: &str) -> std::io::Result<Box<dyn Read + Send>> {
+    pub fn open_blob(&self, digest: &Digest) -> std::io::Result<Box<dyn Read + Send>> {
         let e = self
             .blobs
             .get(digest)
@@ -271,16 +266,13 @@ impl Bundle {
 
     /// The blob a descriptor names must be present with the size the descriptor claims.
     fn check(&self, d: &Descriptor, of: &str) -> Result<&BlobEntry, BundleError> {
-        let Some(hex) = d
-            .digest
-            .strip_prefix("sha256:")
-            .filter(|h| is_sha256_hex(h))
-        else {
+        if d.digest.algorithm() != Algorithm::Sha256 {
             return Err(invalid(format!(
                 "{of}: unsupported digest {:?} (sha256 only)",
-                d.digest
+                d.digest.as_str()
             )));
-        };
+        }
+        let hex = d.digest.hex();
         let e = self.blobs.get(&d.digest).ok_or_else(|| {
             invalid(format!(
                 "{of}: blob sha256:{hex} (expected entry \"blobs/sha256/{hex}\") is missing from the bundle"
@@ -312,7 +304,7 @@ impl Bundle {
             };
             let of = upstream_ref
                 .or(ref_name)
-                .unwrap_or_else(|| top.digest.clone());
+                .unwrap_or_else(|| top.digest.to_string());
             self.walk(top, &of, &mut img, 0)?;
             // Two entries for one reference with different content: which one a tag gets
             // would depend on the reader (an import seeds the last). Refuse, naming both.
@@ -342,7 +334,7 @@ impl Bundle {
             return Err(invalid(format!("{of}: indexes nested too deeply")));
         }
         let bytes = self.read_manifest(d, of)?;
-        let m = AnyManifest::parse(&bytes)
+        let m = Manifest::parse(&bytes)
             .ok_or_else(|| invalid(format!("{of}: manifest {} is not a manifest", d.digest)))?;
         let mut desc = d.clone();
         if desc.media_type.is_empty() {
@@ -389,7 +381,7 @@ fn hash_copy(
     r: &mut impl Read,
     w: &mut dyn Write,
     mut tick: impl FnMut(u64),
-) -> std::io::Result<(u64, String)> {
+) -> std::io::Result<(u64, Digest)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
@@ -405,7 +397,7 @@ fn hash_copy(
         n += k as u64;
         tick(n);
     }
-    Ok((n, Digest::from_sha256(&h.finalize()).to_string()))
+    Ok((n, Digest::from_sha256(&h.finalize())))
 }
 
 #[cfg(test)]

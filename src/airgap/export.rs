@@ -14,10 +14,13 @@ use http_body_util::BodyExt;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::human;
 use super::progress::Progress;
-use super::{human, AnyManifest, Descriptor, Platform};
-use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_UPSTREAM_REF, MAX_MANIFEST};
+use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_UPSTREAM_REF};
 use crate::config::{Config, Upstream};
+use crate::oci::digest::Algorithm;
+use crate::oci::manifest::{Descriptor, Manifest, Platform};
+use crate::oci::media::{self, MAX_MANIFEST};
 use crate::oci::reference::{is_docker_hub_host, ImageRef};
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
 use crate::upstream::{self, Client};
@@ -142,7 +145,7 @@ async fn export_into(
     ex.progress.finish();
     let index_json = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": super::OCI_INDEX,
+        "mediaType": media::OCI_INDEX,
         "manifests": index,
     });
     std::fs::write(
@@ -219,11 +222,11 @@ fn write_tar(stage: &Path, hexes: &[String], out: &Path) -> anyhow::Result<u64> 
     }
 }
 
-fn hex_of(digest: &str) -> anyhow::Result<&str> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| anyhow::anyhow!("unsupported digest {digest:?} (sha256 only)"))
+fn hex_of(digest: &Digest) -> anyhow::Result<&str> {
+    if digest.algorithm() != Algorithm::Sha256 {
+        anyhow::bail!("unsupported digest {:?} (sha256 only)", digest.as_str());
+    }
+    Ok(digest.hex())
 }
 
 impl Exporter<'_> {
@@ -232,12 +235,13 @@ impl Exporter<'_> {
         let reference = img
             .r
             .digest
-            .clone()
+            .as_ref()
+            .map(Digest::to_string)
             .or_else(|| img.r.tag.clone())
             .unwrap_or_else(|| "latest".into());
-        let expected = img.r.digest.as_deref();
+        let expected = img.r.digest.as_ref().map(Digest::as_str);
         let (mut bytes, media_type) = self.get_manifest(img, &reference, expected).await?;
-        let m = AnyManifest::parse(&bytes)
+        let m = Manifest::parse(&bytes)
             .ok_or_else(|| anyhow::anyhow!("{}: the manifest is not JSON", img.input))?;
         let mut layer_bytes = 0u64;
         let original = Digest::sha256_of(&bytes).to_string();
@@ -277,9 +281,9 @@ impl Exporter<'_> {
             }
             for child in &kept {
                 let (cb, cmt) = self
-                    .get_manifest(img, &child.digest, Some(&child.digest))
+                    .get_manifest(img, child.digest.as_str(), Some(child.digest.as_str()))
                     .await?;
-                let cm = AnyManifest::parse(&cb).ok_or_else(|| {
+                let cm = Manifest::parse(&cb).ok_or_else(|| {
                     anyhow::anyhow!("{}: manifest {} is not JSON", img.input, child.digest)
                 })?;
                 if cm.is_index(&cmt) {
@@ -291,7 +295,7 @@ impl Exporter<'_> {
         } else {
             layer_bytes += self.image_blobs(img, &m).await?;
         }
-        let digest = Digest::sha256_of(&bytes).to_string();
+        let digest = Digest::sha256_of(&bytes);
         self.store_small(&digest, &bytes)?;
         let full = format!("{}/{}{}", img.r.registry, img.r.repository, img.r.suffix());
         let mut annotations = BTreeMap::new();
@@ -299,7 +303,7 @@ impl Exporter<'_> {
         annotations.insert(ANN_CONTAINERD_NAME.to_string(), full.clone());
         annotations.insert(ANN_UPSTREAM_REF.to_string(), full.clone());
         annotations.insert(ANN_APP.to_string(), self.opts.app.clone());
-        if digest != original {
+        if digest.as_str() != original {
             annotations.insert("io.berth.upstream.digest".into(), original);
         }
         self.progress.line(&format!(
@@ -318,7 +322,7 @@ impl Exporter<'_> {
         ))
     }
 
-    async fn image_blobs(&mut self, img: &Resolved, m: &AnyManifest) -> anyhow::Result<u64> {
+    async fn image_blobs(&mut self, img: &Resolved, m: &Manifest) -> anyhow::Result<u64> {
         let mut total = 0;
         for d in m.config.iter().chain(&m.layers) {
             total += d.size;
@@ -327,7 +331,7 @@ impl Exporter<'_> {
         Ok(total)
     }
 
-    fn store_small(&mut self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    fn store_small(&mut self, digest: &Digest, bytes: &[u8]) -> anyhow::Result<()> {
         let hex = hex_of(digest)?.to_string();
         std::fs::write(self.blobs_dir.join(&hex), bytes)?;
         self.stored.insert(hex, bytes.len() as u64);
@@ -351,7 +355,7 @@ impl Exporter<'_> {
             path,
             query: None,
             headers,
-            scope: format!("repository:{}:pull", img.r.repository),
+            scope: crate::oci::scope::pull(&img.r.repository),
         }
     }
 
@@ -401,14 +405,14 @@ impl Exporter<'_> {
                     .map_err(|e| anyhow::anyhow!("{what}: reading the manifest: {e}"))?
                     .to_bytes();
                 let media_type = media_type
-                    .or_else(|| AnyManifest::parse(&body).and_then(|m| m.media_type))
-                    .unwrap_or_else(|| super::OCI_MANIFEST.to_string());
+                    .or_else(|| Manifest::parse(&body).and_then(|m| m.media_type))
+                    .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
                 Ok((body, media_type))
             }
             .await;
             match res {
                 Ok((body, mt)) => {
-                    if mt.starts_with("application/vnd.docker.distribution.manifest.v1") {
+                    if mt.starts_with(media::DOCKER_MANIFEST_V1_PREFIX) {
                         anyhow::bail!("{what}: schema 1 manifests are not supported");
                     }
                     if let Some(want) = expected {
@@ -511,7 +515,7 @@ impl Exporter<'_> {
         }
         file.flush().await?;
         drop(file);
-        let got = Digest::from_sha256(&h.finalize()).to_string();
+        let got = Digest::from_sha256(&h.finalize());
         if got != d.digest || n != d.size {
             let _ = tokio::fs::remove_file(&part).await;
             anyhow::bail!(

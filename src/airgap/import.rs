@@ -150,14 +150,14 @@ async fn seed(
     let tmp = dir.join("tmp");
 
     // Everything is verified and every image has a home: now seed.
-    let manifest_digests: BTreeSet<String> = plan
+    let manifest_digests: BTreeSet<Digest> = plan
         .iter()
         .flat_map(|p| p.image.manifests.iter().map(|m| m.digest.clone()))
         .collect();
     let mut pins = Vec::new();
     let mut bytes = 0u64;
     for (digest, entry) in &bundle.blobs {
-        let hex = digest.trim_start_matches("sha256:").to_string();
+        let hex = digest.hex().to_string();
         let Some(staged) = &entry.staged else {
             continue;
         };
@@ -186,18 +186,16 @@ async fn seed(
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("{} was not staged", m.digest))?,
             )?;
-            let d: Digest = m
-                .digest
-                .parse()
-                .map_err(|_| anyhow::anyhow!("bad digest {}", m.digest))?;
-            manifests.put(&d, Bytes::from(body), &m.media_type).await?;
+            manifests
+                .put(&m.digest, Bytes::from(body), &m.media_type)
+                .await?;
         }
-        let digests: Vec<&str> = p
+        let digests: Vec<&Digest> = p
             .image
             .manifests
             .iter()
-            .map(|m| m.digest.as_str())
-            .chain(p.image.blob_sizes.keys().map(String::as_str))
+            .map(|m| &m.digest)
+            .chain(p.image.blob_sizes.keys())
             .collect();
         links.add(&p.upstream.name, &p.reference.repository, digests);
         if let Some(tag) = &p.reference.tag {
@@ -257,7 +255,10 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
         if let Some(d) = &reference.digest {
             // A platform-filtered index has a digest of its own; the original is annotated.
             let original = image.top.annotations.get("io.berth.upstream.digest");
-            if reference.tag.is_none() && *d != image.top.digest && original != Some(d) {
+            if reference.tag.is_none()
+                && *d != image.top.digest
+                && original.map(String::as_str) != Some(d.as_str())
+            {
                 anyhow::bail!("{what}: the bundle holds {} instead", image.top.digest);
             }
         }

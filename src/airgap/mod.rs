@@ -16,8 +16,9 @@ pub mod push;
 use std::collections::HashSet;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
+/// `berth airgap export --platform` parses these.
+pub use crate::oci::manifest::Platform;
+use crate::oci::Digest;
 pub use bundle::{Bundle, BundleError, Image};
 
 /// The full upstream reference an image was exported from.
@@ -27,104 +28,6 @@ pub const ANN_APP: &str = "io.berth.app";
 pub const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's `ctr image import` names images after this one.
 pub const ANN_CONTAINERD_NAME: &str = "io.containerd.image.name";
-
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-
-/// A manifest is never more than this (distribution's own limit), so it may be held in
-/// memory; blobs never are.
-pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
-
-/// An OCI descriptor, with the fields berth reads.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
-    pub digest: String,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub annotations: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// Parses `os/arch[/variant]`, e.g. `linux/arm64/v8`.
-    pub fn parse(s: &str) -> Result<Platform, String> {
-        let parts: Vec<&str> = s.trim().split('/').collect();
-        match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: None,
-            }),
-            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: Some(v.to_string()),
-            }),
-            _ => Err(format!(
-                "invalid platform {s:?} (expected os/arch[/variant])"
-            )),
-        }
-    }
-
-    /// Whether a manifest for `self` is wanted by a filter entry: a filter without a
-    /// variant takes every variant.
-    pub fn selected_by(&self, filter: &Platform) -> bool {
-        self.os == filter.os
-            && self.architecture == filter.architecture
-            && (filter.variant.is_none() || filter.variant == self.variant)
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-/// The parts of any manifest or index berth needs to walk it.
-#[derive(Debug, Deserialize)]
-pub struct AnyManifest {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: Option<String>,
-    pub config: Option<Descriptor>,
-    #[serde(default)]
-    pub layers: Vec<Descriptor>,
-    #[serde(default)]
-    pub manifests: Vec<Descriptor>,
-}
-
-impl AnyManifest {
-    pub fn parse(bytes: &[u8]) -> Option<AnyManifest> {
-        serde_json::from_slice(bytes).ok()
-    }
-
-    pub fn is_index(&self, declared: &str) -> bool {
-        is_index_type(declared)
-            || self.media_type.as_deref().is_some_and(is_index_type)
-            || (!self.manifests.is_empty() && self.config.is_none())
-    }
-}
-
-pub fn is_index_type(media_type: &str) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_LIST
-}
 
 /// Human-readable byte counts for progress and summaries.
 pub fn human(bytes: u64) -> String {
@@ -169,7 +72,7 @@ pub fn list(path: &Path, out: &mut dyn std::io::Write) -> Result<(), BundleError
         );
     }
     let stored: u64 = b.blobs.values().map(|e| e.size).sum();
-    let unique: HashSet<&String> = images.iter().flat_map(|i| i.blob_sizes.keys()).collect();
+    let unique: HashSet<&Digest> = images.iter().flat_map(|i| i.blob_sizes.keys()).collect();
     let _ = writeln!(
         out,
         "{} images, {} blobs, {} stored ({} referenced by the images; shared blobs stored once); file {}",
@@ -186,17 +89,6 @@ pub fn list(path: &Path, out: &mut dyn std::io::Write) -> Result<(), BundleError
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn platforms_parse_and_filter() {
-        let p = Platform::parse("linux/arm64/v8").unwrap();
-        assert_eq!(p.to_string(), "linux/arm64/v8");
-        assert!(p.selected_by(&Platform::parse("linux/arm64").unwrap()));
-        assert!(!p.selected_by(&Platform::parse("linux/arm64/v7").unwrap()));
-        assert!(!p.selected_by(&Platform::parse("linux/amd64").unwrap()));
-        assert!(Platform::parse("linux").is_err());
-        assert!(Platform::parse("linux//x").is_err());
-    }
 
     #[test]
     fn human_sizes() {

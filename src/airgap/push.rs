@@ -23,10 +23,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::bundle::Bundle;
+use super::human;
 use super::progress::Progress;
-use super::{human, Descriptor};
 use crate::config::Secret;
+use crate::oci::manifest::Descriptor;
 use crate::oci::reference::ImageRef;
+use crate::oci::{scope, Digest};
 use crate::rewrite::{rewrite_image, Rules};
 use crate::upstream::{
     basic_header, challenge, check_realm, error_chain, https_connector, resolve, Origin,
@@ -127,7 +129,7 @@ pub fn target_of(to: &str, upstream_ref: &str) -> anyhow::Result<(String, String
     let reference = r
         .tag
         .clone()
-        .or(r.digest.clone())
+        .or(r.digest.as_ref().map(Digest::to_string))
         .unwrap_or_else(|| "latest".into());
     Ok((new, repository, reference))
 }
@@ -143,7 +145,7 @@ pub async fn push(bundle: &Bundle, opts: &PushOptions) -> anyhow::Result<PushRep
     let mut report = PushReport::default();
     let mut progress = Progress::new();
     // Where this run has put each blob, for cross-repository mounts.
-    let mut placed: HashMap<String, String> = HashMap::new();
+    let mut placed: HashMap<Digest, String> = HashMap::new();
     for img in &images {
         let old = img
             .upstream_ref
@@ -184,7 +186,7 @@ pub async fn push(bundle: &Bundle, opts: &PushOptions) -> anyhow::Result<PushRep
             let r = if is_top && !reference.starts_with("sha256:") {
                 reference.clone()
             } else {
-                m.digest.clone()
+                m.digest.to_string()
             };
             let body = Bytes::from(bundle.read_manifest(m, &old)?);
             retry(&mut progress, &format!("manifest {r} → {repo}"), || {
@@ -430,11 +432,11 @@ impl Pusher {
         &self,
         bundle: &Bundle,
         repo: &str,
-        digest: &str,
+        digest: &Digest,
         size: u64,
         mount_from: Option<&str>,
     ) -> Result<Outcome, Failure> {
-        let mut scopes = vec![format!("repository:{repo}:pull,push")];
+        let mut scopes = vec![scope::pull_push(repo)];
         let head = self
             .call(
                 Method::HEAD,
@@ -449,9 +451,9 @@ impl Pusher {
         }
         let mut start = format!("/v2/{repo}/blobs/uploads/");
         if let Some(from) = mount_from.filter(|f| *f != repo) {
-            scopes.push(format!("repository:{from}:pull"));
+            scopes.push(scope::pull(from));
             let q = form_urlencoded::Serializer::new(String::new())
-                .append_pair("mount", digest)
+                .append_pair("mount", digest.as_str())
                 .append_pair("from", from)
                 .finish();
             start = format!("{start}?{q}");
@@ -510,7 +512,7 @@ impl Pusher {
         let put = format!(
             "{location}{sep}{}",
             form_urlencoded::Serializer::new(String::new())
-                .append_pair("digest", digest)
+                .append_pair("digest", digest.as_str())
                 .finish()
         );
         let resp = self
@@ -529,7 +531,7 @@ impl Pusher {
         m: &Descriptor,
         body: Bytes,
     ) -> Result<(), Failure> {
-        let scopes = vec![format!("repository:{repo}:pull,push")];
+        let scopes = vec![scope::pull_push(repo)];
         let resp = self
             .call(
                 Method::PUT,

@@ -23,9 +23,10 @@ use crate::auth::ratelimit::{Limiter, LoginThrottle};
 use crate::auth::token::Issuer;
 use crate::config::{Config, Live};
 use crate::error::Error;
+use crate::oci::repo::RepoPath;
 use crate::registry::{ByteRange, Fetched, Registry, Target};
 use body::{Body, LogLine, Logged, Who};
-use route::{RepoPath, Route};
+use route::Route;
 
 pub struct Api {
     pub config: Live,

@@ -1,95 +1,10 @@
 //! The route parser: turns a request path into a typed `Route` before anything else looks
-//! at it. Pure: no I/O, no config.
+//! at it. Pure: no I/O, no config. The names and references it yields are `oci::repo`
+//! types, which the layers below take without knowing about HTTP paths.
 
 use crate::error::Error;
-use crate::oci::name::{valid_component, valid_host, valid_repository, valid_tag, MAX_NAME_LEN};
+use crate::oci::repo::{Reference, RepoPath};
 use crate::oci::Digest;
-
-/// `proxy/<app>/<host>/<repository>`: the customer-facing repository name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepoPath {
-    pub app: String,
-    pub host: String,
-    pub repository: String,
-}
-
-impl RepoPath {
-    /// The name as the customer sees it (without `/v2/`).
-    pub fn name(&self) -> String {
-        format!("proxy/{}/{}/{}", self.app, self.host, self.repository)
-    }
-
-    fn parse(name: &str) -> Result<RepoPath, Error> {
-        if name.len() > MAX_NAME_LEN + "proxy/".len() + 64 {
-            return Err(Error::NameInvalid("repository name too long".into()));
-        }
-        let rest = name.strip_prefix("proxy/").ok_or_else(|| {
-            Error::NameUnknown(
-                "repositories live under /v2/proxy/<app>/<registry>/<repository>".into(),
-            )
-        })?;
-        let mut parts = rest.splitn(3, '/');
-        let (Some(app), Some(host), Some(repository)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Error::NameInvalid(
-                "expected proxy/<app>/<registry>/<repository>".into(),
-            ));
-        };
-        if !valid_component(app) {
-            return Err(Error::NameInvalid(format!("invalid app {app:?}")));
-        }
-        // The rewriter writes `host:port` as `host_port` (a colon cannot appear in a
-        // repository path); both spellings are accepted.
-        let host_ok = valid_host(host)
-            || host
-                .rsplit_once('_')
-                .is_some_and(|(n, p)| valid_host(&format!("{n}:{p}")));
-        if !host_ok {
-            return Err(Error::NameInvalid(format!(
-                "invalid registry host {host:?}"
-            )));
-        }
-        if !valid_repository(repository) {
-            return Err(Error::NameInvalid(format!(
-                "invalid repository {repository:?}"
-            )));
-        }
-        Ok(RepoPath {
-            app: app.to_string(),
-            host: host.to_string(),
-            repository: repository.to_string(),
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reference {
-    Tag(String),
-    Digest(Digest),
-}
-
-impl Reference {
-    pub fn parse(s: &str) -> Result<Reference, Error> {
-        if s.contains(':') {
-            s.parse()
-                .map(Reference::Digest)
-                .map_err(|_| Error::DigestInvalid(format!("{s:?} is not a valid digest")))
-        } else if valid_tag(s) {
-            Ok(Reference::Tag(s.to_string()))
-        } else {
-            Err(Error::TagInvalid(format!("{s:?} is not a valid tag")))
-        }
-    }
-}
-
-impl std::fmt::Display for Reference {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reference::Tag(t) => f.write_str(t),
-            Reference::Digest(d) => d.fmt(f),
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

@@ -11,9 +11,10 @@ use http_body_util::{BodyExt, Limited};
 
 use super::body::{self, Body, BoxError, Who};
 use super::{Api, MAX_FORM};
-use crate::auth::{self, scope};
+use crate::auth;
 use crate::config::Config;
 use crate::error::Error;
+use crate::oci::scope;
 
 pub(super) async fn handle<B>(
     api: &Api,

@@ -2,7 +2,6 @@
 //! the license id, or by a berth-issued bearer token) and what that license may pull.
 
 pub mod ratelimit;
-pub mod scope;
 pub mod token;
 
 use std::net::IpAddr;
@@ -10,11 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 
-use crate::api::route::RepoPath;
 use crate::config::{Config, License};
 use crate::error::Error;
+use crate::oci::repo::RepoPath;
+use crate::oci::scope::Access;
 use ratelimit::LoginThrottle;
-use scope::Access;
 use token::{Claims, Issuer};
 
 /// Why a request was not authenticated; logged for operators, never sent to clients
@@ -208,9 +207,7 @@ pub fn grant(license: &License, requested: &[Access]) -> Vec<Access> {
         if a.kind != "repository" || !a.actions.iter().any(|x| x == "pull" || x == "*") {
             continue;
         }
-        let Ok(crate::api::route::Route::Tags { repo }) =
-            crate::api::route::parse(&format!("/v2/{}/tags/list", a.name))
-        else {
+        let Ok(repo) = RepoPath::parse(&a.name) else {
             continue;
         };
         let who = Principal {
@@ -234,6 +231,7 @@ pub fn grant(license: &License, requested: &[Access]) -> Vec<Access> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::scope;
     use std::path::Path;
 
     fn config() -> Config {

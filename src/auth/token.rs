@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::scope::Access;
 use crate::config::Secret;
+use crate::oci::scope::Access;
 
 const ISSUER: &str = "berth";
 const KEY_LEN: usize = 32;

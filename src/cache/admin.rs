@@ -175,15 +175,10 @@ mod tests {
         std::fs::write(dir.join("tags/up/acme/web/1/k.json"), b"{}").unwrap();
         {
             let l = Links::open(&dir.join("links.log")).unwrap();
-            l.add(
-                "up",
-                "acme/api",
-                [
-                    format!("sha256:{a}").as_str(),
-                    format!("sha256:{b}").as_str(),
-                ],
-            );
-            l.add("up", "acme/web", [format!("sha256:{a}").as_str()]);
+            let da: crate::oci::Digest = format!("sha256:{a}").parse().unwrap();
+            let db: crate::oci::Digest = format!("sha256:{b}").parse().unwrap();
+            l.add("up", "acme/api", [&da, &db]);
+            l.add("up", "acme/web", [&da]);
         }
         let st = stats(&dir).unwrap();
         assert_eq!((st.blobs, st.tags, st.links), (2, 2, 3));

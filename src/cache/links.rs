@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
+use crate::oci::Digest;
+
 pub struct Links {
     set: RwLock<HashSet<String>>,
     log: Mutex<std::fs::File>,
@@ -41,8 +43,8 @@ impl Links {
         })
     }
 
-    pub fn contains(&self, upstream: &str, repository: &str, digest: &str) -> bool {
-        let k = key(upstream, repository, digest);
+    pub fn contains(&self, upstream: &str, repository: &str, digest: &Digest) -> bool {
+        let k = key(upstream, repository, digest.as_str());
         if self
             .set
             .read()
@@ -83,13 +85,13 @@ impl Links {
         &self,
         upstream: &str,
         repository: &str,
-        digests: impl IntoIterator<Item = &'a str>,
+        digests: impl IntoIterator<Item = &'a Digest>,
     ) {
         let mut fresh = String::new();
         {
             let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
             for d in digests {
-                let k = key(upstream, repository, d);
+                let k = key(upstream, repository, d.as_str());
                 if set.insert(k.clone()) {
                     fresh.push_str(&k);
                     fresh.push('\n');
@@ -170,6 +172,13 @@ fn replay(bytes: &[u8], set: &mut HashSet<String>) -> usize {
 mod tests {
     use super::*;
 
+    /// `sha256:` and 64 times `c`.
+    fn d(c: char) -> Digest {
+        format!("sha256:{}", c.to_string().repeat(64))
+            .parse()
+            .unwrap()
+    }
+
     #[test]
     fn persists_and_survives_a_torn_line() {
         let dir = std::env::temp_dir().join(format!("berth-links-{}", std::process::id()));
@@ -177,10 +186,10 @@ mod tests {
         let path = dir.join("links");
         let _ = std::fs::remove_file(&path);
         let l = Links::open(&path).unwrap();
-        l.add("up", "acme/api", ["sha256:aa", "sha256:bb"]);
-        l.add("up", "acme/api", ["sha256:aa"]);
-        assert!(l.contains("up", "acme/api", "sha256:aa"));
-        assert!(!l.contains("up", "other/api", "sha256:aa"));
+        l.add("up", "acme/api", [&d('a'), &d('b')]);
+        l.add("up", "acme/api", [&d('a')]);
+        assert!(l.contains("up", "acme/api", &d('a')));
+        assert!(!l.contains("up", "other/api", &d('a')));
         drop(l);
         std::fs::OpenOptions::new()
             .append(true)
@@ -190,7 +199,7 @@ mod tests {
             .unwrap();
         let l = Links::open(&path).unwrap();
         assert_eq!(l.len(), 2);
-        assert!(l.contains("up", "acme/api", "sha256:bb"));
+        assert!(l.contains("up", "acme/api", &d('b')));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -199,10 +208,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("links.log");
         let server = Links::open(&path).unwrap();
-        server.add("up", "acme/api", ["sha256:aa"]);
+        server.add("up", "acme/api", [&d('a')]);
         // `berth airgap import` while the server runs: its own Links on the same file.
         let import = Links::open(&path).unwrap();
-        import.add("up", "acme/worker", ["sha256:bb", "sha256:cc"]);
+        import.add("up", "acme/worker", [&d('b'), &d('c')]);
         // Half a line, as a writer mid-append leaves it: not taken, and not lost later.
         std::fs::OpenOptions::new()
             .append(true)
@@ -210,15 +219,15 @@ mod tests {
             .unwrap()
             .write_all(b"up\tacme/db\tsha2")
             .unwrap();
-        assert!(server.contains("up", "acme/worker", "sha256:cc"));
-        assert!(!server.contains("up", "acme/db", "sha256:dd"));
+        assert!(server.contains("up", "acme/worker", &d('c')));
+        assert!(!server.contains("up", "acme/db", &d('d')));
         std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap()
-            .write_all(b"56:dd\n")
+            .write_all(format!("56:{}\n", "d".repeat(64)).as_bytes())
             .unwrap();
-        assert!(server.contains("up", "acme/db", "sha256:dd"));
-        assert!(!server.contains("up", "acme/db", "sha256:aa"));
+        assert!(server.contains("up", "acme/db", &d('d')));
+        assert!(!server.contains("up", "acme/db", &d('a')));
     }
 }

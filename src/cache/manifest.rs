@@ -20,7 +20,7 @@ pub struct StoredManifest {
 pub struct ManifestStore {
     root: PathBuf,
     tmp: PathBuf,
-    mem: moka::sync::Cache<String, Arc<StoredManifest>>,
+    mem: moka::sync::Cache<Digest, Arc<StoredManifest>>,
 }
 
 /// Writes a file so that readers see either nothing or the whole of it.
@@ -61,8 +61,7 @@ impl ManifestStore {
     }
 
     pub async fn get(&self, d: &Digest) -> Option<Arc<StoredManifest>> {
-        let key = d.to_string();
-        if let Some(m) = self.mem.get(&key) {
+        if let Some(m) = self.mem.get(d) {
             return Some(m);
         }
         let path = self.path(d);
@@ -80,7 +79,7 @@ impl ManifestStore {
             bytes: Bytes::from(bytes),
             media_type,
         });
-        self.mem.insert(key, m.clone());
+        self.mem.insert(d.clone(), m.clone());
         Some(m)
     }
 
@@ -95,7 +94,7 @@ impl ManifestStore {
         .await?;
         write_atomic(&self.tmp, &path, bytes.to_vec()).await?;
         self.mem.insert(
-            d.to_string(),
+            d.clone(),
             Arc::new(StoredManifest {
                 bytes,
                 media_type: media_type.to_string(),
@@ -107,7 +106,7 @@ impl ManifestStore {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TagEntry {
-    pub digest: String,
+    pub digest: Digest,
     pub media_type: String,
     pub length: u64,
     /// When the upstream last confirmed this answer (milliseconds since the epoch: whole
@@ -167,15 +166,8 @@ pub fn accept_key(accept: &str) -> String {
 }
 
 fn compute_accept_key(accept: &str) -> String {
-    let mut types: Vec<String> = accept
-        .split(',')
-        .map(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+    let mut types: Vec<String> = crate::oci::media::accept_types(accept)
+        .map(str::to_ascii_lowercase)
         .filter(|t| !t.is_empty())
         .collect();
     types.sort();
@@ -266,43 +258,6 @@ impl TagStore {
     }
 }
 
-/// The digests a manifest refers to: config and layers of an image, child manifests of an
-/// index, and its subject. Unparseable manifests refer to nothing.
-pub fn referenced_digests(bytes: &[u8]) -> Vec<String> {
-    #[derive(Deserialize)]
-    struct Desc {
-        digest: String,
-    }
-    #[derive(Deserialize)]
-    struct Any {
-        config: Option<Desc>,
-        #[serde(default)]
-        layers: Vec<Desc>,
-        #[serde(default)]
-        manifests: Vec<Desc>,
-        subject: Option<Desc>,
-        #[serde(default, rename = "fsLayers")]
-        fs_layers: Vec<V1Layer>,
-    }
-    #[derive(Deserialize)]
-    struct V1Layer {
-        #[serde(rename = "blobSum")]
-        blob_sum: String,
-    }
-    let Ok(m) = serde_json::from_slice::<Any>(bytes) else {
-        return Vec::new();
-    };
-    m.config
-        .into_iter()
-        .chain(m.layers)
-        .chain(m.manifests)
-        .chain(m.subject)
-        .map(|d| d.digest)
-        .chain(m.fs_layers.into_iter().map(|l| l.blob_sum))
-        .filter(|d| d.parse::<Digest>().is_ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,18 +269,5 @@ mod tests {
         let c = accept_key("application/vnd.docker.distribution.manifest.v2+json");
         assert_eq!(a, b);
         assert_ne!(a, c);
-    }
-
-    #[test]
-    fn finds_children() {
-        let d1 = format!("sha256:{}", "1".repeat(64));
-        let d2 = format!("sha256:{}", "2".repeat(64));
-        let m = format!(
-            r#"{{"config":{{"digest":"{d1}"}},"layers":[{{"digest":"{d2}"}},{{"digest":"bogus"}}]}}"#
-        );
-        assert_eq!(referenced_digests(m.as_bytes()), vec![d1.clone(), d2]);
-        let i = format!(r#"{{"manifests":[{{"digest":"{d1}"}}]}}"#);
-        assert_eq!(referenced_digests(i.as_bytes()), vec![d1]);
-        assert!(referenced_digests(b"not json").is_empty());
     }
 }

@@ -124,10 +124,7 @@ impl Cache {
             .flatten()
         {
             let name = e.file_name().to_string_lossy().to_string();
-            let valid = name.len() == 64
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            let valid = crate::oci::Digest::from_sha256_hex(&name).is_some();
             let Ok(meta) = e.metadata() else { continue };
             if !valid || !meta.is_file() {
                 let _ = std::fs::remove_file(e.path());

@@ -336,7 +336,6 @@ impl UpstreamKind {
 /// Docker Hub's names: references say `docker.io` or `index.docker.io`, the API is elsewhere.
 pub const DOCKER_HUB_HOST: &str = "index.docker.io";
 pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
-const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
 
 /// AWS credentials for ECR's `GetAuthorizationToken`; the registry password is derived.
 #[derive(Debug, Clone)]
@@ -405,14 +404,15 @@ impl Upstream {
         self.host == host
             // The rewriter spells host:port as host_port inside a repository path.
             || self.host.replace(':', "_") == host
-            || (self.kind == UpstreamKind::Dockerhub && DOCKER_HUB_ALIASES.contains(&host))
+            || (self.kind == UpstreamKind::Dockerhub
+                && crate::oci::name::DOCKER_HUB_ALIASES.contains(&host))
     }
 
     /// The repository name the upstream knows: Docker Hub's official images live under
     /// `library/`, but references spell them `redis`.
     pub fn upstream_repository<'a>(&self, repository: &'a str) -> std::borrow::Cow<'a, str> {
-        if self.kind == UpstreamKind::Dockerhub && !repository.contains('/') {
-            std::borrow::Cow::Owned(format!("library/{repository}"))
+        if self.kind == UpstreamKind::Dockerhub {
+            crate::oci::name::docker_hub_repository(repository)
         } else {
             std::borrow::Cow::Borrowed(repository)
         }

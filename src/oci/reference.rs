@@ -6,16 +6,11 @@
 
 use std::fmt;
 
-/// The canonical registry name for Docker Hub (what `redis` expands to).
-pub const DOCKER_HUB: &str = "docker.io";
-
-/// Host names that all mean Docker Hub when they start a reference.
-pub const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-
-/// Longest accepted name (registry plus repository), as in distribution.
-pub const NAME_MAX: usize = 255;
-
-const TAG_MAX: usize = 128;
+use super::name::{
+    check_component, docker_hub_repository, valid_reference_host, valid_tag, ComponentError,
+};
+pub use super::name::{is_docker_hub_host, DOCKER_HUB, DOCKER_HUB_ALIASES, NAME_MAX};
+use super::Digest;
 
 /// Why a string is not an image reference.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +40,7 @@ pub struct ImageRef {
     pub registry: String,
     pub repository: String,
     pub tag: Option<String>,
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
 }
 
 impl ImageRef {
@@ -56,8 +51,10 @@ impl ImageRef {
         }
         let (name_tag, digest) = match input.split_once('@') {
             Some((n, d)) => {
-                validate_digest(d)?;
-                (n, Some(d.to_string()))
+                let d = d
+                    .parse()
+                    .map_err(|_| ReferenceError::InvalidDigest(d.to_string()))?;
+                (n, Some(d))
             }
             None => (input, None),
         };
@@ -89,8 +86,8 @@ impl ImageRef {
             validate_component(component)?;
         }
         let hub = is_docker_hub_host(registry);
-        let repository = if hub && !path.contains('/') {
-            format!("library/{path}")
+        let repository = if hub {
+            docker_hub_repository(path).into_owned()
         } else {
             path.to_string()
         };
@@ -125,7 +122,7 @@ impl ImageRef {
         }
         if let Some(d) = &self.digest {
             s.push('@');
-            s.push_str(d);
+            s.push_str(d.as_str());
         }
         s
     }
@@ -144,125 +141,44 @@ impl std::str::FromStr for ImageRef {
     }
 }
 
-/// Whether `host` (as written in a reference or a config) names Docker Hub.
-pub fn is_docker_hub_host(host: &str) -> bool {
-    DOCKER_HUB_ALIASES
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(host))
-}
-
 /// Distribution's rule for telling `registry/repo` from `user/repo`.
 fn looks_like_registry(first: &str) -> bool {
     first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[')
 }
 
 /// Checks `host[:port]`, where host is a DNS name, an IPv4 address or a
-/// bracketed IPv6 address.
+/// bracketed IPv6 address (the reference form of [`super::name::valid_reference_host`]).
 pub fn validate_registry(reg: &str) -> Result<(), ReferenceError> {
-    let bad = || ReferenceError::InvalidRegistry(reg.to_string());
-    let (host, port) = if let Some(rest) = reg.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']').ok_or_else(bad)?;
-        let ok = inside.matches(':').count() >= 2
-            && inside
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
-        if !ok {
-            return Err(bad());
-        }
-        match after {
-            "" => (None, None),
-            p => (None, Some(p.strip_prefix(':').ok_or_else(bad)?)),
-        }
+    if valid_reference_host(reg) {
+        Ok(())
     } else {
-        match reg.split_once(':') {
-            Some((h, p)) => (Some(h), Some(p)),
-            None => (Some(reg), None),
-        }
-    };
-    if let Some(host) = host {
-        let labels_ok = !host.is_empty()
-            && host.split('.').all(|l| {
-                !l.is_empty()
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            });
-        if !labels_ok {
-            return Err(bad());
-        }
+        Err(ReferenceError::InvalidRegistry(reg.to_string()))
     }
-    if let Some(p) = port {
-        let ok = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
-        if !ok {
-            return Err(bad());
-        }
-    }
-    Ok(())
 }
 
 /// `[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`
 pub fn validate_component(c: &str) -> Result<(), ReferenceError> {
-    if c.is_empty() {
-        return Err(ReferenceError::EmptyComponent);
-    }
-    let bad = || ReferenceError::InvalidComponent(c.to_string());
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    let mut i = 0;
-    loop {
-        let start = i;
-        while i < b.len() && alnum(b[i]) {
-            i += 1;
-        }
-        if i == start {
-            return Err(bad());
-        }
-        if i == b.len() {
-            return Ok(());
-        }
-        let sep_start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[sep_start..i];
-        let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|x| x == b'-');
-        if !ok || i == b.len() {
-            return Err(bad());
-        }
+    match check_component(c) {
+        Ok(()) => Ok(()),
+        Err(ComponentError::Empty) => Err(ReferenceError::EmptyComponent),
+        Err(ComponentError::Invalid) => Err(ReferenceError::InvalidComponent(c.to_string())),
     }
 }
 
 /// `[\w][\w.-]{0,127}`
 pub fn validate_tag(t: &str) -> Result<(), ReferenceError> {
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    let b = t.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= TAG_MAX
-        && word(b[0])
-        && b[1..].iter().all(|&c| word(c) || c == b'.' || c == b'-');
-    if ok {
+    if valid_tag(t) {
         Ok(())
     } else {
         Err(ReferenceError::InvalidTag(t.to_string()))
     }
 }
 
-/// `sha256:` + 64 lowercase hex, or `sha512:` + 128.
+/// `sha256:` + 64 lowercase hex, or `sha512:` + 128 (the one digest grammar, [`Digest`]).
 pub fn validate_digest(d: &str) -> Result<(), ReferenceError> {
-    let hex_ok = |h: &str, n: usize| {
-        h.len() == n
-            && h.bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-    };
-    let ok = match d.split_once(':') {
-        Some(("sha256", h)) => hex_ok(h, 64),
-        Some(("sha512", h)) => hex_ok(h, 128),
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ReferenceError::InvalidDigest(d.to_string()))
+    match d.parse::<Digest>() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(ReferenceError::InvalidDigest(d.to_string())),
     }
 }
 
@@ -313,7 +229,7 @@ mod tests {
                 r.registry.as_str(),
                 r.repository.as_str(),
                 r.tag.as_deref(),
-                r.digest.as_deref()
+                r.digest.as_ref().map(Digest::as_str)
             ),
             ("quay.io", "acme/api", Some("1.2"), None)
         );
@@ -331,7 +247,7 @@ mod tests {
         );
         let r = p(&format!("ghcr.io/o/r:v1@{D}"));
         assert_eq!(r.tag.as_deref(), Some("v1"));
-        assert_eq!(r.digest.as_deref(), Some(D));
+        assert_eq!(r.digest.as_ref().map(Digest::as_str), Some(D));
         assert_eq!(r.to_string(), format!("ghcr.io/o/r:v1@{D}"));
         let r = p(&format!("redis@{D}"));
         assert_eq!(r.tag, None);
@@ -343,6 +259,13 @@ mod tests {
             (r.registry.as_str(), r.repository.as_str()),
             ("10.0.0.1:5000", "x")
         );
+        // The registry host may hold uppercase (docker's domain-component); the path not.
+        let r = p("Quay.io/acme/api");
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("Quay.io", "acme/api")
+        );
+        assert_eq!(p("Docker.IO/redis").to_string(), "docker.io/library/redis");
         // Distribution reads a lone `host:port` as name and tag.
         let r = p("localhost:5000");
         assert_eq!(
@@ -352,7 +275,7 @@ mod tests {
         assert!(p("a__b/c-d---e/f.g_h:Tag_1.x-y").tag.is_some());
         let s512 = format!("sha512:{}", "a".repeat(128));
         assert_eq!(
-            p(&format!("x@{s512}")).digest.as_deref(),
+            p(&format!("x@{s512}")).digest.as_ref().map(Digest::as_str),
             Some(s512.as_str())
         );
     }

@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::api::body::{self, Body};
-use crate::api::route::Reference;
 use crate::cache::index::ReadGuard;
 use crate::cache::manifest::{self, StoredManifest};
 use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
@@ -22,24 +21,15 @@ use crate::config::Upstream;
 use crate::error::{Error, Result};
 use crate::metrics::METRICS;
 use crate::oci::digest::Algorithm;
-use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
+use crate::oci::media::{self, accepts, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
+use crate::oci::repo::Reference;
+use crate::oci::Digest;
 use crate::upstream::{self, Stall, UpstreamError, UpstreamStalled};
 
 pub use verify::Verified;
 
-/// Whether an `Accept` header admits `media_type` (parameters ignored; `*/*` admits all).
-fn accepts(accept: &str, media_type: &str) -> bool {
-    let want = media_type.split(';').next().unwrap_or("").trim();
-    accept.split(',').any(|t| {
-        let t = t.split(';').next().unwrap_or("").trim();
-        t == "*/*" || t.eq_ignore_ascii_case(want)
-    })
-}
-
-/// distribution refuses manifests over 4 MiB; so does berth, which holds them in memory.
-const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+const MAX_MANIFEST: usize = media::MAX_MANIFEST as usize;
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// The repository a request is about, resolved to its upstream, with the cache policy in
 /// force for this request.
@@ -55,10 +45,10 @@ pub struct Target {
 
 impl Target {
     fn scope(&self) -> String {
-        format!("repository:{}:pull", self.repository)
+        crate::oci::scope::pull(&self.repository)
     }
 
-    fn linked(&self, cache: &Cache, digest: &str) -> bool {
+    fn linked(&self, cache: &Cache, digest: &Digest) -> bool {
         cache
             .links
             .contains(&self.upstream.name, &self.repository, digest)
@@ -218,10 +208,10 @@ impl Registry {
         head: bool,
     ) -> Result<Fetched> {
         let ds = d.to_string();
-        if t.linked(&self.cache, &ds) {
+        if t.linked(&self.cache, d) {
             if let Some(m) = self.cache.manifests.get(d).await {
                 METRICS.cache_hit("manifest");
-                return Ok(stored_manifest(&m, ds, head));
+                return Ok(stored_manifest(&m, d, head));
             }
         }
         if t.offline {
@@ -233,7 +223,7 @@ impl Registry {
         }
         let (bytes, media_type) = self.get_manifest(t, &ds, Some(d), accept).await?;
         self.store_manifest(t, d, &bytes, &media_type).await;
-        Ok(manifest_fetched(bytes, media_type, ds, false))
+        Ok(manifest_fetched(bytes, media_type, d, false))
     }
 
     /// Tags move: the tag → digest answer is trusted for `tag_ttl`, then revalidated with a
@@ -249,17 +239,15 @@ impl Registry {
         let key = TagKey::new(&t.upstream.name, &t.repository, tag, accept);
         let mut cached = None;
         if let Some(e) = self.cache.tags.get(&key).await {
-            if let Ok(d) = e.digest.parse::<Digest>() {
-                if let Some(m) = self.cache.manifests.get(&d).await {
-                    cached = Some((e, m));
-                }
+            if let Some(m) = self.cache.manifests.get(&e.digest).await {
+                cached = Some((e, m));
             }
         }
         let what = format!("{}:{tag}", t.public_name);
         if let Some((e, m)) = &cached {
             if t.offline || e.age(SystemTime::now()) < t.tag_ttl {
                 METRICS.cache_hit("manifest");
-                return Ok(stored_manifest(m, e.digest.clone(), head));
+                return Ok(stored_manifest(m, &e.digest, head));
             }
             match self.head_manifest(t, tag, None, accept).await {
                 Ok(f) if f.digest.as_deref() == Some(e.digest.as_str()) => {
@@ -267,7 +255,7 @@ impl Registry {
                     fresh.checked_ms = manifest::now_ms();
                     self.cache.tags.put(&key, fresh).await;
                     METRICS.cache_hit("manifest");
-                    return Ok(stored_manifest(m, e.digest.clone(), head));
+                    return Ok(stored_manifest(m, &e.digest, head));
                 }
                 Ok(_) => {}
                 Err(err) if err.is_transient() => {
@@ -306,14 +294,14 @@ impl Registry {
                     .put(
                         &key,
                         TagEntry {
-                            digest: d.to_string(),
+                            digest: d.clone(),
                             media_type: media_type.clone(),
                             length: bytes.len() as u64,
                             checked_ms: manifest::now_ms(),
                         },
                     )
                     .await;
-                Ok(manifest_fetched(bytes, media_type, d.to_string(), head))
+                Ok(manifest_fetched(bytes, media_type, &d, head))
             }
             Err(err) if err.is_transient() => match &cached {
                 Some((e, m)) => Ok(self.stale(t, &what, &err, m, &e.digest, head)),
@@ -339,14 +327,11 @@ impl Registry {
             if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest) {
                 continue;
             }
-            let Ok(d) = e.digest.parse::<Digest>() else {
-                continue;
-            };
-            if let Some(m) = self.cache.manifests.get(&d).await {
+            if let Some(m) = self.cache.manifests.get(&e.digest).await {
                 METRICS.cache_hit("manifest");
                 tracing::info!(upstream = %t.upstream.name, image = %format!("{}:{tag}", t.public_name),
                     digest = %e.digest, "serving a stored tag answer recorded for another Accept set");
-                return Some(stored_manifest(&m, e.digest, head));
+                return Some(stored_manifest(&m, &e.digest, head));
             }
         }
         None
@@ -358,13 +343,13 @@ impl Registry {
         what: &str,
         err: &Error,
         m: &StoredManifest,
-        digest: &str,
+        digest: &Digest,
         head: bool,
     ) -> Fetched {
         METRICS.stale_serve();
         tracing::warn!(upstream = %t.upstream.name, image = %what, error = %err,
             "upstream unavailable: serving the last known manifest");
-        stored_manifest(m, digest.to_string(), head)
+        stored_manifest(m, digest, head)
     }
 
     async fn store_manifest(&self, t: &Target, d: &Digest, bytes: &Bytes, media_type: &str) {
@@ -375,12 +360,11 @@ impl Registry {
             tracing::warn!(error = %e, digest = %d, "cannot cache a manifest");
             return;
         }
-        let ds = d.to_string();
-        let children = manifest::referenced_digests(bytes);
+        let children = crate::oci::manifest::referenced_digests(bytes);
         self.cache.links.add(
             &t.upstream.name,
             &t.repository,
-            std::iter::once(ds.as_str()).chain(children.iter().map(String::as_str)),
+            std::iter::once(d).chain(&children),
         );
     }
 
@@ -444,8 +428,8 @@ impl Registry {
         let resp = self
             .upstream_manifest(t, Method::GET, reference, accept)
             .await?;
-        let media_type = header(resp.headers(), CONTENT_TYPE)
-            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        let media_type =
+            header(resp.headers(), CONTENT_TYPE).unwrap_or_else(|| OCI_MANIFEST.into());
         let claimed = header(resp.headers(), "docker-content-digest");
         let what = format!("manifest {}:{reference}", t.repository);
         let bytes = read_limited(&t.upstream, resp.into_body(), MAX_MANIFEST, &what).await?;
@@ -477,7 +461,7 @@ impl Registry {
         let ds = digest.to_string();
         let cacheable = digest.algorithm() == Algorithm::Sha256;
         if cacheable && self.cache.has_blob(digest) {
-            if !t.linked(&self.cache, &ds) {
+            if !t.linked(&self.cache, digest) {
                 if t.offline {
                     return Err(Error::BlobUnknown(format!("{}@{ds}", t.public_name)));
                 }
@@ -542,11 +526,9 @@ impl Registry {
                 Error::BlobUnknown(format!("{}@{}", t.public_name, digest)),
             ));
         }
-        self.cache.links.add(
-            &t.upstream.name,
-            &t.repository,
-            [digest.to_string().as_str()],
-        );
+        self.cache
+            .links
+            .add(&t.upstream.name, &t.repository, [digest]);
         Ok(())
     }
 
@@ -624,9 +606,7 @@ impl Registry {
             }
             match w.finish().await {
                 Ok(()) => {
-                    cache
-                        .links
-                        .add(&up.name, &repository, [digest.to_string().as_str()]);
+                    cache.links.add(&up.name, &repository, [&digest]);
                     tracing::debug!(upstream = %up.name, %digest, "blob cached");
                 }
                 Err(reason) => {
@@ -841,15 +821,15 @@ fn accept_header(accept: &str) -> Result<HeaderMap> {
     Ok(h)
 }
 
-fn stored_manifest(m: &StoredManifest, digest: String, head: bool) -> Fetched {
+fn stored_manifest(m: &StoredManifest, digest: &Digest, head: bool) -> Fetched {
     manifest_fetched(m.bytes.clone(), m.media_type.clone(), digest, head)
 }
 
-fn manifest_fetched(bytes: Bytes, media_type: String, digest: String, head: bool) -> Fetched {
+fn manifest_fetched(bytes: Bytes, media_type: String, digest: &Digest, head: bool) -> Fetched {
     Fetched {
         partial: false,
         media_type: Some(media_type),
-        digest: Some(digest),
+        digest: Some(digest.to_string()),
         length: Some(bytes.len() as u64),
         content_range: None,
         link: None,

@@ -175,7 +175,7 @@ pub async fn probe(client: &Client, up: &Upstream, image: Option<(&str, &str)>) 
 
     let allowed = image.filter(|(repo, _)| up.match_score(repo).is_some());
     let scope = allowed
-        .map(|(repo, _)| format!("repository:{}:pull", up.upstream_repository(repo)))
+        .map(|(repo, _)| crate::oci::scope::pull(&up.upstream_repository(repo)))
         .unwrap_or_default();
     step!(match client.authenticate(up, &scope).await {
         Ok(()) => Step::ok(

@@ -1,5 +1,6 @@
 //! The Docker token scope grammar: `type:name:actions`, where the name may itself contain
-//! `:` (a registry host with a port), so type and actions are split off the ends.
+//! `:` (a registry host with a port), so type and actions are split off the ends. Read by
+//! berth's token endpoint and written by every client of an upstream.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,16 @@ pub struct Access {
     pub kind: String,
     pub name: String,
     pub actions: Vec<String>,
+}
+
+/// The scope that pulls `repository` (`repository:<name>:pull`).
+pub fn pull(repository: &str) -> String {
+    format!("repository:{repository}:pull")
+}
+
+/// The scope that pulls and pushes `repository` (`repository:<name>:pull,push`).
+pub fn pull_push(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
 }
 
 /// Parses one scope string; `None` when it is not of the `type:name:actions` form.
@@ -60,5 +71,14 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(all[1].actions, vec!["*"]);
         assert!(parse_one("repository::pull").is_none());
+        let a = parse_one(&pull("reg.example:5000/acme/api")).unwrap();
+        assert_eq!(
+            (a.name.as_str(), a.actions.as_slice()),
+            ("reg.example:5000/acme/api", &["pull".to_string()][..])
+        );
+        assert_eq!(
+            parse_one(&pull_push("a/b")).unwrap().actions,
+            vec!["pull", "push"]
+        );
     }
 }
