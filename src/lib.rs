@@ -16,6 +16,7 @@ pub mod pin;
 pub mod registry;
 pub mod rewrite;
 pub mod server;
+pub mod storage;
 pub mod upstream;
 
 use std::sync::Arc;
