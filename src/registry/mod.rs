@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 
 use crate::api::body::{self, Body};
 use crate::api::route::Reference;
-use crate::cache::index::ReadGuard;
 use crate::cache::manifest::{self, StoredManifest};
 use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
 use crate::config::Upstream;
@@ -58,10 +57,11 @@ impl Target {
         format!("repository:{}:pull", self.repository)
     }
 
-    fn linked(&self, cache: &Cache, digest: &str) -> bool {
+    async fn linked(&self, cache: &Cache, digest: &str) -> bool {
         cache
             .links
             .contains(&self.upstream.name, &self.repository, digest)
+            .await
     }
 }
 
@@ -218,7 +218,7 @@ impl Registry {
         head: bool,
     ) -> Result<Fetched> {
         let ds = d.to_string();
-        if t.linked(&self.cache, &ds) {
+        if t.linked(&self.cache, &ds).await {
             if let Some(m) = self.cache.manifests.get(d).await {
                 METRICS.cache_hit("manifest");
                 return Ok(stored_manifest(&m, ds, head));
@@ -336,7 +336,7 @@ impl Registry {
             .entries(&t.upstream.name, &t.repository, tag)
             .await
         {
-            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest) {
+            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest).await {
                 continue;
             }
             let Ok(d) = e.digest.parse::<Digest>() else {
@@ -377,11 +377,14 @@ impl Registry {
         }
         let ds = d.to_string();
         let children = manifest::referenced_digests(bytes);
-        self.cache.links.add(
-            &t.upstream.name,
-            &t.repository,
-            std::iter::once(ds.as_str()).chain(children.iter().map(String::as_str)),
-        );
+        self.cache
+            .links
+            .add(
+                &t.upstream.name,
+                &t.repository,
+                std::iter::once(ds.as_str()).chain(children.iter().map(String::as_str)),
+            )
+            .await;
     }
 
     /// Asks the upstream for a manifest; anything but 200 becomes the matching error.
@@ -476,8 +479,8 @@ impl Registry {
     ) -> Result<Fetched> {
         let ds = digest.to_string();
         let cacheable = digest.algorithm() == Algorithm::Sha256;
-        if cacheable && self.cache.has_blob(digest) {
-            if !t.linked(&self.cache, &ds) {
+        if cacheable && self.cache.has_blob(digest).await {
+            if !t.linked(&self.cache, &ds).await {
                 if t.offline {
                     return Err(Error::BlobUnknown(format!("{}@{ds}", t.public_name)));
                 }
@@ -485,9 +488,9 @@ impl Registry {
                 // repository has the blob, with this repository's credentials.
                 self.confirm_blob(t, digest).await?;
             }
-            if let Some((file, size, guard)) = self.cache.blobs.open(digest) {
+            if let Some(opened) = self.cache.blobs.open(digest).await {
                 METRICS.cache_hit("blob");
-                return cached_blob(file, size, guard, ds, range, head);
+                return cached_blob(&self.cache, digest, opened, range, head);
             }
         }
         if t.offline {
@@ -542,11 +545,14 @@ impl Registry {
                 Error::BlobUnknown(format!("{}@{}", t.public_name, digest)),
             ));
         }
-        self.cache.links.add(
-            &t.upstream.name,
-            &t.repository,
-            [digest.to_string().as_str()],
-        );
+        self.cache
+            .links
+            .add(
+                &t.upstream.name,
+                &t.repository,
+                [digest.to_string().as_str()],
+            )
+            .await;
         Ok(())
     }
 
@@ -626,7 +632,8 @@ impl Registry {
                 Ok(()) => {
                     cache
                         .links
-                        .add(&up.name, &repository, [digest.to_string().as_str()]);
+                        .add(&up.name, &repository, [digest.to_string().as_str()])
+                        .await;
                     tracing::debug!(upstream = %up.name, %digest, "blob cached");
                 }
                 Err(reason) => {
@@ -861,31 +868,43 @@ fn manifest_fetched(bytes: Bytes, media_type: String, digest: String, head: bool
     }
 }
 
-/// Serves a cached blob, whole or a range of it, straight from disk.
+/// Serves a cached blob, whole or a range of it: a local file (sent with sendfile on
+/// plain HTTP) when the backend has one, else ranged reads from the backend.
 fn cached_blob(
-    file: Arc<std::fs::File>,
-    size: u64,
-    guard: ReadGuard,
-    digest: String,
+    cache: &Cache,
+    d: &Digest,
+    opened: blob::Opened,
     range: Option<ByteRange>,
     head: bool,
 ) -> Result<Fetched> {
+    let blob::Opened { size, local, guard } = opened;
+    let digest = d.to_string();
     let (start, end) = match range {
         None => (0, size),
         Some(r) => r.resolve(size).ok_or(Error::RangeNotSatisfiable {
             content_range: Some(format!("bytes */{size}")),
         })?,
     };
-    let body = if head {
-        body::empty()
-    } else {
-        body::from_file(body::FileRange {
-            file,
+    let body = match local {
+        _ if head => body::empty(),
+        Some(file) => body::from_file(body::FileRange {
+            file: file.0,
             start,
             end,
             size,
             guard,
-        })
+        }),
+        None => body::from_channel(blob::read(
+            Source::Stored {
+                backend: cache.storage.blobs.clone(),
+                digest: d.clone(),
+                size,
+                guard,
+            },
+            start,
+            Some(end),
+            Duration::from_secs(60),
+        )),
     };
     Ok(Fetched {
         partial: range.is_some(),

@@ -63,11 +63,7 @@ impl FsBackend {
     pub fn open(
         root: &Path,
     ) -> std::result::Result<(FsBackend, Recovered), (PathBuf, std::io::Error)> {
-        let b = FsBackend::at(root);
-        for rel in layout::local_dirs() {
-            let d = layout::local(root, rel);
-            std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
-        }
+        let b = FsBackend::create(root)?;
         let mut leftovers = 0;
         for e in std::fs::read_dir(&b.tmp)
             .map_err(|e| (b.tmp.clone(), e))?
@@ -92,6 +88,17 @@ impl FsBackend {
             }
         }
         Ok((b, Recovered { leftovers }))
+    }
+
+    /// Creates the layout's directories but cleans nothing: for a process that writes into
+    /// a directory a server may be using (`berth airgap import`), whose temp files are not
+    /// leftovers.
+    pub fn create(root: &Path) -> std::result::Result<FsBackend, (PathBuf, std::io::Error)> {
+        for rel in layout::local_dirs() {
+            let d = layout::local(root, rel);
+            std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
+        }
+        Ok(FsBackend::at(root))
     }
 
     /// A backend on a directory without creating or cleaning anything (offline tools).

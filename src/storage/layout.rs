@@ -14,6 +14,7 @@
 //! tmp/                                           staged writes (local only)
 //! tmp/airgap-*  tmp/.airgap-*                    airgap import staging (local only)
 //! lock                                           serve (shared) vs purge (exclusive)
+//! token.key                                      the token signing key, unless auth.token_key_file says
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ const PINS: &str = "pins";
 const TMP: &str = "tmp";
 const LOCK: &str = "lock";
 const READYZ_PROBE: &str = ".readyz";
+const TOKEN_KEY: &str = "token.key";
 
 /// Staging directories of airgap imports are `tmp/<STAGE_PREFIX>…` (created as
 /// `tmp/.<STAGE_PREFIX>…`, locked, then renamed).
@@ -220,6 +222,11 @@ pub fn tmp_dir(root: &Path) -> PathBuf {
 /// The lock file: serving processes hold it shared, `cache purge` exclusively.
 pub fn lock_file(root: &Path) -> PathBuf {
     root.join(LOCK)
+}
+
+/// Where the token signing key is kept when `auth.token_key_file` is not set.
+pub fn token_key(root: &Path) -> PathBuf {
+    root.join(TOKEN_KEY)
 }
 
 /// The file readiness writes and removes to see that the store takes writes.
