@@ -1214,6 +1214,51 @@ mod tests {
         drop(dir);
     }
 
+    /// The engine on a backend without local files (the in-memory one here, an object
+    /// store later): followers get the fill, and the committed blob is served whole and in
+    /// ranges through ranged reads instead of a file.
+    #[tokio::test]
+    async fn a_backend_without_local_files_fills_and_serves_through_ranged_reads() {
+        let mem = Arc::new(crate::storage::memory::MemoryBackend::default());
+        let s = Arc::new(BlobStore::new(mem.clone(), Arc::new(Index::new(None))));
+        let data = blob(3 * READ_CHUNK + 1234);
+        let d = Digest::sha256_of(&data);
+        let mut w = leader(&s, &d);
+        w.head(Some(data.len() as u64));
+        let follower = tokio::spawn(collect(read(
+            Source::Filling(w.fill()),
+            0,
+            None,
+            Duration::from_secs(5),
+        )));
+        feed(&mut w, &data, 0, data.len()).await;
+        w.finish().await.unwrap();
+        assert!(follower.await.unwrap().unwrap() == data);
+        assert_eq!(mem.staged_count(), 0);
+        let opened = s.open(&d).await.expect("cached");
+        assert!(opened.local.is_none());
+        let source = |o: Opened| Source::Stored {
+            backend: s.backend().clone(),
+            digest: d.clone(),
+            size: o.size,
+            guard: o.guard,
+        };
+        let whole = collect(read(source(opened), 0, None, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(whole == data);
+        let opened = s.open(&d).await.unwrap();
+        let range = collect(read(
+            source(opened),
+            READ_CHUNK as u64 - 10,
+            Some(2 * READ_CHUNK as u64 + 10),
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(range, data[READ_CHUNK - 10..2 * READ_CHUNK + 10]);
+    }
+
     #[test]
     fn read_buffers_come_back_only_once_nobody_holds_their_bytes() {
         let mut bufs = Buffers::default();

@@ -903,6 +903,7 @@ fn cached_blob(
             },
             start,
             Some(end),
+            // Only a fill's followers wait on progress; a stored blob is read at once.
             Duration::from_secs(60),
         )),
     };
