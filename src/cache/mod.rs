@@ -28,8 +28,9 @@ pub(crate) use crate::storage::fs::temp_name;
 
 pub struct Cache {
     pub dir: PathBuf,
-    /// Shared lock held while serving, so `cache purge` cannot run underneath.
-    _lock: std::fs::File,
+    /// Shared lock held while serving a cache directory, so `cache purge` cannot run
+    /// underneath.
+    _lock: Option<std::fs::File>,
     pub storage: Storage,
     pub blobs: Arc<BlobStore>,
     pub manifests: ManifestStore,
@@ -66,53 +67,91 @@ impl Cache {
         let dir = cfg.dir.clone();
         let (fs, recovered) =
             FsBackend::open(&dir).map_err(|(path, source)| OpenError { path, source })?;
-        let index = Arc::new(Index::new(cfg.max_size));
-        let mut found: Vec<(std::time::SystemTime, String, u64)> = fs
-            .scan()
-            .map_err(io_err(&dir))?
-            .into_iter()
-            .map(|(d, info)| (info.used, d.hex().to_string(), info.size))
-            .collect();
-        // Oldest first, so recency survives a restart as well as file times allow.
-        found.sort();
-        let pins = parse_pins(&fs.get_sync(&ObjectKey::Pins).unwrap_or_default());
-        for (_, hex, size) in &found {
-            index.insert(hex, *size, pins.contains(hex.as_str()));
-        }
+        let found = fs.scan().map_err(io_err(&dir))?;
+        let pins = fs.get_sync(&ObjectKey::Pins).unwrap_or_default();
         let lock = admin::lock_shared(&dir).map_err(io_err(&dir))?;
         let links_log = match fs.get_sync(&ObjectKey::Links) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => Vec::new(),
             Err(e) => return Err(storage_err(&dir)(e)),
         };
-        let fs = Arc::new(fs);
-        let storage = Storage {
-            blobs: fs.clone(),
-            objects: fs,
-        };
-        let links = Links::from_log(storage.objects.clone(), &links_log);
         if recovered.leftovers > 0 {
             tracing::info!(
                 leftovers = recovered.leftovers,
                 "removed unfinished cache files from an earlier run"
             );
         }
+        let fs = Arc::new(fs);
+        let storage = Storage {
+            blobs: fs.clone(),
+            objects: fs,
+        };
+        Ok(Cache::assemble(
+            cfg,
+            storage,
+            found,
+            &pins,
+            &links_log,
+            Some(lock),
+        ))
+    }
+
+    /// A cache on any storage backend (the in-memory one in tests; an object store next):
+    /// the index is rebuilt from the backend's list of blobs. No local lock: `cache purge`
+    /// is a tool for a cache directory.
+    pub async fn on(cfg: &CacheConfig, storage: Storage) -> Result<Cache, StorageError> {
+        let found = storage.blobs.list().await?;
+        let pins = match storage.objects.get(&ObjectKey::Pins).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => Bytes::new(),
+            Err(e) => return Err(e),
+        };
+        let links_log = match storage.objects.get(&ObjectKey::Links).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => Bytes::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Cache::assemble(
+            cfg, storage, found, &pins, &links_log, None,
+        ))
+    }
+
+    fn assemble(
+        cfg: &CacheConfig,
+        storage: Storage,
+        found: Vec<(crate::oci::Digest, crate::storage::BlobInfo)>,
+        pins: &[u8],
+        links_log: &[u8],
+        lock: Option<std::fs::File>,
+    ) -> Cache {
+        let index = Arc::new(Index::new(cfg.max_size));
+        let mut found: Vec<(std::time::SystemTime, String, u64)> = found
+            .into_iter()
+            .map(|(d, info)| (info.used, d.hex().to_string(), info.size))
+            .collect();
+        // Oldest first, so recency survives a restart as well as file times allow.
+        found.sort();
+        let pins = parse_pins(pins);
+        for (_, hex, size) in &found {
+            index.insert(hex, *size, pins.contains(hex.as_str()));
+        }
+        let links = Links::from_log(storage.objects.clone(), links_log);
         tracing::info!(
             blobs = index.len(),
             bytes = index.total(),
             links = links.len(),
-            dir = %dir.display(),
+            dir = %cfg.dir.display(),
             "cache opened"
         );
-        Ok(Cache {
+        Cache {
             blobs: Arc::new(BlobStore::new(storage.blobs.clone(), index)),
             manifests: ManifestStore::new(storage.objects.clone()),
             tags: TagStore::new(storage.objects.clone()),
             links,
             storage,
             _lock: lock,
-            dir,
-        })
+            dir: cfg.dir.clone(),
+        }
     }
 
     /// Records blobs as pinned (imported from an airgap bundle): eviction never removes
@@ -232,6 +271,33 @@ mod tests {
         drop(c);
         let c = Cache::open(&cfg).unwrap();
         assert!(c.blobs.index().is_pinned(&b));
+    }
+
+    /// The cache on the in-memory backend: what one instance stores, pins and links, the
+    /// next one on the same storage (a restart, or another replica) finds.
+    #[tokio::test]
+    async fn a_cache_on_another_backend_keeps_blobs_pins_and_links() {
+        let storage = Storage::memory();
+        let cfg = cfg(Path::new("/nonexistent"));
+        let c = Cache::on(&cfg, storage.clone()).await.unwrap();
+        let a = put_blob(&c, b"pinned").await;
+        let b = put_blob(&c, b"linked").await;
+        c.pin(std::slice::from_ref(&a)).await.unwrap();
+        let bd = format!("sha256:{b}");
+        c.links.add("hub", "acme/api", [bd.as_str()]).await;
+        let d: Digest = bd.parse().unwrap();
+        // Stored by someone else: the index learns of it on the first request.
+        assert!(!c.blobs.is_cached(&d));
+        assert!(c.has_blob(&d).await);
+        drop(c);
+        let c = Cache::on(&cfg, storage).await.unwrap();
+        assert_eq!(c.blobs.index().len(), 2);
+        assert!(c.blobs.index().is_pinned(&a));
+        assert!(!c.blobs.index().is_pinned(&b));
+        assert!(c.links.contains("hub", "acme/api", &bd).await);
+        let opened = c.blobs.open(&d).await.unwrap();
+        assert!(opened.local.is_none(), "memory has no local files");
+        assert_eq!(opened.size, 6);
     }
 
     /// A cache directory as the code before the storage seam left it (written here with
