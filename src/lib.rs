@@ -18,6 +18,7 @@ pub mod pin;
 pub mod registry;
 pub mod rewrite;
 pub mod server;
+pub mod storage;
 pub mod upstream;
 
 pub use app::{run, StartError};

@@ -17,6 +17,8 @@ use crate::cache::{self, Links, ManifestStore, TagEntry, TagKey, TagStore};
 use crate::config::{Config, Upstream};
 use crate::oci::reference::ImageRef;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
+use crate::storage::fs::FsBackend;
+use crate::storage::{layout, BlobBackend as _, ObjectStore};
 
 #[derive(Debug, Default)]
 pub struct ImportReport {
@@ -40,15 +42,9 @@ pub async fn import(
     // choice (or the configuration's only app), never the bundle's.
     let app = target_app(config, app)?;
     let dir = config.cache.dir.clone();
-    let tmp = dir.join("tmp");
-    for d in [
-        dir.join("sha256"),
-        tmp.clone(),
-        dir.join("manifests").join("sha256"),
-        dir.join("tags"),
-    ] {
-        std::fs::create_dir_all(&d).map_err(|e| anyhow::anyhow!("{}: {e}", d.display()))?;
-    }
+    // Creates the directories only: a running server's temp files are not leftovers.
+    FsBackend::create(&dir).map_err(|(d, e)| anyhow::anyhow!("{}: {e}", d.display()))?;
+    let tmp = layout::tmp_dir(&dir);
     // Removed when the import ends, whatever the outcome; `Cache::open` removes one that a
     // killed import left, but never one an import still holds.
     let stage = Stage::create(&tmp)?;
@@ -104,7 +100,7 @@ async fn interrupted() -> &'static str {
 
 /// An import's staging directory, `tmp/airgap-<unique>.part`, locked (flock) while the
 /// import lives so a server starting meanwhile leaves it alone
-/// ([`cache::remove_abandoned_stages`]), and removed on drop.
+/// ([`crate::storage::fs::remove_abandoned_stages`]), and removed on drop.
 struct Stage {
     path: std::path::PathBuf,
     _lock: std::fs::File,
@@ -115,8 +111,8 @@ impl Stage {
         let name = cache::temp_name();
         // Created and locked under a name the server's cleanup does not look at, then
         // renamed: there is no moment at which the directory is visible and unlocked.
-        let hidden = tmp.join(format!(".{}{name}", cache::STAGE_PREFIX));
-        let path = tmp.join(format!("{}{name}", cache::STAGE_PREFIX));
+        let hidden = tmp.join(format!(".{}{name}", layout::STAGE_PREFIX));
+        let path = tmp.join(format!("{}{name}", layout::STAGE_PREFIX));
         let fail = |e: std::io::Error| anyhow::anyhow!("{}: {e}", hidden.display());
         std::fs::create_dir(&hidden).map_err(fail)?;
         let lock = std::fs::File::open(&hidden).map_err(fail)?;
@@ -146,8 +142,8 @@ async fn seed(
         anyhow::bail!("{}: the bundle holds no images", bundle_path.display());
     }
     let plan = plan(config, app, images)?;
-    let dir = &config.cache.dir;
-    let tmp = dir.join("tmp");
+    let fs = Arc::new(FsBackend::at(&config.cache.dir));
+    let objects: Arc<dyn ObjectStore> = fs.clone();
 
     // Everything is verified and every image has a home: now seed.
     let manifest_digests: BTreeSet<Digest> = plan
@@ -164,15 +160,14 @@ async fn seed(
         if manifest_digests.contains(digest) {
             continue;
         }
-        let dest = dir.join("sha256").join(&hex);
-        std::fs::rename(staged, &dest).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))?;
+        fs.adopt_verified(staged, digest).await?;
         bytes += entry.size;
         pins.push(hex);
     }
-    cache::add_pins(dir, &pins)?;
-    let manifests = ManifestStore::new(dir.join("manifests").join("sha256"), tmp.clone());
-    let tags = TagStore::new(dir.join("tags"), tmp);
-    let links = Links::open(&dir.join("links.log"))?;
+    cache::add_pins(&*objects, &pins).await?;
+    let manifests = ManifestStore::new(objects.clone());
+    let tags = TagStore::new(objects.clone());
+    let links = Links::open(objects).await?;
     let mut report = ImportReport {
         blobs: pins.len(),
         bytes,
@@ -197,7 +192,9 @@ async fn seed(
             .map(|m| &m.digest)
             .chain(p.image.blob_sizes.keys())
             .collect();
-        links.add(&p.upstream.name, &p.reference.repository, digests);
+        links
+            .add(&p.upstream.name, &p.reference.repository, digests)
+            .await;
         if let Some(tag) = &p.reference.tag {
             // One answer under berth's default Accept set; the registry falls back to it for
             // other Accept sets that admit its media type when the upstream is unreachable.

@@ -3,9 +3,13 @@
 //! shared lock on `<cache.dir>/lock`, purge takes it exclusively).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
 
 use super::links::Links;
+use crate::storage::fs::FsBackend;
+use crate::storage::{layout, ObjectKey, ObjectPrefix, Storage, StorageError};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -17,18 +21,21 @@ pub struct CacheStats {
     pub partial_files: u64,
 }
 
-fn walk_files(dir: &Path, out: &mut Vec<(PathBuf, u64)>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
+/// Runs an offline operation on a runtime of its own (the CLI calls these outside one).
+fn block_on<F: Future>(f: F) -> std::io::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
+}
+
+fn fs_storage(dir: &Path) -> (Arc<FsBackend>, Storage) {
+    let fs = Arc::new(FsBackend::at(dir));
+    let storage = Storage {
+        blobs: fs.clone(),
+        objects: fs.clone(),
     };
-    for e in rd.flatten() {
-        let Ok(meta) = e.metadata() else { continue };
-        if meta.is_dir() {
-            walk_files(&e.path(), out);
-        } else {
-            out.push((e.path(), meta.len()));
-        }
-    }
+    (fs, storage)
 }
 
 pub fn stats(dir: &Path) -> std::io::Result<CacheStats> {
@@ -38,24 +45,35 @@ pub fn stats(dir: &Path) -> std::io::Result<CacheStats> {
             format!("{} is not a cache directory", dir.display()),
         ));
     }
-    let mut s = CacheStats::default();
-    let mut files = Vec::new();
-    walk_files(&dir.join("sha256"), &mut files);
-    s.blobs = files.len() as u64;
-    s.blob_bytes = files.iter().map(|f| f.1).sum();
-    files.clear();
-    walk_files(&dir.join("manifests"), &mut files);
-    s.manifests = files.iter().filter(|f| f.0.extension().is_none()).count() as u64;
-    files.clear();
-    walk_files(&dir.join("tags"), &mut files);
-    s.tags = files.len() as u64;
-    files.clear();
-    walk_files(&dir.join("tmp"), &mut files);
-    s.partial_files = files.len() as u64;
-    if let Ok(text) = std::fs::read_to_string(dir.join("links.log")) {
-        s.links = text.lines().collect::<HashSet<_>>().len() as u64;
-    }
+    let (fs, storage) = fs_storage(dir);
+    let mut s = block_on(stats_of(&storage))??;
+    s.partial_files = fs.staged_files() as u64;
     Ok(s)
+}
+
+/// Counts what a store holds (staged writes are the backend's own business).
+pub async fn stats_of(storage: &Storage) -> Result<CacheStats, StorageError> {
+    let blobs = storage.blobs.list().await?;
+    let manifests = storage.objects.list(&ObjectPrefix::Manifests).await?;
+    let links = match storage.objects.get(&ObjectKey::Links).await {
+        Ok(b) => String::from_utf8_lossy(&b)
+            .lines()
+            .collect::<HashSet<_>>()
+            .len() as u64,
+        Err(e) if e.is_not_found() => 0,
+        Err(e) => return Err(e),
+    };
+    Ok(CacheStats {
+        blobs: blobs.len() as u64,
+        blob_bytes: blobs.iter().map(|(_, i)| i.size).sum(),
+        manifests: manifests
+            .iter()
+            .filter(|k| matches!(k, ObjectKey::Manifest(_)))
+            .count() as u64,
+        tags: storage.objects.list(&ObjectPrefix::Tags).await?.len() as u64,
+        links,
+        partial_files: 0,
+    })
 }
 
 /// Takes a shared lock for a serving process; dropped with the returned file.
@@ -64,7 +82,7 @@ pub fn lock_shared(dir: &Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join("lock"))?;
+        .open(layout::lock_file(dir))?;
     f.lock_shared()?;
     Ok(f)
 }
@@ -81,70 +99,66 @@ pub struct Purged {
 /// Forgets the repositories `matches(upstream, repository)` selects, then deletes every
 /// blob and manifest no remaining repository links to.
 pub fn purge(dir: &Path, matches: &dyn Fn(&str, &str) -> bool) -> Result<Purged, String> {
+    let lock_path = layout::lock_file(dir);
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join("lock"))
-        .map_err(|e| format!("cannot open {}: {e}", dir.join("lock").display()))?;
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
     if lock.try_lock().is_err() {
         return Err("a running berth uses this cache; stop it before purging".into());
     }
-    let links_path = dir.join("links.log");
-    let links = Links::open(&links_path).map_err(|e| format!("links.log: {e}"))?;
+    let (_, storage) = fs_storage(dir);
+    let out = block_on(purge_in(&storage, matches)).map_err(|e| e.to_string())?;
+    drop(lock);
+    out
+}
+
+/// [`purge`] on a store nobody else writes to meanwhile.
+pub async fn purge_in(
+    storage: &Storage,
+    matches: &dyn Fn(&str, &str) -> bool,
+) -> Result<Purged, String> {
+    let links = Links::open(storage.objects.clone())
+        .await
+        .map_err(|e| format!("links.log: {e}"))?;
     let mut out = Purged {
         links: links.retain(|u, r| !matches(u, r)),
         ..Purged::default()
     };
     links
-        .compact(&links_path)
+        .compact()
+        .await
         .map_err(|e| format!("rewriting links.log: {e}"))?;
-    // Tag answers live at tags/<upstream>/<repository>/<tag>/<accept>.json.
-    let tags = dir.join("tags");
-    if let Ok(ups) = std::fs::read_dir(&tags) {
-        for up in ups.flatten() {
-            let upstream = up.file_name().to_string_lossy().to_string();
-            let mut files = Vec::new();
-            walk_files(&up.path(), &mut files);
-            for (path, _) in files {
-                let Ok(rel) = path.strip_prefix(up.path()) else {
-                    continue;
-                };
-                let parts: Vec<_> = rel
-                    .iter()
-                    .map(|p| p.to_string_lossy().to_string())
-                    .collect();
-                if parts.len() < 3 {
-                    continue;
-                }
-                let repository = parts[..parts.len() - 2].join("/");
-                if matches(&upstream, &repository) && std::fs::remove_file(&path).is_ok() {
-                    out.tags += 1;
-                }
+    let objects = &storage.objects;
+    for key in objects.list(&ObjectPrefix::Tags).await.unwrap_or_default() {
+        if let ObjectKey::TagAnswer(t) = &key {
+            if matches(&t.upstream, &t.repository) && objects.delete(&key).await.is_ok() {
+                out.tags += 1;
             }
         }
     }
     let keep = links.digests();
-    let kept = |hex: &str| keep.contains(&format!("sha256:{hex}"));
-    if let Ok(rd) = std::fs::read_dir(dir.join("sha256")) {
-        for e in rd.flatten() {
-            let hex = e.file_name().to_string_lossy().to_string();
-            if !kept(&hex) {
-                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-                if std::fs::remove_file(e.path()).is_ok() {
-                    out.blobs += 1;
-                    out.bytes += size;
-                }
-            }
+    let kept = |d: &crate::oci::Digest| keep.contains(&d.to_string());
+    for (d, info) in storage.blobs.list().await.unwrap_or_default() {
+        if !kept(&d) && storage.blobs.delete(&d).await.is_ok() {
+            out.blobs += 1;
+            out.bytes += info.size;
         }
     }
-    if let Ok(rd) = std::fs::read_dir(dir.join("manifests").join("sha256")) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let hex = name.trim_end_matches(".type");
-            if !kept(hex) && std::fs::remove_file(e.path()).is_ok() && !name.ends_with(".type") {
-                out.manifests += 1;
-            }
+    for key in objects
+        .list(&ObjectPrefix::Manifests)
+        .await
+        .unwrap_or_default()
+    {
+        let (d, counts) = match &key {
+            ObjectKey::Manifest(d) => (d, true),
+            ObjectKey::ManifestMediaType(d) => (d, false),
+            _ => continue,
+        };
+        if !kept(d) && objects.delete(&key).await.is_ok() && counts {
+            out.manifests += 1;
         }
     }
     Ok(out)
@@ -153,48 +167,57 @@ pub fn purge(dir: &Path, matches: &dyn Fn(&str, &str) -> bool) -> Result<Purged,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::Digest;
+    use crate::storage::{BlobBackend, ObjectStore, TagPath};
+    use bytes::Bytes;
+
+    fn tag(repository: &str) -> ObjectKey {
+        ObjectKey::TagAnswer(TagPath {
+            upstream: "up".into(),
+            repository: repository.into(),
+            tag: "1".into(),
+            accept: "k".into(),
+        })
+    }
 
     #[test]
     fn purge_removes_only_unlinked_content() {
-        let dir = std::env::temp_dir().join(format!("berth-purge-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for d in [
-            "sha256",
-            "tmp",
-            "manifests/sha256",
-            "tags/up/acme/api/1",
-            "tags/up/acme/web/1",
-        ] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        let a = "a".repeat(64);
-        let b = "b".repeat(64);
-        std::fs::write(dir.join("sha256").join(&a), b"shared").unwrap();
-        std::fs::write(dir.join("sha256").join(&b), b"api only").unwrap();
-        std::fs::write(dir.join("tags/up/acme/api/1/k.json"), b"{}").unwrap();
-        std::fs::write(dir.join("tags/up/acme/web/1/k.json"), b"{}").unwrap();
-        {
-            let l = Links::open(&dir.join("links.log")).unwrap();
-            let da: crate::oci::Digest = format!("sha256:{a}").parse().unwrap();
-            let db: crate::oci::Digest = format!("sha256:{b}").parse().unwrap();
-            l.add("up", "acme/api", [&da, &db]);
-            l.add("up", "acme/web", [&da]);
-        }
-        let st = stats(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (fs, _) = FsBackend::open(dir).unwrap();
+        let (a, b) = (Digest::sha256_of(b"shared"), Digest::sha256_of(b"api only"));
+        block_on(async {
+            for data in [&b"shared"[..], b"api only"] {
+                let s = fs.stage().unwrap();
+                s.append(data).unwrap();
+                s.commit(&Digest::sha256_of(data)).await.unwrap();
+            }
+            fs.put(&tag("acme/api"), Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            fs.put(&tag("acme/web"), Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            let l = Links::open(Arc::new(FsBackend::at(dir))).await.unwrap();
+            l.add("up", "acme/api", [&a, &b]).await;
+            l.add("up", "acme/web", [&a]).await;
+        })
+        .unwrap();
+        let st = stats(dir).unwrap();
         assert_eq!((st.blobs, st.tags, st.links), (2, 2, 3));
         {
             // A serving process holds the cache: purge must refuse.
-            let _held = lock_shared(&dir).unwrap();
-            assert!(purge(&dir, &|_, r| r == "acme/api").is_err());
+            let _held = lock_shared(dir).unwrap();
+            assert!(purge(dir, &|_, r| r == "acme/api").is_err());
         }
-        let p = purge(&dir, &|_, r| r == "acme/api").unwrap();
+        let p = purge(dir, &|_, r| r == "acme/api").unwrap();
         assert_eq!((p.links, p.tags, p.blobs), (2, 1, 1));
-        assert!(
-            dir.join("sha256").join(&a).exists(),
-            "still linked from acme/web"
-        );
-        assert!(!dir.join("sha256").join(&b).exists());
-        assert!(dir.join("tags/up/acme/web/1/k.json").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
+        block_on(async {
+            assert!(fs.stat(&a).await.is_ok(), "still linked from acme/web");
+            assert!(fs.stat(&b).await.unwrap_err().is_not_found());
+            assert!(fs.get(&tag("acme/web")).await.is_ok());
+            assert!(fs.get(&tag("acme/api")).await.is_err());
+        })
+        .unwrap();
     }
 }

@@ -3,10 +3,11 @@
 //! request or removing a blob that is being read.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+
+use crate::storage::{layout, BlobBackend};
 
 #[derive(Debug)]
 struct Entry {
@@ -164,39 +165,35 @@ impl Index {
 
     /// Runs forever: wakes when an insert passes the cap and deletes victims off the
     /// request path.
-    pub async fn run_evictor(self: Arc<Self>, root: PathBuf) {
+    pub async fn run_evictor(self: Arc<Self>, blobs: Arc<dyn BlobBackend>) {
         loop {
             self.wake.notified().await;
             let victims = self.choose_victims();
             if victims.is_empty() {
                 continue;
             }
-            let root = root.clone();
-            let removed = tokio::task::spawn_blocking(move || {
-                let mut n = 0u64;
-                let mut bytes = 0u64;
-                for (hex, size) in victims {
-                    match std::fs::remove_file(root.join(&hex)) {
-                        Ok(()) => {
-                            n += 1;
-                            bytes += size;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => tracing::warn!(blob = %hex, error = %e, "evicting a blob failed"),
+            let mut n = 0u64;
+            let mut bytes = 0u64;
+            for (hex, size) in victims {
+                let Some(d) = layout::blob_from_name(&hex) else {
+                    continue;
+                };
+                match blobs.delete(&d).await {
+                    Ok(()) => {
+                        n += 1;
+                        bytes += size;
                     }
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => tracing::warn!(blob = %hex, error = %e, "evicting a blob failed"),
                 }
-                (n, bytes)
-            })
-            .await;
-            if let Ok((n, bytes)) = removed {
-                crate::metrics::METRICS.evicted(n, bytes);
-                tracing::info!(
-                    blobs = n,
-                    bytes,
-                    total = self.total(),
-                    "evicted least recently used blobs"
-                );
             }
+            crate::metrics::METRICS.evicted(n, bytes);
+            tracing::info!(
+                blobs = n,
+                bytes,
+                total = self.total(),
+                "evicted least recently used blobs"
+            );
         }
     }
 }

@@ -4,18 +4,19 @@
 //! up on a miss (`berth airgap import` appends to it while a server runs).
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
 
 use crate::oci::Digest;
+use crate::storage::{ObjectKey, ObjectStore, StorageError};
 
 pub struct Links {
     set: RwLock<HashSet<String>>,
-    log: Mutex<std::fs::File>,
-    path: std::path::PathBuf,
-    /// How far into the log the set reflects (whole lines only).
-    read_to: Mutex<u64>,
+    objects: Arc<dyn ObjectStore>,
+    /// How far into the log the set reflects (whole lines only). Held across a catch-up,
+    /// so concurrent misses read the tail once, in order.
+    read_to: tokio::sync::Mutex<u64>,
 }
 
 fn key(upstream: &str, repository: &str, digest: &str) -> String {
@@ -24,56 +25,50 @@ fn key(upstream: &str, repository: &str, digest: &str) -> String {
 
 impl Links {
     /// Loads the log; a torn last line (a crash mid-append) is ignored.
-    pub fn open(path: &Path) -> std::io::Result<Links> {
-        let mut set = HashSet::new();
-        let read_to = match std::fs::read(path) {
-            Ok(bytes) => replay(&bytes, &mut set),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+    pub async fn open(objects: Arc<dyn ObjectStore>) -> Result<Links, StorageError> {
+        let bytes = match objects.get(&ObjectKey::Links).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => Bytes::new(),
             Err(e) => return Err(e),
         };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(Links {
-            set: RwLock::new(set),
-            log: Mutex::new(log),
-            path: path.to_path_buf(),
-            read_to: Mutex::new(read_to as u64),
-        })
+        Ok(Links::from_log(objects, &bytes))
     }
 
-    pub fn contains(&self, upstream: &str, repository: &str, digest: &Digest) -> bool {
-        let k = key(upstream, repository, digest.as_str());
-        if self
-            .set
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&k)
-        {
-            return true;
+    /// Builds the set from the log's bytes, already read (startup reads them synchronously).
+    pub fn from_log(objects: Arc<dyn ObjectStore>, bytes: &[u8]) -> Links {
+        let mut set = HashSet::new();
+        let read_to = replay(bytes, &mut set);
+        Links {
+            set: RwLock::new(set),
+            objects,
+            read_to: tokio::sync::Mutex::new(read_to as u64),
         }
-        self.catch_up();
+    }
+
+    fn known(&self, k: &str) -> bool {
         self.set
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&k)
+            .contains(k)
+    }
+
+    pub async fn contains(&self, upstream: &str, repository: &str, digest: &Digest) -> bool {
+        let k = key(upstream, repository, digest.as_str());
+        if self.known(&k) {
+            return true;
+        }
+        self.catch_up().await;
+        self.known(&k)
     }
 
     /// Reads what other processes appended to the log since the last look (berth's own
     /// appends come along too, and are already in the set).
-    fn catch_up(&self) {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut read_to = self.read_to.lock().unwrap_or_else(|e| e.into_inner());
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
+    async fn catch_up(&self) {
+        let mut read_to = self.read_to.lock().await;
+        let Ok(tail) = self.objects.get_from(&ObjectKey::Links, *read_to).await else {
             return;
         };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if len <= *read_to {
-            return;
-        }
-        let mut tail = Vec::new();
-        if f.seek(SeekFrom::Start(*read_to)).is_err() || f.read_to_end(&mut tail).is_err() {
+        if tail.is_empty() {
             return;
         }
         let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
@@ -81,7 +76,7 @@ impl Links {
     }
 
     /// Links digests to a repository; only new links are written to the log.
-    pub fn add<'a>(
+    pub async fn add<'a>(
         &self,
         upstream: &str,
         repository: &str,
@@ -101,9 +96,12 @@ impl Links {
         if fresh.is_empty() {
             return;
         }
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        // One write per batch: O_APPEND keeps concurrent batches from interleaving.
-        if let Err(e) = log.write_all(fresh.as_bytes()) {
+        // One append per batch: concurrent batches do not interleave.
+        if let Err(e) = self
+            .objects
+            .append(&ObjectKey::Links, Bytes::from(fresh), false)
+            .await
+        {
             tracing::warn!(error = %e, "cannot persist repository links; they hold until restart");
         }
     }
@@ -138,20 +136,22 @@ impl Links {
             .collect()
     }
 
-    /// Rewrites the log from the in-memory set (after a purge).
-    pub fn compact(&self, path: &Path) -> std::io::Result<()> {
-        let set = self.set.read().unwrap_or_else(|e| e.into_inner());
-        let mut text = String::new();
-        for k in set.iter() {
-            text.push_str(k);
-            text.push('\n');
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &text)?;
-        std::fs::rename(&tmp, path)?;
-        let log = std::fs::OpenOptions::new().append(true).open(path)?;
-        *self.read_to.lock().unwrap_or_else(|e| e.into_inner()) = text.len() as u64;
-        *self.log.lock().unwrap_or_else(|e| e.into_inner()) = log;
+    /// Rewrites the log from the in-memory set (after a purge), replacing it whole.
+    pub async fn compact(&self) -> Result<(), StorageError> {
+        let text = {
+            let set = self.set.read().unwrap_or_else(|e| e.into_inner());
+            let mut text = String::new();
+            for k in set.iter() {
+                text.push_str(k);
+                text.push('\n');
+            }
+            text
+        };
+        let len = text.len() as u64;
+        self.objects
+            .put(&ObjectKey::Links, Bytes::from(text))
+            .await?;
+        *self.read_to.lock().await = len;
         Ok(())
     }
 }
@@ -171,6 +171,20 @@ fn replay(bytes: &[u8], set: &mut HashSet<String>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::fs::FsBackend;
+
+    fn fs() -> (tempfile::TempDir, Arc<FsBackend>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _) = FsBackend::open(dir.path()).unwrap();
+        (dir, Arc::new(b))
+    }
+
+    async fn append_raw(objects: &Arc<FsBackend>, bytes: impl Into<Bytes>) {
+        objects
+            .append(&ObjectKey::Links, bytes.into(), false)
+            .await
+            .unwrap();
+    }
 
     /// `sha256:` and 64 times `c`.
     fn d(c: char) -> Digest {
@@ -179,55 +193,36 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn persists_and_survives_a_torn_line() {
-        let dir = std::env::temp_dir().join(format!("berth-links-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("links");
-        let _ = std::fs::remove_file(&path);
-        let l = Links::open(&path).unwrap();
-        l.add("up", "acme/api", [&d('a'), &d('b')]);
-        l.add("up", "acme/api", [&d('a')]);
-        assert!(l.contains("up", "acme/api", &d('a')));
-        assert!(!l.contains("up", "other/api", &d('a')));
+    #[tokio::test]
+    async fn persists_and_survives_a_torn_line() {
+        let (_dir, b) = fs();
+        let l = Links::open(b.clone()).await.unwrap();
+        l.add("up", "acme/api", [&d('a'), &d('b')]).await;
+        l.add("up", "acme/api", [&d('a')]).await;
+        assert!(l.contains("up", "acme/api", &d('a')).await);
+        assert!(!l.contains("up", "other/api", &d('a')).await);
         drop(l);
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"up\tacme/x")
-            .unwrap();
-        let l = Links::open(&path).unwrap();
+        append_raw(&b, &b"up\tacme/x"[..]).await;
+        let l = Links::open(b.clone()).await.unwrap();
         assert_eq!(l.len(), 2);
-        assert!(l.contains("up", "acme/api", &d('b')));
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(l.contains("up", "acme/api", &d('b')).await);
     }
 
-    #[test]
-    fn links_another_process_appends_are_seen_on_a_miss() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("links.log");
-        let server = Links::open(&path).unwrap();
-        server.add("up", "acme/api", [&d('a')]);
-        // `berth airgap import` while the server runs: its own Links on the same file.
-        let import = Links::open(&path).unwrap();
-        import.add("up", "acme/worker", [&d('b'), &d('c')]);
+    #[tokio::test]
+    async fn links_another_process_appends_are_seen_on_a_miss() {
+        let (dir, b) = fs();
+        let server = Links::open(b.clone()).await.unwrap();
+        server.add("up", "acme/api", [&d('a')]).await;
+        // `berth airgap import` while the server runs: its own backend on the same directory.
+        let other = Arc::new(FsBackend::at(dir.path()));
+        let import = Links::open(other.clone()).await.unwrap();
+        import.add("up", "acme/worker", [&d('b'), &d('c')]).await;
         // Half a line, as a writer mid-append leaves it: not taken, and not lost later.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"up\tacme/db\tsha2")
-            .unwrap();
-        assert!(server.contains("up", "acme/worker", &d('c')));
-        assert!(!server.contains("up", "acme/db", &d('d')));
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(format!("56:{}\n", "d".repeat(64)).as_bytes())
-            .unwrap();
-        assert!(server.contains("up", "acme/db", &d('d')));
-        assert!(!server.contains("up", "acme/db", &d('a')));
+        append_raw(&other, &b"up\tacme/db\tsha2"[..]).await;
+        assert!(server.contains("up", "acme/worker", &d('c')).await);
+        assert!(!server.contains("up", "acme/db", &d('d')).await);
+        append_raw(&other, format!("56:{}\n", "d".repeat(64)).into_bytes()).await;
+        assert!(server.contains("up", "acme/db", &d('d')).await);
+        assert!(!server.contains("up", "acme/db", &d('a')).await);
     }
 }

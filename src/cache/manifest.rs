@@ -1,8 +1,8 @@
 //! Cached manifests (by digest, immutable, byte-exact with their media type) and tag
 //! answers (tag → digest per accepted media-type set, with the time they were last
-//! confirmed by the upstream). Both live on disk and in a small memory cache.
+//! confirmed by the upstream). Both live in the small-object store and in a small memory
+//! cache.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::oci::Digest;
+use crate::storage::{ObjectKey, ObjectPrefix, ObjectStore, TagPath};
 
 #[derive(Debug)]
 pub struct StoredManifest {
@@ -18,37 +19,14 @@ pub struct StoredManifest {
 }
 
 pub struct ManifestStore {
-    root: PathBuf,
-    tmp: PathBuf,
+    objects: Arc<dyn ObjectStore>,
     mem: moka::sync::Cache<Digest, Arc<StoredManifest>>,
 }
 
-/// Writes a file so that readers see either nothing or the whole of it.
-pub(crate) async fn write_atomic(
-    tmp_dir: &Path,
-    dest: &Path,
-    bytes: Vec<u8>,
-) -> std::io::Result<()> {
-    let tmp = tmp_dir.join(super::temp_name());
-    let dest = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&tmp, &bytes)?;
-        std::fs::rename(&tmp, &dest).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
 impl ManifestStore {
-    pub fn new(root: PathBuf, tmp: PathBuf) -> ManifestStore {
+    pub fn new(objects: Arc<dyn ObjectStore>) -> ManifestStore {
         ManifestStore {
-            root,
-            tmp,
+            objects,
             mem: moka::sync::Cache::builder()
                 .weigher(|_, m: &Arc<StoredManifest>| m.bytes.len().min(u32::MAX as usize) as u32)
                 .max_capacity(64 * 1024 * 1024)
@@ -56,43 +34,49 @@ impl ManifestStore {
         }
     }
 
-    fn path(&self, d: &Digest) -> PathBuf {
-        self.root.join(d.hex())
-    }
-
     pub async fn get(&self, d: &Digest) -> Option<Arc<StoredManifest>> {
         if let Some(m) = self.mem.get(d) {
             return Some(m);
         }
-        let path = self.path(d);
-        let bytes = tokio::fs::read(&path).await.ok()?;
-        let media_type = tokio::fs::read_to_string(path.with_extension("type"))
+        let bytes = self
+            .objects
+            .get(&ObjectKey::Manifest(d.clone()))
             .await
             .ok()?;
+        let media_type = self
+            .objects
+            .get(&ObjectKey::ManifestMediaType(d.clone()))
+            .await
+            .ok()?;
+        let media_type = String::from_utf8(media_type.to_vec()).ok()?;
         // Files are renamed in only after verification, but a re-check costs little for
         // something this small and guards against a damaged disk.
         if Digest::sha256_of(&bytes) != *d {
             tracing::warn!(digest = %d, "cached manifest is damaged; ignoring it");
             return None;
         }
-        let m = Arc::new(StoredManifest {
-            bytes: Bytes::from(bytes),
-            media_type,
-        });
+        let m = Arc::new(StoredManifest { bytes, media_type });
         self.mem.insert(d.clone(), m.clone());
         Some(m)
     }
 
     /// Stores a manifest whose bytes the caller has verified against `d`.
-    pub async fn put(&self, d: &Digest, bytes: Bytes, media_type: &str) -> std::io::Result<()> {
-        let path = self.path(d);
-        write_atomic(
-            &self.tmp,
-            &path.with_extension("type"),
-            media_type.as_bytes().to_vec(),
-        )
-        .await?;
-        write_atomic(&self.tmp, &path, bytes.to_vec()).await?;
+    pub async fn put(
+        &self,
+        d: &Digest,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<(), crate::storage::StorageError> {
+        // The media type first: bytes without one are not served.
+        self.objects
+            .put(
+                &ObjectKey::ManifestMediaType(d.clone()),
+                Bytes::copy_from_slice(media_type.as_bytes()),
+            )
+            .await?;
+        self.objects
+            .put(&ObjectKey::Manifest(d.clone()), bytes.clone())
+            .await?;
         self.mem.insert(
             d.clone(),
             Arc::new(StoredManifest {
@@ -177,34 +161,32 @@ fn compute_accept_key(accept: &str) -> String {
 }
 
 pub struct TagStore {
-    root: PathBuf,
-    tmp: PathBuf,
+    objects: Arc<dyn ObjectStore>,
     mem: moka::sync::Cache<TagKey, TagEntry>,
 }
 
 impl TagStore {
-    pub fn new(root: PathBuf, tmp: PathBuf) -> TagStore {
+    pub fn new(objects: Arc<dyn ObjectStore>) -> TagStore {
         TagStore {
-            root,
-            tmp,
+            objects,
             mem: moka::sync::Cache::new(100_000),
         }
     }
 
-    fn path(&self, k: &TagKey) -> PathBuf {
-        // Every part was validated by the route parser (no "..", no empty components).
-        self.root
-            .join(&k.upstream)
-            .join(&k.repository)
-            .join(&k.tag)
-            .join(format!("{}.json", k.accept))
+    fn key(k: &TagKey) -> ObjectKey {
+        ObjectKey::TagAnswer(TagPath {
+            upstream: k.upstream.clone(),
+            repository: k.repository.clone(),
+            tag: k.tag.clone(),
+            accept: k.accept.clone(),
+        })
     }
 
     pub async fn get(&self, k: &TagKey) -> Option<TagEntry> {
         if let Some(e) = self.mem.get(k) {
             return Some(e);
         }
-        let text = tokio::fs::read(self.path(k)).await.ok()?;
+        let text = self.objects.get(&Self::key(k)).await.ok()?;
         let e: TagEntry = serde_json::from_slice(&text).ok()?;
         self.mem.insert(k.clone(), e.clone());
         Some(e)
@@ -216,7 +198,7 @@ impl TagStore {
             Ok(b) => b,
             Err(_) => return,
         };
-        if let Err(err) = write_atomic(&self.tmp, &self.path(k), bytes).await {
+        if let Err(err) = self.objects.put(&Self::key(k), Bytes::from(bytes)).await {
             tracing::warn!(error = %err, "cannot persist a tag answer; it holds until restart");
         }
     }
@@ -224,22 +206,18 @@ impl TagStore {
     /// Every stored answer for a tag, whatever Accept set it was recorded for (the fallback
     /// for a client whose Accept set has no entry of its own while the upstream is away).
     pub async fn entries(&self, upstream: &str, repository: &str, tag: &str) -> Vec<TagEntry> {
-        let dir = self.root.join(upstream).join(repository).join(tag);
-        let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
+        let prefix = ObjectPrefix::TagAnswers {
+            upstream: upstream.to_string(),
+            repository: repository.to_string(),
+            tag: tag.to_string(),
+        };
+        // Listed in a stable order, so the same request gets the same answer every time.
+        let Ok(keys) = self.objects.list(&prefix).await else {
             return Vec::new();
         };
-        let mut names = Vec::new();
-        while let Ok(Some(e)) = rd.next_entry().await {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.ends_with(".json") {
-                names.push(name);
-            }
-        }
-        // Stable order, so the same request gets the same answer every time.
-        names.sort();
         let mut out = Vec::new();
-        for name in names {
-            if let Ok(text) = tokio::fs::read(dir.join(&name)).await {
+        for key in keys {
+            if let Ok(text) = self.objects.get(&key).await {
                 if let Ok(e) = serde_json::from_slice::<TagEntry>(&text) {
                     out.push(e);
                 }
@@ -250,7 +228,7 @@ impl TagStore {
 
     pub async fn remove(&self, k: &TagKey) {
         self.mem.invalidate(k);
-        let _ = tokio::fs::remove_file(self.path(k)).await;
+        let _ = self.objects.delete(&Self::key(k)).await;
     }
 
     pub fn clear_memory(&self) {

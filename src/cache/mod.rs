@@ -8,77 +8,34 @@ pub mod index;
 pub mod links;
 pub mod manifest;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::config::CacheConfig;
+use crate::storage::fs::FsBackend;
+use crate::storage::{ObjectKey, ObjectStore, Storage, StorageError};
 
 pub use blob::{Begin, BlobStore, FillKey, Source};
 pub use index::Index;
 pub use links::Links;
 pub use manifest::{ManifestStore, TagEntry, TagKey, TagStore};
 
+/// Kept here for the callers that name temp files outside the cache (airgap export).
+pub(crate) use crate::storage::fs::temp_name;
+
 pub struct Cache {
     pub dir: PathBuf,
-    /// Shared lock held while serving, so `cache purge` cannot run underneath.
-    _lock: std::fs::File,
+    /// Shared lock held while serving a cache directory, so `cache purge` cannot run
+    /// underneath.
+    _lock: Option<std::fs::File>,
+    pub storage: Storage,
     pub blobs: Arc<BlobStore>,
     pub manifests: ManifestStore,
     pub tags: TagStore,
     pub links: Links,
-}
-
-/// A name no other temp file of this process or an earlier one can have.
-pub(crate) fn temp_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{}-{nanos}-{n}.part", std::process::id())
-}
-
-/// Staging directories of airgap imports are `tmp/<STAGE_PREFIX>…` (created as
-/// `tmp/.<STAGE_PREFIX>…`, locked, then renamed).
-pub const STAGE_PREFIX: &str = "airgap-";
-
-/// Removes staging directories that no import holds any more (one killed with SIGKILL, or
-/// a crash); called when the cache opens. Returns how many went.
-pub(crate) fn remove_abandoned_stages(tmp: &Path) -> usize {
-    let mut removed = 0;
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return 0;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        // The hidden name too: an import that died between creating and renaming it. One
-        // caught before it is locked fails its rename and says so; nothing is lost.
-        if !(name.starts_with(STAGE_PREFIX)
-            || name
-                .strip_prefix('.')
-                .is_some_and(|n| n.starts_with(STAGE_PREFIX)))
-            || !e.file_type().is_ok_and(|t| t.is_dir())
-        {
-            continue;
-        }
-        let path = e.path();
-        let Ok(dir) = std::fs::File::open(&path) else {
-            continue;
-        };
-        match dir.try_lock() {
-            Ok(()) => {
-                if std::fs::remove_dir_all(&path).is_ok() {
-                    removed += 1;
-                }
-            }
-            // A running import holds it.
-            Err(_) => continue,
-        }
-    }
-    removed
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,83 +52,112 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
     }
 }
 
+fn storage_err(path: &Path) -> impl FnOnce(StorageError) -> OpenError + '_ {
+    move |e| OpenError {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
 impl Cache {
-    /// Opens (or creates) the cache: deletes temp files a crash left behind and rebuilds the
-    /// blob index from what is on disk. Only renamed-in files count, and those were verified
-    /// before the rename.
+    /// Opens (or creates) the cache directory: the filesystem backend removes what a crash
+    /// left behind, and the blob index is rebuilt from what is stored. Only committed blobs
+    /// count, and those were verified before they were committed.
     pub fn open(cfg: &CacheConfig) -> Result<Cache, OpenError> {
         let dir = cfg.dir.clone();
-        let blobs_dir = dir.join("sha256");
-        let tmp = dir.join("tmp");
-        let manifests_dir = dir.join("manifests").join("sha256");
-        let tags_dir = dir.join("tags");
-        for d in [&blobs_dir, &tmp, &manifests_dir, &tags_dir] {
-            std::fs::create_dir_all(d).map_err(io_err(d))?;
-        }
-        let mut leftovers = 0;
-        for e in std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
-            if std::fs::remove_file(e.path()).is_ok() {
-                leftovers += 1;
-            }
-        }
-        // Staging directories of airgap imports that were killed; a running import's is
-        // locked and stays.
-        leftovers += remove_abandoned_stages(&tmp);
-        let index = Arc::new(Index::new(cfg.max_size));
-        let mut found: Vec<(std::time::SystemTime, String, u64)> = Vec::new();
-        for e in std::fs::read_dir(&blobs_dir)
-            .map_err(io_err(&blobs_dir))?
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().to_string();
-            let valid = crate::oci::Digest::from_sha256_hex(&name).is_some();
-            let Ok(meta) = e.metadata() else { continue };
-            if !valid || !meta.is_file() {
-                let _ = std::fs::remove_file(e.path());
-                continue;
-            }
-            let used = meta
-                .accessed()
-                .or_else(|_| meta.modified())
-                .unwrap_or(std::time::UNIX_EPOCH);
-            found.push((used, name, meta.len()));
-        }
-        // Oldest first, so recency survives a restart as well as file times allow.
-        found.sort();
-        let pins = read_pins(&dir);
-        for (_, hex, size) in &found {
-            index.insert(hex, *size, pins.contains(hex.as_str()));
-        }
+        let (fs, recovered) =
+            FsBackend::open(&dir).map_err(|(path, source)| OpenError { path, source })?;
+        let found = fs.scan().map_err(io_err(&dir))?;
+        let pins = fs.get_sync(&ObjectKey::Pins).unwrap_or_default();
         let lock = admin::lock_shared(&dir).map_err(io_err(&dir))?;
-        let links_path = dir.join("links.log");
-        let links = Links::open(&links_path).map_err(io_err(&links_path))?;
-        if leftovers > 0 {
+        let links_log = match fs.get_sync(&ObjectKey::Links) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(storage_err(&dir)(e)),
+        };
+        if recovered.leftovers > 0 {
             tracing::info!(
-                leftovers,
+                leftovers = recovered.leftovers,
                 "removed unfinished cache files from an earlier run"
             );
         }
+        let fs = Arc::new(fs);
+        let storage = Storage {
+            blobs: fs.clone(),
+            objects: fs,
+        };
+        Ok(Cache::assemble(
+            cfg,
+            storage,
+            found,
+            &pins,
+            &links_log,
+            Some(lock),
+        ))
+    }
+
+    /// A cache on any storage backend (the in-memory one in tests; an object store next):
+    /// the index is rebuilt from the backend's list of blobs. No local lock: `cache purge`
+    /// is a tool for a cache directory.
+    pub async fn on(cfg: &CacheConfig, storage: Storage) -> Result<Cache, StorageError> {
+        let found = storage.blobs.list().await?;
+        let pins = match storage.objects.get(&ObjectKey::Pins).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => Bytes::new(),
+            Err(e) => return Err(e),
+        };
+        let links_log = match storage.objects.get(&ObjectKey::Links).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => Bytes::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Cache::assemble(
+            cfg, storage, found, &pins, &links_log, None,
+        ))
+    }
+
+    fn assemble(
+        cfg: &CacheConfig,
+        storage: Storage,
+        found: Vec<(crate::oci::Digest, crate::storage::BlobInfo)>,
+        pins: &[u8],
+        links_log: &[u8],
+        lock: Option<std::fs::File>,
+    ) -> Cache {
+        let index = Arc::new(Index::new(cfg.max_size));
+        let mut found: Vec<(std::time::SystemTime, String, u64)> = found
+            .into_iter()
+            .map(|(d, info)| (info.used, d.hex().to_string(), info.size))
+            .collect();
+        // Oldest first, so recency survives a restart as well as file times allow.
+        found.sort();
+        let pins = parse_pins(pins);
+        for (_, hex, size) in &found {
+            index.insert(hex, *size, pins.contains(hex.as_str()));
+        }
+        let links = Links::from_log(storage.objects.clone(), links_log);
         tracing::info!(
             blobs = index.len(),
             bytes = index.total(),
             links = links.len(),
-            dir = %dir.display(),
+            dir = %cfg.dir.display(),
             "cache opened"
         );
-        Ok(Cache {
-            blobs: Arc::new(BlobStore::new(blobs_dir, tmp.clone(), index)),
-            manifests: ManifestStore::new(manifests_dir, tmp.clone()),
-            tags: TagStore::new(tags_dir, tmp),
+        Cache {
+            blobs: Arc::new(BlobStore::new(storage.blobs.clone(), index)),
+            manifests: ManifestStore::new(storage.objects.clone()),
+            tags: TagStore::new(storage.objects.clone()),
             links,
+            storage,
             _lock: lock,
-            dir,
-        })
+            dir: cfg.dir.clone(),
+        }
     }
 
     /// Records blobs as pinned (imported from an airgap bundle): eviction never removes
     /// them, in this run or a later one.
-    pub fn pin(&self, hexes: &[String]) -> std::io::Result<()> {
-        add_pins(&self.dir, hexes)?;
+    pub async fn pin(&self, hexes: &[String]) -> Result<(), StorageError> {
+        add_pins(&*self.storage.objects, hexes).await?;
         for hex in hexes {
             if let Some((size, _guard)) = self.blobs.index().acquire(hex) {
                 self.blobs.index().insert(hex, size, true);
@@ -180,55 +166,51 @@ impl Cache {
         Ok(())
     }
 
-    /// Whether the blob is cached. A blob the index does not know may still have been put
-    /// on disk by `berth airgap import` while this server runs: files under `sha256/` are
-    /// renamed in only once verified, so such a file is adopted as it is. A miss costs one
-    /// stat(2), next to the upstream fetch that follows it.
-    pub fn has_blob(&self, d: &crate::oci::Digest) -> bool {
+    /// Whether the blob is cached. A blob the index does not know may still have been
+    /// stored by `berth airgap import` while this server runs: blobs are committed only
+    /// once verified, so such a blob is adopted as it is. A miss costs one stat, next to
+    /// the upstream fetch that follows it.
+    pub async fn has_blob(&self, d: &crate::oci::Digest) -> bool {
         if self.blobs.is_cached(d) {
             return true;
         }
-        let path = self.blobs.path(d);
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => {
+        match self.storage.blobs.stat(d).await {
+            Ok(info) => {
                 let hex = d.hex();
-                let pinned = read_pins(&self.dir).contains(hex);
-                self.blobs.index().insert(hex, meta.len(), pinned);
+                let pinned = read_pins(&*self.storage.objects).await.contains(hex);
+                self.blobs.index().insert(hex, info.size, pinned);
                 tracing::info!(digest = %d, pinned, "adopted a blob put in the cache by another process");
                 true
             }
-            _ => false,
+            Err(_) => false,
         }
     }
 
     /// Starts background eviction; call from inside the runtime.
     pub fn start_evictor(&self) {
         let index = self.blobs.index().clone();
-        let root = self.dir.join("sha256");
-        tokio::spawn(index.run_evictor(root));
+        tokio::spawn(index.run_evictor(self.storage.blobs.clone()));
     }
 }
 
-/// The file that lists pinned blobs (one hex digest a line), kept across restarts.
-pub fn pins_path(dir: &Path) -> PathBuf {
-    dir.join("pins")
-}
-
-/// Reads the pinned blobs; a missing file pins nothing and a torn last line is ignored.
-pub fn read_pins(dir: &Path) -> std::collections::HashSet<String> {
-    std::fs::read_to_string(pins_path(dir))
-        .unwrap_or_default()
+/// The pinned blobs in a pins log (one hex digest a line); a torn last line is ignored.
+pub fn parse_pins(bytes: &[u8]) -> HashSet<String> {
+    String::from_utf8_lossy(bytes)
         .lines()
         .filter(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_string)
         .collect()
 }
 
-/// Appends blobs to the pins file (without a running `Cache`: `berth airgap import` seeds a
-/// cache directory that a later `berth serve` opens).
-pub fn add_pins(dir: &Path, hexes: &[String]) -> std::io::Result<()> {
-    use std::io::Write;
-    let known = read_pins(dir);
+/// Reads the pinned blobs; a missing log pins nothing.
+pub async fn read_pins(objects: &dyn ObjectStore) -> HashSet<String> {
+    parse_pins(&objects.get(&ObjectKey::Pins).await.unwrap_or_default())
+}
+
+/// Appends blobs to the pins log, durably (without a running `Cache`: `berth airgap
+/// import` seeds a cache directory that a later `berth serve` opens).
+pub async fn add_pins(objects: &dyn ObjectStore, hexes: &[String]) -> Result<(), StorageError> {
+    let known = read_pins(objects).await;
     let mut fresh = String::new();
     for h in hexes {
         if !known.contains(h) && !fresh.contains(h.as_str()) {
@@ -239,45 +221,147 @@ pub fn add_pins(dir: &Path, hexes: &[String]) -> std::io::Result<()> {
     if fresh.is_empty() {
         return Ok(());
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(pins_path(dir))?;
-    // One write: O_APPEND keeps it whole next to another writer's.
-    f.write_all(fresh.as_bytes())?;
-    f.sync_all()
+    objects
+        .append(&ObjectKey::Pins, Bytes::from(fresh), true)
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::Digest;
+    use crate::storage::layout;
 
-    #[test]
-    fn pins_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = CacheConfig {
-            dir: dir.path().to_path_buf(),
+    fn cfg(dir: &Path) -> CacheConfig {
+        CacheConfig {
+            dir: dir.to_path_buf(),
             max_size: Some(1),
             tag_ttl: std::time::Duration::from_secs(300),
             offline: false,
-        };
-        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        }
+    }
+
+    async fn put_blob(c: &Cache, data: &[u8]) -> String {
+        let s = c.storage.blobs.stage().unwrap();
+        s.append(data).unwrap();
+        let d = Digest::sha256_of(data);
+        s.commit(&d).await.unwrap();
+        d.hex().to_string()
+    }
+
+    #[tokio::test]
+    async fn pins_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path());
         let c = Cache::open(&cfg).unwrap();
-        std::fs::write(dir.path().join("sha256").join(&a), b"aa").unwrap();
-        std::fs::write(dir.path().join("sha256").join(&b), b"bb").unwrap();
+        let a = put_blob(&c, b"aa").await;
+        let b = put_blob(&c, b"bb").await;
+        let objects = c.storage.objects.clone();
         drop(c);
-        add_pins(dir.path(), std::slice::from_ref(&a)).unwrap();
-        add_pins(dir.path(), std::slice::from_ref(&a)).unwrap();
+        add_pins(&*objects, std::slice::from_ref(&a)).await.unwrap();
+        add_pins(&*objects, std::slice::from_ref(&a)).await.unwrap();
         assert_eq!(
-            std::fs::read_to_string(pins_path(dir.path())).unwrap(),
+            objects.get(&ObjectKey::Pins).await.unwrap(),
             format!("{a}\n")
         );
         let c = Cache::open(&cfg).unwrap();
         assert!(c.blobs.index().is_pinned(&a));
         assert!(!c.blobs.index().is_pinned(&b));
-        c.pin(std::slice::from_ref(&b)).unwrap();
+        c.pin(std::slice::from_ref(&b)).await.unwrap();
         drop(c);
         let c = Cache::open(&cfg).unwrap();
         assert!(c.blobs.index().is_pinned(&b));
+    }
+
+    /// The cache on the in-memory backend: what one instance stores, pins and links, the
+    /// next one on the same storage (a restart, or another replica) finds.
+    #[tokio::test]
+    async fn a_cache_on_another_backend_keeps_blobs_pins_and_links() {
+        let storage = Storage::memory();
+        let cfg = cfg(Path::new("/nonexistent"));
+        let c = Cache::on(&cfg, storage.clone()).await.unwrap();
+        let a = put_blob(&c, b"pinned").await;
+        let b = put_blob(&c, b"linked").await;
+        c.pin(std::slice::from_ref(&a)).await.unwrap();
+        let d: Digest = format!("sha256:{b}").parse().unwrap();
+        c.links.add("hub", "acme/api", [&d]).await;
+        // Stored by someone else: the index learns of it on the first request.
+        assert!(!c.blobs.is_cached(&d));
+        assert!(c.has_blob(&d).await);
+        drop(c);
+        let c = Cache::on(&cfg, storage).await.unwrap();
+        assert_eq!(c.blobs.index().len(), 2);
+        assert!(c.blobs.index().is_pinned(&a));
+        assert!(!c.blobs.index().is_pinned(&b));
+        assert!(c.links.contains("hub", "acme/api", &d).await);
+        let opened = c.blobs.open(&d).await.unwrap();
+        assert!(opened.local.is_none(), "memory has no local files");
+        assert_eq!(opened.size, 6);
+    }
+
+    /// A cache directory as the code before the storage seam left it (written here with
+    /// literal paths: they are the on-disk format being pinned) is served as it is: blobs
+    /// indexed and pinned, manifests, tag answers and links found.
+    #[tokio::test]
+    async fn an_existing_cache_directory_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let blob = b"a layer".to_vec();
+        let bd = Digest::sha256_of(&blob);
+        let manifest = format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{bd}"}}]}}"#);
+        let md = Digest::sha256_of(manifest.as_bytes());
+        let accept = manifest::accept_key(crate::oci::DEFAULT_MANIFEST_ACCEPT);
+        for sub in ["sha256", "tmp", "manifests/sha256", "tags/hub/acme/api/v1"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        std::fs::write(root.join("sha256").join(bd.hex()), &blob).unwrap();
+        std::fs::write(root.join("manifests/sha256").join(md.hex()), &manifest).unwrap();
+        std::fs::write(
+            root.join("manifests/sha256")
+                .join(format!("{}.type", md.hex())),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(format!("tags/hub/acme/api/v1/{accept}.json")),
+            format!(
+                r#"{{"digest":"{md}","media_type":"application/vnd.oci.image.manifest.v1+json","length":{},"checked_ms":1}}"#,
+                manifest.len()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("links.log"),
+            format!("hub\tacme/api\t{md}\nhub\tacme/api\t{bd}\n"),
+        )
+        .unwrap();
+        std::fs::write(root.join("pins"), format!("{}\n", bd.hex())).unwrap();
+        std::fs::write(root.join("tmp").join("9-9-9.part"), b"half a fill").unwrap();
+
+        let mut cfg = cfg(root);
+        cfg.max_size = None;
+        let c = Cache::open(&cfg).unwrap();
+        assert!(c.has_blob(&bd).await);
+        assert!(c.blobs.index().is_pinned(bd.hex()));
+        let opened = c.blobs.open(&bd).await.expect("the blob is served");
+        assert_eq!(opened.size, blob.len() as u64);
+        assert!(opened.local.is_some(), "and sent as a local file");
+        let m = c.manifests.get(&md).await.expect("the manifest is served");
+        assert_eq!(m.bytes, manifest.as_bytes());
+        assert_eq!(m.media_type, "application/vnd.oci.image.manifest.v1+json");
+        let t = c
+            .tags
+            .get(&TagKey::new(
+                "hub",
+                "acme/api",
+                "v1",
+                crate::oci::DEFAULT_MANIFEST_ACCEPT,
+            ))
+            .await
+            .expect("the tag answer is served");
+        assert_eq!(t.digest, md);
+        assert!(c.links.contains("hub", "acme/api", &bd).await);
+        assert!(!c.links.contains("hub", "acme/web", &bd).await);
+        assert!(!layout::tmp_dir(root).join("9-9-9.part").exists());
     }
 }

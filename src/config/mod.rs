@@ -1136,7 +1136,7 @@ fn validate(
     let auth = AuthConfig {
         token_key_file: match &raw.auth.token_key_file {
             Some(p) => resolve_path(base, p),
-            None => cache_dir.join("token.key"),
+            None => crate::storage::layout::token_key(&cache_dir),
         },
         token_ttl,
         realm,

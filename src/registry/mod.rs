@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::api::body::{self, Body};
-use crate::cache::index::ReadGuard;
 use crate::cache::manifest::{self, StoredManifest};
 use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
 use crate::config::Upstream;
@@ -48,10 +47,11 @@ impl Target {
         crate::oci::scope::pull(&self.repository)
     }
 
-    fn linked(&self, cache: &Cache, digest: &Digest) -> bool {
+    async fn linked(&self, cache: &Cache, digest: &Digest) -> bool {
         cache
             .links
             .contains(&self.upstream.name, &self.repository, digest)
+            .await
     }
 }
 
@@ -208,7 +208,7 @@ impl Registry {
         head: bool,
     ) -> Result<Fetched> {
         let ds = d.to_string();
-        if t.linked(&self.cache, d) {
+        if t.linked(&self.cache, d).await {
             if let Some(m) = self.cache.manifests.get(d).await {
                 METRICS.cache_hit("manifest");
                 return Ok(stored_manifest(&m, d, head));
@@ -324,7 +324,7 @@ impl Registry {
             .entries(&t.upstream.name, &t.repository, tag)
             .await
         {
-            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest) {
+            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest).await {
                 continue;
             }
             if let Some(m) = self.cache.manifests.get(&e.digest).await {
@@ -361,11 +361,14 @@ impl Registry {
             return;
         }
         let children = crate::oci::manifest::referenced_digests(bytes);
-        self.cache.links.add(
-            &t.upstream.name,
-            &t.repository,
-            std::iter::once(d).chain(&children),
-        );
+        self.cache
+            .links
+            .add(
+                &t.upstream.name,
+                &t.repository,
+                std::iter::once(d).chain(children.iter()),
+            )
+            .await;
     }
 
     /// Asks the upstream for a manifest; anything but 200 becomes the matching error.
@@ -460,8 +463,8 @@ impl Registry {
     ) -> Result<Fetched> {
         let ds = digest.to_string();
         let cacheable = digest.algorithm() == Algorithm::Sha256;
-        if cacheable && self.cache.has_blob(digest) {
-            if !t.linked(&self.cache, digest) {
+        if cacheable && self.cache.has_blob(digest).await {
+            if !t.linked(&self.cache, digest).await {
                 if t.offline {
                     return Err(Error::BlobUnknown(format!("{}@{ds}", t.public_name)));
                 }
@@ -469,9 +472,9 @@ impl Registry {
                 // repository has the blob, with this repository's credentials.
                 self.confirm_blob(t, digest).await?;
             }
-            if let Some((file, size, guard)) = self.cache.blobs.open(digest) {
+            if let Some(opened) = self.cache.blobs.open(digest).await {
                 METRICS.cache_hit("blob");
-                return cached_blob(file, size, guard, ds, range, head);
+                return cached_blob(&self.cache, digest, opened, range, head);
             }
         }
         if t.offline {
@@ -528,7 +531,8 @@ impl Registry {
         }
         self.cache
             .links
-            .add(&t.upstream.name, &t.repository, [digest]);
+            .add(&t.upstream.name, &t.repository, [digest])
+            .await;
         Ok(())
     }
 
@@ -606,7 +610,7 @@ impl Registry {
             }
             match w.finish().await {
                 Ok(()) => {
-                    cache.links.add(&up.name, &repository, [&digest]);
+                    cache.links.add(&up.name, &repository, [&digest]).await;
                     tracing::debug!(upstream = %up.name, %digest, "blob cached");
                 }
                 Err(reason) => {
@@ -841,31 +845,44 @@ fn manifest_fetched(bytes: Bytes, media_type: String, digest: &Digest, head: boo
     }
 }
 
-/// Serves a cached blob, whole or a range of it, straight from disk.
+/// Serves a cached blob, whole or a range of it: a local file (sent with sendfile on
+/// plain HTTP) when the backend has one, else ranged reads from the backend.
 fn cached_blob(
-    file: Arc<std::fs::File>,
-    size: u64,
-    guard: ReadGuard,
-    digest: String,
+    cache: &Cache,
+    d: &Digest,
+    opened: blob::Opened,
     range: Option<ByteRange>,
     head: bool,
 ) -> Result<Fetched> {
+    let blob::Opened { size, local, guard } = opened;
+    let digest = d.to_string();
     let (start, end) = match range {
         None => (0, size),
         Some(r) => r.resolve(size).ok_or(Error::RangeNotSatisfiable {
             content_range: Some(format!("bytes */{size}")),
         })?,
     };
-    let body = if head {
-        body::empty()
-    } else {
-        body::from_file(body::FileRange {
-            file,
+    let body = match local {
+        _ if head => body::empty(),
+        Some(file) => body::from_file(body::FileRange {
+            file: file.0,
             start,
             end,
             size,
             guard,
-        })
+        }),
+        None => body::from_channel(blob::read(
+            Source::Stored {
+                backend: cache.storage.blobs.clone(),
+                digest: d.clone(),
+                size,
+                guard,
+            },
+            start,
+            Some(end),
+            // Only a fill's followers wait on progress; a stored blob is read at once.
+            Duration::from_secs(60),
+        )),
     };
     Ok(Fetched {
         partial: range.is_some(),
