@@ -435,6 +435,24 @@ fn a_chunked_token_request_is_handed_to_hyper_and_the_connection_keeps_working()
         false,
     );
     assert_eq!(r.status, 200, "{}", r.text());
+
+    // A chunked form over the limit is the client's fault: 400 with an OCI body, not 405.
+    let chunk = "a".repeat(16 * 1024);
+    let mut big = String::new();
+    for _ in 0..5 {
+        big.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    big.push_str("0\r\n\r\n");
+    let mut c = Conn::open(s.berth.port);
+    let r = c.send_and_read(
+        format!(
+            "POST /token HTTP/1.1\r\nHost: berth.test\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n{big}"
+        )
+        .as_bytes(),
+        false,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("BAD_REQUEST"), "{}", r.text());
 }
 
 #[test]

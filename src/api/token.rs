@@ -57,7 +57,7 @@ where
             let bytes = Limited::new(req.into_body(), MAX_FORM)
                 .collect()
                 .await
-                .map_err(|_| Error::Unsupported("token form too large or unreadable".into()))?
+                .map_err(|_| Error::BadRequest("token form too large or unreadable".into()))?
                 .to_bytes();
             let form: Vec<(String, String)> = form_urlencoded::parse(&bytes)
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
