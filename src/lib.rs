@@ -18,6 +18,8 @@ pub mod pin;
 pub mod registry;
 pub mod rewrite;
 pub mod server;
+pub mod settings;
+pub mod tenancy;
 pub mod upstream;
 
 pub use app::{run, StartError};

@@ -734,7 +734,8 @@ mod tests {
             &|_| None,
         )
         .unwrap()
-        .upstreams[0]
+        .tenants
+        .upstreams()[0]
             .clone()
     }
 
@@ -789,7 +790,8 @@ mod tests {
             &|_| None,
         )
         .unwrap()
-        .upstreams[0]
+        .tenants
+        .upstreams()[0]
             .clone();
         assert_eq!(client.ratelimit_remaining("hub"), None);
         client.note_ratelimit(&up, &h);

@@ -1,0 +1,576 @@
+//! The tenancy of a YAML config file (`upstreams`, `apps`, `licenses`): their raw serde
+//! shape, validation into the model with errors naming the key, and `YamlTenants`, the
+//! first `TenantStore`. A reload reads the file again and builds a new store.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    fingerprint, App, Credentials, EcrSettings, Glob, License, TenantStore, Upstream, UpstreamKind,
+    DOCKER_HUB_HOST, DOCKER_HUB_URL,
+};
+use crate::settings::{
+    interpolate, parse_duration, rate_limit, read_secret, valid_host, ConfigError, Env,
+    RawRateLimit, Secret,
+};
+
+/// The tenant sections of the file, as read.
+pub(crate) struct RawTenants {
+    pub upstreams: Vec<RawUpstream>,
+    pub apps: Vec<RawApp>,
+    pub licenses: Vec<RawLicense>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    name: String,
+    #[serde(default)]
+    kind: UpstreamKind,
+    url: Option<String>,
+    host: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    // ecr
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    region: Option<String>,
+    registry_id: Option<String>,
+    ecr_endpoint: Option<String>,
+    // gcr / gar
+    service_account_key: Option<String>,
+    service_account_key_file: Option<PathBuf>,
+    repositories: Option<Vec<String>>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApp {
+    slug: String,
+    upstreams: Vec<String>,
+    /// Upstream image references `berth airgap export` bundles by default.
+    #[serde(default)]
+    images: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLicense {
+    id: String,
+    app: String,
+    customer: String,
+    expires: Option<String>,
+    #[serde(default)]
+    revoked: bool,
+    images: Option<Vec<String>>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+/// The tenants a config file names. `Debug` prints counts only: the license ids it keeps
+/// are the customers' passwords.
+#[derive(Clone, Default)]
+pub struct YamlTenants {
+    upstreams: Vec<Arc<Upstream>>,
+    apps: HashMap<String, App>,
+    /// By fingerprint: the id (the secret the customer presents) and the license.
+    licenses: HashMap<String, (Secret, License)>,
+}
+
+impl std::fmt::Debug for YamlTenants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "YamlTenants {{ {} upstreams, {} apps, {} licenses }}",
+            self.upstreams.len(),
+            self.apps.len(),
+            self.licenses.len()
+        )
+    }
+}
+
+impl TenantStore for YamlTenants {
+    fn app(&self, slug: &str) -> Option<&App> {
+        self.apps.get(slug)
+    }
+
+    fn apps(&self) -> Vec<&App> {
+        self.apps.values().collect()
+    }
+
+    fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    fn license_by_secret(&self, secret: &str) -> Option<&License> {
+        // The fingerprint is a hash of the id, so it is the index; the id still has to be
+        // the one stored (a store of hashed secrets compares hashes here instead).
+        let (id, license) = self.licenses.get(&fingerprint(secret))?;
+        (id.expose() == secret).then_some(license)
+    }
+
+    fn license_by_fingerprint(&self, fp: &str) -> Option<&License> {
+        self.licenses.get(fp).map(|(_, l)| l)
+    }
+
+    fn license_count(&self) -> usize {
+        self.licenses.len()
+    }
+}
+
+impl YamlTenants {
+    /// Validates the tenant sections; relative paths resolve against `base`, `env` looks
+    /// up `${VAR}`.
+    pub(crate) fn validate(
+        raw: RawTenants,
+        base: &Path,
+        env: Env<'_>,
+    ) -> Result<YamlTenants, ConfigError> {
+        let mut upstreams = Vec::new();
+        let mut upstream_index = HashMap::new();
+        for (i, u) in raw.upstreams.into_iter().enumerate() {
+            let k = |f: &str| format!("upstreams[{i}].{f}");
+            if !valid_slug(&u.name) {
+                return Err(ConfigError::new(
+                    k("name"),
+                    format!(
+                        "invalid name {:?} (lowercase letters, digits, . _ -)",
+                        u.name
+                    ),
+                ));
+            }
+            if upstream_index.insert(u.name.clone(), i).is_some() {
+                return Err(ConfigError::new(
+                    k("name"),
+                    format!("duplicate upstream name {:?}", u.name),
+                ));
+            }
+            let up = validate_upstream_auth(&u, base, env, &k)?;
+            let mut repositories = Vec::new();
+            for (j, p) in u.repositories.unwrap_or_default().iter().enumerate() {
+                repositories.push(Glob::new(p).map_err(|m| {
+                    ConfigError::new(format!("upstreams[{i}].repositories[{j}]"), m)
+                })?);
+            }
+            let timeout = match &u.timeout {
+                Some(s) => parse_duration(&k("timeout"), s)?,
+                None => Duration::from_secs(30),
+            };
+            upstreams.push(Arc::new(Upstream {
+                name: u.name,
+                base_url: up.base_url,
+                host: up.host,
+                kind: u.kind,
+                credentials: up.credentials,
+                ecr: up.ecr,
+                repositories,
+                timeout,
+            }));
+        }
+
+        let mut apps = HashMap::new();
+        for (i, a) in raw.apps.into_iter().enumerate() {
+            if !valid_slug(&a.slug) {
+                return Err(ConfigError::new(
+                    format!("apps[{i}].slug"),
+                    format!(
+                        "invalid slug {:?} (lowercase letters, digits, . _ -)",
+                        a.slug
+                    ),
+                ));
+            }
+            if a.upstreams.is_empty() {
+                return Err(ConfigError::new(
+                    format!("apps[{i}].upstreams"),
+                    "an app needs at least one upstream",
+                ));
+            }
+            let mut idx = Vec::new();
+            for name in &a.upstreams {
+                let n = upstream_index.get(name).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("apps[{i}].upstreams"),
+                        format!("unknown upstream {name:?}"),
+                    )
+                })?;
+                idx.push(upstreams[*n].clone());
+            }
+            if apps.contains_key(&a.slug) {
+                return Err(ConfigError::new(
+                    format!("apps[{i}].slug"),
+                    format!("duplicate app slug {:?}", a.slug),
+                ));
+            }
+            for (j, image) in a.images.iter().enumerate() {
+                if let Err(e) = crate::oci::reference::ImageRef::parse(image) {
+                    return Err(ConfigError::new(
+                        format!("apps[{i}].images[{j}]"),
+                        format!("{image:?}: {e}"),
+                    ));
+                }
+            }
+            apps.insert(
+                a.slug.clone(),
+                App {
+                    slug: a.slug,
+                    upstreams: idx,
+                    images: a.images,
+                },
+            );
+        }
+
+        let mut licenses = HashMap::new();
+        for (i, l) in raw.licenses.into_iter().enumerate() {
+            let k = |f: &str| format!("licenses[{i}].{f}");
+            // The id doubles as the customer's password: demand enough of it to resist guessing.
+            if l.id.len() < 8 || !l.id.bytes().all(|b| b.is_ascii_graphic()) || l.id.contains(':') {
+                return Err(ConfigError::new(
+                    k("id"),
+                    "a license id needs at least 8 printable characters and no ':'",
+                ));
+            }
+            if !apps.contains_key(&l.app) {
+                return Err(ConfigError::new(
+                    k("app"),
+                    format!("unknown app {:?}", l.app),
+                ));
+            }
+            let expires = match &l.expires {
+                Some(s) => Some(humantime::parse_rfc3339_weak(s.trim()).map_err(|e| {
+                    ConfigError::new(
+                        k("expires"),
+                        format!(
+                            "invalid timestamp {s:?} (RFC 3339, e.g. 2027-06-30T00:00:00Z): {e}"
+                        ),
+                    )
+                })?),
+                None => None,
+            };
+            let fingerprint = fingerprint(&l.id);
+            if licenses.contains_key(&fingerprint) {
+                return Err(ConfigError::new(k("id"), "duplicate license id"));
+            }
+            let mut images = Vec::new();
+            for (j, p) in l.images.unwrap_or_default().iter().enumerate() {
+                images.push(
+                    Glob::new(p)
+                        .map_err(|m| ConfigError::new(format!("licenses[{i}].images[{j}]"), m))?,
+                );
+            }
+            let rate_limit = match l.rate_limit {
+                Some(r) => Some(rate_limit(&k("rate_limit"), r)?),
+                None => None,
+            };
+            licenses.insert(
+                fingerprint.clone(),
+                (
+                    Secret::new(l.id),
+                    License {
+                        fingerprint,
+                        app: l.app,
+                        customer: l.customer,
+                        expires,
+                        revoked: l.revoked,
+                        images,
+                        rate_limit,
+                    },
+                ),
+            );
+        }
+        Ok(YamlTenants {
+            upstreams,
+            apps,
+            licenses,
+        })
+    }
+}
+
+fn valid_slug(s: &str) -> bool {
+    crate::oci::name::valid_component(s)
+}
+
+/// The URL, host and credentials of one upstream, checked against what its kind needs.
+struct UpstreamAuth {
+    base_url: String,
+    host: String,
+    credentials: Option<Credentials>,
+    ecr: Option<EcrSettings>,
+}
+
+fn validate_upstream_auth(
+    u: &RawUpstream,
+    base: &Path,
+    env: Env<'_>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<UpstreamAuth, ConfigError> {
+    use UpstreamKind as K;
+    let kind = u.kind;
+    let required =
+        |field: &str| ConfigError::new(k(field), format!("required for kind {}", kind.as_str()));
+    let not_used =
+        |field: &str| ConfigError::new(k(field), format!("not used by kind {}", kind.as_str()));
+    // Keys that belong to other kinds are errors, so a typo'd kind cannot silently
+    // ignore the credentials meant for it.
+    let ecr_keys: [(&str, bool); 6] = [
+        ("access_key_id", u.access_key_id.is_some()),
+        ("secret_access_key", u.secret_access_key.is_some()),
+        ("secret_access_key_file", u.secret_access_key_file.is_some()),
+        ("registry_id", u.registry_id.is_some()),
+        ("ecr_endpoint", u.ecr_endpoint.is_some()),
+        ("region", u.region.is_some()),
+    ];
+    for (field, set) in ecr_keys {
+        let used = kind == K::Ecr || (kind == K::Gar && field == "region");
+        if set && !used {
+            return Err(not_used(field));
+        }
+    }
+    let gcp = matches!(kind, K::Gcr | K::Gar);
+    for (field, set) in [
+        ("service_account_key", u.service_account_key.is_some()),
+        (
+            "service_account_key_file",
+            u.service_account_key_file.is_some(),
+        ),
+    ] {
+        if set && !gcp {
+            return Err(not_used(field));
+        }
+    }
+    if matches!(kind, K::Ecr | K::Gcr | K::Gar | K::Public) {
+        for (field, set) in [
+            ("username", u.username.is_some()),
+            ("password", u.password.is_some()),
+            ("password_file", u.password_file.is_some()),
+        ] {
+            if set {
+                return Err(not_used(field));
+            }
+        }
+    }
+    let region = match &u.region {
+        Some(r) => {
+            let r = interpolate(&k("region"), r, env)?;
+            if r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    k("region"),
+                    format!("invalid region {r:?} (e.g. eu-west-1)"),
+                ));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let registry_id = match &u.registry_id {
+        Some(id) => {
+            let id = interpolate(&k("registry_id"), id, env)?;
+            if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::new(
+                    k("registry_id"),
+                    "an AWS account id is 12 digits",
+                ));
+            }
+            Some(id)
+        }
+        None => None,
+    };
+
+    // URL: explicit, else the kind's well-known service.
+    let default_url = match kind {
+        K::Dockerhub => Some(DOCKER_HUB_URL.to_string()),
+        K::Quay => Some("https://quay.io".to_string()),
+        K::Ghcr => Some("https://ghcr.io".to_string()),
+        K::Gcr => Some("https://gcr.io".to_string()),
+        K::Gar => region
+            .as_ref()
+            .map(|r| format!("https://{r}-docker.pkg.dev")),
+        K::Ecr => match (&registry_id, &region) {
+            (Some(id), Some(r)) => Some(format!("https://{id}.dkr.ecr.{r}.amazonaws.com")),
+            _ => None,
+        },
+        K::Acr | K::Custom | K::Public => None,
+    };
+    let url = match (&u.url, default_url) {
+        (Some(url), _) => interpolate(&k("url"), url, env)?,
+        (None, Some(d)) => d,
+        (None, None) if kind == K::Gar => return Err(required("region")),
+        (None, None) if kind == K::Ecr && region.is_some() => {
+            return Err(ConfigError::new(
+                k("url"),
+                "required for kind ecr unless registry_id is set",
+            ))
+        }
+        (None, None) if kind == K::Ecr => return Err(required("region")),
+        (None, None) => return Err(required("url")),
+    };
+    let (base_url, url_host) = parse_base_url(&url).map_err(|m| ConfigError::new(k("url"), m))?;
+    let host = match &u.host {
+        Some(h) => interpolate(&k("host"), h, env)?,
+        // Hub images are referenced as docker.io/..., whatever URL serves them.
+        None if kind == K::Dockerhub => DOCKER_HUB_HOST.to_string(),
+        None => url_host,
+    };
+    if !valid_host(&host) {
+        return Err(ConfigError::new(
+            k("host"),
+            format!("invalid registry host {host:?} (lowercase DNS name, optional :port)"),
+        ));
+    }
+
+    let password = read_secret(
+        "password",
+        u.password.as_ref(),
+        u.password_file.as_ref(),
+        base,
+        env,
+        k,
+    )?;
+    let mut credentials = match (&u.username, password) {
+        (Some(user), Some(password)) => Some(Credentials {
+            username: interpolate(&k("username"), user, env)?,
+            password,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                k("password"),
+                "username is set but neither password nor password_file is",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                k("username"),
+                "a password is set but no username",
+            ))
+        }
+    };
+    if matches!(kind, K::Quay | K::Ghcr | K::Acr) && credentials.is_none() {
+        // Anonymous pulls are what `kind: public` is for. Docker Hub is the exception:
+        // anonymous Hub pulls (public images such as `redis`, within Hub's per-address
+        // rate limit) still need its routing (`docker.io`, `library/`).
+        return Err(required("username"));
+    }
+
+    let mut ecr = None;
+    match kind {
+        K::Ecr => {
+            let access_key_id = match &u.access_key_id {
+                Some(a) => interpolate(&k("access_key_id"), a, env)?,
+                None => return Err(required("access_key_id")),
+            };
+            let secret_access_key = read_secret(
+                "secret_access_key",
+                u.secret_access_key.as_ref(),
+                u.secret_access_key_file.as_ref(),
+                base,
+                env,
+                k,
+            )?
+            .ok_or_else(|| required("secret_access_key"))?;
+            let region = region.ok_or_else(|| required("region"))?;
+            let endpoint = match &u.ecr_endpoint {
+                Some(e) => {
+                    let e = interpolate(&k("ecr_endpoint"), e, env)?;
+                    parse_base_url(&e)
+                        .map_err(|m| ConfigError::new(k("ecr_endpoint"), m))?
+                        .0
+                }
+                None => format!("https://api.ecr.{region}.amazonaws.com"),
+            };
+            ecr = Some(EcrSettings {
+                access_key_id,
+                secret_access_key,
+                region,
+                registry_id,
+                endpoint,
+            });
+        }
+        K::Gcr | K::Gar => {
+            let key = read_secret(
+                "service_account_key",
+                u.service_account_key.as_ref(),
+                u.service_account_key_file.as_ref(),
+                base,
+                env,
+                k,
+            )?
+            .ok_or_else(|| required("service_account_key"))?;
+            // Checked here so a truncated paste fails at check-config, not at the first
+            // pull. The error never quotes the key.
+            let is_object = serde_json::from_str::<serde_json::Value>(key.expose())
+                .map(|v| v.is_object())
+                .unwrap_or(false);
+            if !is_object {
+                return Err(ConfigError::new(
+                    k("service_account_key"),
+                    "not a JSON object (expected the service account key file's contents)",
+                ));
+            }
+            // Google's registries take the key itself as the password of user _json_key.
+            credentials = Some(Credentials {
+                username: "_json_key".into(),
+                password: key,
+            });
+        }
+        _ => {}
+    }
+    Ok(UpstreamAuth {
+        base_url,
+        host,
+        credentials,
+        ecr,
+    })
+}
+
+/// Splits an upstream URL into a normalized base (`scheme://authority[/prefix]`) and the
+/// host part used as the default reference name.
+fn parse_base_url(url: &str) -> Result<(String, String), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("invalid URL {url:?}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("URL {url:?} must start with http:// or https://")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("URL {url:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        // Credentials belong in username/password, where they are redacted.
+        return Err("credentials in the URL are not allowed; use username and password".into());
+    }
+    if uri.query().is_some() {
+        return Err(format!("URL {url:?} must not have a query"));
+    }
+    let path = uri.path().trim_end_matches('/');
+    let path = path.strip_suffix("/v2").unwrap_or(path);
+    let base = format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("https"),
+        authority.as_str().to_ascii_lowercase(),
+        path
+    );
+    Ok((base, authority.host().to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_normalization() {
+        assert_eq!(
+            parse_base_url("http://127.0.0.1:5000/v2/").unwrap(),
+            ("http://127.0.0.1:5000".into(), "127.0.0.1".into())
+        );
+        assert!(parse_base_url("ftp://x").is_err());
+    }
+}
