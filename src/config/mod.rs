@@ -13,8 +13,8 @@ pub use crate::settings::{
     ServerConfig, Settings, TlsFiles,
 };
 pub use crate::tenancy::{
-    fingerprint, App, Credentials, EcrSettings, Glob, License, TenantStore, Upstream, UpstreamKind,
-    YamlTenants, DOCKER_HUB_HOST, DOCKER_HUB_URL,
+    fingerprint, App, Credentials, EcrSettings, Glob, License, TenantStore, Upstream, UpstreamAuth,
+    UpstreamKind, YamlTenants, DOCKER_HUB_HOST, DOCKER_HUB_URL,
 };
 
 use crate::settings::{RawAuth, RawCache, RawRewrite, RawServer, RawSettings};
@@ -182,7 +182,10 @@ licenses:
         let u = &c.tenants.upstreams()[0];
         assert_eq!(u.host, "quay.io");
         assert_eq!(u.base_url, "https://quay.io");
-        assert_eq!(u.credentials.as_ref().unwrap().password.expose(), "s3cr3t");
+        let UpstreamAuth::Static(creds) = &u.auth else {
+            panic!("{:?}", u.auth)
+        };
+        assert_eq!(creds.password.expose(), "s3cr3t");
         let l = c.tenants.license_by_secret("2aPXSl9pLCbkgRKQ").unwrap();
         assert!(l.is_active(SystemTime::UNIX_EPOCH));
         assert!(!l.is_active(humantime::parse_rfc3339("2027-07-01T00:00:00Z").unwrap()));
@@ -344,7 +347,10 @@ licenses:
         let u = &c.tenants.upstreams()[0];
         assert_eq!(u.base_url, "https://europe-west1-docker.pkg.dev");
         assert_eq!(u.host, "europe-west1-docker.pkg.dev");
-        assert_eq!(u.credentials.as_ref().unwrap().username, "_json_key");
+        let UpstreamAuth::GcpServiceAccount(key) = &u.auth else {
+            panic!("{:?}", u.auth)
+        };
+        assert_eq!(key.expose(), "{\"type\":\"service_account\"}");
         assert!(!format!("{c:?}").contains("service_account\""));
 
         let c = one_upstream("kind: ecr, region: eu-west-1, registry_id: '123456789012', access_key_id: AKID, secret_access_key: '${ACME_QUAY_TOKEN}'").unwrap();
@@ -353,13 +359,18 @@ licenses:
             u.base_url,
             "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com"
         );
-        let e = u.ecr.as_ref().unwrap();
+        let UpstreamAuth::Ecr(e) = &u.auth else {
+            panic!("{:?}", u.auth)
+        };
         assert_eq!(e.endpoint, "https://api.ecr.eu-west-1.amazonaws.com");
         assert_eq!(e.secret_access_key.expose(), "s3cr3t");
         assert!(!format!("{c:?}").contains("s3cr3t"));
 
         let c = one_upstream("kind: public, url: \"https://registry.k8s.io\"").unwrap();
-        assert!(c.tenants.upstreams()[0].credentials.is_none());
+        assert!(matches!(
+            c.tenants.upstreams()[0].auth,
+            UpstreamAuth::Anonymous
+        ));
         // Without a kind, today's configs keep working (anonymous custom upstreams too).
         let c = one_upstream("url: \"https://r.example\"").unwrap();
         assert_eq!(c.tenants.upstreams()[0].kind, UpstreamKind::Custom);

@@ -45,13 +45,24 @@ pub struct Upstream {
     /// The registry name used in image references and in berth's proxy paths.
     pub host: String,
     pub kind: UpstreamKind,
-    /// Username and password (or token) for Basic and the token realm. GCR/GAR hold
-    /// `_json_key` and the service account JSON here.
-    pub credentials: Option<Credentials>,
-    /// Set for `kind: ecr`: the registry password comes from `GetAuthorizationToken`.
-    pub ecr: Option<EcrSettings>,
+    /// How berth proves itself to this upstream (`upstream::credentials` acts on it).
+    pub auth: UpstreamAuth,
     pub repositories: Vec<Glob>,
     pub timeout: Duration,
+}
+
+/// An upstream kind's credentials, as configured. Each variant has its credential source
+/// in `upstream::credentials`.
+#[derive(Debug, Clone)]
+pub enum UpstreamAuth {
+    /// No stored credentials (`kind: public`, anonymous Docker Hub or custom registries).
+    Anonymous,
+    /// A username and password or token, for Basic and the token realm.
+    Static(Credentials),
+    /// GCR/GAR: the service account key (JSON), the password of user `_json_key`.
+    GcpServiceAccount(Secret),
+    /// ECR: AWS credentials; the registry password comes from `GetAuthorizationToken`.
+    Ecr(EcrSettings),
 }
 
 /// Which registry service an upstream is; it decides the default URL and host, which
@@ -219,8 +230,7 @@ mod tests {
             base_url: "https://r.example".into(),
             host: host.into(),
             kind,
-            credentials: None,
-            ecr: None,
+            auth: UpstreamAuth::Anonymous,
             repositories: globs.iter().map(|g| Glob::new(g).unwrap()).collect(),
             timeout: Duration::from_secs(1),
         })

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    fingerprint, App, Credentials, EcrSettings, Glob, License, TenantStore, Upstream, UpstreamKind,
-    DOCKER_HUB_HOST, DOCKER_HUB_URL,
+    fingerprint, App, Credentials, EcrSettings, Glob, License, TenantStore, Upstream, UpstreamAuth,
+    UpstreamKind, DOCKER_HUB_HOST, DOCKER_HUB_URL,
 };
 use crate::settings::{
     interpolate, parse_duration, rate_limit, read_secret, valid_host, ConfigError, Env,
@@ -167,8 +167,7 @@ impl YamlTenants {
                 base_url: up.base_url,
                 host: up.host,
                 kind: u.kind,
-                credentials: up.credentials,
-                ecr: up.ecr,
+                auth: up.auth,
                 repositories,
                 timeout,
             }));
@@ -296,11 +295,10 @@ fn valid_slug(s: &str) -> bool {
 }
 
 /// The URL, host and credentials of one upstream, checked against what its kind needs.
-struct UpstreamAuth {
+struct Checked {
     base_url: String,
     host: String,
-    credentials: Option<Credentials>,
-    ecr: Option<EcrSettings>,
+    auth: UpstreamAuth,
 }
 
 fn validate_upstream_auth(
@@ -308,7 +306,7 @@ fn validate_upstream_auth(
     base: &Path,
     env: Env<'_>,
     k: &dyn Fn(&str) -> String,
-) -> Result<UpstreamAuth, ConfigError> {
+) -> Result<Checked, ConfigError> {
     use UpstreamKind as K;
     let kind = u.kind;
     let required =
@@ -435,7 +433,7 @@ fn validate_upstream_auth(
         env,
         k,
     )?;
-    let mut credentials = match (&u.username, password) {
+    let credentials = match (&u.username, password) {
         (Some(user), Some(password)) => Some(Credentials {
             username: interpolate(&k("username"), user, env)?,
             password,
@@ -461,8 +459,7 @@ fn validate_upstream_auth(
         return Err(required("username"));
     }
 
-    let mut ecr = None;
-    match kind {
+    let auth = match kind {
         K::Ecr => {
             let access_key_id = match &u.access_key_id {
                 Some(a) => interpolate(&k("access_key_id"), a, env)?,
@@ -487,13 +484,13 @@ fn validate_upstream_auth(
                 }
                 None => format!("https://api.ecr.{region}.amazonaws.com"),
             };
-            ecr = Some(EcrSettings {
+            UpstreamAuth::Ecr(EcrSettings {
                 access_key_id,
                 secret_access_key,
                 region,
                 registry_id,
                 endpoint,
-            });
+            })
         }
         K::Gcr | K::Gar => {
             let key = read_secret(
@@ -517,18 +514,17 @@ fn validate_upstream_auth(
                 ));
             }
             // Google's registries take the key itself as the password of user _json_key.
-            credentials = Some(Credentials {
-                username: "_json_key".into(),
-                password: key,
-            });
+            UpstreamAuth::GcpServiceAccount(key)
         }
-        _ => {}
-    }
-    Ok(UpstreamAuth {
+        _ => match credentials {
+            Some(c) => UpstreamAuth::Static(c),
+            None => UpstreamAuth::Anonymous,
+        },
+    };
+    Ok(Checked {
         base_url,
         host,
-        credentials,
-        ecr,
+        auth,
     })
 }
 
