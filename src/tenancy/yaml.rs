@@ -132,155 +132,20 @@ impl YamlTenants {
         base: &Path,
         env: Env<'_>,
     ) -> Result<YamlTenants, ConfigError> {
-        let mut upstreams = Vec::new();
-        let mut upstream_index = HashMap::new();
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
         for (i, u) in raw.upstreams.into_iter().enumerate() {
-            let k = |f: &str| format!("upstreams[{i}].{f}");
-            if !valid_slug(&u.name) {
-                return Err(ConfigError::new(
-                    k("name"),
-                    format!(
-                        "invalid name {:?} (lowercase letters, digits, . _ -)",
-                        u.name
-                    ),
-                ));
-            }
-            if upstream_index.insert(u.name.clone(), i).is_some() {
-                return Err(ConfigError::new(
-                    k("name"),
-                    format!("duplicate upstream name {:?}", u.name),
-                ));
-            }
-            let up = validate_upstream_auth(&u, base, env, &k)?;
-            let mut repositories = Vec::new();
-            for (j, p) in u.repositories.unwrap_or_default().iter().enumerate() {
-                repositories.push(Glob::new(p).map_err(|m| {
-                    ConfigError::new(format!("upstreams[{i}].repositories[{j}]"), m)
-                })?);
-            }
-            let timeout = match &u.timeout {
-                Some(s) => parse_duration(&k("timeout"), s)?,
-                None => Duration::from_secs(30),
-            };
-            upstreams.push(Arc::new(Upstream {
-                name: u.name,
-                base_url: up.base_url,
-                host: up.host,
-                kind: u.kind,
-                auth: up.auth,
-                repositories,
-                timeout,
-            }));
+            let up = upstream(i, u, &upstreams, base, env)?;
+            upstreams.push(Arc::new(up));
         }
-
         let mut apps = HashMap::new();
         for (i, a) in raw.apps.into_iter().enumerate() {
-            if !valid_slug(&a.slug) {
-                return Err(ConfigError::new(
-                    format!("apps[{i}].slug"),
-                    format!(
-                        "invalid slug {:?} (lowercase letters, digits, . _ -)",
-                        a.slug
-                    ),
-                ));
-            }
-            if a.upstreams.is_empty() {
-                return Err(ConfigError::new(
-                    format!("apps[{i}].upstreams"),
-                    "an app needs at least one upstream",
-                ));
-            }
-            let mut idx = Vec::new();
-            for name in &a.upstreams {
-                let n = upstream_index.get(name).ok_or_else(|| {
-                    ConfigError::new(
-                        format!("apps[{i}].upstreams"),
-                        format!("unknown upstream {name:?}"),
-                    )
-                })?;
-                idx.push(upstreams[*n].clone());
-            }
-            if apps.contains_key(&a.slug) {
-                return Err(ConfigError::new(
-                    format!("apps[{i}].slug"),
-                    format!("duplicate app slug {:?}", a.slug),
-                ));
-            }
-            for (j, image) in a.images.iter().enumerate() {
-                if let Err(e) = crate::oci::reference::ImageRef::parse(image) {
-                    return Err(ConfigError::new(
-                        format!("apps[{i}].images[{j}]"),
-                        format!("{image:?}: {e}"),
-                    ));
-                }
-            }
-            apps.insert(
-                a.slug.clone(),
-                App {
-                    slug: a.slug,
-                    upstreams: idx,
-                    images: a.images,
-                },
-            );
+            let app = app(i, a, &upstreams, &apps)?;
+            apps.insert(app.slug.clone(), app);
         }
-
         let mut licenses = HashMap::new();
         for (i, l) in raw.licenses.into_iter().enumerate() {
-            let k = |f: &str| format!("licenses[{i}].{f}");
-            // The id doubles as the customer's password: demand enough of it to resist guessing.
-            if l.id.len() < 8 || !l.id.bytes().all(|b| b.is_ascii_graphic()) || l.id.contains(':') {
-                return Err(ConfigError::new(
-                    k("id"),
-                    "a license id needs at least 8 printable characters and no ':'",
-                ));
-            }
-            if !apps.contains_key(&l.app) {
-                return Err(ConfigError::new(
-                    k("app"),
-                    format!("unknown app {:?}", l.app),
-                ));
-            }
-            let expires = match &l.expires {
-                Some(s) => Some(humantime::parse_rfc3339_weak(s.trim()).map_err(|e| {
-                    ConfigError::new(
-                        k("expires"),
-                        format!(
-                            "invalid timestamp {s:?} (RFC 3339, e.g. 2027-06-30T00:00:00Z): {e}"
-                        ),
-                    )
-                })?),
-                None => None,
-            };
-            let fingerprint = fingerprint(&l.id);
-            if licenses.contains_key(&fingerprint) {
-                return Err(ConfigError::new(k("id"), "duplicate license id"));
-            }
-            let mut images = Vec::new();
-            for (j, p) in l.images.unwrap_or_default().iter().enumerate() {
-                images.push(
-                    Glob::new(p)
-                        .map_err(|m| ConfigError::new(format!("licenses[{i}].images[{j}]"), m))?,
-                );
-            }
-            let rate_limit = match l.rate_limit {
-                Some(r) => Some(rate_limit(&k("rate_limit"), r)?),
-                None => None,
-            };
-            licenses.insert(
-                fingerprint.clone(),
-                (
-                    Secret::new(l.id),
-                    License {
-                        fingerprint,
-                        app: l.app,
-                        customer: l.customer,
-                        expires,
-                        revoked: l.revoked,
-                        images,
-                        rate_limit,
-                    },
-                ),
-            );
+            let (id, license) = license(i, l, &apps, &licenses)?;
+            licenses.insert(license.fingerprint.clone(), (id, license));
         }
         Ok(YamlTenants {
             upstreams,
@@ -288,6 +153,168 @@ impl YamlTenants {
             licenses,
         })
     }
+}
+
+// One record at a time, each checked against the ones before it, so that the same rules
+// (and messages) can check a record that arrives some other way than in this file.
+
+/// `upstreams[i]`, after the `earlier` ones.
+fn upstream(
+    i: usize,
+    u: RawUpstream,
+    earlier: &[Arc<Upstream>],
+    base: &Path,
+    env: Env<'_>,
+) -> Result<Upstream, ConfigError> {
+    let k = |f: &str| format!("upstreams[{i}].{f}");
+    if !valid_slug(&u.name) {
+        return Err(ConfigError::new(
+            k("name"),
+            format!(
+                "invalid name {:?} (lowercase letters, digits, . _ -)",
+                u.name
+            ),
+        ));
+    }
+    if earlier.iter().any(|e| e.name == u.name) {
+        return Err(ConfigError::new(
+            k("name"),
+            format!("duplicate upstream name {:?}", u.name),
+        ));
+    }
+    let up = validate_upstream_auth(&u, base, env, &k)?;
+    let mut repositories = Vec::new();
+    for (j, p) in u.repositories.unwrap_or_default().iter().enumerate() {
+        repositories.push(
+            Glob::new(p)
+                .map_err(|m| ConfigError::new(format!("upstreams[{i}].repositories[{j}]"), m))?,
+        );
+    }
+    let timeout = match &u.timeout {
+        Some(s) => parse_duration(&k("timeout"), s)?,
+        None => Duration::from_secs(30),
+    };
+    Ok(Upstream {
+        name: u.name,
+        base_url: up.base_url,
+        host: up.host,
+        kind: u.kind,
+        auth: up.auth,
+        repositories,
+        timeout,
+    })
+}
+
+/// `apps[i]`, over `upstreams`, after the `earlier` apps.
+fn app(
+    i: usize,
+    a: RawApp,
+    upstreams: &[Arc<Upstream>],
+    earlier: &HashMap<String, App>,
+) -> Result<App, ConfigError> {
+    if !valid_slug(&a.slug) {
+        return Err(ConfigError::new(
+            format!("apps[{i}].slug"),
+            format!(
+                "invalid slug {:?} (lowercase letters, digits, . _ -)",
+                a.slug
+            ),
+        ));
+    }
+    if a.upstreams.is_empty() {
+        return Err(ConfigError::new(
+            format!("apps[{i}].upstreams"),
+            "an app needs at least one upstream",
+        ));
+    }
+    let mut listed = Vec::new();
+    for name in &a.upstreams {
+        let up = upstreams.iter().find(|u| &u.name == name).ok_or_else(|| {
+            ConfigError::new(
+                format!("apps[{i}].upstreams"),
+                format!("unknown upstream {name:?}"),
+            )
+        })?;
+        listed.push(up.clone());
+    }
+    if earlier.contains_key(&a.slug) {
+        return Err(ConfigError::new(
+            format!("apps[{i}].slug"),
+            format!("duplicate app slug {:?}", a.slug),
+        ));
+    }
+    for (j, image) in a.images.iter().enumerate() {
+        if let Err(e) = crate::oci::reference::ImageRef::parse(image) {
+            return Err(ConfigError::new(
+                format!("apps[{i}].images[{j}]"),
+                format!("{image:?}: {e}"),
+            ));
+        }
+    }
+    Ok(App {
+        slug: a.slug,
+        upstreams: listed,
+        images: a.images,
+    })
+}
+
+/// `licenses[i]` of one of `apps`, after the `earlier` licenses (by fingerprint): its id
+/// and the license.
+fn license(
+    i: usize,
+    l: RawLicense,
+    apps: &HashMap<String, App>,
+    earlier: &HashMap<String, (Secret, License)>,
+) -> Result<(Secret, License), ConfigError> {
+    let k = |f: &str| format!("licenses[{i}].{f}");
+    // The id doubles as the customer's password: demand enough of it to resist guessing.
+    if l.id.len() < 8 || !l.id.bytes().all(|b| b.is_ascii_graphic()) || l.id.contains(':') {
+        return Err(ConfigError::new(
+            k("id"),
+            "a license id needs at least 8 printable characters and no ':'",
+        ));
+    }
+    if !apps.contains_key(&l.app) {
+        return Err(ConfigError::new(
+            k("app"),
+            format!("unknown app {:?}", l.app),
+        ));
+    }
+    let expires = match &l.expires {
+        Some(s) => Some(humantime::parse_rfc3339_weak(s.trim()).map_err(|e| {
+            ConfigError::new(
+                k("expires"),
+                format!("invalid timestamp {s:?} (RFC 3339, e.g. 2027-06-30T00:00:00Z): {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let fingerprint = fingerprint(&l.id);
+    if earlier.contains_key(&fingerprint) {
+        return Err(ConfigError::new(k("id"), "duplicate license id"));
+    }
+    let mut images = Vec::new();
+    for (j, p) in l.images.unwrap_or_default().iter().enumerate() {
+        images.push(
+            Glob::new(p).map_err(|m| ConfigError::new(format!("licenses[{i}].images[{j}]"), m))?,
+        );
+    }
+    let rate_limit = match l.rate_limit {
+        Some(r) => Some(rate_limit(&k("rate_limit"), r)?),
+        None => None,
+    };
+    Ok((
+        Secret::new(l.id),
+        License {
+            fingerprint,
+            app: l.app,
+            customer: l.customer,
+            expires,
+            revoked: l.revoked,
+            images,
+            rate_limit,
+        },
+    ))
 }
 
 fn valid_slug(s: &str) -> bool {
@@ -560,6 +587,93 @@ fn parse_base_url(url: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tenants(upstreams: &str, apps: &str, licenses: &str) -> Result<YamlTenants, ConfigError> {
+        let raw = RawTenants {
+            upstreams: serde_yaml_ng::from_str(upstreams).unwrap(),
+            apps: serde_yaml_ng::from_str(apps).unwrap(),
+            licenses: serde_yaml_ng::from_str(licenses).unwrap(),
+        };
+        YamlTenants::validate(raw, Path::new("/etc/berth"), &|_| None)
+    }
+
+    fn acme() -> YamlTenants {
+        tenants(
+            "[{name: q, url: \"https://quay.io\", username: u, password: p}]",
+            "[{slug: acme, upstreams: [q]}]",
+            "[{id: LICENSE-good-0001, app: acme, customer: Big Bank}]",
+        )
+        .unwrap()
+    }
+
+    /// The store finds a license by the secret the customer presents or by its public
+    /// fingerprint; nothing else, and its `Debug` shows no id.
+    #[test]
+    fn licenses_by_secret_and_by_fingerprint() {
+        let t = acme();
+        let l = t.license_by_secret("LICENSE-good-0001").unwrap();
+        assert_eq!(l.customer, "Big Bank");
+        assert_eq!(l.fingerprint, fingerprint("LICENSE-good-0001"));
+        assert_eq!(
+            t.license_by_fingerprint(&l.fingerprint).unwrap().customer,
+            "Big Bank"
+        );
+        assert!(t.license_by_secret("LICENSE-good-0002").is_none());
+        // The fingerprint names a license; it is not a password for it.
+        assert!(t.license_by_secret(&l.fingerprint).is_none());
+        assert!(t.license_by_fingerprint("LICENSE-good-0001").is_none());
+        assert_eq!(t.license_count(), 1);
+        let dump = format!("{t:?} {l:?}");
+        assert!(!dump.contains("LICENSE-good-0001"), "{dump}");
+    }
+
+    /// An app holds its upstreams themselves, in the order it lists them.
+    #[test]
+    fn apps_hold_their_upstreams() {
+        let t = tenants(
+            "[{name: a, url: \"https://a.example\"}, {name: b, url: \"https://b.example\"}]",
+            "[{slug: x, upstreams: [b, a]}, {slug: y, upstreams: [a]}]",
+            "[]",
+        )
+        .unwrap();
+        let names = |slug: &str| -> Vec<String> {
+            t.app(slug)
+                .unwrap()
+                .upstreams
+                .iter()
+                .map(|u| u.name.clone())
+                .collect()
+        };
+        assert_eq!(names("x"), ["b", "a"]);
+        assert_eq!(names("y"), ["a"]);
+        assert!(Arc::ptr_eq(
+            &t.app("x").unwrap().upstreams[1],
+            &t.upstreams()[0]
+        ));
+        let mut slugs: Vec<&str> = t.apps().iter().map(|a| a.slug.as_str()).collect();
+        slugs.sort_unstable();
+        assert_eq!(slugs, ["x", "y"]);
+        assert_eq!(
+            tenants(
+                "[{name: a, url: \"https://a.example\"}, {name: a, url: \"https://b.example\"}]",
+                "[]",
+                "[]"
+            )
+            .unwrap_err()
+            .to_string(),
+            "upstreams[1].name: duplicate upstream name \"a\""
+        );
+        assert_eq!(
+            tenants(
+                "[]",
+                "[]",
+                "[{id: LICENSE-good-0001, app: acme, customer: c}]"
+            )
+            .unwrap_err()
+            .to_string(),
+            "licenses[0].app: unknown app \"acme\""
+        );
+    }
 
     #[test]
     fn base_url_normalization() {
