@@ -239,6 +239,55 @@ licenses:
         assert!(!e.to_string().contains("u:p"));
     }
 
+    /// With several mistakes, the one reported first is the same as before settings and
+    /// tenancy were validated apart: server, then tenants, then auth, rewrite, the rest.
+    #[test]
+    fn several_mistakes_report_in_the_usual_order() {
+        let bad_app = |t: &str| {
+            t.replace(
+                "upstreams: [acme-quay, acme-quay-team]",
+                "upstreams: [acme-qay]",
+            )
+        };
+        let tail = |extra: &str| format!("{GOOD}{extra}");
+        let cases = [
+            (
+                bad_app(GOOD).replace("127.0.0.1:5443", "nowhere"),
+                "server.listen",
+            ),
+            (
+                bad_app(&tail("auth: { token_ttl: 1s }\n")),
+                "apps[0].upstreams",
+            ),
+            (
+                tail("auth: { token_ttl: 1s, rate_limit: { per_second: 0 } }\nrewrite: [ { app: nope } ]\n"),
+                "auth.token_ttl",
+            ),
+            (
+                tail("auth: { rate_limit: { per_second: 0 } }\nrewrite: [ { app: nope } ]\n"),
+                "rewrite[0].app",
+            ),
+            (
+                tail("auth: { rate_limit: { per_second: 0 } }\n").replace(
+                    "  hostname: images.acme.test\n",
+                    "  hostname: images.acme.test\n  admin_listen: nowhere\n",
+                ),
+                "auth.rate_limit.per_second",
+            ),
+            (
+                GOOD.replace(
+                    "  hostname: images.acme.test\n",
+                    "  hostname: images.acme.test\n  admin_listen: nowhere\n",
+                )
+                .replace("dir: ./berth-data", "dir: ./berth-data\n  max_size: lots"),
+                "server.admin_listen",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(parse(&text).unwrap_err().key, key, "{text}");
+        }
+    }
+
     #[test]
     fn secrets_do_not_appear_in_debug() {
         let c = parse(GOOD).unwrap();

@@ -209,208 +209,244 @@ impl Settings {
             auth: raw_auth,
             rewrite: raw_rewrite,
         } = raw;
-        let listen: SocketAddr = raw_server.listen.parse().map_err(|_| {
-            ConfigError::new(
-                "server.listen",
-                format!(
-                    "invalid socket address {:?} (expected e.g. 0.0.0.0:443)",
-                    raw_server.listen
-                ),
-            )
-        })?;
-        if !valid_host(&raw_server.hostname) {
-            return Err(ConfigError::new(
-                "server.hostname",
-                format!(
-                    "invalid hostname {:?} (lowercase DNS name, optional :port)",
-                    raw_server.hostname
-                ),
-            ));
-        }
-        let tls_files = |key: &str, list: &[RawTls]| -> Result<Vec<TlsFiles>, ConfigError> {
-            let mut files = Vec::new();
-            for (i, t) in list.iter().enumerate() {
-                let cert = resolve_path(base, &t.cert);
-                let key_file = resolve_path(base, &t.key);
-                for (field, p) in [("cert", &cert), ("key", &key_file)] {
-                    if !p.is_file() {
-                        return Err(ConfigError::new(
-                            format!("{key}[{i}].{field}"),
-                            format!("file not found: {}", p.display()),
-                        ));
-                    }
-                }
-                files.push(TlsFiles {
-                    cert,
-                    key: key_file,
-                });
-            }
-            Ok(files)
-        };
-        let tls = tls_files("server.tls", &raw_server.tls)?;
-        let webhook_tls = match &raw_server.webhook_tls {
-            Some(list) => tls_files("server.webhook_tls", list)?,
-            None => tls.clone(),
-        };
-        let shutdown_timeout = match &raw_server.shutdown_timeout {
-            Some(s) => parse_duration("server.shutdown_timeout", s)?,
-            None => Duration::from_secs(30),
-        };
-        let positive = |key: &str, v: &Option<String>, default: u64| match v {
-            None => Ok(Duration::from_secs(default)),
-            Some(s) => match parse_duration(key, s)? {
-                d if d.is_zero() => Err(ConfigError::new(key, "must be longer than 0s")),
-                d => Ok(d),
-            },
-        };
-        let header_timeout = positive("server.header_timeout", &raw_server.header_timeout, 30)?;
-        let idle_timeout = positive("server.idle_timeout", &raw_server.idle_timeout, 75)?;
-        let body_timeout = positive("server.body_timeout", &raw_server.body_timeout, 30)?;
-        let send_timeout = positive("server.send_timeout", &raw_server.send_timeout, 60)?;
-        let max_connections = match raw_server.max_connections {
-            None => 4096,
-            Some(0) => {
-                return Err(ConfigError::new(
-                    "server.max_connections",
-                    "must be at least 1",
-                ))
-            }
-            Some(n) => n,
-        };
-        let webhook_listen = match &raw_server.webhook_listen {
-            None => None,
-            Some(a) => {
-                let addr: SocketAddr = a.parse().map_err(|_| {
-                    ConfigError::new(
-                        "server.webhook_listen",
-                        format!("invalid socket address {a:?} (expected e.g. 0.0.0.0:8443)"),
-                    )
-                })?;
-                if webhook_tls.is_empty() {
-                    return Err(ConfigError::new(
-                        "server.webhook_listen",
-                        "needs server.webhook_tls or server.tls: the API server calls admission webhooks over HTTPS only",
-                    ));
-                }
-                if addr == listen {
-                    return Err(ConfigError::new(
-                        "server.webhook_listen",
-                        "must differ from server.listen",
-                    ));
-                }
-                Some(addr)
-            }
-        };
-
+        let mut server = server(&raw_server, base)?;
         let tenants = tenancy()?;
-
         let cache_dir = resolve_path(base, &raw_cache.dir);
-        let token_ttl = match &raw_auth.token_ttl {
-            Some(s) => parse_duration("auth.token_ttl", s)?,
-            None => Duration::from_secs(300),
+        let mut auth = auth(&raw_auth, &server, &cache_dir, base)?;
+        let rewrite = rewrite_rules(raw_rewrite, |slug| has_app(&tenants, slug))?;
+        auth.rate_limit = match raw_auth.rate_limit {
+            Some(r) => Some(rate_limit("auth.rate_limit", r)?),
+            None => None,
         };
-        if token_ttl < Duration::from_secs(60) {
+        server.admin_listen = match &raw_server.admin_listen {
+            Some(a) => Some(a.parse().map_err(|_| {
+                ConfigError::new(
+                    "server.admin_listen",
+                    format!("invalid socket address {a:?} (expected e.g. 127.0.0.1:9090)"),
+                )
+            })?),
+            None => None,
+        };
+        let cache = cache(&raw_cache, cache_dir)?;
+        Ok((
+            Settings {
+                server,
+                cache,
+                auth,
+                rewrite,
+            },
+            tenants,
+        ))
+    }
+}
+
+/// `server`, but for `admin_listen`, which is checked last.
+fn server(raw: &RawServer, base: &Path) -> Result<ServerConfig, ConfigError> {
+    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+        ConfigError::new(
+            "server.listen",
+            format!(
+                "invalid socket address {:?} (expected e.g. 0.0.0.0:443)",
+                raw.listen
+            ),
+        )
+    })?;
+    if !valid_host(&raw.hostname) {
+        return Err(ConfigError::new(
+            "server.hostname",
+            format!(
+                "invalid hostname {:?} (lowercase DNS name, optional :port)",
+                raw.hostname
+            ),
+        ));
+    }
+    let tls = tls_files(base, "server.tls", &raw.tls)?;
+    let webhook_tls = match &raw.webhook_tls {
+        Some(list) => tls_files(base, "server.webhook_tls", list)?,
+        None => tls.clone(),
+    };
+    let shutdown_timeout = match &raw.shutdown_timeout {
+        Some(s) => parse_duration("server.shutdown_timeout", s)?,
+        None => Duration::from_secs(30),
+    };
+    let positive = |key: &str, v: &Option<String>, default: u64| match v {
+        None => Ok(Duration::from_secs(default)),
+        Some(s) => match parse_duration(key, s)? {
+            d if d.is_zero() => Err(ConfigError::new(key, "must be longer than 0s")),
+            d => Ok(d),
+        },
+    };
+    let header_timeout = positive("server.header_timeout", &raw.header_timeout, 30)?;
+    let idle_timeout = positive("server.idle_timeout", &raw.idle_timeout, 75)?;
+    let body_timeout = positive("server.body_timeout", &raw.body_timeout, 30)?;
+    let send_timeout = positive("server.send_timeout", &raw.send_timeout, 60)?;
+    let max_connections = match raw.max_connections {
+        None => 4096,
+        Some(0) => {
             return Err(ConfigError::new(
-                "auth.token_ttl",
-                "must be at least 60s (clients refresh tokens only on expiry)",
-            ));
+                "server.max_connections",
+                "must be at least 1",
+            ))
         }
-        let scheme = if tls.is_empty() { "http" } else { "https" };
-        let realm = match raw_auth.realm {
-            Some(r) => {
-                let uri: http::Uri = r
-                    .parse()
-                    .map_err(|_| ConfigError::new("auth.realm", format!("invalid URL {r:?}")))?;
-                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-                    return Err(ConfigError::new(
-                        "auth.realm",
-                        format!("{r:?} must be an absolute http(s) URL"),
-                    ));
-                }
-                r
-            }
-            None => format!("{scheme}://{}/token", raw_server.hostname),
-        };
-        let mut rewrite = Vec::new();
-        for (i, r) in raw_rewrite.into_iter().enumerate() {
-            if !has_app(&tenants, &r.app) {
+        Some(n) => n,
+    };
+    let webhook_listen = match &raw.webhook_listen {
+        None => None,
+        Some(a) => {
+            let addr: SocketAddr = a.parse().map_err(|_| {
+                ConfigError::new(
+                    "server.webhook_listen",
+                    format!("invalid socket address {a:?} (expected e.g. 0.0.0.0:8443)"),
+                )
+            })?;
+            if webhook_tls.is_empty() {
                 return Err(ConfigError::new(
-                    format!("rewrite[{i}].app"),
-                    format!("unknown app {:?}", r.app),
+                    "server.webhook_listen",
+                    "needs server.webhook_tls or server.tls: the API server calls admission webhooks over HTTPS only",
                 ));
             }
-            if let Some(s) = &r.pull_secret {
-                if !crate::oci::name::valid_component(s) {
-                    return Err(ConfigError::new(
-                        format!("rewrite[{i}].pull_secret"),
-                        format!("{s:?} is not a valid Kubernetes object name"),
-                    ));
-                }
+            if addr == listen {
+                return Err(ConfigError::new(
+                    "server.webhook_listen",
+                    "must differ from server.listen",
+                ));
             }
-            rewrite.push(RewriteConfig {
-                app: r.app,
-                pull_secret: r.pull_secret,
-                namespaces: r.namespaces,
-                exclude_namespaces: r.exclude_namespaces,
-                labels: r.labels,
-            });
+            Some(addr)
         }
-        let auth = AuthConfig {
-            token_key_file: match &raw_auth.token_key_file {
-                Some(p) => resolve_path(base, p),
-                None => cache_dir.join("token.key"),
-            },
-            token_ttl,
-            realm,
-            audit_log: raw_auth.audit_log.as_ref().map(|p| resolve_path(base, p)),
-            rate_limit: match raw_auth.rate_limit {
-                Some(r) => Some(rate_limit("auth.rate_limit", r)?),
-                None => None,
-            },
-        };
+    };
+    Ok(ServerConfig {
+        listen,
+        hostname: raw.hostname.clone(),
+        tls,
+        shutdown_timeout,
+        header_timeout,
+        idle_timeout,
+        body_timeout,
+        send_timeout,
+        max_connections,
+        admin_listen: None,
+        webhook_listen,
+        webhook_tls,
+    })
+}
 
-        let settings = Settings {
-            server: ServerConfig {
-                listen,
-                hostname: raw_server.hostname,
-                tls,
-                shutdown_timeout,
-                header_timeout,
-                idle_timeout,
-                body_timeout,
-                send_timeout,
-                max_connections,
-                webhook_listen,
-                webhook_tls,
-                admin_listen: match &raw_server.admin_listen {
-                    Some(a) => Some(a.parse().map_err(|_| {
-                        ConfigError::new(
-                            "server.admin_listen",
-                            format!("invalid socket address {a:?} (expected e.g. 127.0.0.1:9090)"),
-                        )
-                    })?),
-                    None => None,
-                },
-            },
-            cache: CacheConfig {
-                dir: cache_dir,
-                max_size: match &raw_cache.max_size {
-                    Some(s) => {
-                        Some(parse_size(s).map_err(|m| ConfigError::new("cache.max_size", m))?)
-                    }
-                    None => None,
-                },
-                tag_ttl: match &raw_cache.tag_ttl {
-                    Some(s) => parse_duration("cache.tag_ttl", s)?,
-                    None => Duration::from_secs(300),
-                },
-                offline: raw_cache.offline,
-            },
-            auth,
-            rewrite,
-        };
-        Ok((settings, tenants))
+/// Certificate and key files under `key` (`server.tls`, `server.webhook_tls`).
+fn tls_files(base: &Path, key: &str, list: &[RawTls]) -> Result<Vec<TlsFiles>, ConfigError> {
+    let mut files = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let cert = resolve_path(base, &t.cert);
+        let key_file = resolve_path(base, &t.key);
+        for (field, p) in [("cert", &cert), ("key", &key_file)] {
+            if !p.is_file() {
+                return Err(ConfigError::new(
+                    format!("{key}[{i}].{field}"),
+                    format!("file not found: {}", p.display()),
+                ));
+            }
+        }
+        files.push(TlsFiles {
+            cert,
+            key: key_file,
+        });
     }
+    Ok(files)
+}
+
+/// `auth`, but for `rate_limit`, which is checked after `rewrite`.
+fn auth(
+    raw: &RawAuth,
+    server: &ServerConfig,
+    cache_dir: &Path,
+    base: &Path,
+) -> Result<AuthConfig, ConfigError> {
+    let token_ttl = match &raw.token_ttl {
+        Some(s) => parse_duration("auth.token_ttl", s)?,
+        None => Duration::from_secs(300),
+    };
+    if token_ttl < Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            "auth.token_ttl",
+            "must be at least 60s (clients refresh tokens only on expiry)",
+        ));
+    }
+    let scheme = if server.tls.is_empty() {
+        "http"
+    } else {
+        "https"
+    };
+    let realm = match &raw.realm {
+        Some(r) => {
+            let uri: http::Uri = r
+                .parse()
+                .map_err(|_| ConfigError::new("auth.realm", format!("invalid URL {r:?}")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(ConfigError::new(
+                    "auth.realm",
+                    format!("{r:?} must be an absolute http(s) URL"),
+                ));
+            }
+            r.clone()
+        }
+        None => format!("{scheme}://{}/token", server.hostname),
+    };
+    Ok(AuthConfig {
+        token_key_file: match &raw.token_key_file {
+            Some(p) => resolve_path(base, p),
+            None => cache_dir.join("token.key"),
+        },
+        token_ttl,
+        realm,
+        audit_log: raw.audit_log.as_ref().map(|p| resolve_path(base, p)),
+        rate_limit: None,
+    })
+}
+
+/// `rewrite`: admission rules, each for an app `has_app` knows.
+fn rewrite_rules(
+    raw: Vec<RawRewrite>,
+    has_app: impl Fn(&str) -> bool,
+) -> Result<Vec<RewriteConfig>, ConfigError> {
+    let mut rewrite = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        if !has_app(&r.app) {
+            return Err(ConfigError::new(
+                format!("rewrite[{i}].app"),
+                format!("unknown app {:?}", r.app),
+            ));
+        }
+        if let Some(s) = &r.pull_secret {
+            if !crate::oci::name::valid_component(s) {
+                return Err(ConfigError::new(
+                    format!("rewrite[{i}].pull_secret"),
+                    format!("{s:?} is not a valid Kubernetes object name"),
+                ));
+            }
+        }
+        rewrite.push(RewriteConfig {
+            app: r.app,
+            pull_secret: r.pull_secret,
+            namespaces: r.namespaces,
+            exclude_namespaces: r.exclude_namespaces,
+            labels: r.labels,
+        });
+    }
+    Ok(rewrite)
+}
+
+/// `cache`: the directory (already resolved) and the cache policy.
+fn cache(raw: &RawCache, dir: PathBuf) -> Result<CacheConfig, ConfigError> {
+    Ok(CacheConfig {
+        dir,
+        max_size: match &raw.max_size {
+            Some(s) => Some(parse_size(s).map_err(|m| ConfigError::new("cache.max_size", m))?),
+            None => None,
+        },
+        tag_ttl: match &raw.tag_ttl {
+            Some(s) => parse_duration("cache.tag_ttl", s)?,
+            None => Duration::from_secs(300),
+        },
+        offline: raw.offline,
+    })
 }
 
 // ---- the config-file vocabulary -------------------------------------------------------
