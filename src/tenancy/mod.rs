@@ -96,6 +96,23 @@ impl UpstreamKind {
             UpstreamKind::Public => "public",
         }
     }
+
+    /// The URL of the kind's well-known service, when it has one (GAR needs the region,
+    /// ECR the region and registry id).
+    pub fn default_url(self, region: Option<&str>, registry_id: Option<&str>) -> Option<String> {
+        match self {
+            UpstreamKind::Dockerhub => Some(DOCKER_HUB_URL.to_string()),
+            UpstreamKind::Quay => Some("https://quay.io".to_string()),
+            UpstreamKind::Ghcr => Some("https://ghcr.io".to_string()),
+            UpstreamKind::Gcr => Some("https://gcr.io".to_string()),
+            UpstreamKind::Gar => region.map(|r| format!("https://{r}-docker.pkg.dev")),
+            UpstreamKind::Ecr => match (registry_id, region) {
+                (Some(id), Some(r)) => Some(format!("https://{id}.dkr.ecr.{r}.amazonaws.com")),
+                _ => None,
+            },
+            UpstreamKind::Acr | UpstreamKind::Custom | UpstreamKind::Public => None,
+        }
+    }
 }
 
 /// Docker Hub's names: references say `docker.io` or `index.docker.io`, the API is elsewhere.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{
     fingerprint, App, Credentials, EcrSettings, Glob, License, TenantStore, Upstream, UpstreamAuth,
-    UpstreamKind, DOCKER_HUB_HOST, DOCKER_HUB_URL,
+    UpstreamKind, DOCKER_HUB_HOST,
 };
 use crate::settings::{
     interpolate, parse_duration, rate_limit, read_secret, valid_host, ConfigError, Env,
@@ -411,20 +411,7 @@ fn validate_upstream_auth(
     };
 
     // URL: explicit, else the kind's well-known service.
-    let default_url = match kind {
-        K::Dockerhub => Some(DOCKER_HUB_URL.to_string()),
-        K::Quay => Some("https://quay.io".to_string()),
-        K::Ghcr => Some("https://ghcr.io".to_string()),
-        K::Gcr => Some("https://gcr.io".to_string()),
-        K::Gar => region
-            .as_ref()
-            .map(|r| format!("https://{r}-docker.pkg.dev")),
-        K::Ecr => match (&registry_id, &region) {
-            (Some(id), Some(r)) => Some(format!("https://{id}.dkr.ecr.{r}.amazonaws.com")),
-            _ => None,
-        },
-        K::Acr | K::Custom | K::Public => None,
-    };
+    let default_url = kind.default_url(region.as_deref(), registry_id.as_deref());
     let url = match (&u.url, default_url) {
         (Some(url), _) => interpolate(&k("url"), url, env)?,
         (None, Some(d)) => d,
@@ -487,62 +474,8 @@ fn validate_upstream_auth(
     }
 
     let auth = match kind {
-        K::Ecr => {
-            let access_key_id = match &u.access_key_id {
-                Some(a) => interpolate(&k("access_key_id"), a, env)?,
-                None => return Err(required("access_key_id")),
-            };
-            let secret_access_key = read_secret(
-                "secret_access_key",
-                u.secret_access_key.as_ref(),
-                u.secret_access_key_file.as_ref(),
-                base,
-                env,
-                k,
-            )?
-            .ok_or_else(|| required("secret_access_key"))?;
-            let region = region.ok_or_else(|| required("region"))?;
-            let endpoint = match &u.ecr_endpoint {
-                Some(e) => {
-                    let e = interpolate(&k("ecr_endpoint"), e, env)?;
-                    parse_base_url(&e)
-                        .map_err(|m| ConfigError::new(k("ecr_endpoint"), m))?
-                        .0
-                }
-                None => format!("https://api.ecr.{region}.amazonaws.com"),
-            };
-            UpstreamAuth::Ecr(EcrSettings {
-                access_key_id,
-                secret_access_key,
-                region,
-                registry_id,
-                endpoint,
-            })
-        }
-        K::Gcr | K::Gar => {
-            let key = read_secret(
-                "service_account_key",
-                u.service_account_key.as_ref(),
-                u.service_account_key_file.as_ref(),
-                base,
-                env,
-                k,
-            )?
-            .ok_or_else(|| required("service_account_key"))?;
-            // Checked here so a truncated paste fails at check-config, not at the first
-            // pull. The error never quotes the key.
-            let is_object = serde_json::from_str::<serde_json::Value>(key.expose())
-                .map(|v| v.is_object())
-                .unwrap_or(false);
-            if !is_object {
-                return Err(ConfigError::new(
-                    k("service_account_key"),
-                    "not a JSON object (expected the service account key file's contents)",
-                ));
-            }
-            // Google's registries take the key itself as the password of user _json_key.
-            UpstreamAuth::GcpServiceAccount(key)
-        }
+        K::Ecr => UpstreamAuth::Ecr(ecr(u, region, registry_id, base, env, k)?),
+        K::Gcr | K::Gar => UpstreamAuth::GcpServiceAccount(gcp_service_account(u, base, env, k)?),
         _ => match credentials {
             Some(c) => UpstreamAuth::Static(c),
             None => UpstreamAuth::Anonymous,
@@ -553,6 +486,81 @@ fn validate_upstream_auth(
         host,
         auth,
     })
+}
+
+/// `kind: ecr`: the AWS credentials and API endpoint `GetAuthorizationToken` is asked with.
+fn ecr(
+    u: &RawUpstream,
+    region: Option<String>,
+    registry_id: Option<String>,
+    base: &Path,
+    env: Env<'_>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<EcrSettings, ConfigError> {
+    let required = |field: &str| ConfigError::new(k(field), "required for kind ecr");
+    let access_key_id = match &u.access_key_id {
+        Some(a) => interpolate(&k("access_key_id"), a, env)?,
+        None => return Err(required("access_key_id")),
+    };
+    let secret_access_key = read_secret(
+        "secret_access_key",
+        u.secret_access_key.as_ref(),
+        u.secret_access_key_file.as_ref(),
+        base,
+        env,
+        k,
+    )?
+    .ok_or_else(|| required("secret_access_key"))?;
+    let region = region.ok_or_else(|| required("region"))?;
+    let endpoint = match &u.ecr_endpoint {
+        Some(e) => {
+            let e = interpolate(&k("ecr_endpoint"), e, env)?;
+            parse_base_url(&e)
+                .map_err(|m| ConfigError::new(k("ecr_endpoint"), m))?
+                .0
+        }
+        None => format!("https://api.ecr.{region}.amazonaws.com"),
+    };
+    Ok(EcrSettings {
+        access_key_id,
+        secret_access_key,
+        region,
+        registry_id,
+        endpoint,
+    })
+}
+
+/// `kind: gcr` and `kind: gar`: the service account key, checked to be a JSON object.
+fn gcp_service_account(
+    u: &RawUpstream,
+    base: &Path,
+    env: Env<'_>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<Secret, ConfigError> {
+    let required =
+        |field: &str| ConfigError::new(k(field), format!("required for kind {}", u.kind.as_str()));
+    let key = read_secret(
+        "service_account_key",
+        u.service_account_key.as_ref(),
+        u.service_account_key_file.as_ref(),
+        base,
+        env,
+        k,
+    )?
+    .ok_or_else(|| required("service_account_key"))?;
+    // Checked here so a truncated paste fails at check-config, not at the first
+    // pull. The error never quotes the key.
+    let is_object = serde_json::from_str::<serde_json::Value>(key.expose())
+        .map(|v| v.is_object())
+        .unwrap_or(false);
+    if !is_object {
+        return Err(ConfigError::new(
+            k("service_account_key"),
+            "not a JSON object (expected the service account key file's contents)",
+        ));
+    }
+    // Google's registries take the key itself as the password of user _json_key.
+    Ok(key)
 }
 
 /// Splits an upstream URL into a normalized base (`scheme://authority[/prefix]`) and the
