@@ -73,7 +73,7 @@ pub(crate) struct RawLicense {
     rate_limit: Option<RawRateLimit>,
 }
 
-/// The tenants a config file names. `Debug` prints counts only: the license ids it keeps
+/// The tenants a config file names. `Debug` shows licenses as a count: the ids it keeps
 /// are the customers' passwords.
 #[derive(Clone, Default)]
 pub struct YamlTenants {
@@ -85,13 +85,15 @@ pub struct YamlTenants {
 
 impl std::fmt::Debug for YamlTenants {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "YamlTenants {{ {} upstreams, {} apps, {} licenses }}",
-            self.upstreams.len(),
-            self.apps.len(),
-            self.licenses.len()
-        )
+        // Upstream credentials are `Secret`s and print redacted; licenses only as a count.
+        f.debug_struct("YamlTenants")
+            .field("upstreams", &self.upstreams)
+            .field("apps", &self.apps)
+            .field(
+                "licenses",
+                &format_args!("<{} licenses>", self.licenses.len()),
+            )
+            .finish()
     }
 }
 
