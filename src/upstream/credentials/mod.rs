@@ -1,8 +1,9 @@
 //! Credential sources: how each kind of upstream proves berth's identity, behind one
 //! trait the client asks for the `Authorization` of a scheme. A new upstream kind is a
-//! file here implementing [`CredentialSource`], its variant of `tenancy::UpstreamAuth`,
-//! and one arm in [`for_upstream`]. The token-realm exchange itself (Bearer) is
-//! `upstream::token`, which takes the realm login from the source.
+//! file here implementing [`CredentialSource`] and one arm in [`for_upstream`], plus its
+//! config side: an `UpstreamKind` and, for a new credential flow, a `tenancy::UpstreamAuth`
+//! variant with its validator in `tenancy/yaml.rs`. The token-realm exchange itself
+//! (Bearer) is `upstream::token`, which takes the realm login from the source.
 
 pub mod ecr;
 mod gcp;
