@@ -141,7 +141,7 @@ fn warm_up(api: &Arc<api::Api>) {
     if config.cache.offline {
         return;
     }
-    for up in config.upstreams.clone() {
+    for up in config.tenants.upstreams().to_vec() {
         let api = api.clone();
         tokio::spawn(async move {
             let client = api.registry.upstream_client();

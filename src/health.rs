@@ -35,7 +35,7 @@ pub async fn readiness(api: &Api, check_upstreams: bool) -> (bool, Value) {
     let mut checks = json!({ "config": "ok", "cache": cache, "listeners": "ok" });
     if check_upstreams {
         let mut ups = serde_json::Map::new();
-        for up in &config.upstreams {
+        for up in config.tenants.upstreams() {
             let scope = "";
             let r = tokio::time::timeout(
                 Duration::from_secs(10),

@@ -18,7 +18,9 @@ pub mod pin;
 pub mod registry;
 pub mod rewrite;
 pub mod server;
+pub mod settings;
 pub mod storage;
+pub mod tenancy;
 pub mod upstream;
 
 pub use app::{run, StartError};

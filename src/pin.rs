@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::config::Config;
-use crate::oci::reference::{is_docker_hub_host, ImageRef};
+use crate::oci::reference::ImageRef;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
 use crate::upstream;
 
@@ -40,17 +40,8 @@ impl Pinner {
             .config
             .app(&self.app)
             .ok_or_else(|| format!("unknown app {:?}", self.app))?;
-        let up = self
-            .config
-            .upstreams
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| app.upstreams.contains(i))
-            .map(|(_, u)| u)
-            .find(|u| {
-                (u.host == r.registry || (r.is_docker_hub() && is_docker_hub_host(&u.host)))
-                    && u.match_score(&r.repository).is_some()
-            })
+        let up = app
+            .select(&r.registry, &r.repository)
             .ok_or_else(|| format!("{r}: no upstream of app {} serves it", self.app))?
             .clone();
         let tag = r.tag.clone().unwrap_or_else(|| "latest".into());

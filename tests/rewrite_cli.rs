@@ -304,6 +304,54 @@ kind: Pod
     assert!(err.contains("/nonexistent/deploy.yaml"), "{err}");
 }
 
+/// `--pin-digests` asks the upstream `berth serve` would pull the image from: of two
+/// upstreams on one host, the one with the more specific repository glob, even when the
+/// broader one comes first in the file (pinning once took the first that matched, so the
+/// digest could come from another registry than the pulls).
+#[test]
+fn pin_digests_asks_the_upstream_serve_would_pick() {
+    let reg = Registry::start(RegistryAuth::Htpasswd {
+        user: VENDOR.into(),
+        password: UPSTREAM_PASSWORD.into(),
+    });
+    let img = push_image(
+        &reg,
+        Some((VENDOR, UPSTREAM_PASSWORD)),
+        "acme/api",
+        "v1",
+        &ImageSpec {
+            layer_sizes: vec![1500],
+            seed: 78,
+        },
+    );
+    let dir = support::tempdir();
+    let path = dir.path().join("berth.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server: {{ listen: \"127.0.0.1:5443\", hostname: \"{HOSTNAME}\" }}\n\
+             cache: {{ dir: \"{}\" }}\n\
+             upstreams:\n\
+             \x20 - {{ name: broad, url: \"http://127.0.0.1:1\", host: upstream.test, repositories: [\"acme/*\"] }}\n\
+             \x20 - {{ name: exact, url: \"{}\", host: upstream.test, username: {VENDOR}, password: \"{UPSTREAM_PASSWORD}\", repositories: [\"acme/api\"] }}\n\
+             apps:\n  - {{ slug: acme, upstreams: [broad, exact] }}\n",
+            dir.path().join("cache").display(),
+            reg.url()
+        ),
+    )
+    .unwrap();
+    let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n    - name: api\n      image: upstream.test/acme/api:v1\n";
+    let out = rewrite_ok(&path, &["--pin-digests"], input);
+    let want = input.replace(
+        "image: upstream.test/acme/api:v1",
+        &format!(
+            "image: images.acme.test/proxy/acme/upstream.test/acme/api:v1@{}",
+            img.manifest_digest
+        ),
+    );
+    assert_eq!(out, want);
+}
+
 #[test]
 fn pin_digests_resolves_tags_through_the_real_upstream() {
     let reg = Registry::start(RegistryAuth::Htpasswd {

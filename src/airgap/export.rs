@@ -21,7 +21,7 @@ use crate::config::{Config, Upstream};
 use crate::oci::digest::Algorithm;
 use crate::oci::manifest::{Descriptor, Manifest, Platform};
 use crate::oci::media::{self, MAX_MANIFEST};
-use crate::oci::reference::{is_docker_hub_host, ImageRef};
+use crate::oci::reference::ImageRef;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
 use crate::upstream::{self, Client};
 
@@ -65,16 +65,7 @@ fn resolve(config: &Config, app: &str, images: &[String]) -> anyhow::Result<Vec<
         if r.tag.is_none() && r.digest.is_none() {
             r.tag = Some("latest".into());
         }
-        let mut up = config.upstream_for(a, &r.registry, &r.repository);
-        if up.is_none() && r.is_docker_hub() {
-            // A vendor may have written index.docker.io; the parser says docker.io.
-            up = a
-                .upstreams
-                .iter()
-                .map(|&i| &config.upstreams[i])
-                .filter(|u| is_docker_hub_host(&u.host))
-                .find(|u| u.match_score(&r.repository).is_some());
-        }
+        let up = a.select(&r.registry, &r.repository);
         let upstream = up.cloned().ok_or_else(|| {
             anyhow::anyhow!(
                 "{input}: no upstream of app {app} serves {}/{}",

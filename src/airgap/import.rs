@@ -68,7 +68,12 @@ fn target_app(config: &Config, app: Option<&str>) -> anyhow::Result<String> {
         Some(a) if config.app(a).is_some() => Ok(a.to_string()),
         Some(a) => anyhow::bail!("--app: app {a} is not in the configuration"),
         None => {
-            let mut slugs: Vec<&str> = config.apps.keys().map(String::as_str).collect();
+            let mut slugs: Vec<&str> = config
+                .tenants
+                .apps()
+                .iter()
+                .map(|a| a.slug.as_str())
+                .collect();
             slugs.sort_unstable();
             match slugs.as_slice() {
                 [one] => Ok(one.to_string()),
@@ -259,8 +264,8 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
                 anyhow::bail!("{what}: the bundle holds {} instead", image.top.digest);
             }
         }
-        let upstream = config
-            .upstream_for(a, &reference.registry, &reference.repository)
+        let upstream = a
+            .select(&reference.registry, &reference.repository)
             .cloned()
             .ok_or_else(|| {
                 anyhow::anyhow!(

@@ -311,8 +311,8 @@ fn resolve(
         .app(&repo.app)
         .ok_or_else(|| Error::NameUnknown(format!("unknown app {:?}", repo.app)))?;
     principal.may_pull(repo)?;
-    let upstream = config
-        .upstream_for(app, &repo.host, &repo.repository)
+    let upstream = app
+        .select(&repo.host, &repo.repository)
         .ok_or_else(|| Error::NameUnknown(repo.name()))?;
     Ok(Target {
         upstream: upstream.clone(),

@@ -110,8 +110,8 @@ pub fn authenticate<'c>(
             .verify(rest.trim(), &config.server.hostname)
             .ok_or(Rejection::BadToken)?;
         let license = config
-            .licenses
-            .by_fingerprint(&claims.sub)
+            .tenants
+            .license_by_fingerprint(&claims.sub)
             .ok_or(Rejection::Unknown)?;
         check_active(license, now)?;
         return Ok(Principal {
@@ -175,7 +175,10 @@ pub fn license_login<'c>(
     password: &str,
     now: SystemTime,
 ) -> Result<&'c License, Rejection> {
-    let license = config.license(user).ok_or(Rejection::Unknown)?;
+    let license = config
+        .tenants
+        .license_by_secret(user)
+        .ok_or(Rejection::Unknown)?;
     if !constant_time_eq(user.as_bytes(), password.as_bytes()) {
         return Err(Rejection::Unknown);
     }
@@ -367,7 +370,7 @@ licenses:
     #[test]
     fn other_apps_are_denied() {
         let c = config();
-        let l = c.license("good-license-1").unwrap();
+        let l = c.tenants.license_by_secret("good-license-1").unwrap();
         let p = Principal {
             license: l,
             token: None,
@@ -382,7 +385,7 @@ licenses:
     #[test]
     fn grants_only_entitled_pulls() {
         let c = config();
-        let l = c.license("good-license-1").unwrap();
+        let l = c.tenants.license_by_secret("good-license-1").unwrap();
         let req = scope::parse_all([
             "repository:proxy/acme/q.io/acme/api:pull,push",
             "repository:proxy/other/q.io/acme/api:pull",
@@ -407,7 +410,7 @@ licenses:
         let c = config();
         let i = issuer();
         let now = SystemTime::now();
-        let l = c.license("good-license-1").unwrap();
+        let l = c.tenants.license_by_secret("good-license-1").unwrap();
         let t = i.issue(
             &l.fingerprint,
             "images.acme.test",
@@ -423,7 +426,7 @@ licenses:
             p.may_pull(&repo("acme", "acme/other")),
             Err(Error::Unauthorized)
         ));
-        let gone = c.license("gone-license-1").unwrap();
+        let gone = c.tenants.license_by_secret("gone-license-1").unwrap();
         let t = i.issue(&gone.fingerprint, "images.acme.test", vec![]);
         let h = format!("Bearer {}", t.token.expose());
         assert_eq!(

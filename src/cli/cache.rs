@@ -64,12 +64,7 @@ fn purge(config: &Config, app: Option<&str>, repo: Option<&str>, all: bool) -> E
     }
     let upstreams: Option<Vec<String>> = match app {
         Some(a) => match config.app(a) {
-            Some(app) => Some(
-                app.upstreams
-                    .iter()
-                    .map(|&i| config.upstreams[i].name.clone())
-                    .collect(),
-            ),
+            Some(app) => Some(app.upstreams.iter().map(|u| u.name.clone()).collect()),
             None => {
                 eprintln!("berth: --app: unknown app {a:?}");
                 return ExitCode::from(2);

@@ -9,9 +9,9 @@ pub fn run(path: &Path) -> ExitCode {
             println!(
                 "{}: ok ({} upstreams, {} apps, {} licenses)",
                 path.display(),
-                c.upstreams.len(),
-                c.apps.len(),
-                c.licenses.len()
+                c.tenants.upstreams().len(),
+                c.tenants.apps().len(),
+                c.tenants.license_count()
             );
             ExitCode::SUCCESS
         }

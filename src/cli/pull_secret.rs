@@ -18,7 +18,7 @@ pub fn run(config: &Path, args: Args) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(l) = config.license(&args.license) else {
+    let Some(l) = config.tenants.license_by_secret(&args.license) else {
         eprintln!("berth: --license: no such license in the config");
         return ExitCode::from(2);
     };
@@ -31,8 +31,8 @@ pub fn run(config: &Path, args: Args) -> ExitCode {
             &args.name,
             args.namespace.as_deref(),
             &config.server.hostname,
-            l.id.expose(),
-            l.id.expose()
+            &args.license,
+            &args.license
         )
     );
     ExitCode::SUCCESS

@@ -38,7 +38,8 @@ fn test(config: &Path, name: Option<&str>, image: Option<&str>) -> ExitCode {
         }
     };
     let selected: Vec<_> = config
-        .upstreams
+        .tenants
+        .upstreams()
         .iter()
         .filter(|u| name.is_none_or(|n| n == u.name))
         .collect();

@@ -150,11 +150,7 @@ pub fn rules_for_app(config: &crate::config::Config, app: &str) -> Result<Rules,
     Ok(Rules {
         hostname: config.server.hostname.clone(),
         app: a.slug.clone(),
-        upstream_hosts: a
-            .upstreams
-            .iter()
-            .map(|&i| config.upstreams[i].host.clone())
-            .collect(),
+        upstream_hosts: a.upstreams.iter().map(|u| u.host.clone()).collect(),
         pull_secret: None,
         all: false,
         registry: None,

@@ -4,10 +4,11 @@
 //! `Authorization` to another origin. Only the upstream's own origin may teach berth how to
 //! authenticate: a 401 or 403 from a redirect target fails that request and is never a new
 //! place to send credentials. Credentials never appear in errors or logs.
-//! Provider specifics (ECR's authorization tokens) live in submodules.
+//! How each upstream kind logs in (static, GCP, ECR) is a credential source in
+//! `credentials`; the token-realm exchange is `token`.
 
 pub mod challenge;
-pub mod ecr;
+pub mod credentials;
 pub mod probe;
 pub mod sigv4;
 mod stall;
@@ -26,8 +27,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::{Secret, Upstream};
 use crate::error::Error;
+use crate::settings::Secret;
+use crate::tenancy::{Upstream, UpstreamAuth};
+use credentials::{ecr, CredentialSource};
 
 pub use stall::{Stall, UpstreamStalled};
 pub use token::Token;
@@ -99,7 +102,8 @@ impl UpstreamError {
 struct Auth {
     header: Option<HeaderValue>,
     token: Option<Arc<Token>>,
-    ecr_password: Option<Secret>,
+    /// The password of a login the source can renew (ECR's), to drop it when refused.
+    renewable: Option<Secret>,
 }
 
 /// How an upstream wants to be authenticated, learned from its first 401.
@@ -203,7 +207,7 @@ impl Client {
 
     /// The ECR registry login for `up`, cached and renewed before it expires.
     pub async fn ecr_login(&self, up: &Upstream) -> Result<ecr::EcrLogin, UpstreamError> {
-        let Some(settings) = &up.ecr else {
+        let UpstreamAuth::Ecr(settings) = &up.auth else {
             return Err(UpstreamError::Protocol("not an ECR upstream".into()));
         };
         let now = (self.clock)();
@@ -232,10 +236,13 @@ impl Client {
         up: &Upstream,
         req: &Request,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let source = credentials::for_upstream(up);
         let mut retried = false;
         loop {
-            let scheme = self.scheme(up);
-            let auth = self.authorization(up, scheme.as_ref(), &req.scope).await?;
+            let scheme = self.scheme_for(up, &*source);
+            let auth = self
+                .authorization(up, &*source, scheme.as_ref(), &req.scope)
+                .await?;
             let started = std::time::Instant::now();
             let sent = self.send_following(up, req, auth.header.as_ref()).await;
             let status = match &sent {
@@ -261,18 +268,18 @@ impl Client {
             drop(answer);
             match (&learned, &scheme) {
                 (None, _) => return Err(UpstreamError::Unauthorized),
-                // An ECR token may have been revoked or expired early: fetch a new one.
-                (Some(Scheme::Basic), Some(Scheme::Basic)) if up.ecr.is_some() => {
-                    if let Some(used) = &auth.ecr_password {
-                        self.ecr.invalidate_if(&up.name, used).await;
-                    }
-                    continue;
-                }
-                // Basic was already sent and refused: the credentials are wrong.
+                // Basic was already sent and refused: the credentials are wrong, unless
+                // the source can log in afresh (an ECR token revoked or expired early).
                 (Some(Scheme::Basic), Some(Scheme::Basic)) => {
-                    return Err(UpstreamError::Unauthorized)
+                    if source
+                        .refused(&self.context(up), auth.renewable.as_ref())
+                        .await
+                    {
+                        continue;
+                    }
+                    return Err(UpstreamError::Unauthorized);
                 }
-                (Some(Scheme::Basic), _) if up.credentials.is_none() && up.ecr.is_none() => {
+                (Some(Scheme::Basic), _) if source.is_anonymous() => {
                     return Err(UpstreamError::Unauthorized)
                 }
                 _ => {}
@@ -343,14 +350,27 @@ impl Client {
     }
 
     fn scheme(&self, up: &Upstream) -> Option<Scheme> {
+        self.scheme_for(up, &*credentials::for_upstream(up))
+    }
+
+    /// The scheme learned from `up`, else Basic when its source sends Basic up front.
+    fn scheme_for(&self, up: &Upstream, source: &dyn CredentialSource) -> Option<Scheme> {
         let learned = self
             .schemes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(up.name.clone(), up.base_url.clone()))
             .cloned();
-        // ECR always wants Basic: sending it up front saves an anonymous round trip.
-        learned.or_else(|| up.ecr.is_some().then_some(Scheme::Basic))
+        learned.or_else(|| source.basic_up_front().then_some(Scheme::Basic))
+    }
+
+    fn context<'a>(&'a self, up: &'a Upstream) -> credentials::Context<'a> {
+        credentials::Context {
+            upstream: up,
+            http: &self.http,
+            ecr: &self.ecr,
+            now: (self.clock)(),
+        }
     }
 
     fn set_scheme(&self, up: &Upstream, s: Scheme) {
@@ -363,30 +383,31 @@ impl Client {
     async fn authorization(
         &self,
         up: &Upstream,
+        source: &dyn CredentialSource,
         scheme: Option<&Scheme>,
         scope: &str,
     ) -> Result<Auth, UpstreamError> {
         match scheme {
             None => Ok(Auth::default()),
-            Some(Scheme::Basic) if up.ecr.is_some() => {
-                let login = self.ecr_login(up).await?;
-                Ok(Auth {
-                    header: Some(basic_header(&login.username, &login.password)),
-                    ecr_password: Some(login.password),
+            Some(Scheme::Basic) => Ok(match source.basic(&self.context(up)).await? {
+                Some(login) => Auth {
+                    header: Some(login.header),
+                    renewable: login.renewable,
                     token: None,
-                })
-            }
-            Some(Scheme::Basic) => Ok(Auth {
-                header: up
-                    .credentials
-                    .as_ref()
-                    .map(|c| basic_header(&c.username, &c.password)),
-                ..Auth::default()
+                },
+                None => Auth::default(),
             }),
             Some(Scheme::Bearer { realm, service }) => {
                 let token = self
                     .tokens
-                    .get(up, &self.http, realm, service.as_deref(), scope)
+                    .get(
+                        up,
+                        &self.http,
+                        source.realm_authorization(),
+                        realm,
+                        service.as_deref(),
+                        scope,
+                    )
                     .await?;
                 let mut v = HeaderValue::try_from(format!("Bearer {}", token.value.expose()))
                     .map_err(|_| {
@@ -396,7 +417,7 @@ impl Client {
                 Ok(Auth {
                     header: Some(v),
                     token: Some(token),
-                    ecr_password: None,
+                    renewable: None,
                 })
             }
         }
@@ -734,7 +755,8 @@ mod tests {
             &|_| None,
         )
         .unwrap()
-        .upstreams[0]
+        .tenants
+        .upstreams()[0]
             .clone()
     }
 
@@ -789,11 +811,72 @@ mod tests {
             &|_| None,
         )
         .unwrap()
-        .upstreams[0]
+        .tenants
+        .upstreams()[0]
             .clone();
         assert_eq!(client.ratelimit_remaining("hub"), None);
         client.note_ratelimit(&up, &h);
         assert_eq!(client.ratelimit_remaining("hub"), Some(76));
+    }
+
+    fn upstream_of(entry: &str) -> Arc<Upstream> {
+        crate::config::Config::parse(
+            &format!("server: {{listen: \"127.0.0.1:1\", hostname: h}}\ncache: {{dir: d}}\nupstreams: [{{name: up, {entry}}}]\n"),
+            std::path::Path::new("/"),
+            &|_| None,
+        )
+        .unwrap()
+        .tenants
+        .upstreams()[0]
+            .clone()
+    }
+
+    async fn login_of(
+        client: &Client,
+        up: &Upstream,
+    ) -> (Option<String>, Option<String>, bool, bool) {
+        let source = credentials::for_upstream(up);
+        let cx = client.context(up);
+        let login = source.basic(&cx).await.unwrap();
+        (
+            login.map(|l| l.header.to_str().unwrap().to_string()),
+            source
+                .realm_authorization()
+                .map(|h| h.to_str().unwrap().to_string()),
+            source.basic_up_front(),
+            source.is_anonymous(),
+        )
+    }
+
+    /// Each kind's credential source: what Basic and a token realm get, and whether Basic
+    /// goes out before any challenge.
+    #[tokio::test]
+    async fn each_kind_logs_in_its_own_way() {
+        let client = Client::new();
+        let u_p = Some("Basic dTpw".to_string());
+        let up = upstream_of("url: \"https://r.example\", username: u, password: p");
+        assert_eq!(
+            login_of(&client, &up).await,
+            (u_p.clone(), u_p, false, false)
+        );
+        let key = "{\"type\":\"service_account\"}";
+        let up = upstream_of(&format!("kind: gcr, service_account_key: '{key}'"));
+        let json_key = Some(
+            basic_header("_json_key", &Secret::new(key))
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+        assert_eq!(
+            login_of(&client, &up).await,
+            (json_key.clone(), json_key, false, false)
+        );
+        let up = upstream_of("kind: public, url: \"https://r.example\"");
+        assert_eq!(login_of(&client, &up).await, (None, None, false, true));
+        let up = upstream_of("kind: ecr, region: eu-west-1, registry_id: '123456789012', access_key_id: A, secret_access_key: S");
+        let source = credentials::for_upstream(&up);
+        assert!(source.basic_up_front() && source.realm_authorization().is_none());
+        assert_eq!(client.scheme(&up), Some(Scheme::Basic));
     }
 
     #[test]

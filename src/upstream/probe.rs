@@ -10,7 +10,7 @@ use http::header::ACCEPT;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use super::{Client, Scheme, UpstreamError};
-use crate::config::Upstream;
+use crate::tenancy::{Upstream, UpstreamAuth};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -147,7 +147,7 @@ pub async fn probe(client: &Client, up: &Upstream, image: Option<(&str, &str)>) 
         });
     }
 
-    if let Some(settings) = &up.ecr {
+    if let UpstreamAuth::Ecr(settings) = &up.auth {
         step!(match client.ecr_login(up).await {
             Ok(login) => Step::ok(
                 "ecr token",

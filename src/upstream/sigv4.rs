@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use ring::{digest, hmac};
 
-use crate::config::Secret;
+use crate::settings::Secret;
 
 /// What gets signed. Header names must be lowercase; values are trimmed when signed.
 pub struct SignInput<'a> {

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, USER_AGENT};
-use http::{Method, StatusCode, Uri};
+use http::{HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use serde::Deserialize;
 
-use super::{basic_header, send, HttpClient, UpstreamError, USER_AGENT_VALUE};
-use crate::config::{Secret, Upstream};
+use super::{send, HttpClient, UpstreamError, USER_AGENT_VALUE};
+use crate::settings::Secret;
+use crate::tenancy::Upstream;
 
 /// Tokens without `expires_in` live 60 s (the Docker token spec's default).
 const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -89,6 +90,7 @@ impl TokenCache {
         &self,
         up: &Upstream,
         http: &HttpClient,
+        login: Option<HeaderValue>,
         realm: &str,
         service: Option<&str>,
         scope: &str,
@@ -99,16 +101,20 @@ impl TokenCache {
         };
         self.cache
             .try_get_with(key, async {
-                fetch(up, http, realm, service, scope).await.map(Arc::new)
+                fetch(up, http, login, realm, service, scope)
+                    .await
+                    .map(Arc::new)
             })
             .await
             .map_err(|e| (*e).clone())
     }
 }
 
+/// Asks `realm` for a token, with the credential source's realm `login` (Basic) if any.
 async fn fetch(
     up: &Upstream,
     http: &HttpClient,
+    login: Option<HeaderValue>,
     realm: &str,
     service: Option<&str>,
     scope: &str,
@@ -132,8 +138,8 @@ async fn fetch(
         .uri(uri)
         .header(USER_AGENT, USER_AGENT_VALUE)
         .header(ACCEPT, "application/json");
-    if let Some(c) = &up.credentials {
-        req = req.header(AUTHORIZATION, basic_header(&c.username, &c.password));
+    if let Some(login) = login {
+        req = req.header(AUTHORIZATION, login);
     }
     let req = req
         .body(Full::new(Bytes::new()))

@@ -1,6 +1,8 @@
 //! Amazon ECR: the registry password is an authorization token from the ECR API's
 //! `GetAuthorizationToken` (SigV4-signed), valid 12 hours. berth keeps one per upstream,
 //! fetches it once for all concurrent requests, and renews it well before it expires.
+//! As a credential source it sends Basic from the first request (ECR never answers with a
+//! token realm) and, when the registry refuses a login, fetches a new one once.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,8 +16,10 @@ use http::{Method, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use serde::Deserialize;
 
-use super::{send, sigv4, HttpClient, UpstreamError, USER_AGENT_VALUE};
-use crate::config::{EcrSettings, Secret};
+use super::{BasicLogin, BoxFuture, Context, CredentialSource};
+use crate::settings::Secret;
+use crate::tenancy::EcrSettings;
+use crate::upstream::{basic_header, send, sigv4, HttpClient, UpstreamError, USER_AGENT_VALUE};
 
 pub const TARGET: &str = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
 pub const CONTENT_TYPE_JSON: &str = "application/x-amz-json-1.1";
@@ -45,13 +49,13 @@ type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 /// Per-upstream ECR logins. Each upstream has a slot behind an async mutex: the first
 /// caller that finds it empty or due fetches while holding it, and everyone queued
 /// behind reads what it stored (single flight without a second cache layer).
-pub(super) struct EcrTokens {
+pub(in crate::upstream) struct EcrTokens {
     slots: Mutex<HashMap<String, Slot>>,
     clock: Clock,
 }
 
 impl EcrTokens {
-    pub(super) fn new(clock: Clock) -> Self {
+    pub(in crate::upstream) fn new(clock: Clock) -> Self {
         EcrTokens {
             slots: Mutex::new(HashMap::new()),
             clock,
@@ -68,13 +72,13 @@ impl EcrTokens {
     }
 
     /// Drops every cached login (credentials may have changed on reload).
-    pub(super) fn clear(&self) {
+    pub(in crate::upstream) fn clear(&self) {
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Drops one upstream's login after the registry refused it, unless another request
     /// has already replaced it.
-    pub(super) async fn invalidate_if(&self, upstream: &str, used: &Secret) {
+    pub(in crate::upstream) async fn invalidate_if(&self, upstream: &str, used: &Secret) {
         let slot = self.slot(upstream);
         let mut guard = slot.lock().await;
         if guard.as_ref().is_some_and(|c| &c.login.password == used) {
@@ -82,7 +86,7 @@ impl EcrTokens {
         }
     }
 
-    pub(super) async fn get<F, Fut>(
+    pub(in crate::upstream) async fn get<F, Fut>(
         &self,
         upstream: &str,
         fetch: F,
@@ -105,6 +109,44 @@ impl EcrTokens {
             login: login.clone(),
         });
         Ok(login)
+    }
+}
+
+/// `kind: ecr`: Basic with the login `GetAuthorizationToken` gives.
+pub(super) struct Ecr<'a>(pub(super) &'a EcrSettings);
+
+impl CredentialSource for Ecr<'_> {
+    fn basic<'a>(
+        &'a self,
+        cx: &'a Context<'a>,
+    ) -> BoxFuture<'a, Result<Option<BasicLogin>, UpstreamError>> {
+        Box::pin(async move {
+            let up = cx.upstream;
+            let login = cx
+                .ecr
+                .get(&up.name, || fetch(cx.http, self.0, up.timeout, cx.now))
+                .await?;
+            Ok(Some(BasicLogin {
+                header: basic_header(&login.username, &login.password),
+                renewable: Some(login.password),
+            }))
+        })
+    }
+
+    // ECR always wants Basic: sending it up front saves an anonymous round trip.
+    fn basic_up_front(&self) -> bool {
+        true
+    }
+
+    // A token may have been revoked or expired early: drop the one refused (unless another
+    // request already replaced it) and try again with a fresh one.
+    fn refused<'a>(&'a self, cx: &'a Context<'a>, used: Option<&'a Secret>) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            if let Some(used) = used {
+                cx.ecr.invalidate_if(&cx.upstream.name, used).await;
+            }
+            true
+        })
     }
 }
 
@@ -143,7 +185,7 @@ pub fn request_body(settings: &EcrSettings) -> String {
 }
 
 /// Calls `GetAuthorizationToken` and decodes the first authorization (`AWS:<password>`).
-pub(super) async fn fetch(
+pub(in crate::upstream) async fn fetch(
     http: &HttpClient,
     settings: &EcrSettings,
     timeout: Duration,
@@ -200,7 +242,7 @@ pub(super) async fn fetch(
         other => other,
     })?;
     let status = resp.status();
-    let body = super::Stall::new(
+    let body = crate::upstream::Stall::new(
         resp.into_body(),
         timeout,
         &host,

@@ -1,0 +1,330 @@
+//! Tenancy: who berth serves and from where — apps, their upstreams, licenses (and soon
+//! API keys) — as a read-only model behind the `TenantStore` seam, and the one rule that
+//! picks the upstream of an app for an image (`App::select`), used by serve, airgap
+//! export and import, and digest pinning alike. The first store is the YAML file
+//! (`YamlTenants`); process settings are `settings`.
+
+mod glob;
+pub mod yaml;
+
+pub use glob::Glob;
+pub use yaml::YamlTenants;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::oci::reference::is_docker_hub_host;
+use crate::settings::{RateLimit, Secret};
+
+/// Where berth's tenants come from. Requests hold one store (through `config::Config`)
+/// for their whole life, so a reload never changes the rules under a pull in flight: a
+/// store is an immutable snapshot, and one whose contents change at runtime (a database
+/// managed through an admin API) hands out a new snapshot per change. Lookups are by the
+/// public fingerprint or by the presented secret; the secret itself never leaves the store.
+pub trait TenantStore: Send + Sync + std::panic::RefUnwindSafe + std::fmt::Debug {
+    fn app(&self, slug: &str) -> Option<&App>;
+    /// Every app, in no particular order.
+    fn apps(&self) -> Vec<&App>;
+    /// Every upstream, in the order they were configured.
+    fn upstreams(&self) -> &[Arc<Upstream>];
+    /// The license whose secret (the customer's password) is `secret`.
+    fn license_by_secret(&self, secret: &str) -> Option<&License>;
+    /// The license with this public fingerprint (what berth's tokens and logs carry).
+    fn license_by_fingerprint(&self, fingerprint: &str) -> Option<&License>;
+    fn license_count(&self) -> usize;
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// `scheme://authority[/prefix]` without a trailing slash; requests append `/v2/...`.
+    pub base_url: String,
+    /// The registry name used in image references and in berth's proxy paths.
+    pub host: String,
+    pub kind: UpstreamKind,
+    /// How berth proves itself to this upstream (`upstream::credentials` acts on it).
+    pub auth: UpstreamAuth,
+    pub repositories: Vec<Glob>,
+    pub timeout: Duration,
+}
+
+/// An upstream kind's credentials, as configured. Each variant has its credential source
+/// in `upstream::credentials`.
+#[derive(Debug, Clone)]
+pub enum UpstreamAuth {
+    /// No stored credentials (`kind: public`, anonymous Docker Hub or custom registries).
+    Anonymous,
+    /// A username and password or token, for Basic and the token realm.
+    Static(Credentials),
+    /// GCR/GAR: the service account key (JSON), the password of user `_json_key`.
+    GcpServiceAccount(Secret),
+    /// ECR: AWS credentials; the registry password comes from `GetAuthorizationToken`.
+    Ecr(EcrSettings),
+}
+
+/// Which registry service an upstream is; it decides the default URL and host, which
+/// credential keys apply, and how berth authenticates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    Dockerhub,
+    Quay,
+    Ghcr,
+    Ecr,
+    Acr,
+    Gcr,
+    Gar,
+    #[default]
+    Custom,
+    Public,
+}
+
+impl UpstreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Dockerhub => "dockerhub",
+            UpstreamKind::Quay => "quay",
+            UpstreamKind::Ghcr => "ghcr",
+            UpstreamKind::Ecr => "ecr",
+            UpstreamKind::Acr => "acr",
+            UpstreamKind::Gcr => "gcr",
+            UpstreamKind::Gar => "gar",
+            UpstreamKind::Custom => "custom",
+            UpstreamKind::Public => "public",
+        }
+    }
+
+    /// The URL of the kind's well-known service, when it has one (GAR needs the region,
+    /// ECR the region and registry id).
+    pub fn default_url(self, region: Option<&str>, registry_id: Option<&str>) -> Option<String> {
+        match self {
+            UpstreamKind::Dockerhub => Some(DOCKER_HUB_URL.to_string()),
+            UpstreamKind::Quay => Some("https://quay.io".to_string()),
+            UpstreamKind::Ghcr => Some("https://ghcr.io".to_string()),
+            UpstreamKind::Gcr => Some("https://gcr.io".to_string()),
+            UpstreamKind::Gar => region.map(|r| format!("https://{r}-docker.pkg.dev")),
+            UpstreamKind::Ecr => match (registry_id, region) {
+                (Some(id), Some(r)) => Some(format!("https://{id}.dkr.ecr.{r}.amazonaws.com")),
+                _ => None,
+            },
+            UpstreamKind::Acr | UpstreamKind::Custom | UpstreamKind::Public => None,
+        }
+    }
+}
+
+/// Docker Hub's names: references say `docker.io` or `index.docker.io`, the API is elsewhere.
+pub const DOCKER_HUB_HOST: &str = "index.docker.io";
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+
+/// AWS credentials for ECR's `GetAuthorizationToken`; the registry password is derived.
+#[derive(Debug, Clone)]
+pub struct EcrSettings {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub region: String,
+    pub registry_id: Option<String>,
+    /// `scheme://authority` of the ECR API (`https://api.ecr.<region>.amazonaws.com`).
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub slug: String,
+    /// The upstreams the app pulls from, in the order the app lists them.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Upstream image references (`host/repository:tag`) for `berth airgap export`.
+    pub images: Vec<String>,
+}
+
+impl App {
+    /// The one upstream selector: picks the upstream of this app that serves
+    /// `host/repository`. The host must be served (see [`Upstream::serves_host`]) and the
+    /// allow-list must admit the repository; the most specific glob wins, and of equally
+    /// specific ones the app's later one. Serve, airgap export and import, and digest
+    /// pinning all ask this, so they agree on which upstream an image comes from.
+    pub fn select(&self, host: &str, repository: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams
+            .iter()
+            .filter(|u| u.serves_host(host))
+            .filter_map(|u| u.match_score(repository).map(|s| (s, u)))
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, u)| u)
+    }
+}
+
+/// A license: the public part. Its id (the customer's password) stays in the store, which
+/// finds a license by it; everything else — tokens, logs, metrics — names the fingerprint.
+#[derive(Debug, Clone)]
+pub struct License {
+    /// A stable, non-secret name for the license (a hash of the id), carried in tokens.
+    pub fingerprint: String,
+    pub app: String,
+    pub customer: String,
+    pub expires: Option<SystemTime>,
+    pub revoked: bool,
+    /// Optional narrowing of the app's images: globs over `host/repository`.
+    pub images: Vec<Glob>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl License {
+    pub fn is_active(&self, now: SystemTime) -> bool {
+        !self.revoked && self.expires.is_none_or(|t| now < t)
+    }
+
+    /// Whether the license may pull `host/repository` (its app was checked by the caller).
+    pub fn allows_image(&self, host: &str, repository: &str) -> bool {
+        if self.images.is_empty() {
+            return true;
+        }
+        let image = format!("{host}/{repository}");
+        self.images.iter().any(|g| g.matches(&image))
+    }
+}
+
+/// The non-secret name of a license id.
+pub fn fingerprint(id: &str) -> String {
+    crate::oci::Digest::sha256_of(id.as_bytes()).hex()[..32].to_string()
+}
+
+impl Upstream {
+    /// Whether image references naming `host` belong to this upstream: its configured
+    /// host, that host as the rewriter spells it inside a path (`host_port`), and for Docker
+    /// Hub — `kind: dockerhub`, or a host that is one of Hub's names — every name of Hub
+    /// (a parsed reference always says `docker.io`, a vendor may write `index.docker.io`).
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.host == host
+            // The rewriter spells host:port as host_port inside a repository path.
+            || self.host.replace(':', "_") == host
+            || (self.is_docker_hub() && is_docker_hub_host(host))
+    }
+
+    fn is_docker_hub(&self) -> bool {
+        self.kind == UpstreamKind::Dockerhub || is_docker_hub_host(&self.host)
+    }
+
+    /// The repository name the upstream knows: Docker Hub's official images live under
+    /// `library/`, but references spell them `redis`.
+    pub fn upstream_repository<'a>(&self, repository: &'a str) -> Cow<'a, str> {
+        if self.kind == UpstreamKind::Dockerhub {
+            crate::oci::name::docker_hub_repository(repository)
+        } else {
+            Cow::Borrowed(repository)
+        }
+    }
+
+    /// Whether this upstream may serve `repository`; returns how specific the match is
+    /// (longer literal prefix wins) or `None` when the allow-list excludes it.
+    pub fn match_score(&self, repository: &str) -> Option<usize> {
+        if self.repositories.is_empty() {
+            return Some(0);
+        }
+        let repository = self.upstream_repository(repository);
+        self.repositories
+            .iter()
+            .filter(|g| g.matches(&repository))
+            .map(|g| g.literal_len() + 1)
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(name: &str, kind: UpstreamKind, host: &str, globs: &[&str]) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            name: name.into(),
+            base_url: "https://r.example".into(),
+            host: host.into(),
+            kind,
+            auth: UpstreamAuth::Anonymous,
+            repositories: globs.iter().map(|g| Glob::new(g).unwrap()).collect(),
+            timeout: Duration::from_secs(1),
+        })
+    }
+
+    fn app(upstreams: Vec<Arc<Upstream>>) -> App {
+        App {
+            slug: "acme".into(),
+            upstreams,
+            images: vec![],
+        }
+    }
+
+    fn picked(app: &App, host: &str, repository: &str) -> Option<String> {
+        app.select(host, repository).map(|u| u.name.clone())
+    }
+
+    /// The most specific glob wins wherever it is listed; equal ones go to the later.
+    #[test]
+    fn the_most_specific_glob_wins() {
+        let a = app(vec![
+            upstream("broad", UpstreamKind::Custom, "quay.io", &["acme/*"]),
+            upstream("team", UpstreamKind::Custom, "quay.io", &["acme/team-*"]),
+            upstream("all", UpstreamKind::Custom, "quay.io", &[]),
+        ]);
+        assert_eq!(
+            picked(&a, "quay.io", "acme/team-x").as_deref(),
+            Some("team")
+        );
+        assert_eq!(picked(&a, "quay.io", "acme/api").as_deref(), Some("broad"));
+        assert_eq!(picked(&a, "quay.io", "other/api").as_deref(), Some("all"));
+        assert_eq!(picked(&a, "ghcr.io", "acme/api"), None);
+        let tie = app(vec![
+            upstream("first", UpstreamKind::Custom, "quay.io", &[]),
+            upstream("second", UpstreamKind::Custom, "quay.io", &[]),
+        ]);
+        assert_eq!(picked(&tie, "quay.io", "x/y").as_deref(), Some("second"));
+    }
+
+    /// Docker Hub answers to all its names, whether the upstream says `kind: dockerhub` or
+    /// only names Hub as its host (as a parsed reference says `docker.io` whatever the
+    /// vendor wrote); other hosts match as configured or in the rewriter's `host_port`.
+    #[test]
+    fn hosts_and_docker_hub_names() {
+        let hub = app(vec![upstream(
+            "hub",
+            UpstreamKind::Dockerhub,
+            DOCKER_HUB_HOST,
+            &["library/*"],
+        )]);
+        for host in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            assert_eq!(
+                picked(&hub, host, "redis").as_deref(),
+                Some("hub"),
+                "{host}"
+            );
+        }
+        assert_eq!(picked(&hub, "quay.io", "redis"), None);
+        let named = app(vec![upstream(
+            "named",
+            UpstreamKind::Custom,
+            "index.docker.io",
+            &[],
+        )]);
+        assert_eq!(
+            picked(&named, "docker.io", "acme/api").as_deref(),
+            Some("named")
+        );
+        let ported = app(vec![upstream(
+            "ported",
+            UpstreamKind::Custom,
+            "registry.example.com:5000",
+            &[],
+        )]);
+        for host in ["registry.example.com:5000", "registry.example.com_5000"] {
+            assert_eq!(picked(&ported, host, "a/b").as_deref(), Some("ported"));
+        }
+        assert_eq!(picked(&ported, "registry.example.com", "a/b"), None);
+    }
+}

@@ -1,0 +1,696 @@
+//! The tenancy of a YAML config file (`upstreams`, `apps`, `licenses`): their raw serde
+//! shape, validation into the model with errors naming the key, and `YamlTenants`, the
+//! first `TenantStore`. A reload reads the file again and builds a new store.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    fingerprint, App, Credentials, EcrSettings, Glob, License, TenantStore, Upstream, UpstreamAuth,
+    UpstreamKind, DOCKER_HUB_HOST,
+};
+use crate::settings::{
+    interpolate, parse_duration, rate_limit, read_secret, valid_host, ConfigError, Env,
+    RawRateLimit, Secret,
+};
+
+/// The tenant sections of the file, as read.
+pub(crate) struct RawTenants {
+    pub upstreams: Vec<RawUpstream>,
+    pub apps: Vec<RawApp>,
+    pub licenses: Vec<RawLicense>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    name: String,
+    #[serde(default)]
+    kind: UpstreamKind,
+    url: Option<String>,
+    host: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    // ecr
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    region: Option<String>,
+    registry_id: Option<String>,
+    ecr_endpoint: Option<String>,
+    // gcr / gar
+    service_account_key: Option<String>,
+    service_account_key_file: Option<PathBuf>,
+    repositories: Option<Vec<String>>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApp {
+    slug: String,
+    upstreams: Vec<String>,
+    /// Upstream image references `berth airgap export` bundles by default.
+    #[serde(default)]
+    images: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLicense {
+    id: String,
+    app: String,
+    customer: String,
+    expires: Option<String>,
+    #[serde(default)]
+    revoked: bool,
+    images: Option<Vec<String>>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+/// The tenants a config file names. `Debug` shows licenses as a count: the ids it keeps
+/// are the customers' passwords.
+#[derive(Clone, Default)]
+pub struct YamlTenants {
+    upstreams: Vec<Arc<Upstream>>,
+    apps: HashMap<String, App>,
+    /// By fingerprint: the id (the secret the customer presents) and the license.
+    licenses: HashMap<String, (Secret, License)>,
+}
+
+impl std::fmt::Debug for YamlTenants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Upstream credentials are `Secret`s and print redacted; licenses only as a count.
+        f.debug_struct("YamlTenants")
+            .field("upstreams", &self.upstreams)
+            .field("apps", &self.apps)
+            .field(
+                "licenses",
+                &format_args!("<{} licenses>", self.licenses.len()),
+            )
+            .finish()
+    }
+}
+
+impl TenantStore for YamlTenants {
+    fn app(&self, slug: &str) -> Option<&App> {
+        self.apps.get(slug)
+    }
+
+    fn apps(&self) -> Vec<&App> {
+        self.apps.values().collect()
+    }
+
+    fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    fn license_by_secret(&self, secret: &str) -> Option<&License> {
+        // The fingerprint is a hash of the id, so it is the index; the id still has to be
+        // the one stored (a store of hashed secrets compares hashes here instead).
+        let (id, license) = self.licenses.get(&fingerprint(secret))?;
+        (id.expose() == secret).then_some(license)
+    }
+
+    fn license_by_fingerprint(&self, fp: &str) -> Option<&License> {
+        self.licenses.get(fp).map(|(_, l)| l)
+    }
+
+    fn license_count(&self) -> usize {
+        self.licenses.len()
+    }
+}
+
+impl YamlTenants {
+    /// Validates the tenant sections; relative paths resolve against `base`, `env` looks
+    /// up `${VAR}`.
+    pub(crate) fn validate(
+        raw: RawTenants,
+        base: &Path,
+        env: Env<'_>,
+    ) -> Result<YamlTenants, ConfigError> {
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
+        for (i, u) in raw.upstreams.into_iter().enumerate() {
+            let up = upstream(i, u, &upstreams, base, env)?;
+            upstreams.push(Arc::new(up));
+        }
+        let mut apps = HashMap::new();
+        for (i, a) in raw.apps.into_iter().enumerate() {
+            let app = app(i, a, &upstreams, &apps)?;
+            apps.insert(app.slug.clone(), app);
+        }
+        let mut licenses = HashMap::new();
+        for (i, l) in raw.licenses.into_iter().enumerate() {
+            let (id, license) = license(i, l, &apps, &licenses)?;
+            licenses.insert(license.fingerprint.clone(), (id, license));
+        }
+        Ok(YamlTenants {
+            upstreams,
+            apps,
+            licenses,
+        })
+    }
+}
+
+// One record at a time, each checked against the ones before it, so that the same rules
+// (and messages) can check a record that arrives some other way than in this file.
+
+/// `upstreams[i]`, after the `earlier` ones.
+fn upstream(
+    i: usize,
+    u: RawUpstream,
+    earlier: &[Arc<Upstream>],
+    base: &Path,
+    env: Env<'_>,
+) -> Result<Upstream, ConfigError> {
+    let k = |f: &str| format!("upstreams[{i}].{f}");
+    if !valid_slug(&u.name) {
+        return Err(ConfigError::new(
+            k("name"),
+            format!(
+                "invalid name {:?} (lowercase letters, digits, . _ -)",
+                u.name
+            ),
+        ));
+    }
+    if earlier.iter().any(|e| e.name == u.name) {
+        return Err(ConfigError::new(
+            k("name"),
+            format!("duplicate upstream name {:?}", u.name),
+        ));
+    }
+    let up = validate_upstream_auth(&u, base, env, &k)?;
+    let mut repositories = Vec::new();
+    for (j, p) in u.repositories.unwrap_or_default().iter().enumerate() {
+        repositories.push(
+            Glob::new(p)
+                .map_err(|m| ConfigError::new(format!("upstreams[{i}].repositories[{j}]"), m))?,
+        );
+    }
+    let timeout = match &u.timeout {
+        Some(s) => parse_duration(&k("timeout"), s)?,
+        None => Duration::from_secs(30),
+    };
+    Ok(Upstream {
+        name: u.name,
+        base_url: up.base_url,
+        host: up.host,
+        kind: u.kind,
+        auth: up.auth,
+        repositories,
+        timeout,
+    })
+}
+
+/// `apps[i]`, over `upstreams`, after the `earlier` apps.
+fn app(
+    i: usize,
+    a: RawApp,
+    upstreams: &[Arc<Upstream>],
+    earlier: &HashMap<String, App>,
+) -> Result<App, ConfigError> {
+    if !valid_slug(&a.slug) {
+        return Err(ConfigError::new(
+            format!("apps[{i}].slug"),
+            format!(
+                "invalid slug {:?} (lowercase letters, digits, . _ -)",
+                a.slug
+            ),
+        ));
+    }
+    if a.upstreams.is_empty() {
+        return Err(ConfigError::new(
+            format!("apps[{i}].upstreams"),
+            "an app needs at least one upstream",
+        ));
+    }
+    let mut listed = Vec::new();
+    for name in &a.upstreams {
+        let up = upstreams.iter().find(|u| &u.name == name).ok_or_else(|| {
+            ConfigError::new(
+                format!("apps[{i}].upstreams"),
+                format!("unknown upstream {name:?}"),
+            )
+        })?;
+        listed.push(up.clone());
+    }
+    if earlier.contains_key(&a.slug) {
+        return Err(ConfigError::new(
+            format!("apps[{i}].slug"),
+            format!("duplicate app slug {:?}", a.slug),
+        ));
+    }
+    for (j, image) in a.images.iter().enumerate() {
+        if let Err(e) = crate::oci::reference::ImageRef::parse(image) {
+            return Err(ConfigError::new(
+                format!("apps[{i}].images[{j}]"),
+                format!("{image:?}: {e}"),
+            ));
+        }
+    }
+    Ok(App {
+        slug: a.slug,
+        upstreams: listed,
+        images: a.images,
+    })
+}
+
+/// `licenses[i]` of one of `apps`, after the `earlier` licenses (by fingerprint): its id
+/// and the license.
+fn license(
+    i: usize,
+    l: RawLicense,
+    apps: &HashMap<String, App>,
+    earlier: &HashMap<String, (Secret, License)>,
+) -> Result<(Secret, License), ConfigError> {
+    let k = |f: &str| format!("licenses[{i}].{f}");
+    // The id doubles as the customer's password: demand enough of it to resist guessing.
+    if l.id.len() < 8 || !l.id.bytes().all(|b| b.is_ascii_graphic()) || l.id.contains(':') {
+        return Err(ConfigError::new(
+            k("id"),
+            "a license id needs at least 8 printable characters and no ':'",
+        ));
+    }
+    if !apps.contains_key(&l.app) {
+        return Err(ConfigError::new(
+            k("app"),
+            format!("unknown app {:?}", l.app),
+        ));
+    }
+    let expires = match &l.expires {
+        Some(s) => Some(humantime::parse_rfc3339_weak(s.trim()).map_err(|e| {
+            ConfigError::new(
+                k("expires"),
+                format!("invalid timestamp {s:?} (RFC 3339, e.g. 2027-06-30T00:00:00Z): {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let fingerprint = fingerprint(&l.id);
+    if earlier.contains_key(&fingerprint) {
+        return Err(ConfigError::new(k("id"), "duplicate license id"));
+    }
+    let mut images = Vec::new();
+    for (j, p) in l.images.unwrap_or_default().iter().enumerate() {
+        images.push(
+            Glob::new(p).map_err(|m| ConfigError::new(format!("licenses[{i}].images[{j}]"), m))?,
+        );
+    }
+    let rate_limit = match l.rate_limit {
+        Some(r) => Some(rate_limit(&k("rate_limit"), r)?),
+        None => None,
+    };
+    Ok((
+        Secret::new(l.id),
+        License {
+            fingerprint,
+            app: l.app,
+            customer: l.customer,
+            expires,
+            revoked: l.revoked,
+            images,
+            rate_limit,
+        },
+    ))
+}
+
+fn valid_slug(s: &str) -> bool {
+    crate::oci::name::valid_component(s)
+}
+
+/// The URL, host and credentials of one upstream, checked against what its kind needs.
+struct Checked {
+    base_url: String,
+    host: String,
+    auth: UpstreamAuth,
+}
+
+fn validate_upstream_auth(
+    u: &RawUpstream,
+    base: &Path,
+    env: Env<'_>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<Checked, ConfigError> {
+    use UpstreamKind as K;
+    let kind = u.kind;
+    let required =
+        |field: &str| ConfigError::new(k(field), format!("required for kind {}", kind.as_str()));
+    let not_used =
+        |field: &str| ConfigError::new(k(field), format!("not used by kind {}", kind.as_str()));
+    // Keys that belong to other kinds are errors, so a typo'd kind cannot silently
+    // ignore the credentials meant for it.
+    let ecr_keys: [(&str, bool); 6] = [
+        ("access_key_id", u.access_key_id.is_some()),
+        ("secret_access_key", u.secret_access_key.is_some()),
+        ("secret_access_key_file", u.secret_access_key_file.is_some()),
+        ("registry_id", u.registry_id.is_some()),
+        ("ecr_endpoint", u.ecr_endpoint.is_some()),
+        ("region", u.region.is_some()),
+    ];
+    for (field, set) in ecr_keys {
+        let used = kind == K::Ecr || (kind == K::Gar && field == "region");
+        if set && !used {
+            return Err(not_used(field));
+        }
+    }
+    let gcp = matches!(kind, K::Gcr | K::Gar);
+    for (field, set) in [
+        ("service_account_key", u.service_account_key.is_some()),
+        (
+            "service_account_key_file",
+            u.service_account_key_file.is_some(),
+        ),
+    ] {
+        if set && !gcp {
+            return Err(not_used(field));
+        }
+    }
+    if matches!(kind, K::Ecr | K::Gcr | K::Gar | K::Public) {
+        for (field, set) in [
+            ("username", u.username.is_some()),
+            ("password", u.password.is_some()),
+            ("password_file", u.password_file.is_some()),
+        ] {
+            if set {
+                return Err(not_used(field));
+            }
+        }
+    }
+    let region = match &u.region {
+        Some(r) => {
+            let r = interpolate(&k("region"), r, env)?;
+            if r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    k("region"),
+                    format!("invalid region {r:?} (e.g. eu-west-1)"),
+                ));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let registry_id = match &u.registry_id {
+        Some(id) => {
+            let id = interpolate(&k("registry_id"), id, env)?;
+            if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::new(
+                    k("registry_id"),
+                    "an AWS account id is 12 digits",
+                ));
+            }
+            Some(id)
+        }
+        None => None,
+    };
+
+    // URL: explicit, else the kind's well-known service.
+    let default_url = kind.default_url(region.as_deref(), registry_id.as_deref());
+    let url = match (&u.url, default_url) {
+        (Some(url), _) => interpolate(&k("url"), url, env)?,
+        (None, Some(d)) => d,
+        (None, None) if kind == K::Gar => return Err(required("region")),
+        (None, None) if kind == K::Ecr && region.is_some() => {
+            return Err(ConfigError::new(
+                k("url"),
+                "required for kind ecr unless registry_id is set",
+            ))
+        }
+        (None, None) if kind == K::Ecr => return Err(required("region")),
+        (None, None) => return Err(required("url")),
+    };
+    let (base_url, url_host) = parse_base_url(&url).map_err(|m| ConfigError::new(k("url"), m))?;
+    let host = match &u.host {
+        Some(h) => interpolate(&k("host"), h, env)?,
+        // Hub images are referenced as docker.io/..., whatever URL serves them.
+        None if kind == K::Dockerhub => DOCKER_HUB_HOST.to_string(),
+        None => url_host,
+    };
+    if !valid_host(&host) {
+        return Err(ConfigError::new(
+            k("host"),
+            format!("invalid registry host {host:?} (lowercase DNS name, optional :port)"),
+        ));
+    }
+
+    let password = read_secret(
+        "password",
+        u.password.as_ref(),
+        u.password_file.as_ref(),
+        base,
+        env,
+        k,
+    )?;
+    let credentials = match (&u.username, password) {
+        (Some(user), Some(password)) => Some(Credentials {
+            username: interpolate(&k("username"), user, env)?,
+            password,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                k("password"),
+                "username is set but neither password nor password_file is",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                k("username"),
+                "a password is set but no username",
+            ))
+        }
+    };
+    if matches!(kind, K::Quay | K::Ghcr | K::Acr) && credentials.is_none() {
+        // Anonymous pulls are what `kind: public` is for. Docker Hub is the exception:
+        // anonymous Hub pulls (public images such as `redis`, within Hub's per-address
+        // rate limit) still need its routing (`docker.io`, `library/`).
+        return Err(required("username"));
+    }
+
+    let auth = match kind {
+        K::Ecr => UpstreamAuth::Ecr(ecr(u, region, registry_id, base, env, k)?),
+        K::Gcr | K::Gar => UpstreamAuth::GcpServiceAccount(gcp_service_account(u, base, env, k)?),
+        _ => match credentials {
+            Some(c) => UpstreamAuth::Static(c),
+            None => UpstreamAuth::Anonymous,
+        },
+    };
+    Ok(Checked {
+        base_url,
+        host,
+        auth,
+    })
+}
+
+/// `kind: ecr`: the AWS credentials and API endpoint `GetAuthorizationToken` is asked with.
+fn ecr(
+    u: &RawUpstream,
+    region: Option<String>,
+    registry_id: Option<String>,
+    base: &Path,
+    env: Env<'_>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<EcrSettings, ConfigError> {
+    let required = |field: &str| ConfigError::new(k(field), "required for kind ecr");
+    let access_key_id = match &u.access_key_id {
+        Some(a) => interpolate(&k("access_key_id"), a, env)?,
+        None => return Err(required("access_key_id")),
+    };
+    let secret_access_key = read_secret(
+        "secret_access_key",
+        u.secret_access_key.as_ref(),
+        u.secret_access_key_file.as_ref(),
+        base,
+        env,
+        k,
+    )?
+    .ok_or_else(|| required("secret_access_key"))?;
+    let region = region.ok_or_else(|| required("region"))?;
+    let endpoint = match &u.ecr_endpoint {
+        Some(e) => {
+            let e = interpolate(&k("ecr_endpoint"), e, env)?;
+            parse_base_url(&e)
+                .map_err(|m| ConfigError::new(k("ecr_endpoint"), m))?
+                .0
+        }
+        None => format!("https://api.ecr.{region}.amazonaws.com"),
+    };
+    Ok(EcrSettings {
+        access_key_id,
+        secret_access_key,
+        region,
+        registry_id,
+        endpoint,
+    })
+}
+
+/// `kind: gcr` and `kind: gar`: the service account key, checked to be a JSON object.
+fn gcp_service_account(
+    u: &RawUpstream,
+    base: &Path,
+    env: Env<'_>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<Secret, ConfigError> {
+    let required =
+        |field: &str| ConfigError::new(k(field), format!("required for kind {}", u.kind.as_str()));
+    let key = read_secret(
+        "service_account_key",
+        u.service_account_key.as_ref(),
+        u.service_account_key_file.as_ref(),
+        base,
+        env,
+        k,
+    )?
+    .ok_or_else(|| required("service_account_key"))?;
+    // Checked here so a truncated paste fails at check-config, not at the first
+    // pull. The error never quotes the key.
+    let is_object = serde_json::from_str::<serde_json::Value>(key.expose())
+        .map(|v| v.is_object())
+        .unwrap_or(false);
+    if !is_object {
+        return Err(ConfigError::new(
+            k("service_account_key"),
+            "not a JSON object (expected the service account key file's contents)",
+        ));
+    }
+    // Google's registries take the key itself as the password of user _json_key.
+    Ok(key)
+}
+
+/// Splits an upstream URL into a normalized base (`scheme://authority[/prefix]`) and the
+/// host part used as the default reference name.
+fn parse_base_url(url: &str) -> Result<(String, String), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("invalid URL {url:?}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("URL {url:?} must start with http:// or https://")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("URL {url:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        // Credentials belong in username/password, where they are redacted.
+        return Err("credentials in the URL are not allowed; use username and password".into());
+    }
+    if uri.query().is_some() {
+        return Err(format!("URL {url:?} must not have a query"));
+    }
+    let path = uri.path().trim_end_matches('/');
+    let path = path.strip_suffix("/v2").unwrap_or(path);
+    let base = format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("https"),
+        authority.as_str().to_ascii_lowercase(),
+        path
+    );
+    Ok((base, authority.host().to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenants(upstreams: &str, apps: &str, licenses: &str) -> Result<YamlTenants, ConfigError> {
+        let raw = RawTenants {
+            upstreams: serde_yaml_ng::from_str(upstreams).unwrap(),
+            apps: serde_yaml_ng::from_str(apps).unwrap(),
+            licenses: serde_yaml_ng::from_str(licenses).unwrap(),
+        };
+        YamlTenants::validate(raw, Path::new("/etc/berth"), &|_| None)
+    }
+
+    fn acme() -> YamlTenants {
+        tenants(
+            "[{name: q, url: \"https://quay.io\", username: u, password: p}]",
+            "[{slug: acme, upstreams: [q]}]",
+            "[{id: LICENSE-good-0001, app: acme, customer: Big Bank}]",
+        )
+        .unwrap()
+    }
+
+    /// The store finds a license by the secret the customer presents or by its public
+    /// fingerprint; nothing else, and its `Debug` shows no id.
+    #[test]
+    fn licenses_by_secret_and_by_fingerprint() {
+        let t = acme();
+        let l = t.license_by_secret("LICENSE-good-0001").unwrap();
+        assert_eq!(l.customer, "Big Bank");
+        assert_eq!(l.fingerprint, fingerprint("LICENSE-good-0001"));
+        assert_eq!(
+            t.license_by_fingerprint(&l.fingerprint).unwrap().customer,
+            "Big Bank"
+        );
+        assert!(t.license_by_secret("LICENSE-good-0002").is_none());
+        // The fingerprint names a license; it is not a password for it.
+        assert!(t.license_by_secret(&l.fingerprint).is_none());
+        assert!(t.license_by_fingerprint("LICENSE-good-0001").is_none());
+        assert_eq!(t.license_count(), 1);
+        let dump = format!("{t:?} {l:?}");
+        assert!(!dump.contains("LICENSE-good-0001"), "{dump}");
+    }
+
+    /// An app holds its upstreams themselves, in the order it lists them.
+    #[test]
+    fn apps_hold_their_upstreams() {
+        let t = tenants(
+            "[{name: a, url: \"https://a.example\"}, {name: b, url: \"https://b.example\"}]",
+            "[{slug: x, upstreams: [b, a]}, {slug: y, upstreams: [a]}]",
+            "[]",
+        )
+        .unwrap();
+        let names = |slug: &str| -> Vec<String> {
+            t.app(slug)
+                .unwrap()
+                .upstreams
+                .iter()
+                .map(|u| u.name.clone())
+                .collect()
+        };
+        assert_eq!(names("x"), ["b", "a"]);
+        assert_eq!(names("y"), ["a"]);
+        assert!(Arc::ptr_eq(
+            &t.app("x").unwrap().upstreams[1],
+            &t.upstreams()[0]
+        ));
+        let mut slugs: Vec<&str> = t.apps().iter().map(|a| a.slug.as_str()).collect();
+        slugs.sort_unstable();
+        assert_eq!(slugs, ["x", "y"]);
+        assert_eq!(
+            tenants(
+                "[{name: a, url: \"https://a.example\"}, {name: a, url: \"https://b.example\"}]",
+                "[]",
+                "[]"
+            )
+            .unwrap_err()
+            .to_string(),
+            "upstreams[1].name: duplicate upstream name \"a\""
+        );
+        assert_eq!(
+            tenants(
+                "[]",
+                "[]",
+                "[{id: LICENSE-good-0001, app: acme, customer: c}]"
+            )
+            .unwrap_err()
+            .to_string(),
+            "licenses[0].app: unknown app \"acme\""
+        );
+    }
+
+    #[test]
+    fn base_url_normalization() {
+        assert_eq!(
+            parse_base_url("http://127.0.0.1:5000/v2/").unwrap(),
+            ("http://127.0.0.1:5000".into(), "127.0.0.1".into())
+        );
+        assert!(parse_base_url("ftp://x").is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! Credential sources: how each kind of upstream proves berth's identity, behind one
+//! trait the client asks for the `Authorization` of a scheme. A new upstream kind is a
+//! file here implementing [`CredentialSource`] and one arm in [`for_upstream`], plus its
+//! config side: an `UpstreamKind` and, for a new credential flow, a `tenancy::UpstreamAuth`
+//! variant with its validator in `tenancy/yaml.rs`. The token-realm exchange itself
+//! (Bearer) is `upstream::token`, which takes the realm login from the source.
+
+pub mod ecr;
+mod gcp;
+mod static_basic;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use http::HeaderValue;
+
+use super::{HttpClient, UpstreamError};
+use crate::settings::Secret;
+use crate::tenancy::{Upstream, UpstreamAuth};
+
+pub(super) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a source may use to log in: the upstream, the client's connections and its
+/// shared caches (sources themselves hold no state, so a reload only swaps settings).
+pub(super) struct Context<'a> {
+    pub upstream: &'a Upstream,
+    pub http: &'a HttpClient,
+    pub ecr: &'a ecr::EcrTokens,
+    pub now: SystemTime,
+}
+
+/// A Basic `Authorization` for one attempt.
+pub(super) struct BasicLogin {
+    pub header: HeaderValue,
+    /// For a login the source can renew (ECR's), the password sent, so that a refusal
+    /// drops exactly that login and not one another request has fetched since.
+    pub renewable: Option<Secret>,
+}
+
+/// One upstream kind's credential flow.
+pub(super) trait CredentialSource: Send + Sync {
+    /// The Basic `Authorization` to send; `None` sends none.
+    fn basic<'a>(
+        &'a self,
+        cx: &'a Context<'a>,
+    ) -> BoxFuture<'a, Result<Option<BasicLogin>, UpstreamError>>;
+
+    /// The Basic `Authorization` a token realm is asked with; `None` asks anonymously.
+    fn realm_authorization(&self) -> Option<HeaderValue> {
+        None
+    }
+
+    /// Whether to send Basic before any challenge was seen.
+    fn basic_up_front(&self) -> bool {
+        false
+    }
+
+    /// Whether the source has nothing to offer: a Basic challenge then fails at once.
+    fn is_anonymous(&self) -> bool {
+        false
+    }
+
+    /// The registry refused Basic sent with `used` (the `renewable` password): whether
+    /// another attempt may succeed.
+    fn refused<'a>(
+        &'a self,
+        _cx: &'a Context<'a>,
+        _used: Option<&'a Secret>,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(std::future::ready(false))
+    }
+}
+
+/// The source for `up`'s kind, borrowing its settings.
+pub(super) fn for_upstream(up: &Upstream) -> Box<dyn CredentialSource + '_> {
+    match &up.auth {
+        UpstreamAuth::Anonymous => Box::new(Anonymous),
+        UpstreamAuth::Static(c) => Box::new(static_basic::StaticBasic(c)),
+        UpstreamAuth::GcpServiceAccount(key) => Box::new(gcp::ServiceAccount(key)),
+        UpstreamAuth::Ecr(settings) => Box::new(ecr::Ecr(settings)),
+    }
+}
+
+/// No stored credentials: anonymous pulls, and anonymous tokens from a realm.
+struct Anonymous;
+
+impl CredentialSource for Anonymous {
+    fn basic<'a>(
+        &'a self,
+        _cx: &'a Context<'a>,
+    ) -> BoxFuture<'a, Result<Option<BasicLogin>, UpstreamError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn is_anonymous(&self) -> bool {
+        true
+    }
+}
