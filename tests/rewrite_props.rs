@@ -248,3 +248,74 @@ fn non_ascii_before_an_image_keeps_offsets_right() {
         "# café ☕ ünïcode\nkind: Pod\nmetadata: {name: \"ß\"}\nspec:\n  imagePullSecrets:\n  - name: berth-pull\n  containers:\n  - name: ☃\n    image: images.acme.test/proxy/acme/docker.io/library/redis # ☃\n"
     );
 }
+
+#[test]
+fn trailing_comma_in_a_flow_mapping_keeps_the_output_valid() {
+    let input = "kind: Pod\nspec:\n  imagePullSecrets: [{name: x,}]\n  containers: [{name: a, image: redis}]\n";
+    let out = rewrite_yaml(&rules(), input, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out,
+        "kind: Pod\nspec:\n  imagePullSecrets: [{name: x,}, {name: berth-pull}]\n  containers: [{name: a, image: images.acme.test/proxy/acme/docker.io/library/redis}]\n"
+    );
+    let v: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(
+        v["spec"]["imagePullSecrets"][1]["name"].as_str(),
+        Some("berth-pull")
+    );
+}
+
+#[test]
+fn merge_keys_are_followed_to_the_anchor() {
+    let input = "base: &base\n  containers:\n  - name: a\n    image: redis\nkind: Deployment\nspec:\n  template:\n    spec:\n      <<: *base\n";
+    let out = rewrite_yaml(&rules(), input, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out,
+        "base: &base\n  containers:\n  - name: a\n    image: images.acme.test/proxy/acme/docker.io/library/redis\nkind: Deployment\nspec:\n  template:\n    spec:\n      imagePullSecrets:\n      - name: berth-pull\n      <<: *base\n"
+    );
+    // A container merged from defaults, its own keys winning over the merged ones.
+    let input = "kind: Pod\nx: &d {image: redis, imagePullPolicy: Always}\nspec:\n  containers:\n  - <<: *d\n    name: a\n  - <<: *d\n    name: b\n    image: ghcr.io/other/b:1\n";
+    let out = rewrite_yaml(&rules(), input, None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.contains("x: &d {image: images.acme.test/proxy/acme/docker.io/library/redis, ")
+            && out.contains("image: ghcr.io/other/b:1")
+            && out.contains("- name: berth-pull"),
+        "{out}"
+    );
+}
+
+#[test]
+fn duplicate_keys_are_refused_naming_the_line() {
+    let input =
+        "kind: Pod\nspec:\n  containers:\n  - name: a\n    image: ghcr.io/x/y\n    image: redis\n";
+    match rewrite_yaml(&rules(), input, None) {
+        Err(RewriteError::Unsupported {
+            line: 6, reason, ..
+        }) => {
+            assert!(
+                reason.contains("duplicate key \"image\"") && reason.contains("line 5"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a refusal naming line 6, got {other:?}"),
+    }
+    let input = "kind: Pod\nspec:\n  containers: []\nspec:\n  containers: [{image: redis}]\n";
+    assert!(
+        matches!(
+            rewrite_yaml(&rules(), input, None),
+            Err(RewriteError::Unsupported { line: 4, .. })
+        ),
+        "a second `spec:` must be refused too"
+    );
+}
+
+#[test]
+fn recursive_and_cross_document_aliases_are_errors() {
+    for input in [
+        "kind: Pod\nspec: &s {containers: [*s]}\n",
+        "x: &i redis\n---\nkind: Pod\nspec: {containers: [{image: *i}]}\n",
+    ] {
+        let r = rewrite_yaml(&rules(), input, None);
+        assert!(r.is_err(), "{input:?}: {r:?}");
+    }
+}

@@ -4,6 +4,9 @@
 //! their source spans; edits are then computed against that tree and applied to the
 //! untouched input. A serde round trip would lose comments, quoting and key order.
 
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
 
 use super::workload::{is_list_kind, pod_spec_path, CONTAINER_KEYS, FALLBACK_POD_SPEC_PATH};
@@ -56,9 +59,10 @@ pub fn rewrite_yaml(
         pin,
         src: &src,
         edits: Vec::new(),
+        seen: HashSet::new(),
     };
     for doc in &docs {
-        ctx.object(doc)?;
+        ctx.object(doc, 0)?;
     }
     ctx.apply()
 }
@@ -126,6 +130,43 @@ impl<'a> Source<'a> {
         None
     }
 
+    /// The byte after the closer (`]` or `}`) of a flow collection whose end event the
+    /// parser placed at `end`. After a trailing comma (`{name: x,}`) the parser puts a
+    /// flow mapping's end on the comma, not on the `}`; an item appended there would land
+    /// inside the mapping and make the output invalid.
+    fn flow_end(&self, end: usize, closer: u8) -> usize {
+        let b = self.text.as_bytes();
+        if end > 0 && b.get(end - 1) == Some(&closer) {
+            return end;
+        }
+        let mut i = end;
+        while let Some(&c) = b.get(i) {
+            match c {
+                b' ' | b'\t' | b'\r' | b'\n' | b',' => i += 1,
+                b'#' => {
+                    while matches!(b.get(i), Some(c) if *c != b'\n') {
+                        i += 1;
+                    }
+                }
+                c if c == closer => return i + 1,
+                _ => break,
+            }
+        }
+        end
+    }
+
+    /// The `-` of the first item of the block sequence `seq`. The parser starts an
+    /// indentless sequence on its first item, after the dash (and after that item's
+    /// anchor or tag, which must not be skipped here), and an anchored or tagged sequence
+    /// on its anchor, which must be.
+    fn block_seq_dash(&self, seq: &Node) -> usize {
+        let at = self.dash_before(seq.start);
+        if self.text.as_bytes().get(at) == Some(&b'-') {
+            return at;
+        }
+        self.dash_before(self.content_start(seq.start))
+    }
+
     /// Where the `-` of a block sequence starting at `pos` is: the parser puts an
     /// indentless sequence's start on its first item, after the dash.
     fn dash_before(&self, pos: usize) -> usize {
@@ -179,32 +220,115 @@ enum Kind {
     },
     Seq {
         flow: bool,
-        items: Vec<Node>,
+        items: Vec<Rc<Node>>,
     },
     Map {
         flow: bool,
-        entries: Vec<(Node, Node)>,
+        entries: Vec<(Rc<Node>, Rc<Node>)>,
     },
-    Alias,
+    /// `*name`: the node it stands for. Edits through an alias land on the anchored
+    /// node's text, so every use of that anchor sees them (as YAML means it to).
+    Alias(Rc<Node>),
 }
 
-impl Node {
-    fn get(&self, key: &str) -> Option<&Node> {
-        self.entry(key).map(|(_, v)| v)
-    }
+/// A key and its value as written (the value may be an alias).
+type Entry<'n> = (&'n Node, &'n Node);
 
-    fn entry(&self, key: &str) -> Option<(&Node, &Node)> {
+impl Node {
+    /// The node itself, or the anchored node an alias stands for.
+    fn resolve(&self) -> &Node {
         match &self.kind {
-            Kind::Map { entries, .. } => entries
-                .iter()
-                .find(|(k, _)| k.str() == Some(key))
-                .map(|(k, v)| (k, v)),
-            _ => None,
+            Kind::Alias(target) => target,
+            _ => self,
         }
     }
 
-    fn path(&self, path: &[&str]) -> Option<&Node> {
-        path.iter().try_fold(self, |n, k| n.get(k))
+    fn unsupported(&self, reason: impl Into<String>) -> RewriteError {
+        RewriteError::Unsupported {
+            line: self.line,
+            column: self.col + 1,
+            reason: reason.into(),
+        }
+    }
+
+    /// The entry for `key` in this mapping, as Kubernetes reads it: through aliases and
+    /// `<<` merge keys (the mapping's own keys win over merged ones, earlier merged
+    /// mappings over later ones). A key written twice is refused rather than guessed
+    /// at: parsers disagree on which one counts (Kubernetes' strict decoding rejects it).
+    fn entry(&self, key: &str) -> Result<Option<Entry<'_>>, RewriteError> {
+        self.entry_in(key, &mut HashSet::new())
+    }
+
+    fn entry_in<'n>(
+        &'n self,
+        key: &str,
+        seen: &mut HashSet<usize>,
+    ) -> Result<Option<Entry<'n>>, RewriteError> {
+        let map = self.resolve();
+        // Each mapping is searched once per lookup, so chains of merges cannot blow up.
+        if !seen.insert(std::ptr::from_ref(map) as usize) {
+            return Ok(None);
+        }
+        let Kind::Map { entries, .. } = &map.kind else {
+            return Ok(None);
+        };
+        let mut found: Option<Entry<'n>> = None;
+        for (k, v) in entries {
+            if k.resolve().str() != Some(key) {
+                continue;
+            }
+            if let Some((first, _)) = found {
+                return Err(k.unsupported(format!(
+                    "duplicate key {key:?} (first on line {})",
+                    first.line
+                )));
+            }
+            found = Some((k, v));
+        }
+        if found.is_some() {
+            return Ok(found);
+        }
+        for (k, v) in entries {
+            if !k.resolve().is_merge_key() {
+                continue;
+            }
+            let sources: Vec<&Node> = match &v.resolve().kind {
+                Kind::Map { .. } => vec![v.resolve()],
+                Kind::Seq { items, .. } => items.iter().map(|i| i.resolve()).collect(),
+                _ => {
+                    return Err(
+                        k.unsupported("merge key `<<` needs a mapping or a list of mappings")
+                    )
+                }
+            };
+            for source in sources {
+                if !matches!(source.kind, Kind::Map { .. }) {
+                    return Err(
+                        k.unsupported("merge key `<<` needs a mapping or a list of mappings")
+                    );
+                }
+                if let Some(e) = source.entry_in(key, seen)? {
+                    return Ok(Some(e));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The (resolved) value under `key`.
+    fn get(&self, key: &str) -> Result<Option<&Node>, RewriteError> {
+        Ok(self.entry(key)?.map(|(_, v)| v.resolve()))
+    }
+
+    fn path(&self, path: &[&str]) -> Result<Option<&Node>, RewriteError> {
+        let mut n = self.resolve();
+        for k in path {
+            match n.get(k)? {
+                Some(next) => n = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(n))
     }
 
     fn str(&self) -> Option<&str> {
@@ -214,9 +338,25 @@ impl Node {
         }
     }
 
+    /// `<<` written plainly; a quoted `"<<"` is an ordinary key.
+    fn is_merge_key(&self) -> bool {
+        matches!(&self.kind, Kind::Scalar { value, style: ScalarStyle::Plain } if value == "<<")
+    }
+
     fn is_null(&self) -> bool {
         matches!(&self.kind, Kind::Scalar { value, style: ScalarStyle::Plain }
             if matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+
+    fn is_map(&self) -> bool {
+        matches!(self.kind, Kind::Map { .. })
+    }
+
+    fn items(&self) -> Option<&[Rc<Node>]> {
+        match &self.kind {
+            Kind::Seq { items, .. } => Some(items),
+            _ => None,
+        }
     }
 }
 
@@ -228,16 +368,19 @@ fn yaml_error(e: &ScanError) -> RewriteError {
     }
 }
 
-fn parse(src: &Source<'_>) -> Result<Vec<Node>, RewriteError> {
+fn parse(src: &Source<'_>) -> Result<Vec<Rc<Node>>, RewriteError> {
     let mut b = Builder {
         parser: Parser::new_from_str(src.text),
         src,
+        anchors: HashMap::new(),
     };
     let mut docs = Vec::new();
     loop {
         let (ev, sp) = b.next()?;
         match ev {
-            Event::StreamStart | Event::DocumentStart(_) | Event::DocumentEnd => {}
+            Event::StreamStart | Event::DocumentEnd => {}
+            // Anchors do not cross documents.
+            Event::DocumentStart(_) => b.anchors.clear(),
             Event::StreamEnd => return Ok(docs),
             ev => docs.push(b.node(ev, sp, 0)?),
         }
@@ -247,6 +390,8 @@ fn parse(src: &Source<'_>) -> Result<Vec<Node>, RewriteError> {
 struct Builder<'a, 'b> {
     parser: Parser<'a, saphyr_parser::StrInput<'a>>,
     src: &'b Source<'a>,
+    /// Completed anchored nodes by the parser's anchor id.
+    anchors: HashMap<usize, Rc<Node>>,
 }
 
 impl<'a> Builder<'a, '_> {
@@ -258,14 +403,17 @@ impl<'a> Builder<'a, '_> {
         }
     }
 
-    fn node(&mut self, ev: Event<'a>, sp: Span, depth: usize) -> Result<Node, RewriteError> {
+    fn node(&mut self, ev: Event<'a>, sp: Span, depth: usize) -> Result<Rc<Node>, RewriteError> {
         let start = self.src.byte(sp.start.index());
         let mut node = Node {
             start,
             end: self.src.byte(sp.end.index()),
             line: sp.start.line(),
             col: sp.start.col(),
-            kind: Kind::Alias,
+            kind: Kind::Scalar {
+                value: String::new(),
+                style: ScalarStyle::Plain,
+            },
         };
         if depth > MAX_DEPTH {
             return Err(RewriteError::Yaml {
@@ -276,8 +424,10 @@ impl<'a> Builder<'a, '_> {
         }
         let content = self.src.content_start(start);
         let opens = |c: u8| self.src.text.as_bytes().get(content) == Some(&c);
+        let anchor;
         node.kind = match ev {
-            Event::Scalar(value, style, _, _) => {
+            Event::Scalar(value, style, id, _) => {
+                anchor = id;
                 // The parser's span for a quoted scalar can run on over a trailing
                 // comment; the closing quote is the real end.
                 if let Some(end) = self.src.quoted_end(content, style) {
@@ -288,8 +438,20 @@ impl<'a> Builder<'a, '_> {
                     style,
                 }
             }
-            Event::Alias(_) => Kind::Alias,
-            Event::SequenceStart(..) => {
+            Event::Alias(id) => {
+                // An alias inside the node it names (`&a [*a]`) finds no completed
+                // anchor (such a cycle has no finite value), nor does one naming an
+                // anchor of an earlier document.
+                let target = self.anchors.get(&id).cloned().ok_or_else(|| {
+                    node.unsupported("alias to an anchor not completed earlier in this document")
+                })?;
+                return Ok(Rc::new(Node {
+                    kind: Kind::Alias(target),
+                    ..node
+                }));
+            }
+            Event::SequenceStart(id, _) => {
+                anchor = id;
                 let flow = opens(b'[');
                 let mut items = Vec::new();
                 loop {
@@ -297,6 +459,9 @@ impl<'a> Builder<'a, '_> {
                     match ev {
                         Event::SequenceEnd => {
                             node.end = self.src.byte(sp.end.index());
+                            if flow {
+                                node.end = self.src.flow_end(node.end, b']');
+                            }
                             break;
                         }
                         ev => items.push(self.node(ev, sp, depth + 1)?),
@@ -304,7 +469,8 @@ impl<'a> Builder<'a, '_> {
                 }
                 Kind::Seq { flow, items }
             }
-            Event::MappingStart(..) => {
+            Event::MappingStart(id, _) => {
+                anchor = id;
                 let flow = opens(b'{');
                 let mut entries = Vec::new();
                 loop {
@@ -312,6 +478,9 @@ impl<'a> Builder<'a, '_> {
                     match ev {
                         Event::MappingEnd => {
                             node.end = self.src.byte(sp.end.index());
+                            if flow {
+                                node.end = self.src.flow_end(node.end, b'}');
+                            }
                             break;
                         }
                         ev => {
@@ -332,6 +501,10 @@ impl<'a> Builder<'a, '_> {
                 })
             }
         };
+        let node = Rc::new(node);
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
         Ok(node)
     }
 }
@@ -347,42 +520,42 @@ struct Ctx<'r, 's> {
     pin: Option<&'r PinFn<'r>>,
     src: &'s Source<'s>,
     edits: Vec<Edit>,
+    /// Objects and pod specs already handled: through aliases one node can be reached
+    /// many times (and exponentially many in a hostile file), but is rewritten once.
+    seen: HashSet<usize>,
+}
+
+fn id(node: &Node) -> usize {
+    std::ptr::from_ref(node) as usize
 }
 
 impl Ctx<'_, '_> {
-    fn object(&mut self, obj: &Node) -> Result<(), RewriteError> {
-        let kind = obj.get("kind").and_then(Node::str).unwrap_or("");
+    fn object(&mut self, obj: &Node, depth: usize) -> Result<(), RewriteError> {
+        let obj = obj.resolve();
+        if !obj.is_map() || !self.seen.insert(id(obj)) {
+            return Ok(());
+        }
+        if depth > MAX_DEPTH {
+            return Err(obj.unsupported("lists nested too deep"));
+        }
+        let kind = obj.get("kind")?.and_then(Node::str).unwrap_or("");
         if is_list_kind(kind) {
-            if let Some(Node {
-                kind: Kind::Seq { items, .. },
-                ..
-            }) = obj.get("items")
-            {
+            if let Some(items) = obj.get("items")?.and_then(Node::items) {
                 for item in items {
-                    self.object(item)?;
+                    self.object(item, depth + 1)?;
                 }
             }
             return Ok(());
         }
         let spec = match pod_spec_path(kind) {
-            Some(path) => obj.path(path),
-            None => obj.path(FALLBACK_POD_SPEC_PATH).filter(|s| {
-                matches!(
-                    s.get("containers"),
-                    Some(Node {
-                        kind: Kind::Seq { .. },
-                        ..
-                    })
-                )
-            }),
+            Some(path) => obj.path(path)?,
+            None => match obj.path(FALLBACK_POD_SPEC_PATH)? {
+                Some(s) if s.get("containers")?.and_then(Node::items).is_some() => Some(s),
+                _ => None,
+            },
         };
         match spec {
-            Some(
-                spec @ Node {
-                    kind: Kind::Map { .. },
-                    ..
-                },
-            ) => self.pod_spec(spec),
+            Some(spec) if spec.is_map() && self.seen.insert(id(spec)) => self.pod_spec(spec),
             _ => Ok(()),
         }
     }
@@ -390,15 +563,11 @@ impl Ctx<'_, '_> {
     fn pod_spec(&mut self, spec: &Node) -> Result<(), RewriteError> {
         let mut targeted = false;
         for key in CONTAINER_KEYS {
-            let Some(Node {
-                kind: Kind::Seq { items, .. },
-                ..
-            }) = spec.get(key)
-            else {
+            let Some(items) = spec.get(key)?.and_then(Node::items) else {
                 continue;
             };
             for container in items {
-                if let Some(image) = container.get("image") {
+                if let Some((_, image)) = container.resolve().entry("image")? {
                     targeted |= self.image(image)?;
                 }
             }
@@ -411,8 +580,10 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    /// Rewrites one `image:` scalar; true when the image now points at the target.
-    fn image(&mut self, node: &Node) -> Result<bool, RewriteError> {
+    /// Rewrites one `image:` scalar (as written: an alias is rewritten at its anchor);
+    /// true when the image now points at the target.
+    fn image(&mut self, written: &Node) -> Result<bool, RewriteError> {
+        let node = written.resolve();
         let Kind::Scalar { value, style } = &node.kind else {
             return Ok(false);
         };
@@ -426,7 +597,7 @@ impl Ctx<'_, '_> {
                 .and_then(|d| validate_digest(&d).map(|()| d).map_err(|e| e.to_string()))
                 .map_err(|reason| RewriteError::Pin {
                     image: value.clone(),
-                    line: node.line,
+                    line: written.line,
                     reason,
                 })?;
             new.push('@');
@@ -434,11 +605,6 @@ impl Ctx<'_, '_> {
         }
         let start = self.src.content_start(node.start).min(node.end);
         let original = &self.src.text[start..node.end.max(start)];
-        let unsupported = |reason: &str| RewriteError::Unsupported {
-            line: node.line,
-            column: node.col + 1,
-            reason: reason.to_string(),
-        };
         // Check the span really is the scalar before overwriting it: a wrong
         // offset would silently corrupt the manifest.
         let text = match style {
@@ -450,18 +616,18 @@ impl Ctx<'_, '_> {
                     '"'
                 };
                 if original.len() < 2 || !original.starts_with(q) || !original.ends_with(q) {
-                    return Err(unsupported(
-                        "quoted image does not end with its closing quote",
-                    ));
+                    return Err(
+                        node.unsupported("quoted image does not end with its closing quote")
+                    );
                 }
                 format!("{q}{new}{q}")
             }
             ScalarStyle::Plain => {
-                return Err(unsupported(
-                    "plain image spans more than one line or holds a comment",
-                ))
+                return Err(
+                    node.unsupported("plain image spans more than one line or holds a comment")
+                )
             }
-            _ => return Err(unsupported("block scalar image")),
+            _ => return Err(node.unsupported("block scalar image")),
         };
         self.edits.push(Edit {
             start,
@@ -476,30 +642,30 @@ impl Ctx<'_, '_> {
             return Ok(());
         };
         let flow_item = format!("{{name: {}}}", yaml_plain_or_quoted(secret));
-        match spec.entry("imagePullSecrets") {
+        let entry = spec
+            .entry("imagePullSecrets")?
+            .map(|(k, v)| (k, v, v.resolve()));
+        match entry {
             Some((
+                _,
                 _,
                 list @ Node {
                     kind: Kind::Seq { flow, items },
                     ..
                 },
             )) => {
-                let present = items
-                    .iter()
-                    .any(|i| i.get("name").and_then(Node::str) == Some(secret));
-                if present {
-                    return Ok(());
-                }
-                let mut open = self.src.content_start(list.start);
-                if !*flow {
-                    open = self.src.dash_before(open);
+                for item in items {
+                    if item.resolve().get("name")?.and_then(Node::str) == Some(secret) {
+                        return Ok(());
+                    }
                 }
                 if *flow {
                     match items.last() {
                         Some(last) => self.insert(last.end, format!(", {flow_item}")),
-                        None => self.insert(open + 1, flow_item),
+                        None => self.insert(self.src.content_start(list.start) + 1, flow_item),
                     }
                 } else {
+                    let open = self.src.block_seq_dash(list);
                     let text = format!(
                         "- name: {}{}{}",
                         yaml_plain_or_quoted(secret),
@@ -509,23 +675,24 @@ impl Ctx<'_, '_> {
                     self.insert(open, text);
                 }
             }
-            Some((key, value)) if value.is_null() => {
+            Some((key, written, value)) if value.is_null() => {
                 let text = format!("[{flow_item}]");
-                if value.end > value.start {
+                // An alias to a null is replaced where it is written; a null with an
+                // anchor keeps the anchor (`&n ~` → `&n [...]`).
+                let start = self.src.content_start(written.start).min(written.end);
+                if written.end > start {
                     self.edits.push(Edit {
-                        start: value.start,
-                        end: value.end,
+                        start,
+                        end: written.end,
                         text,
                     });
+                } else if written.end > written.start {
+                    self.insert(written.end, format!(" {text}"));
                 } else {
                     let colon = self.src.text[key.end..]
                         .find(':')
                         .map(|i| key.end + i + 1)
-                        .ok_or_else(|| RewriteError::Unsupported {
-                            line: key.line,
-                            column: key.col + 1,
-                            reason: "imagePullSecrets without ':'".into(),
-                        })?;
+                        .ok_or_else(|| key.unsupported("imagePullSecrets without ':'"))?;
                     self.insert(colon, format!(" {text}"));
                 }
             }
@@ -589,16 +756,12 @@ impl Ctx<'_, '_> {
     /// charts 2).
     fn seq_indent(&self, spec: &Node) -> usize {
         for key in CONTAINER_KEYS {
-            if let Some((
-                k,
-                v @ Node {
-                    kind: Kind::Seq { flow: false, .. },
-                    ..
-                },
-            )) = spec.entry(key)
-            {
-                let dash = self.src.dash_before(self.src.content_start(v.start));
-                return self.src.column(dash).saturating_sub(k.col);
+            if let Some((k, v)) = spec.entry(key).ok().flatten() {
+                let v = v.resolve();
+                if let Kind::Seq { flow: false, .. } = v.kind {
+                    let dash = self.src.block_seq_dash(v);
+                    return self.src.column(dash).saturating_sub(k.col);
+                }
             }
         }
         2
@@ -615,11 +778,11 @@ impl Ctx<'_, '_> {
     fn apply(mut self) -> Result<String, RewriteError> {
         // Two inserts at one offset keep the order they were made in.
         self.edits.sort_by_key(|e| (e.start, e.end));
-        // The same node reached twice (one anchored spec under two paths) yields
-        // identical edits; only conflicting ones are an error.
-        self.edits.dedup_by(|a, b| {
-            a.start == b.start && a.end == b.end && a.text == b.text && a.end > a.start
-        });
+        // The same node reached twice (one anchored image under two containers, one
+        // merged `imagePullSecrets` under two pod specs) yields identical edits, which
+        // are made once; only conflicting ones are an error.
+        self.edits
+            .dedup_by(|a, b| a.start == b.start && a.end == b.end && a.text == b.text);
         let text = self.src.text;
         let mut out = String::with_capacity(text.len() + 64 * self.edits.len());
         let mut pos = 0;
@@ -629,10 +792,15 @@ impl Ctx<'_, '_> {
                 || !text.is_char_boundary(e.start)
                 || !text.is_char_boundary(e.end)
             {
+                let at = e.start.min(text.len());
+                let at = (0..=at)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
                 return Err(RewriteError::Unsupported {
-                    line: 0,
-                    column: 0,
-                    reason: "overlapping edits (aliases or merge keys?)".into(),
+                    line: text[..at].matches('\n').count() + 1,
+                    column: self.src.column(at) + 1,
+                    reason: "two changes overlap here (aliases or merge keys?)".into(),
                 });
             }
             out.push_str(&text[pos..e.start]);
