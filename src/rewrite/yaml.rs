@@ -168,20 +168,33 @@ impl<'a> Source<'a> {
     }
 
     /// Where the `-` of a block sequence starting at `pos` is: the parser puts an
-    /// indentless sequence's start on its first item, after the dash.
+    /// indentless sequence's start on its first item, after the dash, which may be lines
+    /// further up when only a comment follows the dash (`- # note`).
     fn dash_before(&self, pos: usize) -> usize {
         let b = self.text.as_bytes();
         if b.get(pos) == Some(&b'-') {
             return pos;
         }
-        let mut i = pos;
-        while i > 0 && b[i - 1] == b' ' {
-            i -= 1;
-        }
-        if i > 0 && b[i - 1] == b'-' {
-            i - 1
-        } else {
-            pos
+        // Only blanks and comments lie between a dash and its item: walk back over
+        // them, line by line, dropping each line's comment.
+        let mut i = pos.min(b.len());
+        loop {
+            let start = self.text[..i].rfind('\n').map_or(0, |n| n + 1);
+            let line = &b[start..i];
+            let code = (0..line.len())
+                .find(|&k| line[k] == b'#' && (k == 0 || matches!(line[k - 1], b' ' | b'\t')))
+                .unwrap_or(line.len());
+            i = start + code;
+            while i > start && matches!(b[i - 1], b' ' | b'\t' | b'\r') {
+                i -= 1;
+            }
+            if i > start && b[i - 1] == b'-' {
+                return i - 1;
+            }
+            if i > start || start == 0 {
+                return pos;
+            }
+            i = start - 1;
         }
     }
 
@@ -591,6 +604,9 @@ impl Ctx<'_, '_> {
             Decision::Foreign => return Ok(false),
             Decision::AlreadyTargeted => return Ok(true),
             Decision::Rewrite { new, upstream } => (new, upstream),
+            Decision::Unrewritable { reason } => {
+                return Err(written.unsupported(format!("image {:?}: {reason}", value.trim())))
+            }
         };
         if let (Some(pin), None) = (self.pin, &upstream.digest) {
             let digest = pin(&upstream)
