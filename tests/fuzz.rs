@@ -108,6 +108,13 @@ fn budget() -> Duration {
 thread_local! {
     /// Set while shrinking: the many expected panics would bury the report.
     static QUIET: Cell<bool> = const { Cell::new(false) };
+    /// Cases the target under test accepted (parsed, rewrote), reported at the end so
+    /// a run shows it did not only feed the parser garbage.
+    static ACCEPTED: Cell<u64> = const { Cell::new(0) };
+}
+
+fn accepted() {
+    ACCEPTED.with(|a| a.set(a.get() + 1));
 }
 
 fn install_quiet_hook() {
@@ -210,6 +217,7 @@ fn fuzz<T: Input>(target: &str, generate: impl Fn(&mut Rng) -> T, check: impl Fn
     let only = env_u64("BERTH_FUZZ_CASE");
     let deadline = Instant::now() + budget();
     let mut case = only.unwrap_or(0);
+    ACCEPTED.with(|a| a.set(0));
     loop {
         let input = generate(&mut Rng::new(seed, case));
         if let Some(msg) = fails(&check, &input) {
@@ -228,7 +236,8 @@ fn fuzz<T: Input>(target: &str, generate: impl Fn(&mut Rng) -> T, check: impl Fn
             break;
         }
     }
-    eprintln!("fuzz {target}: {case} cases, seed {seed:#x}");
+    let ok = ACCEPTED.with(Cell::get);
+    eprintln!("fuzz {target}: {case} cases ({ok} accepted), seed {seed:#x}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -453,6 +462,7 @@ fn fuzz_route_parser() {
         },
         |path: &String| {
             if let Ok(r) = route::parse(path) {
+                accepted();
                 if let Some(p) = route_path(&r) {
                     let again = route::parse(&p);
                     assert!(
@@ -517,6 +527,7 @@ fn fuzz_range_header() {
         },
         |h: &String| {
             let Ok(r) = ByteRange::parse(h) else { return };
+            accepted();
             let again = ByteRange::parse(&r.header_value()).ok();
             assert_eq!(
                 again,
@@ -652,6 +663,7 @@ fn fuzz_image_references() {
         },
         |s: &String| {
             if let Ok(r) = ImageRef::parse(s) {
+                accepted();
                 let again = ImageRef::parse(&r.to_string());
                 assert_eq!(again.as_ref(), Ok(&r), "{s:?} → {r} does not round-trip");
             }
@@ -773,7 +785,9 @@ fn fuzz_www_authenticate() {
             )
         },
         |h: &String| {
-            let _ = challenge::parse(h);
+            if !challenge::parse(h).is_empty() {
+                accepted();
+            }
         },
     );
     // Built headers parse back to exactly the parameters they were built from.
@@ -840,6 +854,9 @@ fn fuzz_scopes() {
                 }
             }
             let all = scope::parse_all([s.as_str()]);
+            if !all.is_empty() {
+                accepted();
+            }
             let each = s.split(' ').filter_map(scope::parse_one).count();
             assert_eq!(all.len(), each, "{s:?}");
         },
@@ -1481,7 +1498,12 @@ fn check_rewrite(rules: &Rules, pin: bool, input: &str, must_succeed: bool) {
     let f: &dyn Fn(&ImageRef) -> Result<String, String> = &fake_pin;
     let pin = pin.then_some(f);
     let out = match rewrite_yaml(rules, input, pin) {
-        Ok(out) => out,
+        Ok(out) => {
+            if out != input {
+                accepted();
+            }
+            out
+        }
         Err(e) => {
             assert!(!must_succeed, "a valid manifest was refused: {e}");
             if let RewriteError::Unsupported { line, .. } | RewriteError::Pin { line, .. } = &e {
@@ -1592,6 +1614,18 @@ fn fuzz_yaml_rewriter_regressions() {
         // inside the comment.
         "kind: Pod\nspec:\n  imagePullSecrets:\n  - # about name\n    name: legacy\n  containers:\n  - image: redis\n",
         "kind: Pod\nspec:\n  imagePullSecrets:\n  -   # about name\n    # more\n\n    name: legacy\n  containers:\n  - image: redis\n",
+        // Found by the fuzzer: an indentless list whose first item is itself a list got
+        // the secret inside that inner list.
+        "kind: Pod\nspec:\n  imagePullSecrets:\n  - - x\n  containers:\n  - image: redis\n",
+        "kind: Pod\nspec:\n  imagePullSecrets:\n    - - x\n  containers:\n  - image: redis\n",
+        // Found by the fuzzer: a pod spec whose first key is explicit (`? n`) got
+        // `imagePullSecrets` inside that key.
+        "kind: Pod\nspec:\n  ? n\n  containers:\n  - image: redis\n",
+        "kind: Pod\nspec:\n  ?\n    n\n  : v\n  containers:\n  - image: redis\n",
+        "kind: Pod\nspec: {? a : b, containers: [{image: redis}]}\n",
+        // Found by the fuzzer: a mapping first met as a List item, later as a pod spec,
+        // was skipped the second time.
+        "kind: List\nitems:\n- &p {containers: [{image: redis}]}\n- kind: Deployment\n  spec: {template: {spec: *p}}\n",
         // An anchored null imagePullSecrets keeps its anchor.
         "kind: Pod\nspec:\n  imagePullSecrets: &n ~\n  containers:\n  - image: redis\n",
     ];
@@ -1728,6 +1762,7 @@ fn fuzz_admission_review() {
         assert_eq!(r["allowed"], json!(true));
         assert_eq!(resp["apiVersion"], req["apiVersion"]);
         let Some(patch) = r.get("patch") else { return };
+        accepted();
         assert_eq!(r["patchType"], json!("JSONPatch"));
         let raw = STANDARD
             .decode(patch.as_str().unwrap_or_default())
@@ -1877,6 +1912,7 @@ fn fuzz_config() {
         |text: &String| {
             let env = |name: &str| (name != "UNSET").then(|| format!("v-{name}"));
             if let Ok(config) = Config::parse(text, Path::new(&base), &env) {
+                accepted();
                 for slug in config.apps.keys() {
                     let rules = berth::rewrite::rules_for_app(&config, slug)
                         .unwrap_or_else(|e| panic!("app {slug} from a valid config: {e}"));
@@ -1910,7 +1946,9 @@ fn fuzz_globs_and_sizes() {
             // The matcher backtracks per star; keep patterns to the few stars configs have.
             if pat.matches('*').count() <= 6 {
                 if let Ok(g) = Glob::new(pat) {
-                    let _ = g.matches(name);
+                    if g.matches(name) {
+                        accepted();
+                    }
                     let _ = g.literal_len();
                 }
             }

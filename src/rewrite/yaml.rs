@@ -3,6 +3,11 @@
 //! The stream is parsed with `saphyr-parser` into a small tree whose nodes carry
 //! their source spans; edits are then computed against that tree and applied to the
 //! untouched input. A serde round trip would lose comments, quoting and key order.
+//!
+//! Aliases and `<<` merge keys are followed as Kubernetes reads them, and an image reached
+//! through one is rewritten at its anchor. What cannot be rewritten faithfully (a key
+//! written twice, an image that would become an invalid reference) is refused with an
+//! error naming the line, never skipped: no output is better than a silently wrong one.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -59,7 +64,8 @@ pub fn rewrite_yaml(
         pin,
         src: &src,
         edits: Vec::new(),
-        seen: HashSet::new(),
+        seen_objects: HashSet::new(),
+        seen_specs: HashSet::new(),
     };
     for doc in &docs {
         ctx.object(doc, 0)?;
@@ -155,28 +161,33 @@ impl<'a> Source<'a> {
         end
     }
 
-    /// The `-` of the first item of the block sequence `seq`. The parser starts an
-    /// indentless sequence on its first item, after the dash (and after that item's
-    /// anchor or tag, which must not be skipped here), and an anchored or tagged sequence
-    /// on its anchor, which must be.
+    /// The `-` of the first item of the block sequence `seq`. A sequence indented under
+    /// its key starts at that dash; an indentless one at its first item, after the dash
+    /// (and that item may itself be a `- ` sequence, or carry an anchor or tag); an
+    /// anchored or tagged sequence at its anchor.
     fn block_seq_dash(&self, seq: &Node) -> usize {
-        let at = self.dash_before(seq.start);
-        if self.text.as_bytes().get(at) == Some(&b'-') {
-            return at;
+        let b = self.text.as_bytes();
+        let first = match &seq.kind {
+            Kind::Seq { items, .. } => items.first().map(|i| i.start),
+            _ => None,
+        };
+        if b.get(seq.start) == Some(&b'-') && first != Some(seq.start) {
+            return seq.start;
         }
-        self.dash_before(self.content_start(seq.start))
+        if let Some(dash) = self.dash_before(seq.start) {
+            return dash;
+        }
+        let content = self.content_start(seq.start);
+        if b.get(content) == Some(&b'-') {
+            return content;
+        }
+        self.dash_before(content).unwrap_or(content)
     }
 
-    /// Where the `-` of a block sequence starting at `pos` is: the parser puts an
-    /// indentless sequence's start on its first item, after the dash, which may be lines
-    /// further up when only a comment follows the dash (`- # note`).
-    fn dash_before(&self, pos: usize) -> usize {
+    /// The dash in front of `pos` with only blanks and comments between (the item may
+    /// be lines below its dash when a comment follows it: `- # note`).
+    fn dash_before(&self, pos: usize) -> Option<usize> {
         let b = self.text.as_bytes();
-        if b.get(pos) == Some(&b'-') {
-            return pos;
-        }
-        // Only blanks and comments lie between a dash and its item: walk back over
-        // them, line by line, dropping each line's comment.
         let mut i = pos.min(b.len());
         loop {
             let start = self.text[..i].rfind('\n').map_or(0, |n| n + 1);
@@ -189,10 +200,10 @@ impl<'a> Source<'a> {
                 i -= 1;
             }
             if i > start && b[i - 1] == b'-' {
-                return i - 1;
+                return Some(i - 1);
             }
             if i > start || start == 0 {
-                return pos;
+                return None;
             }
             i = start - 1;
         }
@@ -533,9 +544,11 @@ struct Ctx<'r, 's> {
     pin: Option<&'r PinFn<'r>>,
     src: &'s Source<'s>,
     edits: Vec<Edit>,
-    /// Objects and pod specs already handled: through aliases one node can be reached
+    /// Objects, and pod specs, already handled: through aliases one node can be reached
     /// many times (and exponentially many in a hostile file), but is rewritten once.
-    seen: HashSet<usize>,
+    /// Two sets: one mapping may be both (`items: [*spec]` and `spec: *spec`).
+    seen_objects: HashSet<usize>,
+    seen_specs: HashSet<usize>,
 }
 
 fn id(node: &Node) -> usize {
@@ -545,7 +558,7 @@ fn id(node: &Node) -> usize {
 impl Ctx<'_, '_> {
     fn object(&mut self, obj: &Node, depth: usize) -> Result<(), RewriteError> {
         let obj = obj.resolve();
-        if !obj.is_map() || !self.seen.insert(id(obj)) {
+        if !obj.is_map() || !self.seen_objects.insert(id(obj)) {
             return Ok(());
         }
         if depth > MAX_DEPTH {
@@ -568,7 +581,7 @@ impl Ctx<'_, '_> {
             },
         };
         match spec {
-            Some(spec) if spec.is_map() && self.seen.insert(id(spec)) => self.pod_spec(spec),
+            Some(spec) if spec.is_map() && self.seen_specs.insert(id(spec)) => self.pod_spec(spec),
             _ => Ok(()),
         }
     }
@@ -715,7 +728,10 @@ impl Ctx<'_, '_> {
             // Anything else is not a valid pod spec; leave it for the API server to reject.
             Some(_) => {}
             None if *flow => match entries.first() {
-                Some((k, _)) => self.insert(k.start, format!("imagePullSecrets: [{flow_item}], ")),
+                Some((k, _)) => self.insert(
+                    self.key_start(k).0,
+                    format!("imagePullSecrets: [{flow_item}], "),
+                ),
                 None => self.insert(
                     self.src.content_start(spec.start) + 1,
                     format!("imagePullSecrets: [{flow_item}]"),
@@ -725,15 +741,16 @@ impl Ctx<'_, '_> {
                 let Some((first, _)) = entries.first() else {
                     return Ok(());
                 };
+                let (key_at, key_col) = self.key_start(first);
                 let nl = self.src.newline;
-                let pad = " ".repeat(first.col);
+                let pad = " ".repeat(key_col);
                 let dash = format!(
                     "{}- name: {}",
                     " ".repeat(self.seq_indent(spec)),
                     yaml_plain_or_quoted(secret)
                 );
-                let at = self.line_insertion_point(first);
-                let text = if at == first.start {
+                let at = self.line_insertion_point(key_at, key_col);
+                let text = if at == key_at {
                     format!("imagePullSecrets:{nl}{pad}{dash}{nl}{pad}")
                 } else {
                     format!("{pad}imagePullSecrets:{nl}{pad}{dash}{nl}")
@@ -747,24 +764,39 @@ impl Ctx<'_, '_> {
     /// Where a new key goes in front of `first`: at the start of its line (and above
     /// any comment lines directly above it, which belong to that key) when nothing
     /// else precedes it on the line; otherwise (`- containers:`) right at the key.
-    fn line_insertion_point(&self, first: &Node) -> usize {
+    fn line_insertion_point(&self, first: usize, col: usize) -> usize {
         let text = self.src.text;
-        let line_start = text[..first.start].rfind('\n').map_or(0, |i| i + 1);
-        if !text[line_start..first.start].bytes().all(|b| b == b' ') {
-            return first.start;
+        let line_start = text[..first].rfind('\n').map_or(0, |i| i + 1);
+        if !text[line_start..first].bytes().all(|b| b == b' ') {
+            return first;
         }
         let mut at = line_start;
         while at > 0 {
             let prev_start = text[..at - 1].rfind('\n').map_or(0, |i| i + 1);
             let prev = text[prev_start..at - 1].trim_end_matches('\r');
             let indent = prev.len() - prev.trim_start_matches(' ').len();
-            if indent == first.col && prev[indent..].starts_with('#') {
+            if indent == col && prev[indent..].starts_with('#') {
                 at = prev_start;
             } else {
                 break;
             }
         }
         at
+    }
+
+    /// Where key `k` begins as written, and its column: at its `?` when it is an
+    /// explicit key (`? name`), or a new key put in front of it would become part of it.
+    fn key_start(&self, k: &Node) -> (usize, usize) {
+        let b = self.src.text.as_bytes();
+        let mut i = k.start;
+        while i > 0 && matches!(b[i - 1], b' ' | b'\t' | b'\r' | b'\n') {
+            i -= 1;
+        }
+        if i > 0 && b[i - 1] == b'?' {
+            (i - 1, self.src.column(i - 1))
+        } else {
+            (k.start, k.col)
+        }
     }
 
     /// How far the sibling container lists indent their `-` past their key, so an
