@@ -1632,6 +1632,14 @@ fn fuzz_yaml_rewriter_regressions() {
     for input in valid {
         check_rewrite(&rules, false, input, true);
     }
+    // Found by the fuzzer: `&i:` is anchor `i:` to saphyr but anchor `i` and a `:` to
+    // libyaml and go-yaml (Kubernetes); such names are refused.
+    let odd = "kind: Pod\nd: &d0 {image: s}\nspec: {containers: [&i:{<<: *d0}]}\n";
+    let err = rewrite_yaml(&rules, odd, None);
+    assert!(
+        matches!(&err, Err(RewriteError::Unsupported { line: 3, reason, .. }) if reason.contains("\"i:\"")),
+        "{err:?}"
+    );
     // A name that would be too long once rewritten is refused, not written broken.
     let long = format!(
         "kind: Pod\nspec:\n  containers:\n  - image: quay.io/{}/x:1\n",

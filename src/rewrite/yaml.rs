@@ -102,8 +102,12 @@ impl<'a> Source<'a> {
     /// span starts at them, the content follows.
     fn content_start(&self, mut pos: usize) -> usize {
         let b = self.text.as_bytes();
-        while matches!(b.get(pos), Some(b'&' | b'!')) {
-            while matches!(b.get(pos), Some(c) if !c.is_ascii_whitespace()) {
+        while let Some(&sigil @ (b'&' | b'!')) = b.get(pos) {
+            pos += 1;
+            // An anchor name ends at a flow indicator too (`&a{...}`); a tag may hold
+            // commas (`!<tag:yaml.org,2002:str>`).
+            let ends = |c: &u8| c.is_ascii_whitespace() || (sigil == b'&' && b",[]{}".contains(c));
+            while matches!(b.get(pos), Some(c) if !ends(c)) {
                 pos += 1;
             }
             while matches!(b.get(pos), Some(c) if c.is_ascii_whitespace()) {
@@ -111,6 +115,26 @@ impl<'a> Source<'a> {
             }
         }
         pos.min(b.len())
+    }
+
+    /// The name of the anchor (`&name`) or alias (`*name`) written in `start..end`,
+    /// when it is not made of letters, digits, `-` and `_` only. YAML allows more
+    /// (`&a:b`), but libyaml and go-yaml, which Kubernetes uses, read only those: the
+    /// rest of such a name would be content to them, and the document means something
+    /// else.
+    fn odd_name(&self, start: usize, end: usize, sigil: u8) -> Option<&'a str> {
+        let b = self.text.as_bytes();
+        let at = (start..end.min(b.len()))
+            .find(|&i| b[i] == sigil && (i == start || b[i - 1].is_ascii_whitespace()))?;
+        let name_end = (at + 1..b.len())
+            .find(|&i| b[i].is_ascii_whitespace() || b",[]{}".contains(&b[i]))
+            .unwrap_or(b.len());
+        let name = self.text.get(at + 1..name_end)?;
+        let plain = !name.is_empty()
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        (!plain).then_some(name)
     }
 
     /// The byte after the closing quote of the quoted scalar opening at `pos`.
@@ -447,6 +471,23 @@ impl<'a> Builder<'a, '_> {
             });
         }
         let content = self.src.content_start(start);
+        let odd = match ev {
+            Event::Alias(_) => self.src.odd_name(start, start + 1, b'*'),
+            Event::Scalar(_, _, id, _)
+            | Event::SequenceStart(id, _)
+            | Event::MappingStart(id, _)
+                if id > 0 =>
+            {
+                self.src.odd_name(start, content, b'&')
+            }
+            _ => None,
+        };
+        if let Some(name) = odd {
+            return Err(node.unsupported(format!(
+                "anchor or alias name {name:?}: Kubernetes' YAML parser reads only letters, \
+                 digits, '-' and '_' in these names, so it would read this document differently"
+            )));
+        }
         let opens = |c: u8| self.src.text.as_bytes().get(content) == Some(&c);
         let anchor;
         node.kind = match ev {
