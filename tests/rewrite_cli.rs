@@ -271,6 +271,38 @@ fn rewrite_single_images() {
 }
 
 #[test]
+fn trailing_commas_merge_keys_and_duplicate_keys_through_the_cli() {
+    let c = cli_config("http://127.0.0.1:1");
+    // A trailing comma in a flow mapping: the output must be YAML that parses.
+    let flow = "kind: Pod\nspec:\n  imagePullSecrets: [{name: x,}]\n  containers: [{name: a, image: upstream.test/acme/api:v1}]\n";
+    let out = rewrite_ok(&c.path, &["--pull-secret", "acme-pull"], flow);
+    let v: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&out).unwrap_or_else(|e| panic!("invalid output ({e}):\n{out}"));
+    assert_eq!(
+        v["spec"]["imagePullSecrets"][1]["name"].as_str(),
+        Some("acme-pull"),
+        "{out}"
+    );
+    // A pod spec merged in with `<<:` is rewritten, not skipped.
+    let merged = "base: &base\n  containers:\n  - name: a\n    image: upstream.test/acme/api:v1\nkind: Deployment\nspec:\n  template:\n    spec:\n      <<: *base\n";
+    let out = rewrite_ok(&c.path, &["--pull-secret", "acme-pull"], merged);
+    assert!(
+        out.contains("image: images.acme.test/proxy/acme/upstream.test/acme/api:v1")
+            && out.contains("- name: acme-pull"),
+        "{out}"
+    );
+    // `image:` twice: refused with the line, nothing printed.
+    let dup = "kind: Pod\nspec:\n  containers:\n  - name: a\n    image: ghcr.io/x/y:1\n    image: upstream.test/acme/api:v1\n";
+    let (code, out, err) = rewrite(&c.path, &[], dup);
+    assert_eq!(code, Some(1), "duplicate key accepted: {out}");
+    assert!(out.is_empty(), "stdout on failure: {out:?}");
+    assert!(
+        err.contains("line 6") && err.contains("duplicate key \"image\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn malformed_yaml_fails_with_position_and_no_output() {
     let c = cli_config("http://127.0.0.1:1");
     // Line 6 has an unclosed quote; the first document is fine and must not be printed.

@@ -140,6 +140,18 @@ fn stream(rng: &mut Rng, foreign_only: bool) -> String {
     s
 }
 
+/// How many documents `text` holds, or the first error. (serde_yaml_ng's document
+/// iterator repeats a syntax error forever, so it must not simply be counted.)
+fn yaml_docs(text: &str) -> Result<usize, String> {
+    let mut n = 0;
+    for d in serde_yaml_ng::Deserializer::from_str(text) {
+        let v: Result<serde_yaml_ng::Value, _> = serde::Deserialize::deserialize(d);
+        v.map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 #[test]
 fn rewriting_is_idempotent_and_keeps_valid_yaml() {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -151,16 +163,9 @@ fn rewriting_is_idempotent_and_keeps_valid_yaml() {
         let twice =
             rewrite_yaml(&r, &once, None).unwrap_or_else(|e| panic!("case {case}: {e}\n{once}"));
         assert_eq!(once, twice, "case {case} not idempotent; input:\n{input}");
-        let docs = serde_yaml_ng::Deserializer::from_str(&once).count();
-        for d in serde_yaml_ng::Deserializer::from_str(&once) {
-            let v: Result<serde_yaml_ng::Value, _> = serde::Deserialize::deserialize(d);
-            assert!(v.is_ok(), "case {case}: output is not YAML: {v:?}\n{once}");
-        }
-        assert_eq!(
-            docs,
-            serde_yaml_ng::Deserializer::from_str(&input).count(),
-            "case {case}"
-        );
+        let docs = yaml_docs(&once)
+            .unwrap_or_else(|e| panic!("case {case}: output is not YAML: {e}\n{once}"));
+        assert_eq!(Ok(docs), yaml_docs(&input), "case {case}: document count");
         if !input.contains("kind: ConfigMap") {
             assert!(
                 !once.contains("image: quay.io/"),
@@ -247,4 +252,75 @@ fn non_ascii_before_an_image_keeps_offsets_right() {
         out,
         "# café ☕ ünïcode\nkind: Pod\nmetadata: {name: \"ß\"}\nspec:\n  imagePullSecrets:\n  - name: berth-pull\n  containers:\n  - name: ☃\n    image: images.acme.test/proxy/acme/docker.io/library/redis # ☃\n"
     );
+}
+
+#[test]
+fn trailing_comma_in_a_flow_mapping_keeps_the_output_valid() {
+    let input = "kind: Pod\nspec:\n  imagePullSecrets: [{name: x,}]\n  containers: [{name: a, image: redis}]\n";
+    let out = rewrite_yaml(&rules(), input, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out,
+        "kind: Pod\nspec:\n  imagePullSecrets: [{name: x,}, {name: berth-pull}]\n  containers: [{name: a, image: images.acme.test/proxy/acme/docker.io/library/redis}]\n"
+    );
+    let v: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(
+        v["spec"]["imagePullSecrets"][1]["name"].as_str(),
+        Some("berth-pull")
+    );
+}
+
+#[test]
+fn merge_keys_are_followed_to_the_anchor() {
+    let input = "base: &base\n  containers:\n  - name: a\n    image: redis\nkind: Deployment\nspec:\n  template:\n    spec:\n      <<: *base\n";
+    let out = rewrite_yaml(&rules(), input, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out,
+        "base: &base\n  containers:\n  - name: a\n    image: images.acme.test/proxy/acme/docker.io/library/redis\nkind: Deployment\nspec:\n  template:\n    spec:\n      imagePullSecrets:\n      - name: berth-pull\n      <<: *base\n"
+    );
+    // A container merged from defaults, its own keys winning over the merged ones.
+    let input = "kind: Pod\nx: &d {image: redis, imagePullPolicy: Always}\nspec:\n  containers:\n  - <<: *d\n    name: a\n  - <<: *d\n    name: b\n    image: ghcr.io/other/b:1\n";
+    let out = rewrite_yaml(&rules(), input, None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.contains("x: &d {image: images.acme.test/proxy/acme/docker.io/library/redis, ")
+            && out.contains("image: ghcr.io/other/b:1")
+            && out.contains("- name: berth-pull"),
+        "{out}"
+    );
+}
+
+#[test]
+fn duplicate_keys_are_refused_naming_the_line() {
+    let input =
+        "kind: Pod\nspec:\n  containers:\n  - name: a\n    image: ghcr.io/x/y\n    image: redis\n";
+    match rewrite_yaml(&rules(), input, None) {
+        Err(RewriteError::Unsupported {
+            line: 6, reason, ..
+        }) => {
+            assert!(
+                reason.contains("duplicate key \"image\"") && reason.contains("line 5"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a refusal naming line 6, got {other:?}"),
+    }
+    let input = "kind: Pod\nspec:\n  containers: []\nspec:\n  containers: [{image: redis}]\n";
+    assert!(
+        matches!(
+            rewrite_yaml(&rules(), input, None),
+            Err(RewriteError::Unsupported { line: 4, .. })
+        ),
+        "a second `spec:` must be refused too"
+    );
+}
+
+#[test]
+fn recursive_and_cross_document_aliases_are_errors() {
+    for input in [
+        "kind: Pod\nspec: &s {containers: [*s]}\n",
+        "x: &i redis\n---\nkind: Pod\nspec: {containers: [{image: *i}]}\n",
+    ] {
+        let r = rewrite_yaml(&rules(), input, None);
+        assert!(r.is_err(), "{input:?}: {r:?}");
+    }
 }

@@ -91,12 +91,15 @@ impl ImageRef {
         } else {
             path.to_string()
         };
+        let registry = if hub { DOCKER_HUB } else { registry };
+        // The limit holds for the normalised name (`docker.io/library/...`), as in
+        // distribution's ParseNormalizedNamed; otherwise Display would not re-parse.
+        let full = registry.len() + 1 + repository.len();
+        if full > NAME_MAX {
+            return Err(ReferenceError::NameTooLong(full));
+        }
         Ok(ImageRef {
-            registry: if hub {
-                DOCKER_HUB.to_string()
-            } else {
-                registry.to_string()
-            },
+            registry: registry.to_string(),
             repository,
             tag,
             digest,

@@ -109,7 +109,9 @@ impl ByteRange {
                 let end = end.map_or(size, |e| e.saturating_add(1).min(size));
                 Some((start, end))
             }
-            ByteRange::Suffix(0) => None,
+            // Of an empty blob no suffix is satisfiable (RFC 9110 14.1.2): `(0, 0)`
+            // would be answered 206 with a Content-Range of `bytes 0-0/0`.
+            ByteRange::Suffix(n) if n == 0 || size == 0 => None,
             ByteRange::Suffix(n) => Some((size.saturating_sub(n), size)),
         }
     }

@@ -189,7 +189,9 @@ fn patch_ops(rules: &Rules, object: &Value, path: &[&str]) -> Vec<Value> {
                 continue;
             };
             match rules.decide(image) {
-                Decision::Foreign => {}
+                // A workload is never blocked: an image berth cannot rename keeps
+                // pulling from where it did.
+                Decision::Foreign | Decision::Unrewritable { .. } => {}
                 Decision::AlreadyTargeted => targeted = true,
                 Decision::Rewrite { new, .. } => {
                     targeted = true;

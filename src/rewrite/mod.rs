@@ -58,6 +58,9 @@ pub(crate) enum Decision {
     AlreadyTargeted,
     /// Rewrite to `new`; `upstream` is the image it stands for (for digest pinning).
     Rewrite { new: String, upstream: ImageRef },
+    /// Ours, but the rewritten reference would not be a valid one (longer than the
+    /// 255-character name limit once the target prefix is added).
+    Unrewritable { reason: String },
 }
 
 impl Rules {
@@ -111,19 +114,24 @@ impl Rules {
         {
             return Decision::AlreadyTargeted;
         }
-        match self.upstream_for(&r) {
-            Some(host) => Decision::Rewrite {
-                new: format!(
-                    "{}/{}/{}{}",
-                    self.target_prefix(),
-                    upstream_component(&host),
-                    r.repository,
-                    r.suffix()
-                ),
-                upstream: r,
-            },
-            None => Decision::Foreign,
+        let Some(host) = self.upstream_for(&r) else {
+            return Decision::Foreign;
+        };
+        let new = format!(
+            "{}/{}/{}{}",
+            self.target_prefix(),
+            upstream_component(&host),
+            r.repository,
+            r.suffix()
+        );
+        // Kubelet and containerd refuse what does not parse; writing it would trade a
+        // working pull for a broken one.
+        if let Err(e) = ImageRef::parse(&new) {
+            return Decision::Unrewritable {
+                reason: format!("rewritten to {new:?}, which is not a valid reference: {e}"),
+            };
         }
+        Decision::Rewrite { new, upstream: r }
     }
 }
 
