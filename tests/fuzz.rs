@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use berth::api::route::{self, Route};
-use berth::auth::scope;
+use berth::oci::scope;
 use berth::config::{Config, Glob};
 use berth::oci::reference::ImageRef;
 use berth::registry::ByteRange;
@@ -1921,7 +1921,8 @@ fn fuzz_config() {
             let env = |name: &str| (name != "UNSET").then(|| format!("v-{name}"));
             if let Ok(config) = Config::parse(text, Path::new(&base), &env) {
                 accepted();
-                for slug in config.apps.keys() {
+                for app in config.tenants.apps() {
+                    let slug = &app.slug;
                     let rules = berth::rewrite::rules_for_app(&config, slug)
                         .unwrap_or_else(|e| panic!("app {slug} from a valid config: {e}"));
                     let _ = rewrite_image(&rules, "quay.io/acme/api:1");
