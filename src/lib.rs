@@ -5,6 +5,7 @@ pub mod airgap;
 pub mod api;
 mod app;
 pub mod audit;
+pub mod body;
 pub mod auth;
 pub mod cache;
 pub mod cli;

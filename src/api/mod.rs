@@ -25,7 +25,8 @@ use crate::config::{Config, Live};
 use crate::error::Error;
 use crate::oci::repo::RepoPath;
 use crate::registry::{ByteRange, Fetched, Registry, Target};
-use body::{Body, LogLine, Logged, Who};
+use crate::body::{self as rbody, Body};
+use body::{LogLine, Logged, Who};
 use route::Route;
 
 pub struct Api {
@@ -82,7 +83,7 @@ impl Api {
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>, remote: SocketAddr) -> Response<Logged>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send,
-        B::Error: Into<body::BoxError> + std::fmt::Display,
+        B::Error: Into<rbody::BoxError> + std::fmt::Display,
     {
         let start = Instant::now();
         let config = self.config.current();
@@ -134,7 +135,7 @@ impl Api {
     ) -> Result<Response<Body>, Error>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send,
-        B::Error: Into<body::BoxError> + std::fmt::Display,
+        B::Error: Into<rbody::BoxError> + std::fmt::Display,
     {
         let path = req.uri().path();
         if path == "/token" {
@@ -357,7 +358,7 @@ fn tag_query(query: Option<&str>) -> Result<(Option<u32>, Option<String>), Error
 }
 
 fn json_response(body: &'static [u8]) -> Response<Body> {
-    let mut r = Response::new(body::full(body));
+    let mut r = Response::new(rbody::full(body));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut()

@@ -9,7 +9,8 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 
-use super::body::{self, Body, BoxError, Who};
+use super::body::Who;
+use crate::body::{self, Body, BoxError};
 use super::{Api, MAX_FORM};
 use crate::auth;
 use crate::config::Config;

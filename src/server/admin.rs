@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::body::{full, Body};
+use crate::body::{full, Body};
 use crate::api::Api;
 
 /// Connections at once: scrapers and probes, with room to spare.

@@ -26,7 +26,8 @@ use tokio::sync::watch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::api::body::{FileRange, Logged};
+use crate::api::body::Logged;
+use crate::body::FileRange;
 use crate::api::Api;
 
 /// Largest request head (request line and headers) accepted.

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use super::{accept, serve_hyper, timeouts, Limit, Throttled, HANDSHAKE_TIMEOUT};
-use crate::api::body::{full, Body};
+use crate::body::{full, Body};
 use crate::api::Api;
 use crate::error::Error;
 
