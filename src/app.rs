@@ -94,7 +94,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     let admin_task = admin.map(|(a, l)| {
         tracing::info!(admin = %a, "admin listener: /metrics /healthz /readyz");
-        tokio::spawn(server::admin::serve(api.clone(), l, stop_rx.clone()))
+        tokio::spawn(server::admin::serve(api.admin.clone(), l, stop_rx.clone()))
     });
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;

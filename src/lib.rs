@@ -1,6 +1,7 @@
 //! berth: a license-gated pull-through caching registry proxy and image rewriter.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod airgap;
 pub mod api;
 mod app;
@@ -11,7 +12,6 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod oci;

@@ -30,8 +30,10 @@ use body::{LogLine, Logged, Who};
 use route::Route;
 
 pub struct Api {
-    pub config: Live,
+    pub config: Arc<Live>,
     pub registry: Registry,
+    /// The admin edge's handle: answers probes here when there is no admin listener.
+    pub admin: Arc<crate::admin::Admin>,
     pub tokens: Issuer,
     limiter: Limiter,
     logins: LoginThrottle,
@@ -69,9 +71,17 @@ impl Api {
             })?),
             None => None,
         };
+        let config = Arc::new(Live::new(config));
+        let registry = Registry::new(cache);
+        let admin = Arc::new(crate::admin::Admin {
+            config: config.clone(),
+            cache: registry.cache().clone(),
+            upstream: registry.upstream_client().clone(),
+        });
         Ok(Api {
-            config: Live::new(config),
-            registry: Registry::new(cache),
+            config,
+            registry,
+            admin,
             tokens,
             limiter: Limiter::default(),
             logins: LoginThrottle::default(),
@@ -151,7 +161,7 @@ impl Api {
             };
             let mut req = req;
             *req.uri_mut() = http::Uri::from_static(probe);
-            return Ok(crate::server::admin::handle(self, req).await);
+            return Ok(crate::admin::handle(&self.admin, req).await);
         }
         if !path.starts_with("/v2") {
             return Err(Error::NameUnknown("not a registry path".into()));

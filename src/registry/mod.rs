@@ -151,11 +151,11 @@ impl Registry {
         }
     }
 
-    pub fn upstream_client(&self) -> &upstream::Client {
+    pub fn upstream_client(&self) -> &Arc<upstream::Client> {
         &self.upstream
     }
 
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
 

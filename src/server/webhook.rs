@@ -103,7 +103,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (api, acceptor, reviews, closing) =
             (api.clone(), acceptor.clone(), reviews.clone(), stop.clone());
-        let timeouts = timeouts(&api);
+        let timeouts = timeouts(&api.config.current());
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
