@@ -2,12 +2,14 @@
 //! line (and the request metrics) when the body ends.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use super::metrics::{route_class, ApiMetrics};
 use crate::body::{Body, BoxError, FileRange};
 
 /// What the access log line says about a request besides the body's own numbers.
@@ -45,6 +47,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Body,
         line: LogLine,
+        metrics: Arc<ApiMetrics>,
         bytes: u64,
         failed: bool,
     }
@@ -54,14 +57,9 @@ pin_project_lite::pin_project! {
             let this = this.project();
             let l = &this.line;
             let complete = !*this.failed;
-            let route = crate::metrics::route_class(&l.path);
-            let m = &crate::metrics::METRICS;
-            m.requests
-                .get_or_create(&crate::metrics::RouteLabels { route, status: l.status })
-                .inc();
-            m.response_bytes
-                .get_or_create(&crate::metrics::RouteOnly { route })
-                .inc_by(*this.bytes);
+            let route = route_class(&l.path);
+            this.metrics.request(route, l.status);
+            this.metrics.response_bytes(route, *this.bytes);
             tracing::info!(
                 method = %l.method,
                 path = %l.path,
@@ -79,10 +77,11 @@ pin_project_lite::pin_project! {
 }
 
 impl Logged {
-    pub fn new(inner: Body, line: LogLine) -> Logged {
+    pub fn new(inner: Body, line: LogLine, metrics: Arc<ApiMetrics>) -> Logged {
         Logged {
             inner,
             line,
+            metrics,
             bytes: 0,
             failed: false,
         }
@@ -134,4 +133,3 @@ impl http_body::Body for Logged {
         self.inner.size_hint()
     }
 }
-

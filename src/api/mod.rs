@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod error;
+pub mod metrics;
 pub mod route;
 mod token;
 
@@ -21,19 +22,20 @@ use crate::audit::{AuditLog, PullRecord};
 use crate::auth;
 use crate::auth::ratelimit::{Limiter, LoginThrottle};
 use crate::auth::token::Issuer;
+use crate::body::{self as rbody, Body};
 use crate::config::{Config, Live};
 use crate::error::Error;
 use crate::oci::repo::RepoPath;
 use crate::registry::{ByteRange, Fetched, Registry, Target};
-use crate::body::{self as rbody, Body};
 use body::{LogLine, Logged, Who};
 use route::Route;
 
 pub struct Api {
     pub config: Arc<Live>,
     pub registry: Registry,
-    /// The admin edge's handle: answers probes here when there is no admin listener.
-    pub admin: Arc<crate::admin::Admin>,
+    /// The admin edge's probe handle: answers probes here when there is no admin listener.
+    pub probes: Arc<crate::admin::Probes>,
+    pub metrics: Arc<metrics::ApiMetrics>,
     pub tokens: Issuer,
     limiter: Limiter,
     logins: LoginThrottle,
@@ -58,10 +60,19 @@ pub enum BuildError {
 const MAX_FORM: usize = 64 * 1024;
 
 impl Api {
-    /// Opens the cache, the token key and the audit log and builds the service; call inside
-    /// the runtime (eviction runs as a background task).
-    pub fn new(config: Config) -> Result<Api, BuildError> {
-        let cache = crate::cache::Cache::open(&config.cache)?;
+    /// Opens the cache, the token key and the audit log and builds the service, registering
+    /// each component's metric families into `registry`; call inside the runtime (eviction
+    /// runs as a background task).
+    pub fn new(
+        config: Config,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<Api, BuildError> {
+        let api_metrics = Arc::new(metrics::ApiMetrics::register(registry));
+        let upstream = crate::upstream::Client::with_metrics(
+            crate::upstream::UpstreamMetrics::register(registry),
+        );
+        let cache_metrics = crate::cache::CacheMetrics::register(registry);
+        let cache = crate::cache::Cache::open(&config.cache, cache_metrics)?;
         cache.start_evictor();
         let tokens = Issuer::load_or_create(&config.auth.token_key_file, config.auth.token_ttl)?;
         let audit = match &config.auth.audit_log {
@@ -72,16 +83,17 @@ impl Api {
             None => None,
         };
         let config = Arc::new(Live::new(config));
-        let registry = Registry::new(cache);
-        let admin = Arc::new(crate::admin::Admin {
+        let registry = Registry::new(cache, upstream);
+        let probes = Arc::new(crate::admin::Probes {
             config: config.clone(),
-            cache: registry.cache().clone(),
+            blobs: registry.cache().storage.blobs.clone(),
             upstream: registry.upstream_client().clone(),
         });
         Ok(Api {
             config,
             registry,
-            admin,
+            probes,
+            metrics: api_metrics,
             tokens,
             limiter: Limiter::default(),
             logins: LoginThrottle::default(),
@@ -132,6 +144,7 @@ impl Api {
                     remote: remote.to_string(),
                     start,
                 },
+                self.metrics.clone(),
             )
         })
     }
@@ -161,7 +174,7 @@ impl Api {
             };
             let mut req = req;
             *req.uri_mut() = http::Uri::from_static(probe);
-            return Ok(crate::admin::handle(&self.admin, req).await);
+            return Ok(crate::admin::probe(&self.probes, req).await);
         }
         if !path.starts_with("/v2") {
             return Err(Error::NameUnknown("not a registry path".into()));
@@ -223,12 +236,7 @@ impl Api {
                     .manifest(&target, &reference, accept.as_deref(), head)
                     .await?;
                 if !head {
-                    crate::metrics::METRICS
-                        .pulls
-                        .get_or_create(&crate::metrics::AppLabels {
-                            app: repo.app.clone(),
-                        })
-                        .inc();
+                    self.metrics.pull(&repo.app);
                     if let Some(log) = &self.audit {
                         log.record(&PullRecord {
                             time: PullRecord::now_rfc3339(),

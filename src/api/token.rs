@@ -10,9 +10,9 @@ use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 
 use super::body::Who;
-use crate::body::{self, Body, BoxError};
 use super::{Api, MAX_FORM};
 use crate::auth;
+use crate::body::{self, Body, BoxError};
 use crate::config::Config;
 use crate::error::Error;
 use crate::oci::scope;

@@ -18,7 +18,6 @@ use crate::cache::manifest::{self, StoredManifest};
 use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
 use crate::config::Upstream;
 use crate::error::{Error, Result};
-use crate::metrics::METRICS;
 use crate::oci::digest::Algorithm;
 use crate::oci::media::{self, accepts, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
 use crate::oci::repo::Reference;
@@ -144,9 +143,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(cache: Cache) -> Registry {
+    pub fn new(cache: Cache, upstream: upstream::Client) -> Registry {
         Registry {
-            upstream: Arc::new(upstream::Client::new()),
+            upstream: Arc::new(upstream),
             cache: Arc::new(cache),
         }
     }
@@ -210,14 +209,14 @@ impl Registry {
         let ds = d.to_string();
         if t.linked(&self.cache, d).await {
             if let Some(m) = self.cache.manifests.get(d).await {
-                METRICS.cache_hit("manifest");
+                self.cache.metrics.hit("manifest");
                 return Ok(stored_manifest(&m, d, head));
             }
         }
         if t.offline {
             return Err(Error::Offline(format!("{}@{ds}", t.public_name)));
         }
-        METRICS.cache_miss("manifest");
+        self.cache.metrics.miss("manifest");
         if head {
             return self.head_manifest(t, &ds, Some(d), accept).await;
         }
@@ -246,7 +245,7 @@ impl Registry {
         let what = format!("{}:{tag}", t.public_name);
         if let Some((e, m)) = &cached {
             if t.offline || e.age(SystemTime::now()) < t.tag_ttl {
-                METRICS.cache_hit("manifest");
+                self.cache.metrics.hit("manifest");
                 return Ok(stored_manifest(m, &e.digest, head));
             }
             match self.head_manifest(t, tag, None, accept).await {
@@ -254,7 +253,7 @@ impl Registry {
                     let mut fresh = e.clone();
                     fresh.checked_ms = manifest::now_ms();
                     self.cache.tags.put(&key, fresh).await;
-                    METRICS.cache_hit("manifest");
+                    self.cache.metrics.hit("manifest");
                     return Ok(stored_manifest(m, &e.digest, head));
                 }
                 Ok(_) => {}
@@ -273,7 +272,7 @@ impl Registry {
             }
             return Err(Error::Offline(what));
         }
-        METRICS.cache_miss("manifest");
+        self.cache.metrics.miss("manifest");
         if head && cached.is_none() {
             return match self.head_manifest(t, tag, None, accept).await {
                 Err(err) if err.is_transient() => {
@@ -328,7 +327,7 @@ impl Registry {
                 continue;
             }
             if let Some(m) = self.cache.manifests.get(&e.digest).await {
-                METRICS.cache_hit("manifest");
+                self.cache.metrics.hit("manifest");
                 tracing::info!(upstream = %t.upstream.name, image = %format!("{}:{tag}", t.public_name),
                     digest = %e.digest, "serving a stored tag answer recorded for another Accept set");
                 return Some(stored_manifest(&m, &e.digest, head));
@@ -346,7 +345,7 @@ impl Registry {
         digest: &Digest,
         head: bool,
     ) -> Fetched {
-        METRICS.stale_serve();
+        self.cache.metrics.stale_serve();
         tracing::warn!(upstream = %t.upstream.name, image = %what, error = %err,
             "upstream unavailable: serving the last known manifest");
         stored_manifest(m, digest, head)
@@ -473,14 +472,14 @@ impl Registry {
                 self.confirm_blob(t, digest).await?;
             }
             if let Some(opened) = self.cache.blobs.open(digest).await {
-                METRICS.cache_hit("blob");
+                self.cache.metrics.hit("blob");
                 return cached_blob(&self.cache, digest, opened, range, head);
             }
         }
         if t.offline {
             return Err(Error::Offline(format!("{}@{ds}", t.public_name)));
         }
-        METRICS.cache_miss("blob");
+        self.cache.metrics.miss("blob");
         if head || range.is_some() || !cacheable {
             return self.blob_pass_through(t, digest, range, head).await;
         }
@@ -539,7 +538,7 @@ impl Registry {
     /// Fetches the blob in a task of its own, so a client that disconnects does not stop
     /// the fill other clients (and the cache) are waiting for.
     fn spawn_fill(&self, t: &Target, digest: Digest, mut w: blob::FillWriter) {
-        METRICS.fill_started();
+        self.cache.metrics.fill_started();
         let client = self.upstream.clone();
         let cache = self.cache.clone();
         let up = t.upstream.clone();

@@ -29,7 +29,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: watch::Receiv
             continue;
         };
         let admin = admin.clone();
-        let timeouts = super::timeouts(&admin.config.current());
+        let timeouts = super::timeouts(&admin.probes.config.current());
         let closing = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;

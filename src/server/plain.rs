@@ -27,8 +27,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use crate::api::body::Logged;
-use crate::body::FileRange;
 use crate::api::Api;
+use crate::body::FileRange;
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
