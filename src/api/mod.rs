@@ -22,7 +22,7 @@ use crate::audit::{AuditLog, PullRecord};
 use crate::auth;
 use crate::auth::ratelimit::{Limiter, LoginThrottle};
 use crate::auth::token::Issuer;
-use crate::body::{self as rbody, Body};
+use crate::body::{Body, BoxError};
 use crate::config::{Config, Live};
 use crate::error::Error;
 use crate::oci::repo::RepoPath;
@@ -105,7 +105,7 @@ impl Api {
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>, remote: SocketAddr) -> Response<Logged>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send,
-        B::Error: Into<rbody::BoxError> + std::fmt::Display,
+        B::Error: Into<BoxError> + std::fmt::Display,
     {
         let start = Instant::now();
         let config = self.config.current();
@@ -158,7 +158,7 @@ impl Api {
     ) -> Result<Response<Body>, Error>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send,
-        B::Error: Into<rbody::BoxError> + std::fmt::Display,
+        B::Error: Into<BoxError> + std::fmt::Display,
     {
         let path = req.uri().path();
         if path == "/token" {
@@ -376,7 +376,7 @@ fn tag_query(query: Option<&str>) -> Result<(Option<u32>, Option<String>), Error
 }
 
 fn json_response(body: &'static [u8]) -> Response<Body> {
-    let mut r = Response::new(rbody::full(body));
+    let mut r = Response::new(crate::body::full(body));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut()
