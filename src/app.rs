@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::{api, server};
+use crate::{admin, api, server};
 
 /// Why `berth serve` could not start; each names the config key or resource at fault.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let config_webhook = config.server.webhook_listen;
     // Everything the service needs (cache index, token key, audit log) is ready before the
     // port opens: a client that can connect can be served.
-    let api = Arc::new(api::Api::new(config)?);
+    // One metrics registry for the process: each component registers its families as it
+    // is built; the admin listener renders it.
+    let mut metrics = prometheus_client::registry::Registry::with_prefix("berth");
+    let api = Arc::new(api::Api::new(config, &mut metrics)?);
+    let admin_edge = Arc::new(admin::Admin {
+        probes: api.probes.clone(),
+        metrics: Arc::new(metrics),
+    });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
@@ -94,7 +101,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     let admin_task = admin.map(|(a, l)| {
         tracing::info!(admin = %a, "admin listener: /metrics /healthz /readyz");
-        tokio::spawn(server::admin::serve(api.clone(), l, stop_rx.clone()))
+        tokio::spawn(server::admin::serve(admin_edge, l, stop_rx.clone()))
     });
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;

@@ -1,18 +1,18 @@
 //! berth: a license-gated pull-through caching registry proxy and image rewriter.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod airgap;
 pub mod api;
 mod app;
 pub mod audit;
 pub mod auth;
+pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod health;
 pub mod logging;
-pub mod metrics;
 pub mod oci;
 pub mod pin;
 pub mod registry;

@@ -4,7 +4,7 @@
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
-use super::body::{full, Body};
+use crate::body::{full, Body};
 use crate::error::Error;
 
 pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod error;
+pub mod metrics;
 pub mod route;
 mod token;
 
@@ -21,16 +22,20 @@ use crate::audit::{AuditLog, PullRecord};
 use crate::auth;
 use crate::auth::ratelimit::{Limiter, LoginThrottle};
 use crate::auth::token::Issuer;
+use crate::body::{Body, BoxError};
 use crate::config::{Config, Live};
 use crate::error::Error;
 use crate::oci::repo::RepoPath;
 use crate::registry::{ByteRange, Fetched, Registry, Target};
-use body::{Body, LogLine, Logged, Who};
+use body::{LogLine, Logged, Who};
 use route::Route;
 
 pub struct Api {
-    pub config: Live,
+    pub config: Arc<Live>,
     pub registry: Registry,
+    /// The admin edge's probe handle: answers probes here when there is no admin listener.
+    pub probes: Arc<crate::admin::Probes>,
+    pub metrics: Arc<metrics::ApiMetrics>,
     pub tokens: Issuer,
     limiter: Limiter,
     logins: LoginThrottle,
@@ -55,10 +60,19 @@ pub enum BuildError {
 const MAX_FORM: usize = 64 * 1024;
 
 impl Api {
-    /// Opens the cache, the token key and the audit log and builds the service; call inside
-    /// the runtime (eviction runs as a background task).
-    pub fn new(config: Config) -> Result<Api, BuildError> {
-        let cache = crate::cache::Cache::open(&config.cache)?;
+    /// Opens the cache, the token key and the audit log and builds the service, registering
+    /// each component's metric families into `registry`; call inside the runtime (eviction
+    /// runs as a background task).
+    pub fn new(
+        config: Config,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<Api, BuildError> {
+        let api_metrics = Arc::new(metrics::ApiMetrics::register(registry));
+        let upstream = crate::upstream::Client::with_metrics(
+            crate::upstream::UpstreamMetrics::register(registry),
+        );
+        let cache_metrics = crate::cache::CacheMetrics::register(registry);
+        let cache = crate::cache::Cache::open(&config.cache, cache_metrics)?;
         cache.start_evictor();
         let tokens = Issuer::load_or_create(&config.auth.token_key_file, config.auth.token_ttl)?;
         let audit = match &config.auth.audit_log {
@@ -68,9 +82,18 @@ impl Api {
             })?),
             None => None,
         };
+        let config = Arc::new(Live::new(config));
+        let registry = Registry::new(cache, upstream);
+        let probes = Arc::new(crate::admin::Probes {
+            config: config.clone(),
+            blobs: registry.cache().storage.blobs.clone(),
+            upstream: registry.upstream_client().clone(),
+        });
         Ok(Api {
-            config: Live::new(config),
-            registry: Registry::new(cache),
+            config,
+            registry,
+            probes,
+            metrics: api_metrics,
             tokens,
             limiter: Limiter::default(),
             logins: LoginThrottle::default(),
@@ -82,7 +105,7 @@ impl Api {
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>, remote: SocketAddr) -> Response<Logged>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send,
-        B::Error: Into<body::BoxError> + std::fmt::Display,
+        B::Error: Into<BoxError> + std::fmt::Display,
     {
         let start = Instant::now();
         let config = self.config.current();
@@ -121,6 +144,7 @@ impl Api {
                     remote: remote.to_string(),
                     start,
                 },
+                self.metrics.clone(),
             )
         })
     }
@@ -134,7 +158,7 @@ impl Api {
     ) -> Result<Response<Body>, Error>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send,
-        B::Error: Into<body::BoxError> + std::fmt::Display,
+        B::Error: Into<BoxError> + std::fmt::Display,
     {
         let path = req.uri().path();
         if path == "/token" {
@@ -150,7 +174,7 @@ impl Api {
             };
             let mut req = req;
             *req.uri_mut() = http::Uri::from_static(probe);
-            return Ok(crate::server::admin::handle(self, req).await);
+            return Ok(crate::admin::probe(&self.probes, req).await);
         }
         if !path.starts_with("/v2") {
             return Err(Error::NameUnknown("not a registry path".into()));
@@ -212,12 +236,7 @@ impl Api {
                     .manifest(&target, &reference, accept.as_deref(), head)
                     .await?;
                 if !head {
-                    crate::metrics::METRICS
-                        .pulls
-                        .get_or_create(&crate::metrics::AppLabels {
-                            app: repo.app.clone(),
-                        })
-                        .inc();
+                    self.metrics.pull(&repo.app);
                     if let Some(log) = &self.audit {
                         log.record(&PullRecord {
                             time: PullRecord::now_rfc3339(),
@@ -357,7 +376,7 @@ fn tag_query(query: Option<&str>) -> Result<(Option<u32>, Option<String>), Error
 }
 
 fn json_response(body: &'static [u8]) -> Response<Body> {
-    let mut r = Response::new(body::full(body));
+    let mut r = Response::new(crate::body::full(body));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut()

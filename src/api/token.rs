@@ -9,9 +9,10 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 
-use super::body::{self, Body, BoxError, Who};
+use super::body::Who;
 use super::{Api, MAX_FORM};
 use crate::auth;
+use crate::body::{self, Body, BoxError};
 use crate::config::Config;
 use crate::error::Error;
 use crate::oci::scope;

@@ -306,6 +306,7 @@ impl BlobStore {
         };
         let fill = Arc::new(Fill::new(staged));
         fills.insert(key.clone(), fill.clone());
+        self.index.metrics().set_fills_in_flight(fills.len());
         Begin::Leader(Box::new(FillWriter {
             store: self.clone(),
             fill,
@@ -322,10 +323,9 @@ impl BlobStore {
     }
 
     fn end_fill(&self, key: &FillKey) {
-        self.fills
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        let mut fills = self.fills.lock().unwrap_or_else(|e| e.into_inner());
+        fills.remove(key);
+        self.index.metrics().set_fills_in_flight(fills.len());
     }
 }
 
@@ -813,7 +813,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (fs, _) = crate::storage::fs::FsBackend::open(tmp.path()).unwrap();
         let fs = Arc::new(fs);
-        let s = Arc::new(BlobStore::new(fs.clone(), Arc::new(Index::new(None))));
+        let s = Arc::new(BlobStore::new(
+            fs.clone(),
+            Arc::new(Index::new(None, crate::cache::CacheMetrics::default())),
+        ));
         (s, Dir { _tmp: tmp, fs })
     }
 
@@ -1220,7 +1223,10 @@ mod tests {
     #[tokio::test]
     async fn a_backend_without_local_files_fills_and_serves_through_ranged_reads() {
         let mem = Arc::new(crate::storage::memory::MemoryBackend::default());
-        let s = Arc::new(BlobStore::new(mem.clone(), Arc::new(Index::new(None))));
+        let s = Arc::new(BlobStore::new(
+            mem.clone(),
+            Arc::new(Index::new(None, crate::cache::CacheMetrics::default())),
+        ));
         let data = blob(3 * READ_CHUNK + 1234);
         let d = Digest::sha256_of(&data);
         let mut w = leader(&s, &d);
@@ -1257,6 +1263,30 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(range, data[READ_CHUNK - 10..2 * READ_CHUNK + 10]);
+    }
+
+    /// `berth_cache_fills_in_flight` counts a fill from its start to its end, whether it
+    /// committed or was abandoned.
+    #[tokio::test]
+    async fn fills_in_flight_is_set_when_fills_start_and_end() {
+        use crate::cache::metrics::value_in;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = crate::cache::CacheMetrics::register(&mut registry);
+        let mem = Arc::new(crate::storage::memory::MemoryBackend::default());
+        let s = Arc::new(BlobStore::new(mem, Arc::new(Index::new(None, metrics))));
+        let in_flight = || value_in(&registry, "cache_fills_in_flight");
+        let (one, two) = (blob(1000), blob(2000));
+        let (d1, d2) = (Digest::sha256_of(&one), Digest::sha256_of(&two));
+        let mut w1 = leader(&s, &d1);
+        let w2 = leader(&s, &d2);
+        assert_eq!(in_flight(), 2.0);
+        w1.head(Some(one.len() as u64));
+        feed(&mut w1, &one, 0, one.len()).await;
+        w1.finish().await.unwrap();
+        assert_eq!(in_flight(), 1.0);
+        drop(w2);
+        assert_eq!(in_flight(), 0.0);
+        assert_eq!(value_in(&registry, "cache_blobs"), 1.0);
     }
 
     #[test]

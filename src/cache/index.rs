@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use super::CacheMetrics;
 use crate::storage::{layout, BlobBackend};
 
 #[derive(Debug)]
@@ -28,6 +29,7 @@ pub struct Index {
     inner: Mutex<Inner>,
     max: Option<u64>,
     wake: Notify,
+    metrics: CacheMetrics,
 }
 
 /// Holds a blob in place while a response reads it.
@@ -46,12 +48,24 @@ impl Drop for ReadGuard {
 }
 
 impl Index {
-    pub fn new(max: Option<u64>) -> Index {
+    pub fn new(max: Option<u64>, metrics: CacheMetrics) -> Index {
         Index {
             inner: Mutex::new(Inner::default()),
             max,
             wake: Notify::new(),
+            metrics,
         }
+    }
+
+    /// The families the blob store counts fills in (shared with the index's gauges).
+    pub fn metrics(&self) -> &CacheMetrics {
+        &self.metrics
+    }
+
+    /// Publishes the totals; called with the lock held, so gauges never go backwards in
+    /// time against the index.
+    fn publish(&self, g: &Inner) {
+        self.metrics.set_size(g.total, g.entries.len());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -80,6 +94,7 @@ impl Index {
             }
         }
         g.total += size;
+        self.publish(&g);
         let over = self.max.is_some_and(|m| g.total > m);
         drop(g);
         if over {
@@ -118,6 +133,7 @@ impl Index {
         let mut g = self.lock();
         if let Some(e) = g.entries.remove(hex) {
             g.total -= e.size;
+            self.publish(&g);
         }
     }
 
@@ -160,6 +176,7 @@ impl Index {
             g.total -= size;
             victims.push((hex, size));
         }
+        self.publish(&g);
         victims
     }
 
@@ -187,7 +204,7 @@ impl Index {
                     Err(e) => tracing::warn!(blob = %hex, error = %e, "evicting a blob failed"),
                 }
             }
-            crate::metrics::METRICS.evicted(n, bytes);
+            self.metrics.evicted(n, bytes);
             tracing::info!(
                 blobs = n,
                 bytes,
@@ -204,7 +221,7 @@ mod tests {
 
     #[test]
     fn evicts_lru_but_not_readers_or_pins() {
-        let idx = Arc::new(Index::new(Some(100)));
+        let idx = Arc::new(Index::new(Some(100), CacheMetrics::default()));
         idx.insert("a", 40, false);
         idx.insert("b", 40, false);
         idx.insert("p", 10, true);
@@ -228,5 +245,28 @@ mod tests {
         );
         drop(guard);
         assert!(idx.contains("a"));
+    }
+
+    /// The size and count gauges follow the index as it changes (nobody reads the index at
+    /// scrape time any more).
+    #[test]
+    fn the_gauges_follow_inserts_forgets_and_evictions() {
+        use crate::cache::metrics::value_in;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let idx = Index::new(Some(100), CacheMetrics::register(&mut registry));
+        let gauges = |r: &prometheus_client::registry::Registry| {
+            (value_in(r, "cache_size_bytes"), value_in(r, "cache_blobs"))
+        };
+        idx.insert("a", 40, false);
+        idx.insert("b", 40, false);
+        idx.insert("c", 40, false);
+        assert_eq!(gauges(&registry), (120.0, 3.0));
+        idx.forget("a");
+        assert_eq!(gauges(&registry), (80.0, 2.0));
+        idx.insert("d", 50, false);
+        assert_eq!(gauges(&registry), (130.0, 3.0));
+        // Over the cap: "b" goes, and 90 bytes in two blobs are left.
+        assert_eq!(idx.choose_victims().len(), 1);
+        assert_eq!(gauges(&registry), (90.0, 2.0));
     }
 }

@@ -7,6 +7,7 @@ pub mod blob;
 pub mod index;
 pub mod links;
 pub mod manifest;
+pub mod metrics;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use blob::{Begin, BlobStore, FillKey, Source};
 pub use index::Index;
 pub use links::Links;
 pub use manifest::{ManifestStore, TagEntry, TagKey, TagStore};
+pub use metrics::CacheMetrics;
 
 /// Kept here for the callers that name temp files outside the cache (airgap export).
 pub(crate) use crate::storage::fs::temp_name;
@@ -36,6 +38,8 @@ pub struct Cache {
     pub manifests: ManifestStore,
     pub tags: TagStore,
     pub links: Links,
+    /// `berth_cache_*`: counted by the registry service, gauges set by the index and fills.
+    pub metrics: CacheMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +67,7 @@ impl Cache {
     /// Opens (or creates) the cache directory: the filesystem backend removes what a crash
     /// left behind, and the blob index is rebuilt from what is stored. Only committed blobs
     /// count, and those were verified before they were committed.
-    pub fn open(cfg: &CacheConfig) -> Result<Cache, OpenError> {
+    pub fn open(cfg: &CacheConfig, metrics: CacheMetrics) -> Result<Cache, OpenError> {
         let dir = cfg.dir.clone();
         let (fs, recovered) =
             FsBackend::open(&dir).map_err(|(path, source)| OpenError { path, source })?;
@@ -93,13 +97,18 @@ impl Cache {
             &pins,
             &links_log,
             Some(lock),
+            metrics,
         ))
     }
 
     /// A cache on any storage backend (the in-memory one in tests; an object store next):
     /// the index is rebuilt from the backend's list of blobs. No local lock: `cache purge`
     /// is a tool for a cache directory.
-    pub async fn on(cfg: &CacheConfig, storage: Storage) -> Result<Cache, StorageError> {
+    pub async fn on(
+        cfg: &CacheConfig,
+        storage: Storage,
+        metrics: CacheMetrics,
+    ) -> Result<Cache, StorageError> {
         let found = storage.blobs.list().await?;
         let pins = match storage.objects.get(&ObjectKey::Pins).await {
             Ok(b) => b,
@@ -112,7 +121,7 @@ impl Cache {
             Err(e) => return Err(e),
         };
         Ok(Cache::assemble(
-            cfg, storage, found, &pins, &links_log, None,
+            cfg, storage, found, &pins, &links_log, None, metrics,
         ))
     }
 
@@ -123,8 +132,9 @@ impl Cache {
         pins: &[u8],
         links_log: &[u8],
         lock: Option<std::fs::File>,
+        metrics: CacheMetrics,
     ) -> Cache {
-        let index = Arc::new(Index::new(cfg.max_size));
+        let index = Arc::new(Index::new(cfg.max_size, metrics.clone()));
         let mut found: Vec<(std::time::SystemTime, String, u64)> = found
             .into_iter()
             .map(|(d, info)| (info.used, d.hex().to_string(), info.size))
@@ -151,6 +161,7 @@ impl Cache {
             storage,
             _lock: lock,
             dir: cfg.dir.clone(),
+            metrics,
         }
     }
 
@@ -253,7 +264,7 @@ mod tests {
     async fn pins_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = cfg(dir.path());
-        let c = Cache::open(&cfg).unwrap();
+        let c = Cache::open(&cfg, CacheMetrics::default()).unwrap();
         let a = put_blob(&c, b"aa").await;
         let b = put_blob(&c, b"bb").await;
         let objects = c.storage.objects.clone();
@@ -264,12 +275,12 @@ mod tests {
             objects.get(&ObjectKey::Pins).await.unwrap(),
             format!("{a}\n")
         );
-        let c = Cache::open(&cfg).unwrap();
+        let c = Cache::open(&cfg, CacheMetrics::default()).unwrap();
         assert!(c.blobs.index().is_pinned(&a));
         assert!(!c.blobs.index().is_pinned(&b));
         c.pin(std::slice::from_ref(&b)).await.unwrap();
         drop(c);
-        let c = Cache::open(&cfg).unwrap();
+        let c = Cache::open(&cfg, CacheMetrics::default()).unwrap();
         assert!(c.blobs.index().is_pinned(&b));
     }
 
@@ -279,7 +290,9 @@ mod tests {
     async fn a_cache_on_another_backend_keeps_blobs_pins_and_links() {
         let storage = Storage::memory();
         let cfg = cfg(Path::new("/nonexistent"));
-        let c = Cache::on(&cfg, storage.clone()).await.unwrap();
+        let c = Cache::on(&cfg, storage.clone(), CacheMetrics::default())
+            .await
+            .unwrap();
         let a = put_blob(&c, b"pinned").await;
         let b = put_blob(&c, b"linked").await;
         c.pin(std::slice::from_ref(&a)).await.unwrap();
@@ -289,7 +302,9 @@ mod tests {
         assert!(!c.blobs.is_cached(&d));
         assert!(c.has_blob(&d).await);
         drop(c);
-        let c = Cache::on(&cfg, storage).await.unwrap();
+        let c = Cache::on(&cfg, storage, CacheMetrics::default())
+            .await
+            .unwrap();
         assert_eq!(c.blobs.index().len(), 2);
         assert!(c.blobs.index().is_pinned(&a));
         assert!(!c.blobs.index().is_pinned(&b));
@@ -340,7 +355,7 @@ mod tests {
 
         let mut cfg = cfg(root);
         cfg.max_size = None;
-        let c = Cache::open(&cfg).unwrap();
+        let c = Cache::open(&cfg, CacheMetrics::default()).unwrap();
         assert!(c.has_blob(&bd).await);
         assert!(c.blobs.index().is_pinned(bd.hex()));
         let opened = c.blobs.open(&bd).await.expect("the blob is served");

@@ -13,12 +13,11 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::api::body::{self, Body};
+use crate::body::{self, Body};
 use crate::cache::manifest::{self, StoredManifest};
 use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
 use crate::config::Upstream;
 use crate::error::{Error, Result};
-use crate::metrics::METRICS;
 use crate::oci::digest::Algorithm;
 use crate::oci::media::{self, accepts, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
 use crate::oci::repo::Reference;
@@ -146,18 +145,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(cache: Cache) -> Registry {
+    pub fn new(cache: Cache, upstream: upstream::Client) -> Registry {
         Registry {
-            upstream: Arc::new(upstream::Client::new()),
+            upstream: Arc::new(upstream),
             cache: Arc::new(cache),
         }
     }
 
-    pub fn upstream_client(&self) -> &upstream::Client {
+    pub fn upstream_client(&self) -> &Arc<upstream::Client> {
         &self.upstream
     }
 
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
 
@@ -212,14 +211,14 @@ impl Registry {
         let ds = d.to_string();
         if t.linked(&self.cache, d).await {
             if let Some(m) = self.cache.manifests.get(d).await {
-                METRICS.cache_hit("manifest");
+                self.cache.metrics.hit("manifest");
                 return Ok(stored_manifest(&m, d, head));
             }
         }
         if t.offline {
             return Err(Error::Offline(format!("{}@{ds}", t.public_name)));
         }
-        METRICS.cache_miss("manifest");
+        self.cache.metrics.miss("manifest");
         if head {
             return self.head_manifest(t, &ds, Some(d), accept).await;
         }
@@ -248,7 +247,7 @@ impl Registry {
         let what = format!("{}:{tag}", t.public_name);
         if let Some((e, m)) = &cached {
             if t.offline || e.age(SystemTime::now()) < t.tag_ttl {
-                METRICS.cache_hit("manifest");
+                self.cache.metrics.hit("manifest");
                 return Ok(stored_manifest(m, &e.digest, head));
             }
             match self.head_manifest(t, tag, None, accept).await {
@@ -256,7 +255,7 @@ impl Registry {
                     let mut fresh = e.clone();
                     fresh.checked_ms = manifest::now_ms();
                     self.cache.tags.put(&key, fresh).await;
-                    METRICS.cache_hit("manifest");
+                    self.cache.metrics.hit("manifest");
                     return Ok(stored_manifest(m, &e.digest, head));
                 }
                 Ok(_) => {}
@@ -275,7 +274,7 @@ impl Registry {
             }
             return Err(Error::Offline(what));
         }
-        METRICS.cache_miss("manifest");
+        self.cache.metrics.miss("manifest");
         if head && cached.is_none() {
             return match self.head_manifest(t, tag, None, accept).await {
                 Err(err) if err.is_transient() => {
@@ -330,7 +329,7 @@ impl Registry {
                 continue;
             }
             if let Some(m) = self.cache.manifests.get(&e.digest).await {
-                METRICS.cache_hit("manifest");
+                self.cache.metrics.hit("manifest");
                 tracing::info!(upstream = %t.upstream.name, image = %format!("{}:{tag}", t.public_name),
                     digest = %e.digest, "serving a stored tag answer recorded for another Accept set");
                 return Some(stored_manifest(&m, &e.digest, head));
@@ -348,7 +347,7 @@ impl Registry {
         digest: &Digest,
         head: bool,
     ) -> Fetched {
-        METRICS.stale_serve();
+        self.cache.metrics.stale_serve();
         tracing::warn!(upstream = %t.upstream.name, image = %what, error = %err,
             "upstream unavailable: serving the last known manifest");
         stored_manifest(m, digest, head)
@@ -475,14 +474,14 @@ impl Registry {
                 self.confirm_blob(t, digest).await?;
             }
             if let Some(opened) = self.cache.blobs.open(digest).await {
-                METRICS.cache_hit("blob");
+                self.cache.metrics.hit("blob");
                 return cached_blob(&self.cache, digest, opened, range, head);
             }
         }
         if t.offline {
             return Err(Error::Offline(format!("{}@{ds}", t.public_name)));
         }
-        METRICS.cache_miss("blob");
+        self.cache.metrics.miss("blob");
         if head || range.is_some() || !cacheable {
             return self.blob_pass_through(t, digest, range, head).await;
         }
@@ -541,7 +540,7 @@ impl Registry {
     /// Fetches the blob in a task of its own, so a client that disconnects does not stop
     /// the fill other clients (and the cache) are waiting for.
     fn spawn_fill(&self, t: &Target, digest: Digest, mut w: blob::FillWriter) {
-        METRICS.fill_started();
+        self.cache.metrics.fill_started();
         let client = self.upstream.clone();
         let cache = self.cache.clone();
         let up = t.upstream.clone();

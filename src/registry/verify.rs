@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use sha2::{Digest as _, Sha256};
 
-use crate::api::body::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use crate::oci::Digest;
 
 pin_project_lite::pin_project! {
@@ -129,7 +129,7 @@ impl http_body::Body for Verified {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::body::full;
+    use crate::body::full;
     use http_body_util::BodyExt;
 
     #[tokio::test]
@@ -144,7 +144,7 @@ mod tests {
         tx.send(Ok(Bytes::from_static(b"lO"))).await.unwrap();
         drop(tx);
         let mut v = Verified::new(
-            crate::api::body::from_channel(rx),
+            crate::body::from_channel(rx),
             Digest::sha256_of(b"hello"),
             Some(5),
         );

@@ -174,7 +174,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let closing = closing.subscribe();
         let readers = readers.clone();
-        let timeouts = timeouts(&api);
+        let timeouts = timeouts(&api.config.current());
         tokio::spawn(async move {
             let _permit = permit;
             let _watcher = watcher;
@@ -213,8 +213,7 @@ pub async fn serve(
 }
 
 /// The `server.*` timeouts as they are now; a connection keeps them for its life.
-pub(crate) fn timeouts(api: &Api) -> plain::Timeouts {
-    let c = api.config.current();
+pub(crate) fn timeouts(c: &crate::config::Config) -> plain::Timeouts {
     plain::Timeouts {
         idle: c.server.idle_timeout,
         head: c.server.header_timeout,

@@ -26,8 +26,9 @@ use tokio::sync::watch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::api::body::{FileRange, Logged};
+use crate::api::body::Logged;
 use crate::api::Api;
+use crate::body::FileRange;
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;

@@ -18,8 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use super::{accept, serve_hyper, timeouts, Limit, Throttled, HANDSHAKE_TIMEOUT};
-use crate::api::body::{full, Body};
 use crate::api::Api;
+use crate::body::{full, Body};
 use crate::error::Error;
 
 /// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
@@ -103,7 +103,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (api, acceptor, reviews, closing) =
             (api.clone(), acceptor.clone(), reviews.clone(), stop.clone());
-        let timeouts = timeouts(&api);
+        let timeouts = timeouts(&api.config.current());
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -147,13 +147,7 @@ async fn handle(
             let status = r.status().as_u16();
             tracing::debug!(%remote, status, elapsed = ?start.elapsed(), "admission review");
             // Counted as before, when reviews came through the customer port's access log.
-            crate::metrics::METRICS
-                .requests
-                .get_or_create(&crate::metrics::RouteLabels {
-                    route: "admission",
-                    status,
-                })
-                .inc();
+            api.metrics.request("admission", status);
             r
         }
         (_, "/admission/rewrite") => {

@@ -9,6 +9,7 @@
 
 pub mod challenge;
 pub mod credentials;
+mod metrics;
 pub mod probe;
 pub mod sigv4;
 mod stall;
@@ -32,6 +33,7 @@ use crate::settings::Secret;
 use crate::tenancy::{Upstream, UpstreamAuth};
 use credentials::{ecr, CredentialSource};
 
+pub use metrics::UpstreamMetrics;
 pub use stall::{Stall, UpstreamStalled};
 pub use token::Token;
 
@@ -127,6 +129,7 @@ pub struct Client {
     /// Last `ratelimit-remaining` seen per upstream (Docker Hub's pull quota).
     ratelimits: Mutex<HashMap<String, u64>>,
     clock: ecr::Clock,
+    metrics: UpstreamMetrics,
 }
 
 /// HTTPS (webpki roots, ring) or plain HTTP, HTTP/1.1 and HTTP/2, over `http`: the one
@@ -154,7 +157,13 @@ impl Default for Client {
 }
 
 impl Client {
+    /// A client whose metrics are registered nowhere (tools: export, pin, `upstream test`).
     pub fn new() -> Client {
+        Client::with_metrics(UpstreamMetrics::default())
+    }
+
+    /// A client that counts its requests, latencies, token fetches and quota in `metrics`.
+    pub fn with_metrics(metrics: UpstreamMetrics) -> Client {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         let https = https_connector(http, CONNECT_TIMEOUT);
@@ -164,11 +173,12 @@ impl Client {
         let clock: ecr::Clock = Arc::new(SystemTime::now);
         Client {
             http,
-            tokens: token::TokenCache::new(),
+            tokens: token::TokenCache::new(metrics.token_fetches.clone()),
             ecr: ecr::EcrTokens::new(clock.clone()),
             schemes: Mutex::new(HashMap::new()),
             ratelimits: Mutex::new(HashMap::new()),
             clock,
+            metrics,
         }
     }
 
@@ -187,12 +197,7 @@ impl Client {
         let Some(remaining) = ratelimit_value(headers, "ratelimit-remaining") else {
             return;
         };
-        crate::metrics::METRICS
-            .ratelimit_remaining
-            .get_or_create(&crate::metrics::UpstreamOnly {
-                upstream: up.name.clone(),
-            })
-            .set(remaining.min(i64::MAX as u64) as i64);
+        self.metrics.ratelimit_remaining(&up.name, remaining);
         let limit = ratelimit_value(headers, "ratelimit-limit");
         let previous = self
             .ratelimits
@@ -251,7 +256,7 @@ impl Client {
                 Err(UpstreamError::RedirectRefused { .. }) => "redirect_refused".to_string(),
                 Err(_) => "error".to_string(),
             };
-            crate::metrics::METRICS.observe_upstream(&up.name, &status, started.elapsed());
+            self.metrics.observe(&up.name, &status, started.elapsed());
             let answer = sent?;
             if answer.resp.status() != StatusCode::UNAUTHORIZED {
                 // A CDN's headers say nothing about the registry's pull quota.

@@ -3,6 +3,10 @@
 //! The realm is one the upstream's own origin named (checked by `check_realm`); its
 //! redirects are never followed, since the request carries the stored password.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use super::metrics::UpstreamOnly;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,11 +56,14 @@ impl moka::Expiry<Key, Arc<Token>> for Expiry {
 
 pub(super) struct TokenCache {
     cache: moka::future::Cache<Key, Arc<Token>>,
+    /// `berth_upstream_token_fetches`: one per request to a realm.
+    fetches: Family<UpstreamOnly, Counter>,
 }
 
 impl TokenCache {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(fetches: Family<UpstreamOnly, Counter>) -> Self {
         TokenCache {
+            fetches,
             cache: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .expire_after(Expiry)
@@ -101,7 +108,7 @@ impl TokenCache {
         };
         self.cache
             .try_get_with(key, async {
-                fetch(up, http, login, realm, service, scope)
+                fetch(up, http, login, realm, service, scope, &self.fetches)
                     .await
                     .map(Arc::new)
             })
@@ -118,6 +125,7 @@ async fn fetch(
     realm: &str,
     service: Option<&str>,
     scope: &str,
+    fetches: &Family<UpstreamOnly, Counter>,
 ) -> Result<Token, UpstreamError> {
     let query = {
         let mut q = form_urlencoded::Serializer::new(String::new());
@@ -144,9 +152,8 @@ async fn fetch(
     let req = req
         .body(Full::new(Bytes::new()))
         .map_err(|_| UpstreamError::Token("cannot form the token request".into()))?;
-    crate::metrics::METRICS
-        .token_fetches
-        .get_or_create(&crate::metrics::UpstreamOnly {
+    fetches
+        .get_or_create(&UpstreamOnly {
             upstream: up.name.clone(),
         })
         .inc();

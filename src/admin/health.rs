@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::api::Api;
+use super::Probes;
 use crate::storage::{BlobBackend, StorageError};
 
 /// Why the cache cannot take writes, if it cannot (a probe write, free space and inodes:
@@ -22,10 +22,10 @@ async fn cache_problem(blobs: &dyn BlobBackend) -> Option<String> {
 }
 
 /// Readiness with the reason for each check; `ready` is false when any check failed.
-pub async fn readiness(api: &Api, check_upstreams: bool) -> (bool, Value) {
-    let config = api.config.current();
+pub async fn readiness(probes: &Probes, check_upstreams: bool) -> (bool, Value) {
+    let config = probes.config.current();
     let mut ready = true;
-    let cache = match cache_problem(&*api.registry.cache().storage.blobs).await {
+    let cache = match cache_problem(&*probes.blobs).await {
         None => json!("ok"),
         Some(why) => {
             ready = false;
@@ -39,7 +39,7 @@ pub async fn readiness(api: &Api, check_upstreams: bool) -> (bool, Value) {
             let scope = "";
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
-                api.registry.upstream_client().authenticate(up, scope),
+                probes.upstream.authenticate(up, scope),
             )
             .await;
             let v = match r {
