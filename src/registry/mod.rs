@@ -173,6 +173,7 @@ impl Registry {
             query,
             headers,
             scope: t.scope(),
+            ..Default::default()
         };
         self.upstream
             .fetch(&t.upstream, &req)
@@ -551,6 +552,7 @@ impl Registry {
             query: None,
             headers: HeaderMap::new(),
             scope: t.scope(),
+            ..Default::default()
         };
         tokio::spawn(async move {
             let resp = match client.fetch(&up, &req).await {

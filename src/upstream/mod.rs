@@ -7,8 +7,10 @@
 //! Provider specifics (ECR's authorization tokens) live in submodules.
 
 pub mod challenge;
+pub mod distribution;
 pub mod ecr;
 pub mod probe;
+pub mod push;
 pub mod sigv4;
 mod stall;
 mod token;
@@ -41,16 +43,35 @@ type HttpClient =
     hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One request to an upstream registry, relative to its base URL.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Request {
     pub method: Method,
-    /// Path starting with `/v2/`.
+    /// Path starting with `/v2/`, appended to the base URL; or a `Location` the upstream
+    /// gave (an upload URL), resolved against the base URL, possibly on another origin
+    /// (which then gets no credentials, like a redirect target).
     pub path: String,
     pub query: Option<String>,
-    /// Headers forwarded as they are (`Accept`, `Range`).
+    /// Headers forwarded as they are (`Accept`, `Range`, `Content-Type`).
     pub headers: HeaderMap,
-    /// Token scope, e.g. `repository:acme/api:pull`.
+    /// Token scope, e.g. `repository:acme/api:pull`; several are separated by spaces
+    /// (a cross-repository mount asks for push here and pull there in one token).
     pub scope: String,
+    /// Sent with the request (push uploads); empty for pulls.
+    pub body: Bytes,
+    /// Return a redirect to the caller instead of following it: a push reads the
+    /// registry's answers (upload `Location`s) itself and never resends a body elsewhere.
+    pub redirects_to_caller: bool,
+}
+
+impl Request {
+    pub fn new(method: Method, path: impl Into<String>, scope: impl Into<String>) -> Request {
+        Request {
+            method,
+            path: path.into(),
+            scope: scope.into(),
+            ..Request::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,12 +94,62 @@ pub enum UpstreamError {
     RedirectRefused { target: String, status: StatusCode },
     #[error("{0}")]
     Protocol(String),
+    /// The upstream answered, but not with what the operation wants (404, 429, 5xx …).
+    /// The headers a caller maps it with travel along.
+    #[error("the upstream answered {status}")]
+    Status {
+        status: StatusCode,
+        retry_after: Option<String>,
+        content_range: Option<String>,
+    },
+    /// A body went silent for longer than the upstream's timeout (`Stall`).
+    #[error("the upstream stalled for {0:?}")]
+    Stalled(Duration),
+    /// A body (manifest, tag list, index) larger than berth reads into memory.
+    #[error("{what} larger than {limit} bytes")]
+    TooLarge { what: String, limit: usize },
+    /// The connection broke while a body was read.
+    #[error("reading the {what} failed: {reason}")]
+    Body { what: String, reason: String },
+    /// Content that does not hash to the digest it was asked for by.
+    #[error("{what}: content is {got}, not {expected}")]
+    Mismatch {
+        what: String,
+        expected: String,
+        got: String,
+    },
 }
 
 impl UpstreamError {
+    /// Whether another attempt may succeed: network trouble (cannot connect, no answer,
+    /// a stalled or broken body) and the upstream's own "later" answers (5xx, 429). A
+    /// refusal, a 404, a protocol violation or wrong content stays wrong on a retry.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_)
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Stalled(_)
+            | UpstreamError::Body { .. } => true,
+            UpstreamError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            UpstreamError::Unauthorized
+            | UpstreamError::Token(_)
+            | UpstreamError::Redirects
+            | UpstreamError::RedirectRefused { .. }
+            | UpstreamError::Protocol(_)
+            | UpstreamError::TooLarge { .. }
+            | UpstreamError::Mismatch { .. } => false,
+        }
+    }
+
     pub fn into_error(self, upstream: &str) -> Error {
         match self {
             UpstreamError::Timeout(after) => Error::UpstreamTimeout {
+                upstream: upstream.to_string(),
+                after,
+            },
+            UpstreamError::Stalled(after) => Error::UpstreamTimeout {
                 upstream: upstream.to_string(),
                 after,
             },
@@ -86,6 +157,17 @@ impl UpstreamError {
                 upstream: upstream.to_string(),
                 reason: format!("cannot connect: {reason}"),
             },
+            UpstreamError::Status { status, .. } if status.is_server_error() => {
+                Error::UpstreamUnavailable {
+                    upstream: upstream.to_string(),
+                    reason: format!("the upstream answered {status}"),
+                }
+            }
+            UpstreamError::Status {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                retry_after,
+                ..
+            } => Error::TooManyRequests { retry_after },
             other => Error::Upstream {
                 upstream: upstream.to_string(),
                 reason: other.to_string(),
@@ -296,13 +378,7 @@ impl Client {
         if self.scheme(up).is_some() {
             return Ok(());
         }
-        let req = Request {
-            method: Method::GET,
-            path: "/v2/".into(),
-            query: None,
-            headers: HeaderMap::new(),
-            scope: String::new(),
-        };
+        let req = Request::new(Method::GET, "/v2/", "");
         let answer = self.send_following(up, &req, None).await?;
         if answer.resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(s) = answer.challenge() {
@@ -324,13 +400,7 @@ impl Client {
 
     /// Whether a token or Basic header is ready for this upstream (for `upstream test`).
     pub async fn authenticate(&self, up: &Upstream, scope: &str) -> Result<(), UpstreamError> {
-        let req = Request {
-            method: Method::GET,
-            path: "/v2/".into(),
-            query: None,
-            headers: HeaderMap::new(),
-            scope: scope.to_string(),
-        };
+        let req = Request::new(Method::GET, "/v2/", scope);
         let resp = self.fetch(up, &req).await?;
         if resp.status().is_success() {
             Ok(())
@@ -411,15 +481,28 @@ impl Client {
         req: &Request,
         auth: Option<&HeaderValue>,
     ) -> Result<Answer, UpstreamError> {
-        let target = match &req.query {
-            Some(q) => format!("{}{}?{}", up.base_url, req.path, q),
-            None => format!("{}{}", up.base_url, req.path),
+        let invalid = || UpstreamError::Protocol("cannot form the upstream URL".into());
+        let base: Uri = up.base_url.parse().map_err(|_| invalid())?;
+        let home = Origin::of(&base);
+        let mut uri: Uri = if req.path.starts_with("/v2/") || req.path == "/v2" {
+            let target = match &req.query {
+                Some(q) => format!("{}{}?{}", up.base_url, req.path, q),
+                None => format!("{}{}", up.base_url, req.path),
+            };
+            target.parse().map_err(|_| invalid())?
+        } else {
+            // A `Location` the upstream gave: resolved, not concatenated, so `base` +
+            // `.evil.example/x` cannot become another host.
+            let target = match &req.query {
+                Some(q) if req.path.contains('?') => format!("{}&{q}", req.path),
+                Some(q) => format!("{}?{q}", req.path),
+                None => req.path.clone(),
+            };
+            let root: Uri = format!("{}/", up.base_url).parse().map_err(|_| invalid())?;
+            resolve(&root, &target).ok_or_else(invalid)?
         };
-        let mut uri: Uri = target
-            .parse()
-            .map_err(|_| UpstreamError::Protocol("cannot form the upstream URL".into()))?;
-        let home = Origin::of(&uri);
         let mut method = req.method.clone();
+        let mut body = req.body.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut builder = http::Request::builder()
                 .method(method.clone())
@@ -437,10 +520,13 @@ impl Client {
                 }
             }
             let request = builder
-                .body(Full::new(Bytes::new()))
+                .body(Full::new(body.clone()))
                 .map_err(|_| UpstreamError::Protocol("cannot form the upstream request".into()))?;
             let resp = send(&self.http, request, up.timeout).await?;
-            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+            if !resp.status().is_redirection()
+                || resp.status() == StatusCode::NOT_MODIFIED
+                || req.redirects_to_caller
+            {
                 let status = resp.status();
                 if !own_origin
                     && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
@@ -463,6 +549,7 @@ impl Client {
                 .ok_or_else(|| UpstreamError::Protocol("redirect to an invalid location".into()))?;
             if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
                 method = Method::GET;
+                body = Bytes::new();
             }
             tracing::debug!(upstream = %up.name, to = %Origin::of(&uri).authority(), "following redirect");
         }

@@ -118,8 +118,10 @@ async fn fetch(
         if let Some(s) = service {
             q.append_pair("service", s);
         }
-        if !scope.is_empty() {
-            q.append_pair("scope", scope);
+        // Several scopes (a push that mounts from another repository) go as several
+        // `scope` parameters, as the token spec has it.
+        for one in scope.split(' ').filter(|s| !s.is_empty()) {
+            q.append_pair("scope", one);
         }
         q.finish()
     };
