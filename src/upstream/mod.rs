@@ -481,26 +481,8 @@ impl Client {
         req: &Request,
         auth: Option<&HeaderValue>,
     ) -> Result<Answer, UpstreamError> {
-        let invalid = || UpstreamError::Protocol("cannot form the upstream URL".into());
-        let base: Uri = up.base_url.parse().map_err(|_| invalid())?;
-        let home = Origin::of(&base);
-        let mut uri: Uri = if req.path.starts_with("/v2/") || req.path == "/v2" {
-            let target = match &req.query {
-                Some(q) => format!("{}{}?{}", up.base_url, req.path, q),
-                None => format!("{}{}", up.base_url, req.path),
-            };
-            target.parse().map_err(|_| invalid())?
-        } else {
-            // A `Location` the upstream gave: resolved, not concatenated, so `base` +
-            // `.evil.example/x` cannot become another host.
-            let target = match &req.query {
-                Some(q) if req.path.contains('?') => format!("{}&{q}", req.path),
-                Some(q) => format!("{}?{q}", req.path),
-                None => req.path.clone(),
-            };
-            let root: Uri = format!("{}/", up.base_url).parse().map_err(|_| invalid())?;
-            resolve(&root, &target).ok_or_else(invalid)?
-        };
+        let (mut uri, home) = target(&up.base_url, &req.path, req.query.as_deref())
+            .ok_or_else(|| UpstreamError::Protocol("cannot form the upstream URL".into()))?;
         let mut method = req.method.clone();
         let mut body = req.body.clone();
         for _ in 0..=MAX_REDIRECTS {
@@ -555,6 +537,32 @@ impl Client {
         }
         Err(UpstreamError::Redirects)
     }
+}
+
+/// Where a request goes and the upstream's own origin (its base URL's, the one that gets
+/// credentials). A `/v2/` path is appended to the base URL (which may carry a prefix); any
+/// other target is a `Location` the upstream gave, resolved, not concatenated: `base` +
+/// `.evil.example/x` must not become another host.
+fn target(base_url: &str, path: &str, query: Option<&str>) -> Option<(Uri, Origin)> {
+    let base: Uri = base_url.parse().ok()?;
+    let home = Origin::of(&base);
+    let uri = if path.starts_with("/v2/") || path == "/v2" {
+        match query {
+            Some(q) => format!("{base_url}{path}?{q}"),
+            None => format!("{base_url}{path}"),
+        }
+        .parse()
+        .ok()?
+    } else {
+        let location = match query {
+            Some(q) if path.contains('?') => format!("{path}&{q}"),
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let root: Uri = format!("{base_url}/").parse().ok()?;
+        resolve(&root, &location)?
+    };
+    Some((uri, home))
 }
 
 /// A final (non-redirect) response and whether the upstream's own origin gave it.
@@ -750,6 +758,40 @@ mod tests {
         assert_eq!(
             resolve(&base, "y").unwrap().to_string(),
             "https://r.example:5000/v2/a/blobs/y"
+        );
+    }
+
+    /// Moved from airgap push (which now sends through `fetch`): upload `Location`s
+    /// resolve against the registry, paths are appended to its base URL.
+    #[test]
+    fn targets_resolve_against_the_registry() {
+        let url = |p: &str| {
+            target("https://reg.example", p, None).map(|(u, home)| (u.to_string(), home))
+        };
+        let home = Origin::of(&"https://reg.example/".parse().unwrap());
+        assert_eq!(
+            url("/v2/a/blobs/uploads/"),
+            Some(("https://reg.example/v2/a/blobs/uploads/".into(), home.clone()))
+        );
+        assert_eq!(
+            url("https://up.example/u?x=1").unwrap().0,
+            "https://up.example/u?x=1"
+        );
+        // Relative: a path under the registry, never a longer host name.
+        assert_eq!(
+            url(".evil.example/x").unwrap().0,
+            "https://reg.example/.evil.example/x"
+        );
+        assert_eq!(url("//cdn.example/u").unwrap().0, "https://cdn.example/u");
+        // The home origin is the base URL's, also for a Location elsewhere.
+        assert_eq!(url("//cdn.example/u").unwrap().1, home);
+        // A base URL's prefix stays in front of /v2/ paths.
+        assert_eq!(
+            target("https://r.example/mirror", "/v2/a/tags/list", Some("n=1"))
+                .unwrap()
+                .0
+                .to_string(),
+            "https://r.example/mirror/v2/a/tags/list?n=1"
         );
     }
 
