@@ -212,14 +212,17 @@ impl Repo<'_> {
 
     /// One page of the tag list (`n`, `last` as the client gave them).
     pub async fn tags(&self, n: Option<u32>, last: Option<&str>) -> Result<TagPage, UpstreamError> {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        if let Some(n) = n {
-            q.append_pair("n", &n.to_string());
-        }
-        if let Some(l) = last {
-            q.append_pair("last", l);
-        }
-        let q = q.finish();
+        // Built in a block: the serializer is not Send and must not live across an await.
+        let q = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = n {
+                q.append_pair("n", &n.to_string());
+            }
+            if let Some(l) = last {
+                q.append_pair("last", l);
+            }
+            q.finish()
+        };
         let mut req = self.request(Method::GET, format!("/v2/{}/tags/list", self.name));
         req.query = (!q.is_empty()).then_some(q);
         let resp = self.send(&req).await?;
