@@ -360,6 +360,8 @@ mod tests {
         assert!(UpstreamError::Timeout(std::time::Duration::from_secs(1)).is_retryable());
         assert!(UpstreamError::Stalled(std::time::Duration::from_secs(1)).is_retryable());
         assert!(!UpstreamError::Unauthorized.is_retryable());
+        assert!(UpstreamError::TokenStatus(StatusCode::BAD_GATEWAY).is_retryable());
+        assert!(!UpstreamError::TokenStatus(StatusCode::NOT_FOUND).is_retryable());
         assert!(!UpstreamError::Mismatch {
             what: "m".into(),
             expected: "a".into(),

@@ -84,6 +84,9 @@ pub enum UpstreamError {
     Unauthorized,
     #[error("token service: {0}")]
     Token(String),
+    /// The token realm answered with an error status (a 5xx or 429 may pass on a retry).
+    #[error("token service: the realm answered {0}")]
+    TokenStatus(StatusCode),
     #[error("more than {MAX_REDIRECTS} redirects")]
     Redirects,
     /// A redirect target on another origin (a CDN, a presigned URL) answered 401 or 403.
@@ -130,7 +133,7 @@ impl UpstreamError {
             | UpstreamError::Timeout(_)
             | UpstreamError::Stalled(_)
             | UpstreamError::Body { .. } => true,
-            UpstreamError::Status { status, .. } => {
+            UpstreamError::Status { status, .. } | UpstreamError::TokenStatus(status) => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
             UpstreamError::Unauthorized

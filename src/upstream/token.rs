@@ -159,7 +159,7 @@ async fn fetch(
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             return Err(UpstreamError::Unauthorized)
         }
-        s => return Err(UpstreamError::Token(format!("the realm answered {s}"))),
+        s => return Err(UpstreamError::TokenStatus(s)),
     }
     // A realm that goes silent mid-body fails like one that never answers.
     let body = super::Stall::new(resp.into_body(), up.timeout, &up.name, "token response");
