@@ -467,7 +467,9 @@ fn export_retries_a_manifest_whose_body_stalls() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let layer = blob();
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",

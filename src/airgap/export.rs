@@ -421,7 +421,10 @@ impl Exporter<'_> {
             .await
             .map_err(|e| upstream_failed(&what, &up.name, e))?;
         if blob.partial {
-            anyhow::bail!("{what}: upstream {} answered 206 to a whole-blob GET", up.name);
+            anyhow::bail!(
+                "{what}: upstream {} answered 206 to a whole-blob GET",
+                up.name
+            );
         }
         let part = self.blobs_dir.join(format!("{hex}.part"));
         let mut file = tokio::fs::File::create(&part).await?;

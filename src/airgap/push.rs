@@ -79,13 +79,8 @@ pub async fn push(bundle: &Bundle, opts: &PushOptions) -> anyhow::Result<PushRep
     }
     let scheme = if opts.insecure { "http" } else { "https" };
     let base = format!("{scheme}://{host}");
-    let dest = Destination::new(
-        &base,
-        opts.username.clone(),
-        opts.password.clone(),
-        TIMEOUT,
-    )
-    .map_err(|_| anyhow::anyhow!("--to: {base} is not a valid registry address"))?;
+    let dest = Destination::new(&base, opts.username.clone(), opts.password.clone(), TIMEOUT)
+        .map_err(|_| anyhow::anyhow!("--to: {base} is not a valid registry address"))?;
     let images = bundle.images()?;
     let mut report = PushReport::default();
     let mut progress = Progress::new();
@@ -134,9 +129,12 @@ pub async fn push(bundle: &Bundle, opts: &PushOptions) -> anyhow::Result<PushRep
                 m.digest.to_string()
             };
             let body = Bytes::from(bundle.read_manifest(m, &old)?);
-            retry(&mut progress, opts, &format!("manifest {r} → {repo}"), || {
-                dest.put_manifest(&repo, &r, &m.media_type, body.clone())
-            })
+            retry(
+                &mut progress,
+                opts,
+                &format!("manifest {r} → {repo}"),
+                || dest.put_manifest(&repo, &r, &m.media_type, body.clone()),
+            )
             .await?;
         }
         progress.line(&format!("pushed {old} → {new}"));

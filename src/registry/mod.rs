@@ -25,7 +25,6 @@ use crate::upstream::{self, UpstreamError, UpstreamStalled};
 
 pub use verify::Verified;
 
-
 /// The repository a request is about, resolved to its upstream, with the cache policy in
 /// force for this request.
 pub struct Target {
@@ -609,12 +608,9 @@ impl Registry {
             .tags(n, last)
             .await
             .map_err(|e| failure(&t.upstream, e, Error::NameUnknown(t.public_name.clone())))?;
-        let link = page.next.map(|query| {
-            format!(
-                "</v2/{}/tags/list?{}>; rel=\"next\"",
-                t.public_name, query
-            )
-        });
+        let link = page
+            .next
+            .map(|query| format!("</v2/{}/tags/list?{}>; rel=\"next\"", t.public_name, query));
         let bytes = page.bytes;
         let mut v: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| Error::Upstream {
@@ -754,7 +750,11 @@ fn cached_blob(
 /// network trouble, 504 for a timeout or stall, so stale-if-error applies).
 fn failure(up: &Upstream, e: UpstreamError, not_found: Error) -> Error {
     let status = match e {
-        UpstreamError::Status { status, retry_after, .. } => match status {
+        UpstreamError::Status {
+            status,
+            retry_after,
+            ..
+        } => match status {
             StatusCode::NOT_FOUND => return not_found,
             StatusCode::TOO_MANY_REQUESTS => return Error::TooManyRequests { retry_after },
             s => s,
@@ -839,9 +839,15 @@ mod tests {
     #[test]
     fn link_pagination_is_rewritten() {
         assert_eq!(
-            upstream::distribution::next_link_query("</v2/acme/api/tags/list?last=b&n=2>; rel=\"next\"").unwrap(),
+            upstream::distribution::next_link_query(
+                "</v2/acme/api/tags/list?last=b&n=2>; rel=\"next\""
+            )
+            .unwrap(),
             "last=b&n=2"
         );
-        assert_eq!(upstream::distribution::next_link_query("<x>; rel=\"prev\""), None);
+        assert_eq!(
+            upstream::distribution::next_link_query("<x>; rel=\"prev\""),
+            None
+        );
     }
 }

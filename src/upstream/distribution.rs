@@ -240,10 +240,7 @@ impl Repo<'_> {
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Option<Bytes>, UpstreamError> {
-        let mut req = self.request(
-            Method::GET,
-            format!("/v2/{}/referrers/{digest}", self.name),
-        );
+        let mut req = self.request(Method::GET, format!("/v2/{}/referrers/{digest}", self.name));
         req.query = artifact_type.map(|a| {
             form_urlencoded::Serializer::new(String::new())
                 .append_pair("artifactType", a)

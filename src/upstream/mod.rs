@@ -768,13 +768,15 @@ mod tests {
     /// resolve against the registry, paths are appended to its base URL.
     #[test]
     fn targets_resolve_against_the_registry() {
-        let url = |p: &str| {
-            target("https://reg.example", p, None).map(|(u, home)| (u.to_string(), home))
-        };
+        let url =
+            |p: &str| target("https://reg.example", p, None).map(|(u, home)| (u.to_string(), home));
         let home = Origin::of(&"https://reg.example/".parse().unwrap());
         assert_eq!(
             url("/v2/a/blobs/uploads/"),
-            Some(("https://reg.example/v2/a/blobs/uploads/".into(), home.clone()))
+            Some((
+                "https://reg.example/v2/a/blobs/uploads/".into(),
+                home.clone()
+            ))
         );
         assert_eq!(
             url("https://up.example/u?x=1").unwrap().0,

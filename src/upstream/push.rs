@@ -196,7 +196,9 @@ impl Destination {
                 .read_to_end(&mut buf)
                 .map_err(unreadable)?;
             if buf.len() as u64 != n {
-                return Err(PushError::Source(format!("{digest}: the content ended early")));
+                return Err(PushError::Source(format!(
+                    "{digest}: the content ended early"
+                )));
             }
             Ok(Bytes::from(buf))
         };
