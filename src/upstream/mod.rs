@@ -4,7 +4,9 @@
 //! `Authorization` to another origin. Only the upstream's own origin may teach berth how to
 //! authenticate: a 401 or 403 from a redirect target fails that request and is never a new
 //! place to send credentials. Credentials never appear in errors or logs.
-//! Provider specifics (ECR's authorization tokens) live in submodules.
+//! Provider specifics (ECR's authorization tokens) live in submodules; the distribution
+//! protocol's typed operations on top of this transport are `distribution` (pull side:
+//! manifests, blobs, tags, referrers) and `push` (uploads, mounts, manifest PUT).
 
 pub mod challenge;
 pub mod distribution;
