@@ -1,14 +1,10 @@
 //! Tag → digest resolution for `berth rewrite --pin-digests`: asks the app's upstream (with
 //! the stored credentials) what a tag points at, with a HEAD so Docker Hub does not count it.
 
-use http::header::ACCEPT;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::BodyExt;
-
-use crate::config::Config;
+use crate::config::{Config, Upstream};
 use crate::oci::reference::ImageRef;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
-use crate::upstream;
+use crate::upstream::{self, UpstreamError};
 
 pub struct Pinner {
     rt: tokio::runtime::Runtime,
@@ -45,50 +41,35 @@ impl Pinner {
             .ok_or_else(|| format!("{r}: no upstream of app {} serves it", self.app))?
             .clone();
         let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static(DEFAULT_MANIFEST_ACCEPT));
-        let mut req = upstream::Request {
-            method: Method::HEAD,
-            path: format!("/v2/{}/manifests/{tag}", r.repository),
-            query: None,
-            headers,
-            scope: crate::oci::scope::pull(&r.repository),
-        };
-        self.rt.block_on(async {
-            let resp = self
-                .client
-                .fetch(&up, &req)
-                .await
-                .map_err(|e| format!("{r}: upstream {}: {e}", up.name))?;
-            if resp.status() != StatusCode::OK {
-                return Err(format!(
-                    "{r}: upstream {} answered {}",
-                    up.name,
-                    resp.status()
-                ));
-            }
-            if let Some(d) = resp
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<Digest>().ok())
-            {
-                return Ok(d.to_string());
-            }
-            // No digest header: fetch the manifest and hash it.
-            req.method = Method::GET;
-            let resp = self
-                .client
-                .fetch(&up, &req)
-                .await
-                .map_err(|e| format!("{r}: upstream {}: {e}", up.name))?;
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("{r}: reading the manifest failed: {e}"))?
-                .to_bytes();
-            Ok(Digest::sha256_of(&bytes).to_string())
-        })
+        self.rt.block_on(digest_of(&self.client, &up, r, &tag))
     }
+}
+
+/// What `tag` of `r` points at on `up`: the HEAD's `Docker-Content-Digest`, or, from a
+/// registry that sends none, the sha256 of the manifest a GET returns.
+async fn digest_of(
+    client: &upstream::Client,
+    up: &Upstream,
+    r: &ImageRef,
+    tag: &str,
+) -> Result<String, String> {
+    let repo = client.repo(up, &r.repository);
+    let failed = |e: UpstreamError| match e {
+        UpstreamError::Status { status, .. } => {
+            format!("{r}: upstream {} answered {status}", up.name)
+        }
+        e => format!("{r}: upstream {}: {e}", up.name),
+    };
+    let head = repo
+        .manifest_head(tag, DEFAULT_MANIFEST_ACCEPT)
+        .await
+        .map_err(failed)?;
+    if let Some(d) = head.digest.and_then(|v| v.parse::<Digest>().ok()) {
+        return Ok(d.to_string());
+    }
+    let m = repo
+        .manifest(tag, DEFAULT_MANIFEST_ACCEPT, None)
+        .await
+        .map_err(failed)?;
+    Ok(m.digest.to_string())
 }

@@ -493,6 +493,58 @@ fn push_into_an_htpasswd_registry_then_again_skips_present_blobs() {
     );
 }
 
+/// A push into a registry behind a token realm: the destination's challenge is answered
+/// by the same token code as pulls, and the layer the two images share is mounted from
+/// the repository this run pushed it to, with one token for push here and pull there.
+#[test]
+fn push_into_a_token_registry_mounts_shared_blobs() {
+    let up = upstream();
+    let (bundle, _) = up.export_all();
+    let realm = support::token::TokenRealm::start("pusher", "pusher-pw-9876", 300);
+    let target = Registry::start(realm.registry_auth());
+    let to = format!("{}/mirror", target.host());
+    let (ok, stdout, stderr) = berth(
+        &[
+            "airgap",
+            "push",
+            bundle.to_str().unwrap(),
+            "--to",
+            &to,
+            "--username",
+            "pusher",
+            "--password-stdin",
+            "--insecure",
+        ],
+        Some("pusher-pw-9876\n"),
+    );
+    assert!(ok, "push:\n{stdout}\n{stderr}");
+    assert!(!stdout.contains("pusher-pw-9876") && !stderr.contains("pusher-pw-9876"));
+    let summary = stderr.lines().last().unwrap_or("");
+    assert!(
+        summary.contains(" mounted") && !summary.contains(" 0 mounted"),
+        "{stderr}"
+    );
+    // The mount asked one token for both repositories, as two scope parameters.
+    let api = format!("repository:mirror/{HOST}/acme/api:pull");
+    let worker = format!("repository:mirror/{HOST}/acme/worker:pull,push");
+    assert!(
+        realm.requests().iter().any(|r| {
+            let scopes = r.query_all("scope");
+            scopes.contains(&api) && scopes.contains(&worker)
+        }),
+        "{:?}",
+        realm
+            .requests()
+            .iter()
+            .map(|r| r.query_all("scope"))
+            .collect::<Vec<_>>()
+    );
+    let creds = "--creds=pusher:pusher-pw-9876";
+    let worker_ref = format!("docker://{to}/{HOST}/acme/worker:3");
+    let out = skopeo(&["inspect", "--raw", "--tls-verify=false", creds, &worker_ref]);
+    assert_eq!(raw_digest(&out), up.worker.manifest_digest);
+}
+
 /// Rewrites a bundle entry by entry: `edit` may change an entry's bytes or drop it
 /// (None); `extra` entries are appended with raw names (no sanitizing).
 fn rewrite_bundle(

@@ -458,3 +458,95 @@ fn the_head_goes_out_before_64_kib_of_body_arrived() {
         );
     }
 }
+
+/// `berth airgap export` decides retries by the kind of failure, not by its message: a
+/// manifest whose body stalls once (an `UpstreamStalled` inside the body error, whose text
+/// none of the old message patterns matched) is fetched again and the export completes.
+#[test]
+fn export_retries_a_manifest_whose_body_stalls() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let layer = blob();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .unwrap();
+    let manifest_gets = Arc::new(AtomicUsize::new(0));
+    let (m, gets) = (manifest.clone(), manifest_gets.clone());
+    let (config_path, layer_path) = (
+        format!("/blobs/{} ", sha256(&config)),
+        format!("/blobs/{} ", sha256(&layer)),
+    );
+    let up = StallServer::start(move |req| {
+        let whole = |ty: &str, body: &[u8]| StallPlan {
+            head: Some(head(
+                "200 OK",
+                &[
+                    ("Content-Type", ty.to_string()),
+                    ("Content-Length", body.len().to_string()),
+                ],
+            )),
+            first: body.to_vec(),
+            rest: None,
+        };
+        if req.contains("/manifests/v1 ") {
+            let mut plan = whole("application/vnd.oci.image.manifest.v1+json", &m);
+            if gets.fetch_add(1, Ordering::SeqCst) == 0 {
+                // Half the manifest, then silence.
+                plan.first.truncate(m.len() / 2);
+            }
+            plan
+        } else if req.contains(&config_path) {
+            whole("application/octet-stream", &config)
+        } else if req.contains(&layer_path) {
+            whole("application/octet-stream", &layer)
+        } else {
+            StallPlan {
+                head: Some(head("404 Not Found", &[("Content-Length", "0".into())])),
+                ..StallPlan::default()
+            }
+        }
+    });
+    let dir = support::tempdir();
+    let cfg = dir.path().join("export.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server: {{ listen: \"127.0.0.1:{}\", hostname: h }}\n\
+             cache: {{ dir: \"{}\" }}\n\
+             upstreams:\n  - {{ name: stally, url: \"{}\", host: upstream.test, timeout: 1s }}\n\
+             apps: [ {{ slug: acme, upstreams: [stally] }} ]\n\
+             licenses: [ {{ id: {LICENSE}, app: acme, customer: A }} ]\n",
+            support::free_port(),
+            dir.path().join("cache").display(),
+            up.url()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("bundle.tar");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["airgap", "export", "--config"])
+        .arg(&cfg)
+        .args(["--app", "acme", "-o"])
+        .arg(&out)
+        .arg("upstream.test/acme/api:v1")
+        .output()
+        .expect("run berth airgap export");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "export failed:\n{stderr}");
+    assert_eq!(
+        manifest_gets.load(Ordering::SeqCst),
+        2,
+        "the stalled manifest was fetched again, once:\n{stderr}"
+    );
+    assert!(stderr.contains("retrying"), "{stderr}");
+    assert!(out.exists());
+}

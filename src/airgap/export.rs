@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -20,10 +18,10 @@ use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_UPSTREAM_REF};
 use crate::config::{Config, Upstream};
 use crate::oci::digest::Algorithm;
 use crate::oci::manifest::{Descriptor, Manifest, Platform};
-use crate::oci::media::{self, MAX_MANIFEST};
+use crate::oci::media;
 use crate::oci::reference::ImageRef;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
-use crate::upstream::{self, Client};
+use crate::upstream::{distribution, Client, UpstreamError};
 
 const ATTEMPTS: u32 = 3;
 
@@ -230,7 +228,7 @@ impl Exporter<'_> {
             .map(Digest::to_string)
             .or_else(|| img.r.tag.clone())
             .unwrap_or_else(|| "latest".into());
-        let expected = img.r.digest.as_ref().map(Digest::as_str);
+        let expected = img.r.digest.as_ref();
         let (mut bytes, media_type) = self.get_manifest(img, &reference, expected).await?;
         let m = Manifest::parse(&bytes)
             .ok_or_else(|| anyhow::anyhow!("{}: the manifest is not JSON", img.input))?;
@@ -272,7 +270,7 @@ impl Exporter<'_> {
             }
             for child in &kept {
                 let (cb, cmt) = self
-                    .get_manifest(img, child.digest.as_str(), Some(child.digest.as_str()))
+                    .get_manifest(img, child.digest.as_str(), Some(&child.digest))
                     .await?;
                 let cm = Manifest::parse(&cb).ok_or_else(|| {
                     anyhow::anyhow!("{}: manifest {} is not JSON", img.input, child.digest)
@@ -329,96 +327,43 @@ impl Exporter<'_> {
         Ok(())
     }
 
-    fn request(
-        img: &Resolved,
-        method: Method,
-        path: String,
-        accept: Option<&str>,
-    ) -> upstream::Request {
-        let mut headers = HeaderMap::new();
-        if let Some(a) = accept {
-            if let Ok(v) = HeaderValue::from_str(a) {
-                headers.insert(ACCEPT, v);
-            }
-        }
-        upstream::Request {
-            method,
-            path,
-            query: None,
-            headers,
-            scope: crate::oci::scope::pull(&img.r.repository),
-        }
-    }
-
     async fn get_manifest(
         &mut self,
         img: &Resolved,
         reference: &str,
-        expected: Option<&str>,
+        expected: Option<&Digest>,
     ) -> anyhow::Result<(bytes::Bytes, String)> {
-        let req = Self::request(
-            img,
-            Method::GET,
-            format!("/v2/{}/manifests/{reference}", img.r.repository),
-            Some(DEFAULT_MANIFEST_ACCEPT),
-        );
+        let repo = self.client.repo(&img.upstream, &img.r.repository);
         let what = format!("{}/{}:{reference}", img.r.registry, img.r.repository);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let res: anyhow::Result<(bytes::Bytes, String)> = async {
-                let resp =
-                    self.client.fetch(&img.upstream, &req).await.map_err(|e| {
-                        anyhow::anyhow!("{what}: upstream {}: {e}", img.upstream.name)
-                    })?;
-                if resp.status() != StatusCode::OK {
-                    anyhow::bail!(
-                        "{what}: upstream {} answered {}",
-                        img.upstream.name,
-                        resp.status()
-                    );
-                }
-                let media_type = resp
-                    .headers()
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
-                    .filter(|s| !s.is_empty());
-                let body = upstream::Stall::new(
-                    resp.into_body(),
-                    img.upstream.timeout,
-                    &img.upstream.name,
-                    what.to_string(),
-                );
-                let body = http_body_util::Limited::new(body, MAX_MANIFEST as usize)
-                    .collect()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{what}: reading the manifest: {e}"))?
-                    .to_bytes();
-                let media_type = media_type
-                    .or_else(|| Manifest::parse(&body).and_then(|m| m.media_type))
-                    .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
-                Ok((body, media_type))
-            }
-            .await;
-            match res {
-                Ok((body, mt)) => {
-                    if mt.starts_with(media::DOCKER_MANIFEST_V1_PREFIX) {
+            match repo
+                .manifest(reference, DEFAULT_MANIFEST_ACCEPT, expected)
+                .await
+            {
+                Ok(m) => {
+                    let media_type = m
+                        .content_type
+                        .as_deref()
+                        .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .or_else(|| Manifest::parse(&m.bytes).and_then(|m| m.media_type))
+                        .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
+                    if media_type.starts_with(media::DOCKER_MANIFEST_V1_PREFIX) {
                         anyhow::bail!("{what}: schema 1 manifests are not supported");
                     }
-                    if let Some(want) = expected {
-                        let got = Digest::sha256_of(&body).to_string();
-                        if got != want {
-                            anyhow::bail!("{what}: manifest content is {got}, not {want}");
-                        }
-                    }
-                    return Ok((body, mt));
+                    return Ok((m.bytes, media_type));
                 }
-                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                Err(UpstreamError::Mismatch { expected, got, .. }) => {
+                    anyhow::bail!("{what}: manifest content is {got}, not {expected}")
+                }
+                Err(e) if attempt < ATTEMPTS && e.is_retryable() => {
+                    let e = upstream_failed(&what, &img.upstream.name, e);
                     self.progress.line(&format!("retrying: {e}"));
                     tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(upstream_failed(&what, &img.upstream.name, e).into()),
             }
         }
     }
@@ -459,38 +404,32 @@ impl Exporter<'_> {
         hex: &str,
     ) -> anyhow::Result<()> {
         let what = format!("{}/{}@{}", img.r.registry, img.r.repository, d.digest);
-        let req = Self::request(
-            img,
-            Method::GET,
-            format!("/v2/{}/blobs/{}", img.r.repository, d.digest),
-            None,
-        );
-        let resp = self
+        let up = &img.upstream;
+        let blob = self
             .client
-            .fetch(&img.upstream, &req)
+            .repo(up, &img.r.repository)
+            .blob(&d.digest, false, None)
             .await
-            .map_err(|e| anyhow::anyhow!("{what}: upstream {}: {e}", img.upstream.name))?;
-        if resp.status() != StatusCode::OK {
+            .map_err(|e| upstream_failed(&what, &up.name, e))?;
+        if blob.partial {
             anyhow::bail!(
-                "{what}: upstream {} answered {}",
-                img.upstream.name,
-                resp.status()
+                "{what}: upstream {} answered 206 to a whole-blob GET",
+                up.name
             );
         }
         let part = self.blobs_dir.join(format!("{hex}.part"));
         let mut file = tokio::fs::File::create(&part).await?;
         let mut h = Sha256::new();
         let mut n = 0u64;
-        let mut body = resp.into_body();
-        let stall = img.upstream.timeout;
+        let mut body = blob.body;
         loop {
-            let frame = match tokio::time::timeout(stall, body.frame()).await {
-                Err(_) => anyhow::bail!("{what}: the upstream stalled for {stall:?} (connection)"),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    anyhow::bail!("{what}: connection failed: {}", upstream::error_chain(&e))
+            let frame = match body.frame().await {
+                None => break,
+                Some(Err(e)) => {
+                    let e = distribution::body_error(up, &*e, &what, None);
+                    return Err(upstream_failed(&what, &up.name, e).into());
                 }
-                Ok(Some(Ok(f))) => f,
+                Some(Ok(f)) => f,
             };
             if let Ok(data) = frame.into_data() {
                 h.update(&data);
@@ -509,23 +448,48 @@ impl Exporter<'_> {
         let got = Digest::from_sha256(&h.finalize());
         if got != d.digest || n != d.size {
             let _ = tokio::fs::remove_file(&part).await;
-            anyhow::bail!(
-                "{what}: received {n} bytes hashing to {got}; expected {} bytes (connection)",
-                d.size
-            );
+            // A transfer that came out short or garbled is worth another try (a proxy on
+            // the way may have cut it); a manifest naming the wrong digest is not, but
+            // that shows the same way every time and the attempts run out.
+            return Err(Failed {
+                what,
+                reason: format!(
+                    "received {n} bytes hashing to {got}; expected {} bytes",
+                    d.size
+                ),
+                retry: true,
+            }
+            .into());
         }
         tokio::fs::rename(&part, self.blobs_dir.join(hex)).await?;
         Ok(())
     }
 }
 
-/// Network trouble and 5xx/429 are worth another try; a 404 or a wrong digest is not.
+/// One failed step of an export, with whether another attempt may succeed: decided by
+/// the kind of failure when it is made (`UpstreamError::is_retryable`), never by its text.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+struct Failed {
+    what: String,
+    reason: String,
+    retry: bool,
+}
+
+fn upstream_failed(what: &str, upstream: &str, e: UpstreamError) -> Failed {
+    let reason = match &e {
+        UpstreamError::Status { status, .. } => format!("upstream {upstream} answered {status}"),
+        e => format!("upstream {upstream}: {e}"),
+    };
+    Failed {
+        what: what.to_string(),
+        reason,
+        retry: e.is_retryable(),
+    }
+}
+
+/// Network trouble, 5xx/429 and a garbled transfer are worth another try; a 404 or a
+/// refusal is not.
 fn retryable(e: &anyhow::Error) -> bool {
-    let s = e.to_string();
-    s.contains("cannot connect")
-        || s.contains("no response within")
-        || s.contains("(connection)")
-        || s.contains("connection failed")
-        || s.contains("answered 5")
-        || s.contains("answered 429")
+    e.downcast_ref::<Failed>().is_some_and(|f| f.retry)
 }

@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, RANGE, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http::{HeaderValue, StatusCode};
+use http_body_util::BodyExt;
 
 use crate::body::{self, Body};
 use crate::cache::manifest::{self, StoredManifest};
@@ -19,15 +17,12 @@ use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
 use crate::config::Upstream;
 use crate::error::{Error, Result};
 use crate::oci::digest::Algorithm;
-use crate::oci::media::{self, accepts, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
+use crate::oci::media::{accepts, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
 use crate::oci::repo::Reference;
 use crate::oci::Digest;
-use crate::upstream::{self, Stall, UpstreamError, UpstreamStalled};
+use crate::upstream::{self, UpstreamError, UpstreamStalled};
 
 pub use verify::Verified;
-
-const MAX_MANIFEST: usize = media::MAX_MANIFEST as usize;
-const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
 
 /// The repository a request is about, resolved to its upstream, with the cache policy in
 /// force for this request.
@@ -42,10 +37,6 @@ pub struct Target {
 }
 
 impl Target {
-    fn scope(&self) -> String {
-        crate::oci::scope::pull(&self.repository)
-    }
-
     async fn linked(&self, cache: &Cache, digest: &Digest) -> bool {
         cache
             .links
@@ -160,25 +151,9 @@ impl Registry {
         &self.cache
     }
 
-    async fn fetch(
-        &self,
-        t: &Target,
-        method: Method,
-        path: String,
-        query: Option<String>,
-        headers: HeaderMap,
-    ) -> Result<http::Response<Incoming>> {
-        let req = upstream::Request {
-            method,
-            path,
-            query,
-            headers,
-            scope: t.scope(),
-        };
-        self.upstream
-            .fetch(&t.upstream, &req)
-            .await
-            .map_err(|e: UpstreamError| e.into_error(&t.upstream.name))
+    /// The upstream repository of `t`, for the distribution operations.
+    fn repo<'a>(&'a self, t: &'a Target) -> upstream::distribution::Repo<'a> {
+        self.upstream.repo(&t.upstream, &t.repository)
     }
 
     /// Fetches a manifest by tag or digest. `accept` is the client's `Accept`, forwarded so
@@ -372,31 +347,8 @@ impl Registry {
             .await;
     }
 
-    /// Asks the upstream for a manifest; anything but 200 becomes the matching error.
-    async fn upstream_manifest(
-        &self,
-        t: &Target,
-        method: Method,
-        reference: &str,
-        accept: &str,
-    ) -> Result<http::Response<Incoming>> {
-        let resp = self
-            .fetch(
-                t,
-                method,
-                format!("/v2/{}/manifests/{}", t.repository, reference),
-                None,
-                accept_header(accept)?,
-            )
-            .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(failure(
-                &t.upstream,
-                &resp,
-                Error::ManifestUnknown(format!("{}:{}", t.public_name, reference)),
-            ));
-        }
-        Ok(resp)
+    fn manifest_unknown(t: &Target, reference: &str) -> Error {
+        Error::ManifestUnknown(format!("{}:{}", t.public_name, reference))
     }
 
     async fn head_manifest(
@@ -406,15 +358,17 @@ impl Registry {
         expected: Option<&Digest>,
         accept: &str,
     ) -> Result<Fetched> {
-        let resp = self
-            .upstream_manifest(t, Method::HEAD, reference, accept)
-            .await?;
+        check_accept(accept)?;
+        let head = self
+            .repo(t)
+            .manifest_head(reference, accept)
+            .await
+            .map_err(|e| failure(&t.upstream, e, Self::manifest_unknown(t, reference)))?;
         Ok(Fetched {
             partial: false,
-            media_type: header(resp.headers(), CONTENT_TYPE),
-            digest: header(resp.headers(), "docker-content-digest")
-                .or_else(|| expected.map(|d| d.to_string())),
-            length: header(resp.headers(), CONTENT_LENGTH).and_then(|l| l.parse().ok()),
+            media_type: head.content_type,
+            digest: head.digest.or_else(|| expected.map(|d| d.to_string())),
+            length: head.length,
             content_range: None,
             link: None,
             body: body::empty(),
@@ -429,28 +383,18 @@ impl Registry {
         expected: Option<&Digest>,
         accept: &str,
     ) -> Result<(Bytes, String)> {
-        let resp = self
-            .upstream_manifest(t, Method::GET, reference, accept)
-            .await?;
-        let media_type =
-            header(resp.headers(), CONTENT_TYPE).unwrap_or_else(|| OCI_MANIFEST.into());
-        let claimed = header(resp.headers(), "docker-content-digest");
-        let what = format!("manifest {}:{reference}", t.repository);
-        let bytes = read_limited(&t.upstream, resp.into_body(), MAX_MANIFEST, &what).await?;
-        let actual = Digest::sha256_of(&bytes);
-        if let Some(want) = expected {
-            // Only sha256 can be recomputed here; a sha512 reference is trusted as served.
-            if want.algorithm() == Algorithm::Sha256 && *want != actual {
-                return Err(Error::Upstream {
-                    upstream: t.upstream.name.clone(),
-                    reason: format!("manifest content does not match {want}"),
-                });
-            }
-        } else if claimed.as_deref().is_some_and(|c| c != actual.to_string()) {
-            tracing::warn!(upstream = %t.upstream.name, claimed = ?claimed, computed = %actual,
+        check_accept(accept)?;
+        let m = self
+            .repo(t)
+            .manifest(reference, accept, expected)
+            .await
+            .map_err(|e| failure(&t.upstream, e, Self::manifest_unknown(t, reference)))?;
+        if expected.is_none() && m.claimed.as_deref().is_some_and(|c| c != m.digest.as_str()) {
+            tracing::warn!(upstream = %t.upstream.name, claimed = ?m.claimed, computed = %m.digest,
                 "upstream Docker-Content-Digest differs from the manifest bytes; serving the computed one");
         }
-        Ok((bytes, media_type))
+        let media_type = m.content_type.unwrap_or_else(|| OCI_MANIFEST.into());
+        Ok((m.bytes, media_type))
     }
 
     /// Serves a blob: from disk when cached and linked to this repository; otherwise one
@@ -514,27 +458,19 @@ impl Registry {
     }
 
     async fn confirm_blob(&self, t: &Target, digest: &Digest) -> Result<()> {
-        let resp = self
-            .fetch(
-                t,
-                Method::HEAD,
-                format!("/v2/{}/blobs/{}", t.repository, digest),
-                None,
-                HeaderMap::new(),
-            )
-            .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(failure(
-                &t.upstream,
-                &resp,
-                Error::BlobUnknown(format!("{}@{}", t.public_name, digest)),
-            ));
-        }
+        self.repo(t)
+            .blob(digest, true, None)
+            .await
+            .map_err(|e| failure(&t.upstream, e, Self::blob_unknown(t, digest)))?;
         self.cache
             .links
             .add(&t.upstream.name, &t.repository, [digest])
             .await;
         Ok(())
+    }
+
+    fn blob_unknown(t: &Target, digest: &Digest) -> Error {
+        Error::BlobUnknown(format!("{}@{}", t.public_name, digest))
     }
 
     /// Fetches the blob in a task of its own, so a client that disconnects does not stop
@@ -546,25 +482,23 @@ impl Registry {
         let up = t.upstream.clone();
         let repository = t.repository.clone();
         let public = t.public_name.clone();
-        let req = upstream::Request {
-            method: Method::GET,
-            path: format!("/v2/{}/blobs/{}", t.repository, digest),
-            query: None,
-            headers: HeaderMap::new(),
-            scope: t.scope(),
-        };
         tokio::spawn(async move {
-            let resp = match client.fetch(&up, &req).await {
-                Ok(r) => r,
-                Err(e) => return w.head_failed(e.into_error(&up.name)),
+            let repo = client.repo(&up, &repository);
+            let unknown = || Error::BlobUnknown(format!("{public}@{digest}"));
+            let answer = match repo.blob(&digest, false, None).await {
+                Ok(b) if b.partial => {
+                    let e = UpstreamError::Status {
+                        status: StatusCode::PARTIAL_CONTENT,
+                        retry_after: None,
+                        content_range: None,
+                    };
+                    return w.head_failed(failure(&up, e, unknown()));
+                }
+                Ok(b) => b,
+                Err(e) => return w.head_failed(failure(&up, e, unknown())),
             };
-            if resp.status() != StatusCode::OK {
-                let err = failure(&up, &resp, Error::BlobUnknown(format!("{public}@{digest}")));
-                return w.head_failed(err);
-            }
-            let total = header(resp.headers(), CONTENT_LENGTH).and_then(|l| l.parse().ok());
-            w.head(total);
-            let mut body = stall(&up, resp.into_body(), &req.path);
+            w.head(answer.length);
+            let mut body = answer.body;
             let mut resumes = 0;
             loop {
                 let broken = match body.frame().await {
@@ -592,11 +526,11 @@ impl Registry {
                 if resumes < MAX_RESUMES && w.total().is_some_and(|t| w.received() < t) {
                     resumes += 1;
                     let from = w.received();
-                    match resume(&client, &up, &req, from).await {
+                    match repo.blob_from(&digest, from).await {
                         Ok(b) => {
                             tracing::info!(upstream = %up.name, %digest, from, reason = %broken,
                                 "upstream broke mid-blob; resuming with a range request");
-                            body = stall(&up, b, &req.path);
+                            body = b.body;
                             continue;
                         }
                         Err(why) => {
@@ -630,38 +564,27 @@ impl Registry {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<Fetched> {
-        let mut headers = HeaderMap::new();
-        if let Some(r) = range {
-            headers.insert(
-                RANGE,
+        let range = range
+            .map(|r| {
                 HeaderValue::try_from(r.header_value())
-                    .map_err(|_| Error::RangeInvalid("range not representable".into()))?,
-            );
-        }
-        let method = if head { Method::HEAD } else { Method::GET };
-        let path = format!("/v2/{}/blobs/{}", t.repository, digest);
-        let resp = self.fetch(t, method, path.clone(), None, headers).await?;
-        let status = resp.status();
-        if status == StatusCode::RANGE_NOT_SATISFIABLE {
-            return Err(Error::RangeNotSatisfiable {
-                content_range: header(resp.headers(), CONTENT_RANGE),
-            });
-        }
-        if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
-            return Err(failure(
-                &t.upstream,
-                &resp,
-                Error::BlobUnknown(format!("{}@{}", t.public_name, digest)),
-            ));
-        }
-        let partial = status == StatusCode::PARTIAL_CONTENT;
-        let length: Option<u64> =
-            header(resp.headers(), CONTENT_LENGTH).and_then(|l| l.parse().ok());
-        let content_range = header(resp.headers(), CONTENT_RANGE);
+                    .map_err(|_| Error::RangeInvalid("range not representable".into()))
+            })
+            .transpose()?;
+        let answer = match self.repo(t).blob(digest, head, range).await {
+            Ok(a) => a,
+            Err(UpstreamError::Status {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                content_range,
+                ..
+            }) => return Err(Error::RangeNotSatisfiable { content_range }),
+            Err(e) => return Err(failure(&t.upstream, e, Self::blob_unknown(t, digest))),
+        };
+        let (partial, length, content_range) =
+            (answer.partial, answer.length, answer.content_range);
         let body = if head {
             body::empty()
         } else {
-            let streamed = body::from_upstream(stall(&t.upstream, resp.into_body(), path));
+            let streamed = body::from_upstream(answer.body);
             if partial {
                 streamed
             } else {
@@ -681,37 +604,15 @@ impl Registry {
 
     /// Lists tags, renaming the repository and the pagination link to berth's name.
     pub async fn tags(&self, t: &Target, n: Option<u32>, last: Option<&str>) -> Result<Fetched> {
-        let q = {
-            let mut q = form_urlencoded::Serializer::new(String::new());
-            if let Some(n) = n {
-                q.append_pair("n", &n.to_string());
-            }
-            if let Some(l) = last {
-                q.append_pair("last", l);
-            }
-            q.finish()
-        };
-        let query = (!q.is_empty()).then_some(q);
-        let path = format!("/v2/{}/tags/list", t.repository);
-        let resp = self
-            .fetch(t, Method::GET, path, query, HeaderMap::new())
-            .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(failure(
-                &t.upstream,
-                &resp,
-                Error::NameUnknown(t.public_name.clone()),
-            ));
-        }
-        let link = header(resp.headers(), LINK).and_then(|l| {
-            let query = next_link_query(&l)?;
-            Some(format!(
-                "</v2/{}/tags/list?{}>; rel=\"next\"",
-                t.public_name, query
-            ))
-        });
-        let what = format!("tag list of {}", t.repository);
-        let bytes = read_limited(&t.upstream, resp.into_body(), MAX_TAG_LIST, &what).await?;
+        let page = self
+            .repo(t)
+            .tags(n, last)
+            .await
+            .map_err(|e| failure(&t.upstream, e, Error::NameUnknown(t.public_name.clone())))?;
+        let link = page
+            .next
+            .map(|query| format!("</v2/{}/tags/list?{}>; rel=\"next\"", t.public_name, query));
+        let bytes = page.bytes;
         let mut v: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| Error::Upstream {
                 upstream: t.upstream.name.clone(),
@@ -737,93 +638,42 @@ impl Registry {
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Fetched> {
-        let query = artifact_type.map(|a| {
-            form_urlencoded::Serializer::new(String::new())
-                .append_pair("artifactType", a)
-                .finish()
-        });
-        let path = format!("/v2/{}/referrers/{}", t.repository, digest);
-        let resp = self
-            .fetch(t, Method::GET, path, query, HeaderMap::new())
-            .await?;
-        match resp.status() {
-            StatusCode::OK => {
-                let what = format!("referrers index of {}@{digest}", t.repository);
-                let bytes =
-                    read_limited(&t.upstream, resp.into_body(), MAX_MANIFEST, &what).await?;
-                Ok(Fetched {
-                    partial: false,
-                    media_type: Some(OCI_INDEX.into()),
-                    digest: None,
-                    length: Some(bytes.len() as u64),
-                    content_range: None,
-                    link: None,
-                    body: body::full(bytes),
-                })
-            }
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST => {
-                let empty = serde_json::to_vec(&serde_json::json!({
-                    "schemaVersion": 2,
-                    "mediaType": OCI_INDEX,
-                    "manifests": []
-                }))
-                .map_err(|e| Error::Internal(e.to_string()))?;
-                Ok(Fetched {
-                    partial: false,
-                    media_type: Some(OCI_INDEX.into()),
-                    digest: None,
-                    length: Some(empty.len() as u64),
-                    content_range: None,
-                    link: None,
-                    body: body::full(empty),
-                })
-            }
-            _ => Err(failure(
-                &t.upstream,
-                &resp,
-                Error::NameUnknown(t.public_name.clone()),
-            )),
-        }
+        let index = self
+            .repo(t)
+            .referrers(digest, artifact_type)
+            .await
+            .map_err(|e| failure(&t.upstream, e, Error::NameUnknown(t.public_name.clone())))?;
+        let bytes = match index {
+            Some(bytes) => bytes,
+            // An upstream without the API gets the empty index the spec asks for.
+            None => serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": []
+            }))
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .into(),
+        };
+        Ok(Fetched {
+            partial: false,
+            media_type: Some(OCI_INDEX.into()),
+            digest: None,
+            length: Some(bytes.len() as u64),
+            content_range: None,
+            link: None,
+            body: body::full(bytes),
+        })
     }
 }
 
 /// Range requests a fill may make after its upstream connection breaks.
 const MAX_RESUMES: u32 = 2;
 
-/// Asks the upstream for the rest of a blob from byte `from`; only a 206 that starts there
-/// will do (a 200 would mean starting over, which the fill cannot).
-async fn resume(
-    client: &upstream::Client,
-    up: &Upstream,
-    req: &upstream::Request,
-    from: u64,
-) -> std::result::Result<Incoming, String> {
-    let mut r = req.clone();
-    let range = HeaderValue::try_from(format!("bytes={from}-")).map_err(|e| e.to_string())?;
-    r.headers.insert(RANGE, range);
-    let resp = client.fetch(up, &r).await.map_err(|e| e.to_string())?;
-    if resp.status() != StatusCode::PARTIAL_CONTENT {
-        return Err(format!(
-            "the upstream answered {} to a range request",
-            resp.status()
-        ));
-    }
-    let starts_right = header(resp.headers(), CONTENT_RANGE)
-        .is_some_and(|c| c.starts_with(&format!("bytes {from}-")));
-    if !starts_right {
-        return Err("the upstream's Content-Range does not start where asked".into());
-    }
-    Ok(resp.into_body())
-}
-
-fn accept_header(accept: &str) -> Result<HeaderMap> {
-    let mut h = HeaderMap::new();
-    h.insert(
-        ACCEPT,
-        HeaderValue::try_from(accept)
-            .map_err(|_| Error::Unsupported("invalid Accept header".into()))?,
-    );
-    Ok(h)
+/// A client's `Accept` that cannot go upstream is the client's error, not the upstream's.
+fn check_accept(accept: &str) -> Result<()> {
+    HeaderValue::try_from(accept)
+        .map(drop)
+        .map_err(|_| Error::Unsupported("invalid Accept header".into()))
 }
 
 fn stored_manifest(m: &StoredManifest, digest: &Digest, head: bool) -> Fetched {
@@ -896,20 +746,29 @@ fn cached_blob(
     })
 }
 
-fn header(h: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-/// Maps an upstream's non-success answer: 404 → the caller's "unknown" error, 429 → 429
-/// with its `Retry-After`, anything else → 502 naming the upstream and the status.
-fn failure(up: &Upstream, resp: &http::Response<Incoming>, not_found: Error) -> Error {
-    match resp.status() {
-        StatusCode::NOT_FOUND => not_found,
-        StatusCode::TOO_MANY_REQUESTS => Error::TooManyRequests {
-            retry_after: header(resp.headers(), RETRY_AFTER),
+/// Maps an upstream failure: 404 → the caller's "unknown" error, 429 → 429 with its
+/// `Retry-After`, anything else → 502 naming the upstream and the status (503 for 5xx and
+/// network trouble, 504 for a timeout or stall, so stale-if-error applies).
+fn failure(up: &Upstream, e: UpstreamError, not_found: Error) -> Error {
+    let status = match e {
+        UpstreamError::Status {
+            status,
+            retry_after,
+            ..
+        } => match status {
+            StatusCode::NOT_FOUND => return not_found,
+            StatusCode::TOO_MANY_REQUESTS => return Error::TooManyRequests { retry_after },
+            s => s,
         },
+        UpstreamError::Mismatch { expected, .. } => {
+            return Error::Upstream {
+                upstream: up.name.clone(),
+                reason: format!("manifest content does not match {expected}"),
+            }
+        }
+        e => return e.into_error(&up.name),
+    };
+    match status {
         StatusCode::FORBIDDEN => Error::Upstream {
             upstream: up.name.clone(),
             reason: "the upstream denied berth access (403); check the upstream's credentials and permissions".into(),
@@ -923,53 +782,6 @@ fn failure(up: &Upstream, resp: &http::Response<Incoming>, not_found: Error) -> 
             reason: format!("the upstream answered {s}"),
         },
     }
-}
-
-/// An upstream body under `upstreams[].timeout` as its longest stall: the one guard every
-/// upstream body berth reads goes through (pass-through, in-memory bodies, cache fills).
-fn stall(up: &Upstream, body: Incoming, what: impl Into<String>) -> Stall<Incoming> {
-    Stall::new(body, up.timeout, &up.name, what)
-}
-
-/// Collects an upstream body of at most `limit` bytes; a stall is a timeout (504, and
-/// stale-if-error applies), an oversized or broken body an upstream failure.
-async fn read_limited(up: &Upstream, body: Incoming, limit: usize, what: &str) -> Result<Bytes> {
-    match Limited::new(stall(up, body, what), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<UpstreamStalled>() => Err(Error::UpstreamTimeout {
-            upstream: up.name.clone(),
-            after: up.timeout,
-        }),
-        Err(e) => Err(Error::Upstream {
-            upstream: up.name.clone(),
-            reason: if e.is::<http_body_util::LengthLimitError>() {
-                format!("{what} larger than {limit} bytes")
-            } else {
-                format!("reading the {what} failed: {}", upstream::error_chain(&*e))
-            },
-        }),
-    }
-}
-
-/// Extracts the query of a `Link: <...?last=x&n=2>; rel="next"` header.
-fn next_link_query(link: &str) -> Option<String> {
-    link.split(',').find_map(|part| {
-        let part = part.trim();
-        if !part.contains("rel=\"next\"") && !part.contains("rel=next") {
-            return None;
-        }
-        let start = part.find('<')? + 1;
-        let end = part[start..].find('>')? + start;
-        let url = &part[start..end];
-        let q = url.split_once('?')?.1;
-        // Only the pagination parameters survive: nothing else from upstream is echoed.
-        let kept: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(
-                form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "n" || k == "last"),
-            )
-            .finish();
-        (!kept.is_empty()).then_some(kept)
-    })
 }
 
 #[cfg(test)]
@@ -1028,9 +840,15 @@ mod tests {
     #[test]
     fn link_pagination_is_rewritten() {
         assert_eq!(
-            next_link_query("</v2/acme/api/tags/list?last=b&n=2>; rel=\"next\"").unwrap(),
+            upstream::distribution::next_link_query(
+                "</v2/acme/api/tags/list?last=b&n=2>; rel=\"next\""
+            )
+            .unwrap(),
             "last=b&n=2"
         );
-        assert_eq!(next_link_query("<x>; rel=\"prev\""), None);
+        assert_eq!(
+            upstream::distribution::next_link_query("<x>; rel=\"prev\""),
+            None
+        );
     }
 }

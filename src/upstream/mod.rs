@@ -5,12 +5,16 @@
 //! authenticate: a 401 or 403 from a redirect target fails that request and is never a new
 //! place to send credentials. Credentials never appear in errors or logs.
 //! How each upstream kind logs in (static, GCP, ECR) is a credential source in
-//! `credentials`; the token-realm exchange is `token`.
+//! `credentials`; the token-realm exchange is `token`. The distribution protocol's typed
+//! operations on top of this transport are `distribution` (pull side: manifests, blobs,
+//! tags, referrers) and `push` (uploads, mounts, manifest PUT).
 
 pub mod challenge;
 pub mod credentials;
+pub mod distribution;
 mod metrics;
 pub mod probe;
+pub mod push;
 pub mod sigv4;
 mod stall;
 mod token;
@@ -46,16 +50,35 @@ type HttpClient =
     hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One request to an upstream registry, relative to its base URL.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Request {
     pub method: Method,
-    /// Path starting with `/v2/`.
+    /// Path starting with `/v2/`, appended to the base URL; or a `Location` the upstream
+    /// gave (an upload URL), resolved against the base URL, possibly on another origin
+    /// (which then gets no credentials, like a redirect target).
     pub path: String,
     pub query: Option<String>,
-    /// Headers forwarded as they are (`Accept`, `Range`).
+    /// Headers forwarded as they are (`Accept`, `Range`, `Content-Type`).
     pub headers: HeaderMap,
-    /// Token scope, e.g. `repository:acme/api:pull`.
+    /// Token scope, e.g. `repository:acme/api:pull`; several are separated by spaces
+    /// (a cross-repository mount asks for push here and pull there in one token).
     pub scope: String,
+    /// Sent with the request (push uploads); empty for pulls.
+    pub body: Bytes,
+    /// Return a redirect to the caller instead of following it: a push reads the
+    /// registry's answers (upload `Location`s) itself and never resends a body elsewhere.
+    pub redirects_to_caller: bool,
+}
+
+impl Request {
+    pub fn new(method: Method, path: impl Into<String>, scope: impl Into<String>) -> Request {
+        Request {
+            method,
+            path: path.into(),
+            scope: scope.into(),
+            ..Request::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -68,6 +91,9 @@ pub enum UpstreamError {
     Unauthorized,
     #[error("token service: {0}")]
     Token(String),
+    /// The token realm answered with an error status (a 5xx or 429 may pass on a retry).
+    #[error("token service: the realm answered {0}")]
+    TokenStatus(StatusCode),
     #[error("more than {MAX_REDIRECTS} redirects")]
     Redirects,
     /// A redirect target on another origin (a CDN, a presigned URL) answered 401 or 403.
@@ -78,12 +104,62 @@ pub enum UpstreamError {
     RedirectRefused { target: String, status: StatusCode },
     #[error("{0}")]
     Protocol(String),
+    /// The upstream answered, but not with what the operation wants (404, 429, 5xx …).
+    /// The headers a caller maps it with travel along.
+    #[error("the upstream answered {status}")]
+    Status {
+        status: StatusCode,
+        retry_after: Option<String>,
+        content_range: Option<String>,
+    },
+    /// A body went silent for longer than the upstream's timeout (`Stall`).
+    #[error("the upstream stalled for {0:?}")]
+    Stalled(Duration),
+    /// A body (manifest, tag list, index) larger than berth reads into memory.
+    #[error("{what} larger than {limit} bytes")]
+    TooLarge { what: String, limit: usize },
+    /// The connection broke while a body was read.
+    #[error("reading the {what} failed: {reason}")]
+    Body { what: String, reason: String },
+    /// Content that does not hash to the digest it was asked for by.
+    #[error("{what}: content is {got}, not {expected}")]
+    Mismatch {
+        what: String,
+        expected: String,
+        got: String,
+    },
 }
 
 impl UpstreamError {
+    /// Whether another attempt may succeed: network trouble (cannot connect, no answer,
+    /// a stalled or broken body) and the upstream's own "later" answers (5xx, 429). A
+    /// refusal, a 404, a protocol violation or wrong content stays wrong on a retry.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_)
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Stalled(_)
+            | UpstreamError::Body { .. } => true,
+            UpstreamError::Status { status, .. } | UpstreamError::TokenStatus(status) => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            UpstreamError::Unauthorized
+            | UpstreamError::Token(_)
+            | UpstreamError::Redirects
+            | UpstreamError::RedirectRefused { .. }
+            | UpstreamError::Protocol(_)
+            | UpstreamError::TooLarge { .. }
+            | UpstreamError::Mismatch { .. } => false,
+        }
+    }
+
     pub fn into_error(self, upstream: &str) -> Error {
         match self {
             UpstreamError::Timeout(after) => Error::UpstreamTimeout {
+                upstream: upstream.to_string(),
+                after,
+            },
+            UpstreamError::Stalled(after) => Error::UpstreamTimeout {
                 upstream: upstream.to_string(),
                 after,
             },
@@ -91,6 +167,17 @@ impl UpstreamError {
                 upstream: upstream.to_string(),
                 reason: format!("cannot connect: {reason}"),
             },
+            UpstreamError::Status { status, .. } if status.is_server_error() => {
+                Error::UpstreamUnavailable {
+                    upstream: upstream.to_string(),
+                    reason: format!("the upstream answered {status}"),
+                }
+            }
+            UpstreamError::Status {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                retry_after,
+                ..
+            } => Error::TooManyRequests { retry_after },
             other => Error::Upstream {
                 upstream: upstream.to_string(),
                 reason: other.to_string(),
@@ -308,13 +395,7 @@ impl Client {
         if self.scheme(up).is_some() {
             return Ok(());
         }
-        let req = Request {
-            method: Method::GET,
-            path: "/v2/".into(),
-            query: None,
-            headers: HeaderMap::new(),
-            scope: String::new(),
-        };
+        let req = Request::new(Method::GET, "/v2/", "");
         let answer = self.send_following(up, &req, None).await?;
         if answer.resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(s) = answer.challenge() {
@@ -336,13 +417,7 @@ impl Client {
 
     /// Whether a token or Basic header is ready for this upstream (for `upstream test`).
     pub async fn authenticate(&self, up: &Upstream, scope: &str) -> Result<(), UpstreamError> {
-        let req = Request {
-            method: Method::GET,
-            path: "/v2/".into(),
-            query: None,
-            headers: HeaderMap::new(),
-            scope: scope.to_string(),
-        };
+        let req = Request::new(Method::GET, "/v2/", scope);
         let resp = self.fetch(up, &req).await?;
         if resp.status().is_success() {
             Ok(())
@@ -437,15 +512,10 @@ impl Client {
         req: &Request,
         auth: Option<&HeaderValue>,
     ) -> Result<Answer, UpstreamError> {
-        let target = match &req.query {
-            Some(q) => format!("{}{}?{}", up.base_url, req.path, q),
-            None => format!("{}{}", up.base_url, req.path),
-        };
-        let mut uri: Uri = target
-            .parse()
-            .map_err(|_| UpstreamError::Protocol("cannot form the upstream URL".into()))?;
-        let home = Origin::of(&uri);
+        let (mut uri, home) = target(&up.base_url, &req.path, req.query.as_deref())
+            .ok_or_else(|| UpstreamError::Protocol("cannot form the upstream URL".into()))?;
         let mut method = req.method.clone();
+        let mut body = req.body.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut builder = http::Request::builder()
                 .method(method.clone())
@@ -463,10 +533,13 @@ impl Client {
                 }
             }
             let request = builder
-                .body(Full::new(Bytes::new()))
+                .body(Full::new(body.clone()))
                 .map_err(|_| UpstreamError::Protocol("cannot form the upstream request".into()))?;
             let resp = send(&self.http, request, up.timeout).await?;
-            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+            if !resp.status().is_redirection()
+                || resp.status() == StatusCode::NOT_MODIFIED
+                || req.redirects_to_caller
+            {
                 let status = resp.status();
                 if !own_origin
                     && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
@@ -489,11 +562,38 @@ impl Client {
                 .ok_or_else(|| UpstreamError::Protocol("redirect to an invalid location".into()))?;
             if resp.status() == StatusCode::SEE_OTHER && method != Method::HEAD {
                 method = Method::GET;
+                body = Bytes::new();
             }
             tracing::debug!(upstream = %up.name, to = %Origin::of(&uri).authority(), "following redirect");
         }
         Err(UpstreamError::Redirects)
     }
+}
+
+/// Where a request goes and the upstream's own origin (its base URL's, the one that gets
+/// credentials). A `/v2/` path is appended to the base URL (which may carry a prefix); any
+/// other target is a `Location` the upstream gave, resolved, not concatenated: `base` +
+/// `.evil.example/x` must not become another host.
+fn target(base_url: &str, path: &str, query: Option<&str>) -> Option<(Uri, Origin)> {
+    let base: Uri = base_url.parse().ok()?;
+    let home = Origin::of(&base);
+    let uri = if path.starts_with("/v2/") || path == "/v2" {
+        match query {
+            Some(q) => format!("{base_url}{path}?{q}"),
+            None => format!("{base_url}{path}"),
+        }
+        .parse()
+        .ok()?
+    } else {
+        let location = match query {
+            Some(q) if path.contains('?') => format!("{path}&{q}"),
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let root: Uri = format!("{base_url}/").parse().ok()?;
+        resolve(&root, &location)?
+    };
+    Some((uri, home))
 }
 
 /// A final (non-redirect) response and whether the upstream's own origin gave it.
@@ -689,6 +789,42 @@ mod tests {
         assert_eq!(
             resolve(&base, "y").unwrap().to_string(),
             "https://r.example:5000/v2/a/blobs/y"
+        );
+    }
+
+    /// Moved from airgap push (which now sends through `fetch`): upload `Location`s
+    /// resolve against the registry, paths are appended to its base URL.
+    #[test]
+    fn targets_resolve_against_the_registry() {
+        let url =
+            |p: &str| target("https://reg.example", p, None).map(|(u, home)| (u.to_string(), home));
+        let home = Origin::of(&"https://reg.example/".parse().unwrap());
+        assert_eq!(
+            url("/v2/a/blobs/uploads/"),
+            Some((
+                "https://reg.example/v2/a/blobs/uploads/".into(),
+                home.clone()
+            ))
+        );
+        assert_eq!(
+            url("https://up.example/u?x=1").unwrap().0,
+            "https://up.example/u?x=1"
+        );
+        // Relative: a path under the registry, never a longer host name.
+        assert_eq!(
+            url(".evil.example/x").unwrap().0,
+            "https://reg.example/.evil.example/x"
+        );
+        assert_eq!(url("//cdn.example/u").unwrap().0, "https://cdn.example/u");
+        // The home origin is the base URL's, also for a Location elsewhere.
+        assert_eq!(url("//cdn.example/u").unwrap().1, home);
+        // A base URL's prefix stays in front of /v2/ paths.
+        assert_eq!(
+            target("https://r.example/mirror", "/v2/a/tags/list", Some("n=1"))
+                .unwrap()
+                .0
+                .to_string(),
+            "https://r.example/mirror/v2/a/tags/list?n=1"
         );
     }
 

@@ -209,11 +209,12 @@ pub async fn probe(client: &Client, up: &Upstream, image: Option<(&str, &str)>) 
         HeaderValue::from_static(crate::oci::DEFAULT_MANIFEST_ACCEPT),
     );
     let req = super::Request {
-        method: Method::HEAD,
-        path: format!("/v2/{upstream_repo}/manifests/{reference}"),
-        query: None,
         headers,
-        scope,
+        ..super::Request::new(
+            Method::HEAD,
+            format!("/v2/{upstream_repo}/manifests/{reference}"),
+            scope,
+        )
     };
     let what = format!("{upstream_repo}:{reference}");
     step!(match client.fetch(up, &req).await {

@@ -132,8 +132,10 @@ async fn fetch(
         if let Some(s) = service {
             q.append_pair("service", s);
         }
-        if !scope.is_empty() {
-            q.append_pair("scope", scope);
+        // Several scopes (a push that mounts from another repository) go as several
+        // `scope` parameters, as the token spec has it.
+        for one in scope.split(' ').filter(|s| !s.is_empty()) {
+            q.append_pair("scope", one);
         }
         q.finish()
     };
@@ -170,7 +172,7 @@ async fn fetch(
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             return Err(UpstreamError::Unauthorized)
         }
-        s => return Err(UpstreamError::Token(format!("the realm answered {s}"))),
+        s => return Err(UpstreamError::TokenStatus(s)),
     }
     // A realm that goes silent mid-body fails like one that never answers.
     let body = super::Stall::new(resp.into_body(), up.timeout, &up.name, "token response");
