@@ -969,3 +969,58 @@ fn interrupted_imports_leave_no_staging_behind() {
         b.logs()
     );
 }
+
+/// ctrl-c during an export removes the staging directory beside the output and writes no
+/// bundle (the upstream here accepts connections and never answers, so the export is held
+/// mid-run until the signal).
+#[test]
+fn an_interrupted_export_leaves_no_staging_behind() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let work = support::tempdir();
+    let cfg = work.path().join("berth.yaml");
+    std::fs::write(
+        &cfg,
+        config_yaml(support::free_port(), &work.path().join("cache"), &url),
+    )
+    .unwrap();
+    let out_dir = work.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let staging = || -> Vec<String> {
+        std::fs::read_dir(&out_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["airgap", "export", "--config", cfg.to_str().unwrap()])
+        .args(["--app", "acme", "-o"])
+        .arg(out_dir.join("acme.tar"))
+        .arg(format!("{HOST}/acme/api:1.2"))
+        .env("UPSTREAM_PASSWORD", PASSWORD)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    assert!(
+        support::wait_until(std::time::Duration::from_secs(10), || !staging().is_empty()),
+        "the export never staged anything"
+    );
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_child(&mut child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+    assert!(staging().is_empty(), "left behind: {:?}", staging());
+}

@@ -88,7 +88,7 @@ fn target_app(config: &Config, app: Option<&str>) -> anyhow::Result<String> {
 }
 
 /// Resolves on the first SIGINT or SIGTERM, naming it.
-async fn interrupted() -> &'static str {
+pub(super) async fn interrupted() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
