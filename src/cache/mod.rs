@@ -94,13 +94,13 @@ impl Cache {
             blobs: fs.clone(),
             objects: fs,
         };
+        let links = Links::from_log(storage.objects.clone(), legacy, &links_log);
         Ok(Cache::assemble(
             cfg,
             storage,
             found,
             &pins,
-            &links_log,
-            legacy,
+            links,
             Some(lock),
             metrics,
         ))
@@ -126,8 +126,9 @@ impl Cache {
             Err(e) if e.is_not_found() => Bytes::new(),
             Err(e) => return Err(e),
         };
+        let links = Links::from_log(storage.objects.clone(), legacy, &links_log);
         Ok(Cache::assemble(
-            cfg, storage, found, &pins, &links_log, legacy, None, metrics,
+            cfg, storage, found, &pins, links, None, metrics,
         ))
     }
 
@@ -136,8 +137,7 @@ impl Cache {
         storage: Storage,
         found: Vec<(crate::oci::Digest, crate::storage::BlobInfo)>,
         pins: &[u8],
-        links_log: &[u8],
-        legacy: Legacy,
+        links: Links,
         lock: Option<std::fs::File>,
         metrics: CacheMetrics,
     ) -> Cache {
@@ -152,7 +152,6 @@ impl Cache {
         for (_, hex, size) in &found {
             index.insert(hex, *size, pins.contains(hex.as_str()));
         }
-        let links = Links::from_log(storage.objects.clone(), legacy.clone(), links_log);
         tracing::info!(
             blobs = index.len(),
             bytes = index.total(),
@@ -163,7 +162,7 @@ impl Cache {
         Cache {
             blobs: Arc::new(BlobStore::new(storage.blobs.clone(), index)),
             manifests: ManifestStore::new(storage.objects.clone()),
-            tags: TagStore::new(storage.objects.clone(), legacy),
+            tags: TagStore::new(storage.objects.clone(), links.legacy().clone()),
             links,
             storage,
             _lock: lock,

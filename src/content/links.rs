@@ -156,6 +156,11 @@ impl Links {
         before - set.len() - unmapped.len()
     }
 
+    /// How this log reads old-format lines (the tag store reads old answers the same way).
+    pub fn legacy(&self) -> &Legacy {
+        &self.legacy
+    }
+
     pub fn len(&self) -> usize {
         self.set.read().unwrap_or_else(|e| e.into_inner()).len()
             + self
