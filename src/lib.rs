@@ -11,6 +11,7 @@ pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod logging;
 pub mod oci;

@@ -805,7 +805,8 @@ fn import_refuses_a_bundle_that_names_another_app() {
     let port = support::free_port();
     let cfg = cache.path().join("berth.yaml");
     std::fs::write(&cfg, two_app_yaml(port, &cache.path().join("c"), &url)).unwrap();
-    let tags = cache.path().join("c").join("tags");
+    // Tag answers live under the app's repositories (`repositories/proxy/<app>/…`).
+    let tags = cache.path().join("c").join("repositories").join("proxy");
 
     let (ok, _, stderr) = import(&cfg, &retargeted);
     assert!(!ok, "imported into the app the bundle named: {stderr}");
@@ -835,7 +836,7 @@ fn import_refuses_a_bundle_that_names_another_app() {
     assert!(files_under(&tags).is_empty());
     assert!(files_under(&cache.path().join("c").join("sha256")).is_empty());
 
-    // The genuine bundle, named app and --app agreeing, is imported into acme's upstream.
+    // The genuine bundle, named app and --app agreeing, is imported into acme's repositories.
     let (ok, _, stderr) = with_app("acme", &bundle);
     assert!(ok, "{stderr}");
     let seeded = files_under(&tags);
@@ -843,8 +844,7 @@ fn import_refuses_a_bundle_that_names_another_app() {
     assert!(
         seeded
             .iter()
-            .all(|p| p.strip_prefix(&tags).unwrap().starts_with("up")
-                && !p.strip_prefix(&tags).unwrap().starts_with("up2")),
+            .all(|p| p.strip_prefix(&tags).unwrap().starts_with("acme")),
         "{seeded:?}"
     );
 }

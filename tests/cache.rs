@@ -958,6 +958,157 @@ fn another_apps_license_cannot_read_cached_content_by_digest() {
     );
 }
 
+/// One upstream (`up`) that two apps pull through, and an app (`third`) with an upstream
+/// of its own for the same repositories.
+fn shared_upstream_yaml(port: u16, cache: &Path, upstream_url: &str, offline: bool) -> String {
+    format!(
+        r#"server: {{ listen: "127.0.0.1:{port}", hostname: "127.0.0.1:{port}" }}
+cache: {{ dir: "{cache}", tag_ttl: 5m, offline: {offline} }}
+upstreams:
+  - {{ name: up, url: "{upstream_url}", host: upstream.test, username: {VENDOR}, password: "${{UPSTREAM_PASSWORD}}", repositories: ["acme/*"] }}
+  - {{ name: own, url: "{upstream_url}", host: upstream.test, username: {VENDOR}, password: "${{UPSTREAM_PASSWORD}}", repositories: ["acme/*"] }}
+apps: [ {{ slug: acme, upstreams: [up] }}, {{ slug: other, upstreams: [up] }}, {{ slug: third, upstreams: [own] }} ]
+licenses: [ {{ id: {ACME}, app: acme, customer: A }}, {{ id: {OTHER}, app: other, customer: B }}, {{ id: {THIRD}, app: third, customer: C }} ]
+"#,
+        cache = cache.display(),
+    )
+}
+
+const THIRD: &str = "LICENSE-thrd-0001";
+
+/// Two apps pulling the same repository through one upstream: what one app's pull cached
+/// is served to the other only after the upstream confirms it, as for any repository not
+/// linked yet (content is the app's own, not the upstream's).
+#[test]
+fn two_apps_sharing_an_upstream_are_each_confirmed_by_it() {
+    let reg = registry();
+    let img = push(&reg, "acme/shared", "1", &[150_000], 53);
+    let cache = support::tempdir();
+    let port = support::free_port();
+    let b = Berth::start(
+        &shared_upstream_yaml(port, cache.path(), &reg.url(), false),
+        &[("UPSTREAM_PASSWORD", VENDOR_PW)],
+    );
+    assert_pulled(&pull(&b, "acme", "acme/shared", "1", ACME), &img);
+    let (layer, _) = &img.layers[0];
+    assert!(cached_path(cache.path(), layer).exists());
+    let head_path = format!("/v2/acme/shared/blobs/{layer}");
+    let gets_path = head_path.clone();
+    let (heads, gets) = (
+        reg.count_requests("HEAD", &head_path),
+        reg.count_requests("GET", &gets_path),
+    );
+    let r = get(
+        b.port,
+        &blob_url("other", "acme/shared", layer),
+        OTHER,
+        &[],
+        true,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, std::fs::read(img.blob_path(layer)).unwrap());
+    assert_eq!(
+        reg.count_requests("HEAD", &head_path),
+        heads + 1,
+        "the other app's first read is confirmed upstream"
+    );
+    assert_eq!(
+        reg.count_requests("GET", &gets_path),
+        gets,
+        "and served from the cache"
+    );
+    // Confirmed once: linked to the other app's repository from then on.
+    let r = get(
+        b.port,
+        &blob_url("other", "acme/shared", layer),
+        OTHER,
+        &[],
+        true,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(reg.count_requests("HEAD", &head_path), heads + 1);
+}
+
+/// A cache directory as berth wrote it before the content model — links and tag answers
+/// keyed by the upstream's name, written here literally — is served: to both apps of that
+/// upstream, offline, and to no app pulling through another upstream.
+#[test]
+fn a_cache_directory_keyed_by_upstream_is_served_to_its_apps() {
+    let mut reg = registry();
+    let img = push(&reg, "acme/app", "1", &[120_000, 3_000], 54);
+    let cache = support::tempdir();
+    let root = cache.path();
+    for sub in ["sha256", "tmp", "manifests/sha256", "tags/up/acme/app/1"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let mut blobs: Vec<&str> = img.layers.iter().map(|(d, _)| d.as_str()).collect();
+    blobs.push(&img.config_digest);
+    let mut links = String::new();
+    for d in &blobs {
+        std::fs::copy(img.blob_path(d), root.join("sha256").join(hex_of(d))).unwrap();
+        links.push_str(&format!("up\tacme/app\t{d}\n"));
+    }
+    let m = &img.manifest_digest;
+    std::fs::copy(
+        img.blob_path(m),
+        root.join("manifests/sha256").join(hex_of(m)),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(format!("manifests/sha256/{}.type", hex_of(m))),
+        MANIFEST_MEDIA_TYPE,
+    )
+    .unwrap();
+    links.push_str(&format!("up\tacme/app\t{m}\n"));
+    std::fs::write(root.join("links.log"), &links).unwrap();
+    // The answer for `Accept: <OCI manifest>` (the key hashes the sorted Accept set).
+    let accept = &support::sha256_hex(MANIFEST_MEDIA_TYPE.as_bytes())[..16];
+    std::fs::write(
+        root.join(format!("tags/up/acme/app/1/{accept}.json")),
+        format!(
+            r#"{{"digest":"{m}","media_type":"{MANIFEST_MEDIA_TYPE}","length":{},"checked_ms":1}}"#,
+            img.manifest_size
+        ),
+    )
+    .unwrap();
+
+    let port = support::free_port();
+    let b = Berth::start(
+        &shared_upstream_yaml(port, root, &reg.url(), true),
+        &[("UPSTREAM_PASSWORD", VENDOR_PW)],
+    );
+    reg.stop();
+    let by_tag = get_manifest(b.port, "acme", "acme/app", "1", ACME);
+    assert_eq!(by_tag.status, 200, "{}", by_tag.text());
+    assert_eq!(support::sha256_hex(&by_tag.body), hex_of(m));
+    assert_pulled(&pull(&b, "acme", "acme/app", "1", ACME), &img);
+    assert_pulled(&pull(&b, "other", "acme/app", "1", OTHER), &img);
+
+    // `third` pulls the same repository through its own upstream: nothing is linked to it.
+    let (layer, _) = &img.layers[0];
+    let r = get(
+        b.port,
+        &blob_url("third", "acme/app", layer),
+        THIRD,
+        &[],
+        true,
+    );
+    assert_ne!(r.status, 200);
+    assert!(r.body.len() < 4096, "a {} byte error body", r.body.len());
+    assert_ne!(
+        get_manifest(b.port, "third", "acme/app", m, THIRD).status,
+        200
+    );
+    assert_ne!(
+        get_manifest(b.port, "third", "acme/app", "1", THIRD).status,
+        200
+    );
+    // Read alongside, not rewritten: the log still holds the old lines.
+    assert!(std::fs::read_to_string(root.join("links.log"))
+        .unwrap()
+        .starts_with(&links));
+}
+
 // ---- 6. eviction -----------------------------------------------------------------------
 
 #[test]

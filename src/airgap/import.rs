@@ -12,9 +12,9 @@ use bytes::Bytes;
 
 use super::bundle::Bundle;
 use super::human;
-use crate::cache::manifest::now_ms;
-use crate::cache::{self, Links, ManifestStore, TagEntry, TagKey, TagStore};
+use crate::cache;
 use crate::config::{Config, Upstream};
+use crate::content::{now_ms, Links, ManifestStore, RepoKey, TagEntry, TagKey, TagStore};
 use crate::oci::reference::ImageRef;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
 use crate::storage::fs::FsBackend;
@@ -170,9 +170,10 @@ async fn seed(
         pins.push(hex);
     }
     cache::add_pins(&*objects, &pins).await?;
+    let legacy = cache::legacy_of(&*config.tenants);
     let manifests = ManifestStore::new(objects.clone());
-    let tags = TagStore::new(objects.clone());
-    let links = Links::open(objects).await?;
+    let tags = TagStore::new(objects.clone(), legacy.clone());
+    let links = Links::open(objects, legacy).await?;
     let mut report = ImportReport {
         blobs: pins.len(),
         bytes,
@@ -197,19 +198,19 @@ async fn seed(
             .map(|m| &m.digest)
             .chain(p.image.blob_sizes.keys())
             .collect();
-        links
-            .add(&p.upstream.name, &p.reference.repository, digests)
-            .await;
+        // The app's repository, named as serving names it (the upstream's host and
+        // repository), so every spelling a client pulls it by finds it.
+        let repo = RepoKey::proxied(
+            app,
+            &p.upstream.host,
+            &p.upstream.upstream_repository(&p.reference.repository),
+        );
+        links.add(&repo, digests).await;
         if let Some(tag) = &p.reference.tag {
             // One answer under berth's default Accept set; the registry falls back to it for
             // other Accept sets that admit its media type when the upstream is unreachable.
             tags.put(
-                &TagKey::new(
-                    &p.upstream.name,
-                    &p.reference.repository,
-                    tag,
-                    DEFAULT_MANIFEST_ACCEPT,
-                ),
+                &TagKey::new(&repo, tag, DEFAULT_MANIFEST_ACCEPT),
                 TagEntry {
                     digest: p.image.top.digest.clone(),
                     media_type: p.image.top.media_type.clone(),

@@ -72,7 +72,8 @@ impl Api {
             crate::upstream::UpstreamMetrics::register(registry),
         );
         let cache_metrics = crate::cache::CacheMetrics::register(registry);
-        let cache = crate::cache::Cache::open(&config.cache, cache_metrics)?;
+        let legacy = crate::cache::legacy_of(&*config.tenants);
+        let cache = crate::cache::Cache::open(&config.cache, legacy, cache_metrics)?;
         cache.start_evictor();
         let tokens = Issuer::load_or_create(&config.auth.token_key_file, config.auth.token_ttl)?;
         let audit = match &config.auth.audit_log {
@@ -333,10 +334,13 @@ fn resolve(
     let upstream = app
         .select(&repo.host, &repo.repository)
         .ok_or_else(|| Error::NameUnknown(repo.name()))?;
+    // Docker Hub's `redis` is `library/redis` upstream.
+    let repository = upstream.upstream_repository(&repo.repository).into_owned();
     Ok(Target {
+        // Every spelling of the host (Hub's aliases, `host_port`) is the one repository.
+        repo: crate::content::RepoKey::proxied(&repo.app, &upstream.host, &repository),
         upstream: upstream.clone(),
-        // Docker Hub's `redis` is `library/redis` upstream.
-        repository: upstream.upstream_repository(&repo.repository).into_owned(),
+        repository,
         public_name: repo.name(),
         tag_ttl: config.cache.tag_ttl,
         offline: config.cache.offline,

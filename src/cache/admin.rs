@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::links::Links;
+use crate::content::{Legacy, Links, RepoKey, TagStore};
 use crate::storage::fs::FsBackend;
 use crate::storage::{layout, ObjectKey, ObjectPrefix, Storage, StorageError};
 
@@ -70,7 +70,8 @@ pub async fn stats_of(storage: &Storage) -> Result<CacheStats, StorageError> {
             .iter()
             .filter(|k| matches!(k, ObjectKey::Manifest(_)))
             .count() as u64,
-        tags: storage.objects.list(&ObjectPrefix::Tags).await?.len() as u64,
+        tags: (storage.objects.list(&ObjectPrefix::Tags).await?.len()
+            + storage.objects.list(&ObjectPrefix::LegacyTags).await?.len()) as u64,
         links,
         partial_files: 0,
     })
@@ -96,9 +97,14 @@ pub struct Purged {
     pub bytes: u64,
 }
 
-/// Forgets the repositories `matches(upstream, repository)` selects, then deletes every
-/// blob and manifest no remaining repository links to.
-pub fn purge(dir: &Path, matches: &dyn Fn(&str, &str) -> bool) -> Result<Purged, String> {
+/// What `cache purge` is asked about each repository: its app, and its repository (the
+/// name without the host). The app is `None` for content stored before the content model
+/// under an upstream no app lists any more.
+pub type Matcher<'a> = &'a dyn Fn(Option<&str>, &str) -> bool;
+
+/// Forgets the repositories `matches` selects, then deletes every blob and manifest no
+/// remaining repository links to. `legacy` reads what was stored before the content model.
+pub fn purge(dir: &Path, legacy: Legacy, matches: Matcher<'_>) -> Result<Purged, String> {
     let lock_path = layout::lock_file(dir);
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -110,7 +116,7 @@ pub fn purge(dir: &Path, matches: &dyn Fn(&str, &str) -> bool) -> Result<Purged,
         return Err("a running berth uses this cache; stop it before purging".into());
     }
     let (_, storage) = fs_storage(dir);
-    let out = block_on(purge_in(&storage, matches)).map_err(|e| e.to_string())?;
+    let out = block_on(purge_in(&storage, legacy, matches)).map_err(|e| e.to_string())?;
     drop(lock);
     out
 }
@@ -118,13 +124,19 @@ pub fn purge(dir: &Path, matches: &dyn Fn(&str, &str) -> bool) -> Result<Purged,
 /// [`purge`] on a store nobody else writes to meanwhile.
 pub async fn purge_in(
     storage: &Storage,
-    matches: &dyn Fn(&str, &str) -> bool,
+    legacy: Legacy,
+    matches: Matcher<'_>,
 ) -> Result<Purged, String> {
-    let links = Links::open(storage.objects.clone())
+    let links = Links::open(storage.objects.clone(), legacy.clone())
         .await
         .map_err(|e| format!("links.log: {e}"))?;
+    // Old tag answers first become each repository's own, so they are matched like the
+    // rest (one upstream's answer may serve an app that is purged and one that is not).
+    TagStore::new(storage.objects.clone(), legacy)
+        .migrate_all()
+        .await;
     let mut out = Purged {
-        links: links.retain(|u, r| !matches(u, r)),
+        links: links.remove_matching(matches),
         ..Purged::default()
     };
     links
@@ -134,7 +146,24 @@ pub async fn purge_in(
     let objects = &storage.objects;
     for key in objects.list(&ObjectPrefix::Tags).await.unwrap_or_default() {
         if let ObjectKey::TagAnswer(t) = &key {
-            if matches(&t.upstream, &t.repository) && objects.delete(&key).await.is_ok() {
+            let Some(repo) = RepoKey::from_path(&t.repo) else {
+                continue;
+            };
+            if matches(Some(repo.app.as_str()), repo.repository())
+                && objects.delete(&key).await.is_ok()
+            {
+                out.tags += 1;
+            }
+        }
+    }
+    // Those no configured upstream explains are left in the old format.
+    for key in objects
+        .list(&ObjectPrefix::LegacyTags)
+        .await
+        .unwrap_or_default()
+    {
+        if let ObjectKey::LegacyTagAnswer(t) = &key {
+            if matches(None, &t.repository) && objects.delete(&key).await.is_ok() {
                 out.tags += 1;
             }
         }
@@ -168,16 +197,24 @@ pub async fn purge_in(
 mod tests {
     use super::*;
     use crate::oci::Digest;
-    use crate::storage::{BlobBackend, ObjectStore, TagPath};
+    use crate::storage::{BlobBackend, LegacyTagPath, ObjectStore, TagPath};
     use bytes::Bytes;
+
+    fn repo(repository: &str) -> RepoKey {
+        RepoKey::proxied("acme", "quay.io", repository)
+    }
 
     fn tag(repository: &str) -> ObjectKey {
         ObjectKey::TagAnswer(TagPath {
-            upstream: "up".into(),
-            repository: repository.into(),
+            repo: repo(repository).path(),
             tag: "1".into(),
             accept: "k".into(),
         })
+    }
+
+    /// `--app acme --repo acme/api`, as the CLI builds it.
+    fn api(app: Option<&str>, r: &str) -> bool {
+        app == Some("acme") && r == "acme/api"
     }
 
     #[test]
@@ -198,9 +235,11 @@ mod tests {
             fs.put(&tag("acme/web"), Bytes::from_static(b"{}"))
                 .await
                 .unwrap();
-            let l = Links::open(Arc::new(FsBackend::at(dir))).await.unwrap();
-            l.add("up", "acme/api", [&a, &b]).await;
-            l.add("up", "acme/web", [&a]).await;
+            let l = Links::open(Arc::new(FsBackend::at(dir)), Legacy::default())
+                .await
+                .unwrap();
+            l.add(&repo("acme/api"), [&a, &b]).await;
+            l.add(&repo("acme/web"), [&a]).await;
         })
         .unwrap();
         let st = stats(dir).unwrap();
@@ -208,15 +247,66 @@ mod tests {
         {
             // A serving process holds the cache: purge must refuse.
             let _held = lock_shared(dir).unwrap();
-            assert!(purge(dir, &|_, r| r == "acme/api").is_err());
+            assert!(purge(dir, Legacy::default(), &api).is_err());
         }
-        let p = purge(dir, &|_, r| r == "acme/api").unwrap();
+        let p = purge(dir, Legacy::default(), &api).unwrap();
         assert_eq!((p.links, p.tags, p.blobs), (2, 1, 1));
         block_on(async {
             assert!(fs.stat(&a).await.is_ok(), "still linked from acme/web");
             assert!(fs.stat(&b).await.unwrap_err().is_not_found());
             assert!(fs.get(&tag("acme/web")).await.is_ok());
             assert!(fs.get(&tag("acme/api")).await.is_err());
+        })
+        .unwrap();
+    }
+
+    /// A cache of the format before the content model, where upstream `up` serves apps
+    /// `acme` and `other`: purging acme's repository leaves other's links and tag answer.
+    #[test]
+    fn purge_of_one_app_keeps_anothers_old_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (fs, _) = FsBackend::open(dir).unwrap();
+        let d = Digest::sha256_of(b"shared");
+        let old_tag = ObjectKey::LegacyTagAnswer(LegacyTagPath {
+            upstream: "up".into(),
+            repository: "acme/api".into(),
+            tag: "1".into(),
+            accept: "k".into(),
+        });
+        block_on(async {
+            let s = fs.stage().unwrap();
+            s.append(b"shared").unwrap();
+            s.commit(&d).await.unwrap();
+            let entry = format!(
+                r#"{{"digest":"{d}","media_type":"application/vnd.oci.image.manifest.v1+json","length":6,"checked_ms":1}}"#
+            );
+            fs.put(&old_tag, Bytes::from(entry)).await.unwrap();
+            fs.append(&ObjectKey::Links, Bytes::from(format!("up	acme/api	{d}
+")), true)
+                .await
+                .unwrap();
+        })
+        .unwrap();
+        let legacy = || {
+            Legacy::new([
+                ("up".into(), "acme".into(), "quay.io".into()),
+                ("up".into(), "other".into(), "quay.io".into()),
+            ])
+        };
+        let p = purge(dir, legacy(), &api).unwrap();
+        assert_eq!((p.links, p.tags, p.blobs), (1, 1, 0));
+        block_on(async {
+            assert!(fs.stat(&d).await.is_ok(), "still linked from other");
+            let other = RepoKey::proxied("other", "quay.io", "acme/api");
+            let l = Links::open(Arc::new(FsBackend::at(dir)), Legacy::default())
+                .await
+                .unwrap();
+            assert!(l.contains(&other, &d).await);
+            assert!(!l.contains(&repo("acme/api"), &d).await);
+            let tags = TagStore::new(Arc::new(FsBackend::at(dir)), Legacy::default());
+            assert_eq!(tags.entries(&other, "1").await.len(), 1);
+            assert!(tags.entries(&repo("acme/api"), "1").await.is_empty());
         })
         .unwrap();
     }

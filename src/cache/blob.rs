@@ -30,12 +30,12 @@ const WINDOW: usize = 1024 * 1024;
 /// After a full disk, berth stops trying to cache for this long.
 const DISK_FULL_BACKOFF: Duration = Duration::from_secs(60);
 
-/// A fill is per repository as well as per digest: a request from another repository must
-/// not see bytes it has no link to, even while they are in flight.
+/// A fill is per repository (of an app) as well as per digest: a request from another
+/// repository, or another app pulling through the same upstream, must not see bytes it has
+/// no link to, even while they are in flight.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct FillKey {
-    pub upstream: String,
-    pub repository: String,
+    pub repo: crate::content::RepoKey,
     pub digest: Digest,
 }
 
@@ -840,8 +840,7 @@ mod tests {
 
     fn key(d: &Digest) -> FillKey {
         FillKey {
-            upstream: "u".into(),
-            repository: "r".into(),
+            repo: crate::content::RepoKey::proxied("a", "u", "r"),
             digest: d.clone(),
         }
     }

@@ -1,12 +1,11 @@
-//! The on-disk cache: blobs (content-addressed, single-flight fills, LRU eviction under a
-//! size cap), manifests and tag answers, and the repository links that keep one app from
-//! reading another's content. Storage only: it never sees an HTTP type.
+//! The pull-through cache: blobs (content-addressed, single-flight fills, LRU eviction
+//! under a size cap, pins that eviction never removes) on top of the content model
+//! (`content/`: repository links, manifests, tag answers) and the storage seam. It never
+//! sees an HTTP type.
 
 pub mod admin;
 pub mod blob;
 pub mod index;
-pub mod links;
-pub mod manifest;
 pub mod metrics;
 
 use std::collections::HashSet;
@@ -16,13 +15,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::CacheConfig;
+use crate::content::{Legacy, Links, ManifestStore, TagStore};
 use crate::storage::fs::FsBackend;
 use crate::storage::{ObjectKey, ObjectStore, Storage, StorageError};
 
 pub use blob::{Begin, BlobStore, FillKey, Source};
 pub use index::Index;
-pub use links::Links;
-pub use manifest::{ManifestStore, TagEntry, TagKey, TagStore};
 pub use metrics::CacheMetrics;
 
 /// Kept here for the callers that name temp files outside the cache (airgap export).
@@ -67,7 +65,13 @@ impl Cache {
     /// Opens (or creates) the cache directory: the filesystem backend removes what a crash
     /// left behind, and the blob index is rebuilt from what is stored. Only committed blobs
     /// count, and those were verified before they were committed.
-    pub fn open(cfg: &CacheConfig, metrics: CacheMetrics) -> Result<Cache, OpenError> {
+    /// `legacy` reads links and tag answers stored before the content model
+    /// ([`legacy_of`] the configuration).
+    pub fn open(
+        cfg: &CacheConfig,
+        legacy: Legacy,
+        metrics: CacheMetrics,
+    ) -> Result<Cache, OpenError> {
         let dir = cfg.dir.clone();
         let (fs, recovered) =
             FsBackend::open(&dir).map_err(|(path, source)| OpenError { path, source })?;
@@ -90,12 +94,13 @@ impl Cache {
             blobs: fs.clone(),
             objects: fs,
         };
+        let links = Links::from_log(storage.objects.clone(), legacy, &links_log);
         Ok(Cache::assemble(
             cfg,
             storage,
             found,
             &pins,
-            &links_log,
+            links,
             Some(lock),
             metrics,
         ))
@@ -107,6 +112,7 @@ impl Cache {
     pub async fn on(
         cfg: &CacheConfig,
         storage: Storage,
+        legacy: Legacy,
         metrics: CacheMetrics,
     ) -> Result<Cache, StorageError> {
         let found = storage.blobs.list().await?;
@@ -120,8 +126,9 @@ impl Cache {
             Err(e) if e.is_not_found() => Bytes::new(),
             Err(e) => return Err(e),
         };
+        let links = Links::from_log(storage.objects.clone(), legacy, &links_log);
         Ok(Cache::assemble(
-            cfg, storage, found, &pins, &links_log, None, metrics,
+            cfg, storage, found, &pins, links, None, metrics,
         ))
     }
 
@@ -130,7 +137,7 @@ impl Cache {
         storage: Storage,
         found: Vec<(crate::oci::Digest, crate::storage::BlobInfo)>,
         pins: &[u8],
-        links_log: &[u8],
+        links: Links,
         lock: Option<std::fs::File>,
         metrics: CacheMetrics,
     ) -> Cache {
@@ -145,7 +152,6 @@ impl Cache {
         for (_, hex, size) in &found {
             index.insert(hex, *size, pins.contains(hex.as_str()));
         }
-        let links = Links::from_log(storage.objects.clone(), links_log);
         tracing::info!(
             blobs = index.len(),
             bytes = index.total(),
@@ -156,7 +162,7 @@ impl Cache {
         Cache {
             blobs: Arc::new(BlobStore::new(storage.blobs.clone(), index)),
             manifests: ManifestStore::new(storage.objects.clone()),
-            tags: TagStore::new(storage.objects.clone()),
+            tags: TagStore::new(storage.objects.clone(), links.legacy().clone()),
             links,
             storage,
             _lock: lock,
@@ -204,6 +210,17 @@ impl Cache {
     }
 }
 
+/// How links and tag answers stored before the content model (keyed by upstream name)
+/// map to repositories: an upstream's content is its apps' content, as the configuration
+/// says now.
+pub fn legacy_of(tenants: &dyn crate::tenancy::TenantStore) -> Legacy {
+    Legacy::new(tenants.apps().into_iter().flat_map(|app| {
+        app.upstreams
+            .iter()
+            .map(move |u| (u.name.clone(), app.slug.clone(), u.host.clone()))
+    }))
+}
+
 /// The pinned blobs in a pins log (one hex digest a line); a torn last line is ignored.
 pub fn parse_pins(bytes: &[u8]) -> HashSet<String> {
     String::from_utf8_lossy(bytes)
@@ -240,6 +257,7 @@ pub async fn add_pins(objects: &dyn ObjectStore, hexes: &[String]) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::{accept_key, RepoKey, TagKey};
     use crate::oci::Digest;
     use crate::storage::layout;
 
@@ -264,7 +282,7 @@ mod tests {
     async fn pins_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = cfg(dir.path());
-        let c = Cache::open(&cfg, CacheMetrics::default()).unwrap();
+        let c = Cache::open(&cfg, Legacy::default(), CacheMetrics::default()).unwrap();
         let a = put_blob(&c, b"aa").await;
         let b = put_blob(&c, b"bb").await;
         let objects = c.storage.objects.clone();
@@ -275,12 +293,12 @@ mod tests {
             objects.get(&ObjectKey::Pins).await.unwrap(),
             format!("{a}\n")
         );
-        let c = Cache::open(&cfg, CacheMetrics::default()).unwrap();
+        let c = Cache::open(&cfg, Legacy::default(), CacheMetrics::default()).unwrap();
         assert!(c.blobs.index().is_pinned(&a));
         assert!(!c.blobs.index().is_pinned(&b));
         c.pin(std::slice::from_ref(&b)).await.unwrap();
         drop(c);
-        let c = Cache::open(&cfg, CacheMetrics::default()).unwrap();
+        let c = Cache::open(&cfg, Legacy::default(), CacheMetrics::default()).unwrap();
         assert!(c.blobs.index().is_pinned(&b));
     }
 
@@ -290,33 +308,40 @@ mod tests {
     async fn a_cache_on_another_backend_keeps_blobs_pins_and_links() {
         let storage = Storage::memory();
         let cfg = cfg(Path::new("/nonexistent"));
-        let c = Cache::on(&cfg, storage.clone(), CacheMetrics::default())
-            .await
-            .unwrap();
+        let c = Cache::on(
+            &cfg,
+            storage.clone(),
+            Legacy::default(),
+            CacheMetrics::default(),
+        )
+        .await
+        .unwrap();
         let a = put_blob(&c, b"pinned").await;
         let b = put_blob(&c, b"linked").await;
         c.pin(std::slice::from_ref(&a)).await.unwrap();
         let d: Digest = format!("sha256:{b}").parse().unwrap();
-        c.links.add("hub", "acme/api", [&d]).await;
+        let api = RepoKey::proxied("acme", "quay.io", "acme/api");
+        c.links.add(&api, [&d]).await;
         // Stored by someone else: the index learns of it on the first request.
         assert!(!c.blobs.is_cached(&d));
         assert!(c.has_blob(&d).await);
         drop(c);
-        let c = Cache::on(&cfg, storage, CacheMetrics::default())
+        let c = Cache::on(&cfg, storage, Legacy::default(), CacheMetrics::default())
             .await
             .unwrap();
         assert_eq!(c.blobs.index().len(), 2);
         assert!(c.blobs.index().is_pinned(&a));
         assert!(!c.blobs.index().is_pinned(&b));
-        assert!(c.links.contains("hub", "acme/api", &d).await);
+        assert!(c.links.contains(&api, &d).await);
         let opened = c.blobs.open(&d).await.unwrap();
         assert!(opened.local.is_none(), "memory has no local files");
         assert_eq!(opened.size, 6);
     }
 
-    /// A cache directory as the code before the storage seam left it (written here with
-    /// literal paths: they are the on-disk format being pinned) is served as it is: blobs
-    /// indexed and pinned, manifests, tag answers and links found.
+    /// A cache directory as the code before the content model left it (written here with
+    /// literal paths: they are the on-disk format being read) is served: blobs indexed and
+    /// pinned, manifests found, and links and tag answers keyed by upstream found for each
+    /// app that lists the upstream — for no other app, nor another repository.
     #[tokio::test]
     async fn an_existing_cache_directory_is_served() {
         let dir = tempfile::tempdir().unwrap();
@@ -325,7 +350,7 @@ mod tests {
         let bd = Digest::sha256_of(&blob);
         let manifest = format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{bd}"}}]}}"#);
         let md = Digest::sha256_of(manifest.as_bytes());
-        let accept = manifest::accept_key(crate::oci::DEFAULT_MANIFEST_ACCEPT);
+        let accept = accept_key(crate::oci::DEFAULT_MANIFEST_ACCEPT);
         for sub in ["sha256", "tmp", "manifests/sha256", "tags/hub/acme/api/v1"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
@@ -355,7 +380,14 @@ mod tests {
 
         let mut cfg = cfg(root);
         cfg.max_size = None;
-        let c = Cache::open(&cfg, CacheMetrics::default()).unwrap();
+        // `hub` serves two apps; `third` has an upstream of its own.
+        let legacy = Legacy::new([
+            ("hub".into(), "acme".into(), "docker.io".into()),
+            ("hub".into(), "other".into(), "docker.io".into()),
+            ("own".into(), "third".into(), "docker.io".into()),
+        ]);
+        let c = Cache::open(&cfg, legacy, CacheMetrics::default()).unwrap();
+        let api = |app| RepoKey::proxied(app, "docker.io", "acme/api");
         assert!(c.has_blob(&bd).await);
         assert!(c.blobs.index().is_pinned(bd.hex()));
         let opened = c.blobs.open(&bd).await.expect("the blob is served");
@@ -364,19 +396,24 @@ mod tests {
         let m = c.manifests.get(&md).await.expect("the manifest is served");
         assert_eq!(m.bytes, manifest.as_bytes());
         assert_eq!(m.media_type, "application/vnd.oci.image.manifest.v1+json");
+        let tag = |app| TagKey::new(&api(app), "v1", crate::oci::DEFAULT_MANIFEST_ACCEPT);
+        assert!(c.tags.get(&tag("third")).await.is_none());
         let t = c
             .tags
-            .get(&TagKey::new(
-                "hub",
-                "acme/api",
-                "v1",
-                crate::oci::DEFAULT_MANIFEST_ACCEPT,
-            ))
+            .get(&tag("acme"))
             .await
             .expect("the tag answer is served");
         assert_eq!(t.digest, md);
-        assert!(c.links.contains("hub", "acme/api", &bd).await);
-        assert!(!c.links.contains("hub", "acme/web", &bd).await);
+        let t = c.tags.get(&tag("other")).await.expect("to each app of hub");
+        assert_eq!(t.digest, md);
+        for app in ["acme", "other"] {
+            assert!(c.links.contains(&api(app), &bd).await);
+            assert!(c.links.contains(&api(app), &md).await);
+        }
+        assert!(!c.links.contains(&api("third"), &bd).await);
+        assert!(!c.links.contains(&api("third"), &md).await);
+        let web = RepoKey::proxied("acme", "docker.io", "acme/web");
+        assert!(!c.links.contains(&web, &bd).await);
         assert!(!layout::tmp_dir(root).join("9-9-9.part").exists());
     }
 }

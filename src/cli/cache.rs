@@ -13,7 +13,7 @@ pub enum Action {
     Stats,
     /// Forget repositories and delete content nothing else refers to (berth must be stopped).
     Purge {
-        /// Only this app's upstreams.
+        /// Only this app's repositories.
         #[arg(long)]
         app: Option<String>,
         /// Only this upstream repository (glob, e.g. acme/api or acme/*).
@@ -62,16 +62,10 @@ fn purge(config: &Config, app: Option<&str>, repo: Option<&str>, all: bool) -> E
         eprintln!("berth: give --app and/or --repo, or --all");
         return ExitCode::from(2);
     }
-    let upstreams: Option<Vec<String>> = match app {
-        Some(a) => match config.app(a) {
-            Some(app) => Some(app.upstreams.iter().map(|u| u.name.clone()).collect()),
-            None => {
-                eprintln!("berth: --app: unknown app {a:?}");
-                return ExitCode::from(2);
-            }
-        },
-        None => None,
-    };
+    if let Some(a) = app.filter(|a| config.app(a).is_none()) {
+        eprintln!("berth: --app: unknown app {a:?}");
+        return ExitCode::from(2);
+    }
     let glob = match repo.map(crate::config::Glob::new) {
         Some(Ok(g)) => Some(g),
         Some(Err(e)) => {
@@ -80,13 +74,13 @@ fn purge(config: &Config, app: Option<&str>, repo: Option<&str>, all: bool) -> E
         }
         None => None,
     };
-    let matches = |u: &str, r: &str| {
-        upstreams
-            .as_ref()
-            .is_none_or(|ups| ups.iter().any(|x| x == u))
-            && glob.as_ref().is_none_or(|g| g.matches(r))
+    // Content is the app's own: `--app` purges that app's repositories, not those of
+    // other apps pulling through the same upstream.
+    let matches = |a: Option<&str>, r: &str| {
+        app.is_none_or(|want| a == Some(want)) && glob.as_ref().is_none_or(|g| g.matches(r))
     };
-    match admin::purge(&config.cache.dir, &matches) {
+    let legacy = crate::cache::legacy_of(&*config.tenants);
+    match admin::purge(&config.cache.dir, legacy, &matches) {
         Ok(p) => {
             println!(
                 "purged: {} links, {} tags, {} manifests, {} blobs ({} bytes)",

@@ -1,6 +1,8 @@
 //! The registry service: answers manifest, blob, tag and referrer requests for one upstream
 //! repository by asking the upstream client, and checks what comes back (manifest digests,
-//! blob digests and lengths) before a client relies on it.
+//! blob digests and lengths) before a client relies on it. This is the pull-through policy
+//! (tag TTL, HEAD revalidation, stale-if-error, fills) over the content model, whose keys
+//! are the app's repository ([`RepoKey`]), never the upstream.
 
 mod verify;
 
@@ -12,9 +14,9 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::body::{self, Body};
-use crate::cache::manifest::{self, StoredManifest};
-use crate::cache::{blob, Begin, Cache, FillKey, Source, TagEntry, TagKey};
+use crate::cache::{blob, Begin, Cache, FillKey, Source};
 use crate::config::Upstream;
+use crate::content::{self, RepoKey, StoredManifest, TagEntry, TagKey};
 use crate::error::{Error, Result};
 use crate::oci::digest::Algorithm;
 use crate::oci::media::{accepts, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
@@ -27,6 +29,9 @@ pub use verify::Verified;
 /// The repository a request is about, resolved to its upstream, with the cache policy in
 /// force for this request.
 pub struct Target {
+    /// The app's repository: what links, tag answers and fills are keyed by.
+    pub repo: RepoKey,
+    /// Where its content comes from (pull-through only: a hosted repository has none).
     pub upstream: Arc<Upstream>,
     /// The repository on the upstream (`acme/api`).
     pub repository: String,
@@ -38,10 +43,7 @@ pub struct Target {
 
 impl Target {
     async fn linked(&self, cache: &Cache, digest: &Digest) -> bool {
-        cache
-            .links
-            .contains(&self.upstream.name, &self.repository, digest)
-            .await
+        cache.links.contains(&self.repo, digest).await
     }
 }
 
@@ -212,7 +214,7 @@ impl Registry {
         accept: &str,
         head: bool,
     ) -> Result<Fetched> {
-        let key = TagKey::new(&t.upstream.name, &t.repository, tag, accept);
+        let key = TagKey::new(&t.repo, tag, accept);
         let mut cached = None;
         if let Some(e) = self.cache.tags.get(&key).await {
             if let Some(m) = self.cache.manifests.get(&e.digest).await {
@@ -228,7 +230,7 @@ impl Registry {
             match self.head_manifest(t, tag, None, accept).await {
                 Ok(f) if f.digest.as_deref() == Some(e.digest.as_str()) => {
                     let mut fresh = e.clone();
-                    fresh.checked_ms = manifest::now_ms();
+                    fresh.checked_ms = content::now_ms();
                     self.cache.tags.put(&key, fresh).await;
                     self.cache.metrics.hit("manifest");
                     return Ok(stored_manifest(m, &e.digest, head));
@@ -273,7 +275,7 @@ impl Registry {
                             digest: d.clone(),
                             media_type: media_type.clone(),
                             length: bytes.len() as u64,
-                            checked_ms: manifest::now_ms(),
+                            checked_ms: content::now_ms(),
                         },
                     )
                     .await;
@@ -294,12 +296,7 @@ impl Registry {
     /// type this client accepts, for when the upstream cannot be asked. Only manifests
     /// linked to this repository qualify.
     async fn seeded_tag(&self, t: &Target, tag: &str, accept: &str, head: bool) -> Option<Fetched> {
-        for e in self
-            .cache
-            .tags
-            .entries(&t.upstream.name, &t.repository, tag)
-            .await
-        {
+        for e in self.cache.tags.entries(&t.repo, tag).await {
             if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest).await {
                 continue;
             }
@@ -339,11 +336,7 @@ impl Registry {
         let children = crate::oci::manifest::referenced_digests(bytes);
         self.cache
             .links
-            .add(
-                &t.upstream.name,
-                &t.repository,
-                std::iter::once(d).chain(children.iter()),
-            )
+            .add(&t.repo, std::iter::once(d).chain(children.iter()))
             .await;
     }
 
@@ -430,8 +423,7 @@ impl Registry {
             return self.blob_pass_through(t, digest, range, head).await;
         }
         let key = FillKey {
-            upstream: t.upstream.name.clone(),
-            repository: t.repository.clone(),
+            repo: t.repo.clone(),
             digest: digest.clone(),
         };
         let fill = match self.cache.blobs.begin(key) {
@@ -462,10 +454,7 @@ impl Registry {
             .blob(digest, true, None)
             .await
             .map_err(|e| failure(&t.upstream, e, Self::blob_unknown(t, digest)))?;
-        self.cache
-            .links
-            .add(&t.upstream.name, &t.repository, [digest])
-            .await;
+        self.cache.links.add(&t.repo, [digest]).await;
         Ok(())
     }
 
@@ -481,6 +470,7 @@ impl Registry {
         let cache = self.cache.clone();
         let up = t.upstream.clone();
         let repository = t.repository.clone();
+        let key = t.repo.clone();
         let public = t.public_name.clone();
         tokio::spawn(async move {
             let repo = client.repo(&up, &repository);
@@ -545,7 +535,7 @@ impl Registry {
             }
             match w.finish().await {
                 Ok(()) => {
-                    cache.links.add(&up.name, &repository, [&digest]).await;
+                    cache.links.add(&key, [&digest]).await;
                     tracing::debug!(upstream = %up.name, %digest, "blob cached");
                 }
                 Err(reason) => {

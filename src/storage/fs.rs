@@ -518,7 +518,10 @@ impl ObjectStore for FsBackend {
             let mut found = Vec::new();
             // One tag's answers sit side by side; deeper directories there belong to other
             // repositories, so they are not walked.
-            let flat = matches!(prefix, ObjectPrefix::TagAnswers { .. });
+            let flat = matches!(
+                prefix,
+                ObjectPrefix::TagAnswers { .. } | ObjectPrefix::LegacyTagAnswers { .. }
+            );
             let mut add = |p: &Path| {
                 let Ok(rel) = p.strip_prefix(&root) else {
                     return;
@@ -678,7 +681,7 @@ mod tests {
         );
         let tags = ObjectStore::list(
             &b,
-            &ObjectPrefix::TagAnswers {
+            &ObjectPrefix::LegacyTagAnswers {
                 upstream: "hub".into(),
                 repository: "library/nginx".into(),
                 tag: "latest".into(),

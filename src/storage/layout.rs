@@ -8,14 +8,21 @@
 //! sha256/<hex>                                   blobs (verified, then renamed in)
 //! manifests/sha256/<hex>                         manifest bytes, byte-exact
 //! manifests/sha256/<hex>.type                    their media type
-//! tags/<upstream>/<repository>/<tag>/<accept>.json   tag answers, per Accept set
-//! links.log                                      repository links (append-only)
+//! repositories/<repo>/_tags/<tag>/<accept>.json tag answers, per repository and Accept set
+//! tags/<upstream>/<repository>/<tag>/<accept>.json   tag answers as berth wrote them before
+//!                                                the content model (read, then moved)
+//! links.log                                      repository links (append-only; the line
+//!                                                format is `content::links`'s)
 //! pins                                           pinned blobs (append-only, one hex a line)
 //! tmp/                                           staged writes (local only)
 //! tmp/airgap-*  tmp/.airgap-*                    airgap import staging (local only)
 //! lock                                           serve (shared) vs purge (exclusive)
 //! token.key                                      the token signing key, unless auth.token_key_file says
 //! ```
+//!
+//! `<repo>` is the content model's repository path (`proxy/<app>/<host>/<repository>`,
+//! `content::RepoKey::path`). `_tags` cannot be a repository name component (those never
+//! start with `_`), so a path splits back into repository and tag unambiguously.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +32,9 @@ use crate::oci::Digest;
 const BLOBS: &str = "sha256";
 const MANIFESTS: &str = "manifests/sha256";
 const MEDIA_TYPE_SUFFIX: &str = ".type";
-const TAGS: &str = "tags";
+const REPOS: &str = "repositories";
+const REPO_TAGS: &str = "_tags";
+const LEGACY_TAGS: &str = "tags";
 const TAG_SUFFIX: &str = ".json";
 const LINKS: &str = "links.log";
 const PINS: &str = "pins";
@@ -38,13 +47,23 @@ const TOKEN_KEY: &str = "token.key";
 /// `tmp/.<STAGE_PREFIX>…`, locked, then renamed).
 pub const STAGE_PREFIX: &str = "airgap-";
 
-/// Where a tag answer lives: one per (upstream, repository, tag, Accept set).
+/// Where a tag answer lives: one per (repository, tag, Accept set).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TagPath {
+    /// The repository's path in the content model (`proxy/<app>/<host>/<repository>`).
+    pub repo: String,
+    pub tag: String,
+    /// Short hash of the normalized Accept set.
+    pub accept: String,
+}
+
+/// Where a tag answer lived before the content model: keyed by upstream name, not by the
+/// app's repository. Read (and moved to a [`TagPath`]) so an existing cache keeps working.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LegacyTagPath {
     pub upstream: String,
     pub repository: String,
     pub tag: String,
-    /// Short hash of the normalized Accept set.
     pub accept: String,
 }
 
@@ -56,6 +75,7 @@ pub enum ObjectKey {
     /// A manifest's media type, next to its bytes.
     ManifestMediaType(Digest),
     TagAnswer(TagPath),
+    LegacyTagAnswer(LegacyTagPath),
     /// The repository links log.
     Links,
     /// The pinned blobs log.
@@ -70,7 +90,11 @@ pub enum ObjectPrefix {
     /// Every tag answer.
     Tags,
     /// The answers recorded for one tag, whatever their Accept set.
-    TagAnswers {
+    TagAnswers { repo: String, tag: String },
+    /// Every tag answer of the format before the content model.
+    LegacyTags,
+    /// The old-format answers recorded for one tag.
+    LegacyTagAnswers {
         upstream: String,
         repository: String,
         tag: String,
@@ -110,7 +134,11 @@ impl ObjectKey {
             }
             // Every part was validated by the route parser (no "..", no empty components).
             ObjectKey::TagAnswer(t) => format!(
-                "{TAGS}/{}/{}/{}/{}{TAG_SUFFIX}",
+                "{REPOS}/{}/{REPO_TAGS}/{}/{}{TAG_SUFFIX}",
+                t.repo, t.tag, t.accept
+            ),
+            ObjectKey::LegacyTagAnswer(t) => format!(
+                "{LEGACY_TAGS}/{}/{}/{}/{}{TAG_SUFFIX}",
                 t.upstream, t.repository, t.tag, t.accept
             ),
             ObjectKey::Links => LINKS.to_string(),
@@ -147,14 +175,28 @@ impl ObjectKey {
                 ObjectKey::Manifest(d)
             });
         }
-        let rest = path.strip_prefix(TAGS)?.strip_prefix('/')?;
+        if let Some(rest) = path.strip_prefix(REPOS).and_then(|p| p.strip_prefix('/')) {
+            let parts: Vec<&str> = rest.split('/').collect();
+            // repo (one or more parts) / _tags / tag / accept.json
+            let n = parts.len();
+            if n < 4 || parts.iter().any(|p| p.is_empty()) || parts[n - 3] != REPO_TAGS {
+                return None;
+            }
+            let accept = parts[n - 1].strip_suffix(TAG_SUFFIX)?;
+            return Some(ObjectKey::TagAnswer(TagPath {
+                repo: parts[..n - 3].join("/"),
+                tag: parts[n - 2].to_string(),
+                accept: accept.to_string(),
+            }));
+        }
+        let rest = path.strip_prefix(LEGACY_TAGS)?.strip_prefix('/')?;
         let parts: Vec<&str> = rest.split('/').collect();
         // upstream / repository (one or more parts) / tag / accept.json
         if parts.len() < 4 || parts.iter().any(|p| p.is_empty()) {
             return None;
         }
         let accept = parts[parts.len() - 1].strip_suffix(TAG_SUFFIX)?;
-        Some(ObjectKey::TagAnswer(TagPath {
+        Some(ObjectKey::LegacyTagAnswer(LegacyTagPath {
             upstream: parts[0].to_string(),
             repository: parts[1..parts.len() - 2].join("/"),
             tag: parts[parts.len() - 2].to_string(),
@@ -168,12 +210,14 @@ impl ObjectPrefix {
     pub fn path(&self) -> String {
         match self {
             ObjectPrefix::Manifests => MANIFESTS.to_string(),
-            ObjectPrefix::Tags => TAGS.to_string(),
-            ObjectPrefix::TagAnswers {
+            ObjectPrefix::Tags => REPOS.to_string(),
+            ObjectPrefix::TagAnswers { repo, tag } => format!("{REPOS}/{repo}/{REPO_TAGS}/{tag}"),
+            ObjectPrefix::LegacyTags => LEGACY_TAGS.to_string(),
+            ObjectPrefix::LegacyTagAnswers {
                 upstream,
                 repository,
                 tag,
-            } => format!("{TAGS}/{upstream}/{repository}/{tag}"),
+            } => format!("{LEGACY_TAGS}/{upstream}/{repository}/{tag}"),
         }
     }
 
@@ -183,13 +227,17 @@ impl ObjectPrefix {
                 true
             }
             (ObjectPrefix::Tags, ObjectKey::TagAnswer(_)) => true,
+            (ObjectPrefix::TagAnswers { repo, tag }, ObjectKey::TagAnswer(t)) => {
+                t.repo == *repo && t.tag == *tag
+            }
+            (ObjectPrefix::LegacyTags, ObjectKey::LegacyTagAnswer(_)) => true,
             (
-                ObjectPrefix::TagAnswers {
+                ObjectPrefix::LegacyTagAnswers {
                     upstream,
                     repository,
                     tag,
                 },
-                ObjectKey::TagAnswer(t),
+                ObjectKey::LegacyTagAnswer(t),
             ) => t.upstream == *upstream && t.repository == *repository && t.tag == *tag,
             _ => false,
         }
@@ -198,7 +246,7 @@ impl ObjectPrefix {
 
 /// Directories a local (filesystem) store creates before use, relative.
 pub fn local_dirs() -> [&'static str; 4] {
-    [BLOBS, TMP, MANIFESTS, TAGS]
+    [BLOBS, TMP, MANIFESTS, REPOS]
 }
 
 /// A relative path (from this module) under a local root.
@@ -238,6 +286,17 @@ mod tests {
             ObjectKey::Manifest(d.clone()),
             ObjectKey::ManifestMediaType(d.clone()),
             ObjectKey::TagAnswer(TagPath {
+                repo: "proxy/acme/docker.io/library/nginx".into(),
+                tag: "1.27".into(),
+                accept: "0123456789abcdef".into(),
+            }),
+            // A tag named like the marker is still a tag.
+            ObjectKey::TagAnswer(TagPath {
+                repo: "proxy/acme/quay.io/a".into(),
+                tag: "_tags".into(),
+                accept: "k".into(),
+            }),
+            ObjectKey::LegacyTagAnswer(LegacyTagPath {
                 upstream: "hub".into(),
                 repository: "library/nginx".into(),
                 tag: "1.27".into(),
@@ -250,6 +309,8 @@ mod tests {
             assert_eq!(ObjectKey::parse(&k.path()), Some(k.clone()), "{}", k.path());
         }
         assert_eq!(ObjectKey::parse("tags/hub/1.27/x.json"), None);
+        assert_eq!(ObjectKey::parse("repositories/proxy/a/b/1.27/x.json"), None);
+        assert_eq!(ObjectKey::parse("repositories/_tags/1.27/x.json"), None);
         assert_eq!(ObjectKey::parse("manifests/sha256/zz"), None);
     }
 
@@ -266,13 +327,22 @@ mod tests {
             ObjectKey::ManifestMediaType(d.clone()).path(),
             format!("manifests/sha256/{hex}.type")
         );
-        let t = TagPath {
+        let t = LegacyTagPath {
             upstream: "u".into(),
             repository: "a/b".into(),
             tag: "t".into(),
             accept: "k".into(),
         };
-        assert_eq!(ObjectKey::TagAnswer(t).path(), "tags/u/a/b/t/k.json");
+        assert_eq!(ObjectKey::LegacyTagAnswer(t).path(), "tags/u/a/b/t/k.json");
+        let t = TagPath {
+            repo: "proxy/acme/quay.io/a/b".into(),
+            tag: "t".into(),
+            accept: "k".into(),
+        };
+        assert_eq!(
+            ObjectKey::TagAnswer(t).path(),
+            "repositories/proxy/acme/quay.io/a/b/_tags/t/k.json"
+        );
         assert_eq!(ObjectKey::Links.path(), "links.log");
         assert_eq!(ObjectKey::Pins.path(), "pins");
         assert_eq!(blob_from_name(&hex.to_uppercase()), None);

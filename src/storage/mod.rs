@@ -4,7 +4,8 @@
 //! [`layout`], the only module that names a path. Backends: [`fs`] (today's cache
 //! directory, with the local-file capability plain HTTP sends with sendfile) and
 //! [`memory`] (tests); every backend passes the one suite in `suite.rs`. No HTTP type
-//! and no cache policy here: single flight, eviction and links sit on top, in `cache/`.
+//! and no cache policy here: repository links, manifests and tags sit on top in `content/`,
+//! single flight and eviction in `cache/`.
 
 pub mod fs;
 pub mod layout;
@@ -20,7 +21,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use crate::oci::Digest;
-pub use layout::{ObjectKey, ObjectPrefix, TagPath};
+pub use layout::{LegacyTagPath, ObjectKey, ObjectPrefix, TagPath};
 
 /// The future a backend method returns (boxed, so the traits stay object-safe and a
 /// backend is an `Arc<dyn …>` chosen at start).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{BlobBackend, ErrorKind, ObjectKey, ObjectPrefix, ObjectStore, TagPath};
+use super::{BlobBackend, ErrorKind, LegacyTagPath, ObjectKey, ObjectPrefix, ObjectStore, TagPath};
 use crate::oci::Digest;
 
 /// One backend under test.
@@ -277,8 +277,17 @@ pub async fn adopt_a_verified_file(h: &Harness) {
     assert_eq!(&h.blobs.read(&d, 0, 3000).await.unwrap()[..], &data[..]);
 }
 
-fn tag(upstream: &str, repository: &str, tag: &str, accept: &str) -> ObjectKey {
+/// A tag answer of repository `proxy/<app>/<name>`.
+fn tag(app: &str, name: &str, tag: &str, accept: &str) -> ObjectKey {
     ObjectKey::TagAnswer(TagPath {
+        repo: format!("proxy/{app}/{name}"),
+        tag: tag.into(),
+        accept: accept.into(),
+    })
+}
+
+fn legacy_tag(upstream: &str, repository: &str, tag: &str, accept: &str) -> ObjectKey {
+    ObjectKey::LegacyTagAnswer(LegacyTagPath {
         upstream: upstream.into(),
         repository: repository.into(),
         tag: tag.into(),
@@ -292,6 +301,7 @@ pub async fn small_objects_put_get_delete(h: &Harness) {
         ObjectKey::Manifest(d.clone()),
         ObjectKey::ManifestMediaType(d.clone()),
         tag("hub", "library/nginx", "latest", "k1"),
+        legacy_tag("hub", "library/nginx", "latest", "k1"),
         ObjectKey::Pins,
         ObjectKey::Links,
     ];
@@ -327,6 +337,8 @@ pub async fn small_objects_list_by_prefix(h: &Harness) {
         // A repository whose name continues the other's tag: not one of its answers.
         tag("hub", "library/nginx/latest", "x", "k1"),
         tag("ghcr", "library/nginx", "latest", "k1"),
+        legacy_tag("hub", "library/nginx", "latest", "k1"),
+        legacy_tag("hub", "library/nginx/latest", "x", "k1"),
         ObjectKey::Links,
     ];
     for k in &keys {
@@ -335,8 +347,7 @@ pub async fn small_objects_list_by_prefix(h: &Harness) {
     let answers = h
         .objects
         .list(&ObjectPrefix::TagAnswers {
-            upstream: "hub".into(),
-            repository: "library/nginx".into(),
+            repo: "proxy/hub/library/nginx".into(),
             tag: "latest".into(),
         })
         .await
@@ -353,11 +364,31 @@ pub async fn small_objects_list_by_prefix(h: &Harness) {
     assert_eq!(manifests.len(), 3);
     assert!(manifests.contains(&ObjectKey::ManifestMediaType(d1)));
     assert_eq!(h.objects.list(&ObjectPrefix::Tags).await.unwrap().len(), 5);
+    assert_eq!(
+        h.objects
+            .list(&ObjectPrefix::LegacyTags)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let legacy = h
+        .objects
+        .list(&ObjectPrefix::LegacyTagAnswers {
+            upstream: "hub".into(),
+            repository: "library/nginx".into(),
+            tag: "latest".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        legacy,
+        vec![legacy_tag("hub", "library/nginx", "latest", "k1")]
+    );
     let none = h
         .objects
         .list(&ObjectPrefix::TagAnswers {
-            upstream: "nobody".into(),
-            repository: "x".into(),
+            repo: "proxy/nobody/x".into(),
             tag: "y".into(),
         })
         .await
