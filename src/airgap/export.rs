@@ -99,12 +99,13 @@ pub async fn export(config: &Config, opts: &ExportOptions) -> anyhow::Result<Exp
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     // Staging beside the output: same disk, and nothing in /tmp that may be a small tmpfs.
+    let stop = super::import::interrupted();
     let stage = tempfile_dir(parent)?;
     // ctrl-c or SIGTERM stops the export and removes what was staged (a big export takes
     // minutes; without this an interrupted one left its staging directory behind).
     let result = tokio::select! {
         r = export_into(&stage, images, opts) => r,
-        s = super::import::interrupted() => Err(anyhow::anyhow!("interrupted by {s}; no bundle was written")),
+        s = stop => Err(anyhow::anyhow!("interrupted by {s}; no bundle was written")),
     };
     let _ = std::fs::remove_dir_all(&stage);
     result

@@ -47,6 +47,7 @@ pub async fn import(
     let tmp = layout::tmp_dir(&dir);
     // Removed when the import ends, whatever the outcome; `Cache::open` removes one that a
     // killed import left, but never one an import still holds.
+    let stop = interrupted();
     let stage = Stage::create(&tmp)?;
     let path = bundle_path.to_path_buf();
     let stage_dir = stage.path.clone();
@@ -55,7 +56,7 @@ pub async fn import(
     // removes what was staged. Seeding (renames, small writes) is short and not cut.
     let bundle = tokio::select! {
         r = scan => r??,
-        s = interrupted() => anyhow::bail!("interrupted by {s} while verifying the bundle"),
+        s = stop => anyhow::bail!("interrupted by {s} while verifying the bundle"),
     };
     let report = seed(config, bundle_path, &app, bundle).await;
     drop(stage);
@@ -87,19 +88,25 @@ fn target_app(config: &Config, app: Option<&str>) -> anyhow::Result<String> {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM, naming it.
-pub(super) async fn interrupted() -> &'static str {
+/// Resolves on the first SIGINT or SIGTERM, naming it. The handlers are installed when
+/// this is called, not when the future is first polled: call it before creating what the
+/// signal must clean up, or a signal in between takes the default action (exit) and leaves
+/// it behind.
+pub(super) fn interrupted() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        // Without handlers the default action (exit) stays; `Cache::open` cleans up then.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            // Without handlers the default action (exit) stays; `Cache::open` cleans up then.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
     }
 }
 
