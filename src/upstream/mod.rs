@@ -890,15 +890,7 @@ mod tests {
     }
 
     fn upstream(url: &str) -> Arc<Upstream> {
-        crate::config::Config::parse(
-            &format!("server: {{listen: \"127.0.0.1:1\", hostname: h}}\ncache: {{dir: d}}\nupstreams: [{{name: up, url: \"{url}\", username: u, password: p}}]\n"),
-            std::path::Path::new("/"),
-            &|_| None,
-        )
-        .unwrap()
-        .tenants
-        .upstreams()[0]
-            .clone()
+        upstream_of(&format!("url: \"{url}\", username: u, password: p"))
     }
 
     /// A realm learned from one URL's origin is not used for the same upstream name once
@@ -946,18 +938,10 @@ mod tests {
         assert!(ratelimit_low(0, Some(5)));
 
         let client = Client::new();
-        let up = crate::config::Config::parse(
-            "server: {listen: \"127.0.0.1:1\", hostname: h}\ncache: {dir: d}\nupstreams: [{name: hub, kind: public, url: \"https://r.example\"}]\n",
-            std::path::Path::new("/"),
-            &|_| None,
-        )
-        .unwrap()
-        .tenants
-        .upstreams()[0]
-            .clone();
-        assert_eq!(client.ratelimit_remaining("hub"), None);
+        let up = upstream_of("kind: public, url: \"https://r.example\"");
+        assert_eq!(client.ratelimit_remaining("up"), None);
         client.note_ratelimit(&up, &h);
-        assert_eq!(client.ratelimit_remaining("hub"), Some(76));
+        assert_eq!(client.ratelimit_remaining("up"), Some(76));
     }
 
     fn upstream_of(entry: &str) -> Arc<Upstream> {
