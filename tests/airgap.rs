@@ -861,6 +861,24 @@ fn stages(tmp: &Path) -> Vec<(PathBuf, usize)> {
         .unwrap_or_default()
 }
 
+/// Sends SIGINT to a running berth, waits for it, and returns how it ended and its stderr.
+fn interrupt(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_child(child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
 /// Starts `berth airgap import` reading the bundle through a FIFO that the test feeds with
 /// the first half of `bundle` and then holds open, so the import is caught mid-verify with
 /// blobs staged. Returns the child and the FIFO's writing end.
@@ -927,19 +945,7 @@ fn interrupted_imports_leave_no_staging_behind() {
 
     let work = support::tempdir();
     let (mut child, w) = import_stuck_mid_bundle(&cfg, &bundle, work.path(), &tmp);
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = wait_child(&mut child);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = interrupt(&mut child);
     drop(w);
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
@@ -1007,19 +1013,7 @@ fn an_interrupted_export_leaves_no_staging_behind() {
         support::wait_until(std::time::Duration::from_secs(10), || !staging().is_empty()),
         "the export never staged anything"
     );
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = wait_child(&mut child);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = interrupt(&mut child);
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
     assert!(staging().is_empty(), "left behind: {:?}", staging());
