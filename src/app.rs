@@ -29,6 +29,8 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("state: {0} (check state.sqlite or state.postgres)")]
+    State(#[from] crate::state::StateError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -66,7 +68,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // One metrics registry for the process: each component registers its families as it
     // is built; the admin listener renders it.
     let mut metrics = prometheus_client::registry::Registry::with_prefix("berth");
-    let api = Arc::new(api::Api::new(config, &mut metrics)?);
+    // The control plane's store is open and read before the port opens, so the first
+    // request already sees every license and key.
+    let store = crate::state::open(&config.state).await?;
+    let directory = Arc::new(crate::state::Directory::load(&*store).await?);
+    tokio::spawn(directory.clone().follow(store.clone(), |_, _| {}));
+    let api = Arc::new(api::Api::new(config, directory, &mut metrics)?);
     let admin_edge = Arc::new(admin::Admin {
         probes: api.probes.clone(),
         metrics: Arc::new(metrics),

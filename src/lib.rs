@@ -20,6 +20,7 @@ pub mod registry;
 pub mod rewrite;
 pub mod server;
 pub mod settings;
+pub mod state;
 pub mod storage;
 pub mod tenancy;
 pub mod upstream;

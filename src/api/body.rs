@@ -23,19 +23,21 @@ pub struct LogLine {
     pub start: Instant,
 }
 
-/// How log lines name a license: its fingerprint and customer, never its id (the id is the
-/// customer's password).
+/// How log lines name a caller: the license's or key's public id and its customer's (or
+/// key's) name, never its secret.
 #[derive(Debug, Clone)]
 pub struct Who {
-    pub fingerprint: String,
-    pub customer: String,
+    pub id: String,
+    pub name: String,
+    pub is_key: bool,
 }
 
 impl Who {
-    pub fn of(license: &crate::config::License) -> Who {
+    pub fn of(subject: &crate::auth::Subject) -> Who {
         Who {
-            fingerprint: license.fingerprint.clone(),
-            customer: license.customer.clone(),
+            id: subject.id().to_string(),
+            name: subject.name().to_string(),
+            is_key: matches!(subject, crate::auth::Subject::Key(_)),
         }
     }
 }
@@ -66,8 +68,9 @@ pin_project_lite::pin_project! {
                 status = l.status,
                 bytes = *this.bytes,
                 ms = l.start.elapsed().as_millis() as u64,
-                license = l.who.as_ref().map_or("-", |w| w.fingerprint.as_str()),
-                customer = l.who.as_ref().map_or("-", |w| w.customer.as_str()),
+                license = l.who.as_ref().filter(|w| !w.is_key).map_or("-", |w| w.id.as_str()),
+                key = l.who.as_ref().filter(|w| w.is_key).map_or("-", |w| w.id.as_str()),
+                customer = l.who.as_ref().map_or("-", |w| w.name.as_str()),
                 remote = %l.remote,
                 complete,
                 "request"

@@ -37,6 +37,8 @@ pub struct Api {
     pub probes: Arc<crate::admin::Probes>,
     pub metrics: Arc<metrics::ApiMetrics>,
     pub tokens: Issuer,
+    /// The state store's licenses and keys, refreshed in the background.
+    pub directory: Arc<crate::state::Directory>,
     limiter: Limiter,
     logins: LoginThrottle,
     audit: Option<AuditLog>,
@@ -65,6 +67,7 @@ impl Api {
     /// runs as a background task).
     pub fn new(
         config: Config,
+        directory: Arc<crate::state::Directory>,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Api, BuildError> {
         let api_metrics = Arc::new(metrics::ApiMetrics::register(registry));
@@ -96,6 +99,7 @@ impl Api {
             probes,
             metrics: api_metrics,
             tokens,
+            directory,
             limiter: Limiter::default(),
             logins: LoginThrottle::default(),
             audit,
@@ -150,6 +154,14 @@ impl Api {
         })
     }
 
+    /// The licenses and keys requests are checked against: `config`'s and the store's.
+    pub(crate) fn identities<'a>(&'a self, config: &'a Config) -> auth::Identities<'a> {
+        auth::Identities {
+            config,
+            directory: &self.directory,
+        }
+    }
+
     async fn dispatch<B>(
         &self,
         config: &Config,
@@ -189,7 +201,7 @@ impl Api {
             ip: remote.ip(),
         };
         let principal = match auth::authenticate(
-            config,
+            self.identities(config),
             &self.tokens,
             authorization,
             source,
@@ -207,12 +219,11 @@ impl Api {
                 return Err(why.error());
             }
         };
-        let license = principal.license;
-        *who = Some(Who::of(license));
-        if let Some(limit) = license.rate_limit.or(config.auth.rate_limit) {
-            if let Err(wait) = self
-                .limiter
-                .check(&license.fingerprint, limit, Instant::now())
+        let subject = &principal.subject;
+        *who = Some(Who::of(subject));
+        let own_limit = subject.license().and_then(|l| l.rate_limit);
+        if let Some(limit) = own_limit.or(config.auth.rate_limit) {
+            if let Err(wait) = self.limiter.check(subject.id(), limit, Instant::now())
             {
                 return Err(Error::TooManyRequests {
                     retry_after: Some(wait.as_secs().max(1).to_string()),
@@ -241,9 +252,9 @@ impl Api {
                     if let Some(log) = &self.audit {
                         log.record(&PullRecord {
                             time: PullRecord::now_rfc3339(),
-                            fingerprint: license.fingerprint.clone(),
+                            fingerprint: subject.id().to_string(),
                             legacy_id: None,
-                            customer: license.customer.clone(),
+                            customer: subject.name().to_string(),
                             app: repo.app.clone(),
                             image: format!("{}/{}", repo.host, repo.repository),
                             reference: reference.to_string(),
@@ -324,7 +335,7 @@ fn challenge(config: &Config, path: &str) -> String {
 /// Maps a customer path to its upstream after checking that the license may see it.
 fn resolve(
     config: &Config,
-    principal: &auth::Principal<'_>,
+    principal: &auth::Principal,
     repo: &RepoPath,
 ) -> Result<Target, Error> {
     let app = config

@@ -42,7 +42,8 @@ where
             let Some((user, password)) = basic else {
                 return Err(Error::Unauthorized);
             };
-            let license = login(api, config, remote, &user, &password, now)?;
+            let _ = user;
+            let license = login(api, config, remote, &password, now)?;
             let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
                 .filter(|(k, _)| k == "scope")
                 .map(|(_, v)| v.into_owned())
@@ -77,10 +78,10 @@ where
                 }
                 _ => return Err(Error::Unsupported("unsupported grant_type".into())),
             }
-            let (Some(user), Some(password)) = (get("username"), get("password")) else {
+            let (Some(_user), Some(password)) = (get("username"), get("password")) else {
                 return Err(Error::Unauthorized);
             };
-            let license = login(api, config, remote, user, password, now)?;
+            let license = login(api, config, remote, password, now)?;
             let values: Vec<&str> = form
                 .iter()
                 .filter(|(k, _)| k == "scope")
@@ -90,11 +91,11 @@ where
         }
         _ => return Err(Error::Unsupported("use GET or POST".into())),
     };
-    *who = Some(Who::of(license));
-    let granted = auth::grant(license, &scopes);
+    *who = Some(Who::of(&license));
+    let granted = auth::grant(&license, &scopes);
     let issued = api
         .tokens
-        .issue(&license.fingerprint, &config.server.hostname, granted);
+        .issue(license.id(), &config.server.hostname, granted);
     let body = serde_json::to_vec(&serde_json::json!({
         "token": issued.token.expose(),
         "access_token": issued.token.expose(),
@@ -113,19 +114,18 @@ where
     Ok(r)
 }
 
-fn login<'c>(
+fn login(
     api: &Api,
-    config: &'c Config,
+    config: &Config,
     remote: std::net::SocketAddr,
-    user: &str,
     password: &str,
     now: SystemTime,
-) -> Result<&'c crate::config::License, Error> {
+) -> Result<auth::Subject, Error> {
     let source = auth::Source {
         throttle: &api.logins,
         ip: remote.ip(),
     };
-    auth::throttled_login(config, source, user, password, now).map_err(|why| {
+    auth::throttled_login(api.identities(config), source, password, now).map_err(|why| {
         if !matches!(why, auth::Rejection::Throttled(_)) {
             tracing::info!(reason = why.as_str(), "token request refused");
         }

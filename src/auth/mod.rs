@@ -1,18 +1,21 @@
-//! Customer authentication and entitlements: who is asking (a license, by HTTP Basic with
-//! the license id, or by a berth-issued bearer token) and what that license may pull.
+//! Customer authentication and entitlements: who is asking (a license or an API key, by
+//! HTTP Basic with its secret as password, or by a berth-issued bearer token) and what it
+//! may pull.
 
 pub mod ratelimit;
 pub mod token;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 
-use crate::config::{Config, License};
+use crate::config::{Action, ApiKey, Config, License, State};
 use crate::error::Error;
 use crate::oci::repo::RepoPath;
 use crate::oci::scope::Access;
+use crate::state::Directory;
 use ratelimit::LoginThrottle;
 use token::{Claims, Issuer};
 
@@ -61,30 +64,129 @@ pub struct Source<'a> {
     pub ip: IpAddr,
 }
 
-/// An authenticated caller: the license, and the token it came with (a token narrows
-/// what the license may do to the token's scopes).
-pub struct Principal<'c> {
-    pub license: &'c License,
+/// Who berth knows: the config file's licenses (`Config::tenants`) and the state store's
+/// licenses and API keys (`Directory`). Both are snapshots; nothing here reaches a database.
+#[derive(Clone, Copy)]
+pub struct Identities<'a> {
+    pub config: &'a Config,
+    pub directory: &'a Directory,
+}
+
+impl Identities<'_> {
+    /// The license or key whose secret `password` is.
+    fn by_secret(&self, password: &str) -> Option<Subject> {
+        // Keys first: they carry a prefix no config-file license id is likely to have.
+        if let Some(k) = self.directory.key_by_secret(password) {
+            return Some(Subject::Key(k));
+        }
+        if let Some(l) = self.directory.license_by_secret(password) {
+            return Some(Subject::License(l));
+        }
+        self.config
+            .tenants
+            .license_by_secret(password)
+            .map(Subject::License)
+    }
+
+    /// The license or key with public id `id` (a token's subject).
+    fn by_id(&self, id: &str) -> Option<Subject> {
+        if let Some(l) = self.directory.license(id) {
+            return Some(Subject::License(l));
+        }
+        if let Some(k) = self.directory.key(id) {
+            return Some(Subject::Key(k));
+        }
+        self.config.tenants.license(id).map(Subject::License)
+    }
+}
+
+/// Who a request comes from: a customer's license or a vendor's API key.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    License(Arc<License>),
+    Key(Arc<ApiKey>),
+}
+
+impl Subject {
+    /// The public id (`lic_…`, `key_…`, or a config license's fingerprint).
+    pub fn id(&self) -> &str {
+        match self {
+            Subject::License(l) => &l.id,
+            Subject::Key(k) => &k.id,
+        }
+    }
+
+    /// The customer's name, or the key's.
+    pub fn name(&self) -> &str {
+        match self {
+            Subject::License(l) => &l.customer,
+            Subject::Key(k) => &k.name,
+        }
+    }
+
+    pub fn license(&self) -> Option<&License> {
+        match self {
+            Subject::License(l) => Some(l),
+            Subject::Key(_) => None,
+        }
+    }
+
+    fn check_active(&self, now: SystemTime) -> Result<(), Rejection> {
+        let state = match self {
+            Subject::License(l) => l.state(now),
+            Subject::Key(k) => k.state(now),
+        };
+        match state {
+            State::Active => Ok(()),
+            State::Expired => Err(Rejection::Expired),
+            State::Revoked => Err(Rejection::Revoked),
+        }
+    }
+
+    /// Whether this license or key may pull `repo` (before any token narrows it).
+    fn may_pull(&self, repo: &RepoPath) -> Result<(), Error> {
+        match self {
+            Subject::License(license) => {
+                if license.app != repo.app {
+                    return Err(Error::Denied(format!(
+                        "this license is not entitled to app {:?}",
+                        repo.app
+                    )));
+                }
+                if !license.allows_image(&repo.host, &repo.repository) {
+                    return Err(Error::Denied(format!(
+                        "this license is not entitled to {}/{}",
+                        repo.host, repo.repository
+                    )));
+                }
+                Ok(())
+            }
+            Subject::Key(key) => {
+                if !key.allows(&repo.app, Action::Pull) {
+                    return Err(Error::Denied(format!(
+                        "this API key may not pull from app {:?}",
+                        repo.app
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An authenticated caller: the license or key, and the token it came with (a token
+/// narrows what the subject may do to the token's scopes).
+pub struct Principal {
+    pub subject: Subject,
     pub token: Option<Claims>,
 }
 
-impl Principal<'_> {
-    /// Whether this caller may pull `repo`: the license's app and image globs, and for a
-    /// token, its scopes. Runs on every request, so a reload that narrows a license or a
-    /// token for another repository is refused at once.
+impl Principal {
+    /// Whether this caller may pull `repo`: the license's app and image globs (or the key's
+    /// apps and actions), and for a token, its scopes. Runs on every request against the
+    /// current snapshot, so a revocation or a narrowed license is refused at once.
     pub fn may_pull(&self, repo: &RepoPath) -> Result<(), Error> {
-        if self.license.app != repo.app {
-            return Err(Error::Denied(format!(
-                "this license is not entitled to app {:?}",
-                repo.app
-            )));
-        }
-        if !self.license.allows_image(&repo.host, &repo.repository) {
-            return Err(Error::Denied(format!(
-                "this license is not entitled to {}/{}",
-                repo.host, repo.repository
-            )));
-        }
+        self.subject.may_pull(repo)?;
         if let Some(claims) = &self.token {
             if !claims.allows_pull(&repo.name()) {
                 return Err(Error::Unauthorized);
@@ -94,38 +196,36 @@ impl Principal<'_> {
     }
 }
 
-/// Checks an `Authorization` header value: Basic with username = password = license id
-/// (throttled per source), or a bearer token issued by berth for this hostname.
-pub fn authenticate<'c>(
-    config: &'c Config,
+/// Checks an `Authorization` header value: Basic with the license secret or API key as
+/// password (throttled per source), or a bearer token issued by berth for this hostname
+/// whose subject is still active in the current snapshot.
+pub fn authenticate(
+    ids: Identities<'_>,
     issuer: &Issuer,
     authorization: Option<&str>,
     source: Source<'_>,
     now: SystemTime,
-) -> Result<Principal<'c>, Rejection> {
+) -> Result<Principal, Rejection> {
     let value = authorization.ok_or(Rejection::Missing)?;
     let (scheme, rest) = value.split_once(' ').ok_or(Rejection::Malformed)?;
     if scheme.eq_ignore_ascii_case("bearer") {
         let claims = issuer
-            .verify(rest.trim(), &config.server.hostname)
+            .verify(rest.trim(), &ids.config.server.hostname)
             .ok_or(Rejection::BadToken)?;
-        let license = config
-            .tenants
-            .license_by_fingerprint(&claims.sub)
-            .ok_or(Rejection::Unknown)?;
-        check_active(license, now)?;
+        let subject = ids.by_id(&claims.sub).ok_or(Rejection::Unknown)?;
+        subject.check_active(now)?;
         return Ok(Principal {
-            license,
+            subject,
             token: Some(claims),
         });
     }
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(Rejection::Malformed);
     }
-    let (user, password) = decode_basic(rest).ok_or(Rejection::Malformed)?;
-    let license = throttled_login(config, source, &user, &password, now)?;
+    let (_user, password) = decode_basic(rest).ok_or(Rejection::Malformed)?;
+    let subject = throttled_login(ids, source, &password, now)?;
     Ok(Principal {
-        license,
+        subject,
         token: None,
     })
 }
@@ -140,70 +240,43 @@ pub fn decode_basic(encoded: &str) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
-/// [`license_login`] behind the failed-login throttle of `source`: a throttled source is
-/// refused before its credentials are looked at; a wrong id counts against it.
-pub fn throttled_login<'c>(
-    config: &'c Config,
+/// A login by secret (the username is not checked: `-u <license id or anything>`, `-u api`
+/// for keys) behind the failed-login throttle of `source`: a throttled source is refused
+/// whatever it presents, unless it logged in with this same license or key before; an
+/// unknown secret counts against it.
+pub fn throttled_login(
+    ids: Identities<'_>,
     source: Source<'_>,
-    user: &str,
     password: &str,
     now: SystemTime,
-) -> Result<&'c License, Rejection> {
+) -> Result<Subject, Rejection> {
     let at = Instant::now();
+    let found = ids.by_secret(password);
     source
         .throttle
-        .admit(source.ip, || crate::config::fingerprint(user), at)
+        .admit(
+            source.ip,
+            || match &found {
+                Some(s) => s.id().to_string(),
+                None => crate::config::fingerprint(password),
+            },
+            at,
+        )
         .map_err(Rejection::Throttled)?;
-    match license_login(config, user, password, now) {
-        Ok(l) => {
-            source.throttle.succeeded(source.ip, &l.fingerprint, at);
-            Ok(l)
-        }
-        Err(Rejection::Unknown) => {
-            source.throttle.failed(source.ip, at);
-            Err(Rejection::Unknown)
-        }
-        // Expired and revoked licenses are real ids: nothing was guessed.
-        Err(e) => Err(e),
-    }
-}
-
-/// A license login: username and password are both the license id.
-pub fn license_login<'c>(
-    config: &'c Config,
-    user: &str,
-    password: &str,
-    now: SystemTime,
-) -> Result<&'c License, Rejection> {
-    let license = config
-        .tenants
-        .license_by_secret(user)
-        .ok_or(Rejection::Unknown)?;
-    if !constant_time_eq(user.as_bytes(), password.as_bytes()) {
+    let Some(subject) = found else {
+        source.throttle.failed(source.ip, at);
         return Err(Rejection::Unknown);
-    }
-    check_active(license, now)?;
-    Ok(license)
+    };
+    // Expired and revoked secrets are real: nothing was guessed.
+    subject.check_active(now)?;
+    source.throttle.succeeded(source.ip, subject.id(), at);
+    Ok(subject)
 }
 
-fn check_active(license: &License, now: SystemTime) -> Result<(), Rejection> {
-    if license.revoked {
-        return Err(Rejection::Revoked);
-    }
-    if !license.is_active(now) {
-        return Err(Rejection::Expired);
-    }
-    Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// What a token for `license` may carry: of the requested scopes, only `pull` on
-/// repositories the license is entitled to. Everything else (push, `*`, the catalog,
-/// other apps) is silently left out, as the token spec asks.
-pub fn grant(license: &License, requested: &[Access]) -> Vec<Access> {
+/// What a token for `subject` may carry: of the requested scopes, only `pull` on
+/// repositories the license (or key) is entitled to. Everything else (push, `*`, the
+/// catalog, other apps) is silently left out, as the token spec asks.
+pub fn grant(subject: &Subject, requested: &[Access]) -> Vec<Access> {
     let mut out: Vec<Access> = Vec::new();
     for a in requested {
         // `*` means every action (as distribution reads it); the only one berth grants is pull.
@@ -213,11 +286,7 @@ pub fn grant(license: &License, requested: &[Access]) -> Vec<Access> {
         let Ok(repo) = RepoPath::parse(&a.name) else {
             continue;
         };
-        let who = Principal {
-            license,
-            token: None,
-        };
-        if who.may_pull(&repo).is_err() {
+        if subject.may_pull(&repo).is_err() {
             continue;
         }
         if !out.iter().any(|o| o.name == a.name) {
@@ -266,23 +335,38 @@ licenses:
         Issuer::from_key(&[1u8; 32], std::time::Duration::from_secs(300))
     }
 
-    fn authenticate<'c>(
-        config: &'c Config,
+    fn directory() -> Directory {
+        Directory::empty(crate::state::SecretHasher::new(&[7; 32]))
+    }
+
+    fn ids<'a>(config: &'a Config, directory: &'a Directory) -> Identities<'a> {
+        Identities { config, directory }
+    }
+
+    fn authenticate(
+        config: &Config,
         issuer: &Issuer,
         authorization: Option<&str>,
         now: SystemTime,
-    ) -> Result<Principal<'c>, Rejection> {
+    ) -> Result<Principal, Rejection> {
         let throttle = LoginThrottle::default();
         let source = Source {
             throttle: &throttle,
             ip: [127, 0, 0, 1].into(),
         };
-        super::authenticate(config, issuer, authorization, source, now)
+        let d = directory();
+        super::authenticate(ids(config, &d), issuer, authorization, source, now)
+    }
+
+    fn config_license(c: &Config, secret: &str) -> Subject {
+        Subject::License(c.tenants.license_by_secret(secret).unwrap())
     }
 
     #[test]
     fn wrong_ids_throttle_the_source_before_credentials_are_checked() {
         let c = config();
+        let d = directory();
+        let c = ids(&c, &d);
         let i = issuer();
         let now = SystemTime::now();
         let throttle = LoginThrottle::default();
@@ -291,18 +375,18 @@ licenses:
             ip: ip.into(),
         };
         let good = basic("good-license-1", "good-license-1");
-        assert!(super::authenticate(&c, &i, Some(&good), at([10, 0, 0, 1]), now).is_ok());
+        assert!(super::authenticate(c, &i, Some(&good), at([10, 0, 0, 1]), now).is_ok());
         for n in 0..ratelimit::LOGIN_FAILURE_BURST {
             let h = basic(&format!("guess-{n:04}"), &format!("guess-{n:04}"));
             assert_eq!(
-                super::authenticate(&c, &i, Some(&h), at([10, 0, 0, 1]), now).err(),
+                super::authenticate(c, &i, Some(&h), at([10, 0, 0, 1]), now).err(),
                 Some(Rejection::Unknown)
             );
         }
         // One guess more is throttled.
         let h = basic("guess-last", "guess-last");
         let Some(Rejection::Throttled(wait)) =
-            super::authenticate(&c, &i, Some(&h), at([10, 0, 0, 1]), now).err()
+            super::authenticate(c, &i, Some(&h), at([10, 0, 0, 1]), now).err()
         else {
             panic!("not throttled");
         };
@@ -311,9 +395,9 @@ licenses:
             Error::TooManyRequests { retry_after: Some(ref s) } if s == "1"
         ));
         // The license that logged in from there before keeps working; others' sources too.
-        assert!(super::authenticate(&c, &i, Some(&good), at([10, 0, 0, 1]), now).is_ok());
+        assert!(super::authenticate(c, &i, Some(&good), at([10, 0, 0, 1]), now).is_ok());
         assert_eq!(
-            super::authenticate(&c, &i, Some(&h), at([10, 0, 0, 2]), now).err(),
+            super::authenticate(c, &i, Some(&h), at([10, 0, 0, 2]), now).err(),
             Some(Rejection::Unknown)
         );
     }
@@ -327,8 +411,8 @@ licenses:
         assert_eq!(
             authenticate(&c, &i, Some(&h), now)
                 .unwrap()
-                .license
-                .customer,
+                .subject
+                .name(),
             "A"
         );
         let cases = [
@@ -337,6 +421,8 @@ licenses:
             (Some("Digest x".to_string()), Rejection::Malformed),
             (Some("Basic !!!".to_string()), Rejection::Malformed),
             (Some(basic("good-license-1", "wrong")), Rejection::Unknown),
+            // Any username goes with the secret.
+            (Some(basic("anything", "old-license-1")), Rejection::Expired),
             (
                 Some(basic("nobody-at-all", "nobody-at-all")),
                 Rejection::Unknown,
@@ -370,9 +456,8 @@ licenses:
     #[test]
     fn other_apps_are_denied() {
         let c = config();
-        let l = c.tenants.license_by_secret("good-license-1").unwrap();
         let p = Principal {
-            license: l,
+            subject: config_license(&c, "good-license-1"),
             token: None,
         };
         assert!(p.may_pull(&repo("acme", "acme/api")).is_ok());
@@ -385,7 +470,7 @@ licenses:
     #[test]
     fn grants_only_entitled_pulls() {
         let c = config();
-        let l = c.tenants.license_by_secret("good-license-1").unwrap();
+        let l = config_license(&c, "good-license-1");
         let req = scope::parse_all([
             "repository:proxy/acme/q.io/acme/api:pull,push",
             "repository:proxy/other/q.io/acme/api:pull",
@@ -393,12 +478,12 @@ licenses:
             "registry:catalog:*",
             "repository:../etc:pull",
         ]);
-        let g = grant(l, &req);
+        let g = grant(&l, &req);
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].name, "proxy/acme/q.io/acme/api");
         assert_eq!(g[0].actions, vec!["pull"]);
         let star = grant(
-            l,
+            &l,
             &scope::parse_all(["repository:proxy/acme/q.io/acme/web:*"]),
         );
         assert_eq!(star.len(), 1);
@@ -410,12 +495,12 @@ licenses:
         let c = config();
         let i = issuer();
         let now = SystemTime::now();
-        let l = c.tenants.license_by_secret("good-license-1").unwrap();
+        let l = config_license(&c, "good-license-1");
         let t = i.issue(
-            &l.fingerprint,
+            l.id(),
             "images.acme.test",
             grant(
-                l,
+                &l,
                 &scope::parse_all(["repository:proxy/acme/q.io/acme/api:pull"]),
             ),
         );
@@ -426,8 +511,8 @@ licenses:
             p.may_pull(&repo("acme", "acme/other")),
             Err(Error::Unauthorized)
         ));
-        let gone = c.tenants.license_by_secret("gone-license-1").unwrap();
-        let t = i.issue(&gone.fingerprint, "images.acme.test", vec![]);
+        let gone = config_license(&c, "gone-license-1");
+        let t = i.issue(gone.id(), "images.acme.test", vec![]);
         let h = format!("Bearer {}", t.token.expose());
         assert_eq!(
             authenticate(&c, &i, Some(&h), now).err(),

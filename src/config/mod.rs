@@ -9,15 +9,16 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use crate::settings::{
-    parse_size, AuthConfig, CacheConfig, ConfigError, RateLimit, RewriteConfig, Secret,
-    ServerConfig, Settings, TlsFiles,
+    parse_size, AdminTokenHash, AuthConfig, CacheConfig, ConfigError, RateLimit, RewriteConfig,
+    Secret, ServerConfig, Settings, StateConfig, TlsFiles,
 };
 pub use crate::tenancy::{
-    fingerprint, App, Credentials, EcrSettings, Glob, License, TenantStore, Upstream, UpstreamAuth,
-    UpstreamKind, YamlTenants, DOCKER_HUB_HOST, DOCKER_HUB_URL,
+    fingerprint, Action, ApiKey, App, Credentials, EcrSettings, Glob, License, Origin, State,
+    TenantStore, Upstream, UpstreamAuth, UpstreamKind, YamlTenants, DOCKER_HUB_HOST,
+    DOCKER_HUB_URL,
 };
 
-use crate::settings::{RawAuth, RawCache, RawRewrite, RawServer, RawSettings};
+use crate::settings::{RawAuth, RawCache, RawRewrite, RawServer, RawSettings, RawState};
 use crate::tenancy::yaml::{RawApp, RawLicense, RawTenants, RawUpstream};
 
 /// The whole file, as read. Sections keep their YAML names so serde's error paths are
@@ -37,6 +38,8 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     rewrite: Vec<RawRewrite>,
+    #[serde(default)]
+    state: RawState,
 }
 
 /// Process settings and the tenancy snapshot they were loaded with.
@@ -47,6 +50,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Admission webhook rules, first match wins.
     pub rewrite: Vec<RewriteConfig>,
+    /// Where licenses, API keys and usage managed at runtime are kept.
+    pub state: StateConfig,
     /// Apps, upstreams and licenses (the config file's, for now).
     pub tenants: Arc<dyn TenantStore>,
     /// Where the file was read from, so relative paths and reloads resolve against it.
@@ -94,10 +99,12 @@ impl Config {
             cache: raw.cache,
             auth: raw.auth,
             rewrite: raw.rewrite,
+            state: raw.state,
         };
         let (settings, tenants) = Settings::validate(
             settings,
             base,
+            env,
             || YamlTenants::validate(tenants, base, env),
             |t, slug| t.app(slug).is_some(),
         )?;
@@ -106,6 +113,7 @@ impl Config {
             cache: settings.cache,
             auth: settings.auth,
             rewrite: settings.rewrite,
+            state: settings.state,
             tenants: Arc::new(tenants),
             source: None,
         })

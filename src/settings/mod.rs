@@ -58,6 +58,25 @@ pub(crate) struct RawAuth {
     realm: Option<String>,
     audit_log: Option<PathBuf>,
     rate_limit: Option<RawRateLimit>,
+    /// Admin API tokens, configured by their SHA-256 (`berth admin-token hash`).
+    #[serde(default)]
+    admin_tokens: Vec<RawAdminToken>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdminToken {
+    name: String,
+    sha256: String,
+}
+
+/// `state`: where licenses, API keys, admin tokens and usage are kept.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawState {
+    sqlite: Option<PathBuf>,
+    postgres: Option<String>,
+    postgres_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -108,6 +127,7 @@ pub(crate) struct RawSettings {
     pub cache: RawCache,
     pub auth: RawAuth,
     pub rewrite: Vec<RawRewrite>,
+    pub state: RawState,
 }
 
 // ---- validated settings ---------------------------------------------------------------
@@ -120,6 +140,23 @@ pub struct Settings {
     pub auth: AuthConfig,
     /// Admission webhook rules, first match wins.
     pub rewrite: Vec<RewriteConfig>,
+    pub state: StateConfig,
+}
+
+/// Where the control plane's state lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateConfig {
+    /// An embedded database file (the default: `state.db` in `cache.dir`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server shared by several replicas (`postgres://user:pass@host/db`).
+    Postgres(Secret),
+}
+
+/// An admin API token as configured: its name and the SHA-256 of the token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminTokenHash {
+    pub name: String,
+    pub sha256: [u8; 32],
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +195,8 @@ pub struct AuthConfig {
     pub audit_log: Option<PathBuf>,
     /// Default per-license request rate; `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
+    /// Admin API tokens from the config file (more are created with `berth admin-token`).
+    pub admin_tokens: Vec<AdminTokenHash>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +239,7 @@ impl Settings {
     pub(crate) fn validate<T>(
         raw: RawSettings,
         base: &Path,
+        env: Env<'_>,
         tenancy: impl FnOnce() -> Result<T, ConfigError>,
         has_app: impl Fn(&T, &str) -> bool,
     ) -> Result<(Settings, T), ConfigError> {
@@ -208,6 +248,7 @@ impl Settings {
             cache: raw_cache,
             auth: raw_auth,
             rewrite: raw_rewrite,
+            state: raw_state,
         } = raw;
         let mut server = server(&raw_server, base)?;
         let tenants = tenancy()?;
@@ -227,6 +268,8 @@ impl Settings {
             })?),
             None => None,
         };
+        auth.admin_tokens = admin_tokens(&raw_auth.admin_tokens)?;
+        let state = state(&raw_state, &cache_dir, base, env)?;
         let cache = cache(&raw_cache, cache_dir)?;
         Ok((
             Settings {
@@ -234,6 +277,7 @@ impl Settings {
                 cache,
                 auth,
                 rewrite,
+                state,
             },
             tenants,
         ))
@@ -398,7 +442,80 @@ fn auth(
         realm,
         audit_log: raw.audit_log.as_ref().map(|p| resolve_path(base, p)),
         rate_limit: None,
+        admin_tokens: Vec::new(),
     })
+}
+
+/// `auth.admin_tokens`: names and SHA-256 digests (64 hex digits) of admin API tokens.
+fn admin_tokens(raw: &[RawAdminToken]) -> Result<Vec<AdminTokenHash>, ConfigError> {
+    let mut out: Vec<AdminTokenHash> = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let k = |f: &str| format!("auth.admin_tokens[{i}].{f}");
+        if t.name.trim().is_empty() {
+            return Err(ConfigError::new(k("name"), "a name is required"));
+        }
+        if out.iter().any(|o| o.name == t.name) {
+            return Err(ConfigError::new(k("name"), "duplicate admin token name"));
+        }
+        let hex = t.sha256.trim().strip_prefix("sha256:").unwrap_or(t.sha256.trim());
+        let mut sha256 = [0u8; 32];
+        let ok = hex.len() == 64
+            && hex.is_ascii()
+            && (0..32).all(|j| {
+                u8::from_str_radix(&hex[2 * j..2 * j + 2], 16)
+                    .map(|b| sha256[j] = b)
+                    .is_ok()
+            });
+        if !ok {
+            return Err(ConfigError::new(
+                k("sha256"),
+                "expected the token's SHA-256 as 64 hex digits (berth admin-token hash prints it)",
+            ));
+        }
+        out.push(AdminTokenHash {
+            name: t.name.clone(),
+            sha256,
+        });
+    }
+    Ok(out)
+}
+
+/// `state`: SQLite in the data directory unless PostgreSQL is named.
+fn state(
+    raw: &RawState,
+    cache_dir: &Path,
+    base: &Path,
+    env: Env<'_>,
+) -> Result<StateConfig, ConfigError> {
+    let k = |f: &str| format!("state.{f}");
+    let postgres = read_secret(
+        "postgres",
+        raw.postgres.as_ref(),
+        raw.postgres_file.as_ref(),
+        base,
+        env,
+        &k,
+    )?;
+    match (postgres, &raw.sqlite) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "state.sqlite",
+            "set either state.sqlite or state.postgres, not both",
+        )),
+        (Some(url), None) => {
+            let u = url.expose();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                return Err(ConfigError::new(
+                    "state.postgres",
+                    "expected a URL postgres://user:password@host:port/database",
+                ));
+            }
+            Ok(StateConfig::Postgres(url))
+        }
+        (None, Some(p)) => Ok(StateConfig::Sqlite(resolve_path(base, p))),
+        (None, None) => Ok(StateConfig::Sqlite(crate::storage::layout::state_db(
+            cache_dir,
+        ))),
+    }
 }
 
 /// `rewrite`: admission rules, each for an app `has_app` knows.

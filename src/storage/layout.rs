@@ -41,6 +41,7 @@ const PINS: &str = "pins";
 const TMP: &str = "tmp";
 const LOCK: &str = "lock";
 const READYZ_PROBE: &str = ".readyz";
+const STATE_DB: &str = "state.db";
 const TOKEN_KEY: &str = "token.key";
 
 /// Staging directories of airgap imports are `tmp/<STAGE_PREFIX>…` (created as
@@ -263,6 +264,11 @@ pub fn tmp_dir(root: &Path) -> PathBuf {
 /// The lock file: serving processes hold it shared, `cache purge` exclusively.
 pub fn lock_file(root: &Path) -> PathBuf {
     root.join(LOCK)
+}
+
+/// The embedded control-plane database (licenses, API keys, usage), unless `state` names another.
+pub fn state_db(root: &Path) -> PathBuf {
+    root.join(STATE_DB)
 }
 
 /// Where the token signing key is kept when `auth.token_key_file` is not set.

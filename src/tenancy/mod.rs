@@ -19,11 +19,12 @@ use serde::Deserialize;
 use crate::oci::reference::is_docker_hub_host;
 use crate::settings::{RateLimit, Secret};
 
-/// Where berth's tenants come from. Requests hold one store (through `config::Config`)
-/// for their whole life, so a reload never changes the rules under a pull in flight: a
-/// store is an immutable snapshot, and one whose contents change at runtime (a database
-/// managed through an admin API) hands out a new snapshot per change. Lookups are by the
-/// public fingerprint or by the presented secret; the secret itself never leaves the store.
+/// Where berth's tenants come from as configured. Requests hold one store (through
+/// `config::Config`) for their whole life, so a reload never changes the rules under a pull
+/// in flight: a store is an immutable snapshot. Licenses and API keys managed at runtime
+/// live in `state` (a database) beside it; the licenses here are the config file's,
+/// read-only. Lookups are by the public id or by the presented secret; the secret itself
+/// never leaves the store.
 pub trait TenantStore: Send + Sync + std::panic::RefUnwindSafe + std::fmt::Debug {
     fn app(&self, slug: &str) -> Option<&App>;
     /// Every app, in no particular order.
@@ -31,9 +32,11 @@ pub trait TenantStore: Send + Sync + std::panic::RefUnwindSafe + std::fmt::Debug
     /// Every upstream, in the order they were configured.
     fn upstreams(&self) -> &[Arc<Upstream>];
     /// The license whose secret (the customer's password) is `secret`.
-    fn license_by_secret(&self, secret: &str) -> Option<&License>;
-    /// The license with this public fingerprint (what berth's tokens and logs carry).
-    fn license_by_fingerprint(&self, fingerprint: &str) -> Option<&License>;
+    fn license_by_secret(&self, secret: &str) -> Option<Arc<License>>;
+    /// The license with this public id (what berth's tokens and logs carry).
+    fn license(&self, id: &str) -> Option<Arc<License>>;
+    /// Every license, in no particular order.
+    fn licenses(&self) -> Vec<Arc<License>>;
     fn license_count(&self) -> usize;
 }
 
@@ -161,12 +164,15 @@ impl App {
     }
 }
 
-/// A license: the public part. Its id (the customer's password) stays in the store, which
-/// finds a license by it; everything else — tokens, logs, metrics — names the fingerprint.
+/// A license: the public part. Its secret (the customer's password) stays in the store,
+/// which finds a license by it; everything else — tokens, logs, metrics, listings — names
+/// the public id.
 #[derive(Debug, Clone)]
 pub struct License {
-    /// A stable, non-secret name for the license (a hash of the id), carried in tokens.
-    pub fingerprint: String,
+    /// The public, stable name of the license, carried in tokens and logs: `lic_…` for a
+    /// license in the state store, the fingerprint of the secret for one in the config file
+    /// (whose `id` is its password).
+    pub id: String,
     pub app: String,
     pub customer: String,
     pub expires: Option<SystemTime>,
@@ -174,9 +180,107 @@ pub struct License {
     /// Optional narrowing of the app's images: globs over `host/repository`.
     pub images: Vec<Glob>,
     pub rate_limit: Option<RateLimit>,
+    pub origin: Origin,
+}
+
+/// Where a license or key is kept: the config file's are read-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Config,
+    Store,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Store => "store",
+        }
+    }
+}
+
+/// What a license, key or token may be: the states listings show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl State {
+    pub fn of(revoked: bool, expires: Option<SystemTime>, now: SystemTime) -> State {
+        if revoked {
+            State::Revoked
+        } else if expires.is_some_and(|t| now >= t) {
+            State::Expired
+        } else {
+            State::Active
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Expired => "expired",
+            State::Revoked => "revoked",
+        }
+    }
+}
+
+/// What an API key may do in its apps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// An API key (`docker login -u api -p berth_…`): the public part. Scoped to apps and
+/// actions; the key itself is kept only as a hash.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// The public id (`key_…`), carried in tokens and logs.
+    pub id: String,
+    /// What the vendor calls it (`ci-main`).
+    pub name: String,
+    pub apps: Vec<String>,
+    pub actions: Vec<Action>,
+    pub expires: Option<SystemTime>,
+    pub revoked: bool,
+}
+
+impl ApiKey {
+    pub fn state(&self, now: SystemTime) -> State {
+        State::of(self.revoked, self.expires, now)
+    }
+
+    /// Whether the key may do `action` in `app`.
+    pub fn allows(&self, app: &str, action: Action) -> bool {
+        self.apps.iter().any(|a| a == app) && self.actions.contains(&action)
+    }
 }
 
 impl License {
+    pub fn state(&self, now: SystemTime) -> State {
+        State::of(self.revoked, self.expires, now)
+    }
+
     pub fn is_active(&self, now: SystemTime) -> bool {
         !self.revoked && self.expires.is_none_or(|t| now < t)
     }
@@ -191,7 +295,7 @@ impl License {
     }
 }
 
-/// The non-secret name of a license id.
+/// The public id of a config-file license, whose `id` is its secret.
 pub fn fingerprint(id: &str) -> String {
     crate::oci::Digest::sha256_of(id.as_bytes()).hex()[..32].to_string()
 }

@@ -80,7 +80,7 @@ pub struct YamlTenants {
     upstreams: Vec<Arc<Upstream>>,
     apps: HashMap<String, App>,
     /// By fingerprint: the id (the secret the customer presents) and the license.
-    licenses: HashMap<String, (Secret, License)>,
+    licenses: HashMap<String, (Secret, Arc<License>)>,
 }
 
 impl std::fmt::Debug for YamlTenants {
@@ -110,15 +110,19 @@ impl TenantStore for YamlTenants {
         &self.upstreams
     }
 
-    fn license_by_secret(&self, secret: &str) -> Option<&License> {
+    fn license_by_secret(&self, secret: &str) -> Option<Arc<License>> {
         // The fingerprint is a hash of the id, so it is the index; the id still has to be
         // the one stored (a store of hashed secrets compares hashes here instead).
         let (id, license) = self.licenses.get(&fingerprint(secret))?;
-        (id.expose() == secret).then_some(license)
+        (id.expose() == secret).then(|| license.clone())
     }
 
-    fn license_by_fingerprint(&self, fp: &str) -> Option<&License> {
-        self.licenses.get(fp).map(|(_, l)| l)
+    fn license(&self, fp: &str) -> Option<Arc<License>> {
+        self.licenses.get(fp).map(|(_, l)| l.clone())
+    }
+
+    fn licenses(&self) -> Vec<Arc<License>> {
+        self.licenses.values().map(|(_, l)| l.clone()).collect()
     }
 
     fn license_count(&self) -> usize {
@@ -147,7 +151,7 @@ impl YamlTenants {
         let mut licenses = HashMap::new();
         for (i, l) in raw.licenses.into_iter().enumerate() {
             let (id, license) = license(i, l, &apps, &licenses)?;
-            licenses.insert(license.fingerprint.clone(), (id, license));
+            licenses.insert(license.id.clone(), (id, Arc::new(license)));
         }
         Ok(YamlTenants {
             upstreams,
@@ -266,7 +270,7 @@ fn license(
     i: usize,
     l: RawLicense,
     apps: &HashMap<String, App>,
-    earlier: &HashMap<String, (Secret, License)>,
+    earlier: &HashMap<String, (Secret, Arc<License>)>,
 ) -> Result<(Secret, License), ConfigError> {
     let k = |f: &str| format!("licenses[{i}].{f}");
     // The id doubles as the customer's password: demand enough of it to resist guessing.
@@ -308,13 +312,14 @@ fn license(
     Ok((
         Secret::new(l.id),
         License {
-            fingerprint,
+            id: fingerprint,
             app: l.app,
             customer: l.customer,
             expires,
             revoked: l.revoked,
             images,
             rate_limit,
+            origin: super::Origin::Config,
         },
     ))
 }
@@ -623,15 +628,15 @@ mod tests {
         let t = acme();
         let l = t.license_by_secret("LICENSE-good-0001").unwrap();
         assert_eq!(l.customer, "Big Bank");
-        assert_eq!(l.fingerprint, fingerprint("LICENSE-good-0001"));
+        assert_eq!(l.id, fingerprint("LICENSE-good-0001"));
         assert_eq!(
-            t.license_by_fingerprint(&l.fingerprint).unwrap().customer,
+            t.license(&l.id).unwrap().customer,
             "Big Bank"
         );
         assert!(t.license_by_secret("LICENSE-good-0002").is_none());
         // The fingerprint names a license; it is not a password for it.
-        assert!(t.license_by_secret(&l.fingerprint).is_none());
-        assert!(t.license_by_fingerprint("LICENSE-good-0001").is_none());
+        assert!(t.license_by_secret(&l.id).is_none());
+        assert!(t.license("LICENSE-good-0001").is_none());
         assert_eq!(t.license_count(), 1);
         let dump = format!("{t:?} {l:?}");
         assert!(!dump.contains("LICENSE-good-0001"), "{dump}");
