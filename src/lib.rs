@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod content;
+pub mod control;
 pub mod error;
 pub mod logging;
 pub mod oci;
