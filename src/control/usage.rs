@@ -81,18 +81,17 @@ impl Control {
         };
         // (subject, app) → usage; (image, reference) → per-image numbers.
         type Images = BTreeMap<(String, String), (String, u64, SystemTime)>;
-        let mut by: BTreeMap<(String, String), (u64, u64, Option<SystemTime>, Images)> =
-            BTreeMap::new();
+        type Totals = (u64, u64, Option<SystemTime>, Images);
+        let mut by: BTreeMap<(String, String), Totals> = BTreeMap::new();
         for p in &pulls {
             let e = by
                 .entry((p.subject.clone(), p.app.clone()))
                 .or_insert_with(|| (0, 0, None, BTreeMap::new()));
             e.0 += 1;
             e.2 = Some(e.2.map_or(p.time, |t| t.max(p.time)));
-            let i = e
-                .3
-                .entry((p.image.clone(), p.reference.clone()))
-                .or_insert_with(|| (p.digest.clone(), 0, p.time));
+            let i =
+                e.3.entry((p.image.clone(), p.reference.clone()))
+                    .or_insert_with(|| (p.digest.clone(), 0, p.time));
             i.1 += 1;
             if p.time >= i.2 {
                 i.0 = p.digest.clone();
