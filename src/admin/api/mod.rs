@@ -75,13 +75,20 @@ where
 /// pastes a secret where an id goes must not find it in the log.
 fn loggable(path: &str) -> String {
     path.split('/')
-        .map(|seg| if looks_secret(seg) { "<redacted>" } else { seg })
+        .map(|seg| {
+            let decoded = routes::percent_decode(seg);
+            if looks_secret(seg) || decoded.is_some_and(|d| looks_secret(&d)) {
+                "<redacted>"
+            } else {
+                seg
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
 
 /// Whether `s` has the prefix every secret berth hands out has (`berth_lic_`, `berth_key_`,
-/// `berth_adm_`), percent-encoded or not.
+/// `berth_adm_`).
 fn looks_secret(s: &str) -> bool {
     s.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("berth_"))
 }
@@ -527,6 +534,10 @@ mod tests {
         assert_eq!(
             loggable("/api/v1/licenses/berth_lic_abc/revoke"),
             "/api/v1/licenses/<redacted>/revoke"
+        );
+        assert_eq!(
+            loggable("/api/v1/licenses/berth%5Flic_abc"),
+            "/api/v1/licenses/<redacted>"
         );
         assert_eq!(
             loggable("/api/v1/licenses/lic_abc"),
