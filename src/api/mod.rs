@@ -223,8 +223,7 @@ impl Api {
         *who = Some(Who::of(subject));
         let own_limit = subject.license().and_then(|l| l.rate_limit);
         if let Some(limit) = own_limit.or(config.auth.rate_limit) {
-            if let Err(wait) = self.limiter.check(subject.id(), limit, Instant::now())
-            {
+            if let Err(wait) = self.limiter.check(subject.id(), limit, Instant::now()) {
                 return Err(Error::TooManyRequests {
                     retry_after: Some(wait.as_secs().max(1).to_string()),
                 });
@@ -333,11 +332,7 @@ fn challenge(config: &Config, path: &str) -> String {
 }
 
 /// Maps a customer path to its upstream after checking that the license may see it.
-fn resolve(
-    config: &Config,
-    principal: &auth::Principal,
-    repo: &RepoPath,
-) -> Result<Target, Error> {
+fn resolve(config: &Config, principal: &auth::Principal, repo: &RepoPath) -> Result<Target, Error> {
     let app = config
         .app(&repo.app)
         .ok_or_else(|| Error::NameUnknown(format!("unknown app {:?}", repo.app)))?;

@@ -409,10 +409,7 @@ licenses:
         let now = SystemTime::now();
         let h = basic("good-license-1", "good-license-1");
         assert_eq!(
-            authenticate(&c, &i, Some(&h), now)
-                .unwrap()
-                .subject
-                .name(),
+            authenticate(&c, &i, Some(&h), now).unwrap().subject.name(),
             "A"
         );
         let cases = [

@@ -110,7 +110,10 @@ impl Control {
         }
         let customer = req.customer.trim().to_string();
         if customer.is_empty() || customer.len() > 200 {
-            return Err(invalid("customer", "a customer name of 1 to 200 characters"));
+            return Err(invalid(
+                "customer",
+                "a customer name of 1 to 200 characters",
+            ));
         }
         let expires = match &req.expires {
             Some(s) => Some(parse_expiry("expires", s, SystemTime::now())?),

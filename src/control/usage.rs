@@ -89,10 +89,9 @@ impl Control {
                 .or_insert_with(|| (0, 0, None, BTreeMap::new()));
             e.0 += 1;
             e.2 = Some(e.2.map_or(p.time, |t| t.max(p.time)));
-            let i = e
-                .3
-                .entry((p.image.clone(), p.reference.clone()))
-                .or_insert_with(|| (p.digest.clone(), 0, p.time));
+            let i =
+                e.3.entry((p.image.clone(), p.reference.clone()))
+                    .or_insert_with(|| (p.digest.clone(), 0, p.time));
             i.1 += 1;
             if p.time >= i.2 {
                 i.0 = p.digest.clone();

@@ -457,7 +457,11 @@ fn admin_tokens(raw: &[RawAdminToken]) -> Result<Vec<AdminTokenHash>, ConfigErro
         if out.iter().any(|o| o.name == t.name) {
             return Err(ConfigError::new(k("name"), "duplicate admin token name"));
         }
-        let hex = t.sha256.trim().strip_prefix("sha256:").unwrap_or(t.sha256.trim());
+        let hex = t
+            .sha256
+            .trim()
+            .strip_prefix("sha256:")
+            .unwrap_or(t.sha256.trim());
         let mut sha256 = [0u8; 32];
         let ok = hex.len() == 64
             && hex.is_ascii()

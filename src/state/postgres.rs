@@ -9,6 +9,8 @@ pub struct PostgresStore;
 
 impl PostgresStore {
     pub async fn open(_url: &Secret) -> Result<super::sqlite::SqliteStore, StateError> {
-        Err(StateError::Unavailable("PostgreSQL support is being built".into()))
+        Err(StateError::Unavailable(
+            "PostgreSQL support is being built".into(),
+        ))
     }
 }

@@ -150,11 +150,11 @@ impl SqliteStore {
                 .open(path)
                 .map_err(unavailable)?;
         }
-        let mut conn = Connection::open(path).map_err(|e| {
-            StateError::Unavailable(format!("cannot open {}: {e}", path.display()))
-        })?;
+        let mut conn = Connection::open(path)
+            .map_err(|e| StateError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         migrate(&mut conn)?;
@@ -208,9 +208,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StateError> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = i as i64 + 1;
-        tx.execute_batch(sql).map_err(|e| {
-            StateError::Database(format!("migration {version} failed: {e}"))
-        })?;
+        tx.execute_batch(sql)
+            .map_err(|e| StateError::Database(format!("migration {version} failed: {e}")))?;
         if version == 1 {
             let key = SecretHash(generate::hash_key()).to_hex();
             tx.execute(
@@ -312,7 +311,12 @@ pub(crate) fn key_of(
 }
 
 pub(crate) fn images_json(l: &License) -> String {
-    json_list(&l.images.iter().map(|g| g.as_str().to_string()).collect::<Vec<_>>())
+    json_list(
+        &l.images
+            .iter()
+            .map(|g| g.as_str().to_string())
+            .collect::<Vec<_>>(),
+    )
 }
 
 pub(crate) fn apps_json(k: &ApiKey) -> String {
@@ -721,7 +725,10 @@ impl Store for SqliteStore {
 fn revoke(c: &mut Connection, table: &str, id: &str) -> Result<bool, StateError> {
     let tx = c.transaction().map_err(db)?;
     let n = tx
-        .execute(&format!("UPDATE {table} SET revoked = 1 WHERE id = ?1"), params![id])
+        .execute(
+            &format!("UPDATE {table} SET revoked = 1 WHERE id = ?1"),
+            params![id],
+        )
         .map_err(db)?;
     if n == 0 {
         return Ok(false);

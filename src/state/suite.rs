@@ -236,7 +236,10 @@ pub(crate) async fn the_directory_follows_the_store(s: &dyn Store) {
         .unwrap();
     assert!(d.refresh(s).await.unwrap());
     assert_eq!(d.license_by_secret("secret-d").unwrap().id, "lic_d");
-    assert!(d.license_by_secret("lic_d").is_none(), "the id is no password");
+    assert!(
+        d.license_by_secret("lic_d").is_none(),
+        "the id is no password"
+    );
     assert_eq!(d.license("lic_d").unwrap().customer, "Big Bank");
     assert_eq!(d.key_by_secret("berth_key_d").unwrap().id, "key_d");
     assert!(d.key_by_secret("secret-d").is_none());

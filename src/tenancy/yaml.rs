@@ -629,10 +629,7 @@ mod tests {
         let l = t.license_by_secret("LICENSE-good-0001").unwrap();
         assert_eq!(l.customer, "Big Bank");
         assert_eq!(l.id, fingerprint("LICENSE-good-0001"));
-        assert_eq!(
-            t.license(&l.id).unwrap().customer,
-            "Big Bank"
-        );
+        assert_eq!(t.license(&l.id).unwrap().customer, "Big Bank");
         assert!(t.license_by_secret("LICENSE-good-0002").is_none());
         // The fingerprint names a license; it is not a password for it.
         assert!(t.license_by_secret(&l.id).is_none());
