@@ -15,7 +15,7 @@ use crate::config::{Action, ApiKey, Config, License, State};
 use crate::error::Error;
 use crate::oci::repo::RepoPath;
 use crate::oci::scope::Access;
-use crate::state::Directory;
+use crate::state::{Directory, Found};
 use ratelimit::LoginThrottle;
 use token::{Claims, Issuer};
 
@@ -75,12 +75,10 @@ pub struct Identities<'a> {
 impl Identities<'_> {
     /// The license or key whose secret `password` is.
     fn by_secret(&self, password: &str) -> Option<Subject> {
-        // Keys first: they carry a prefix no config-file license id is likely to have.
-        if let Some(k) = self.directory.key_by_secret(password) {
-            return Some(Subject::Key(k));
-        }
-        if let Some(l) = self.directory.license_by_secret(password) {
-            return Some(Subject::License(l));
+        match self.directory.by_secret(password) {
+            Some(Found::Key(k)) => return Some(Subject::Key(k)),
+            Some(Found::License(l)) => return Some(Subject::License(l)),
+            None => {}
         }
         self.config
             .tenants
@@ -515,5 +513,89 @@ licenses:
             authenticate(&c, &i, Some(&h), now).err(),
             Some(Rejection::Revoked)
         );
+    }
+
+    /// Stored licenses and keys log in by secret alone; a key pulls only its apps, a
+    /// revoked one (and its tokens) is refused at the next refresh.
+    #[tokio::test]
+    async fn stored_licenses_and_keys() {
+        use crate::state::{sqlite::SqliteStore, suite, LicenseChange, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db"))
+            .await
+            .unwrap();
+        store
+            .insert_license(&suite::license("lic_s", store.hasher(), "berth_lic_s"))
+            .await
+            .unwrap();
+        store
+            .insert_key(&suite::key("key_s", store.hasher(), "berth_key_s"))
+            .await
+            .unwrap();
+        let d = Directory::load(&store).await.unwrap();
+        let c = config();
+        let i = issuer();
+        let now = SystemTime::now();
+        let throttle = LoginThrottle::default();
+        let source = Source {
+            throttle: &throttle,
+            ip: [127, 0, 0, 1].into(),
+        };
+        let login = |u: &str, p: &str| {
+            super::authenticate(ids(&c, &d), &i, Some(&basic(u, p)), source, now)
+        };
+        let l = login("lic_s", "berth_lic_s").unwrap();
+        assert_eq!(l.subject.id(), "lic_s");
+        // The suite's license is narrowed to quay.io/acme/*.
+        let quay = RepoPath {
+            app: "acme".into(),
+            host: "quay.io".into(),
+            repository: "acme/api".into(),
+        };
+        assert!(l.may_pull(&quay).is_ok());
+        assert!(matches!(
+            l.may_pull(&repo("acme", "acme/api")),
+            Err(Error::Denied(_))
+        ));
+        let k = login("api", "berth_key_s").unwrap();
+        assert_eq!(k.subject.id(), "key_s");
+        assert!(k.may_pull(&repo("acme", "acme/api")).is_ok());
+        assert!(k.may_pull(&repo("beta", "x/y")).is_ok());
+        assert!(matches!(
+            k.may_pull(&repo("other", "x/y")),
+            Err(Error::Denied(_))
+        ));
+        // The id is not a password.
+        assert_eq!(login("api", "key_s").err(), Some(Rejection::Unknown));
+        // A token for the key names it; revoking the key refuses the token.
+        let t = i.issue(
+            k.subject.id(),
+            "images.acme.test",
+            grant(
+                &k.subject,
+                &scope::parse_all(["repository:proxy/beta/q.io/x/y:pull,push"]),
+            ),
+        );
+        let bearer = format!("Bearer {}", t.token.expose());
+        let p = super::authenticate(ids(&c, &d), &i, Some(&bearer), source, now).unwrap();
+        assert!(p.may_pull(&repo("beta", "x/y")).is_ok());
+        store.revoke_key("key_s").await.unwrap();
+        store
+            .update_license(
+                "lic_s",
+                &LicenseChange {
+                    revoked: Some(true),
+                    ..LicenseChange::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(d.refresh(&store).await.unwrap());
+        assert_eq!(
+            super::authenticate(ids(&c, &d), &i, Some(&bearer), source, now).err(),
+            Some(Rejection::Revoked)
+        );
+        assert_eq!(login("api", "berth_key_s").err(), Some(Rejection::Revoked));
+        assert_eq!(login("x", "berth_lic_s").err(), Some(Rejection::Revoked));
     }
 }

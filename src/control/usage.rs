@@ -81,8 +81,8 @@ impl Control {
         };
         // (subject, app) → usage; (image, reference) → per-image numbers.
         type Images = BTreeMap<(String, String), (String, u64, SystemTime)>;
-        let mut by: BTreeMap<(String, String), (u64, u64, Option<SystemTime>, Images)> =
-            BTreeMap::new();
+        type Totals = (u64, u64, Option<SystemTime>, Images);
+        let mut by: BTreeMap<(String, String), Totals> = BTreeMap::new();
         for p in &pulls {
             let e = by
                 .entry((p.subject.clone(), p.app.clone()))

@@ -51,6 +51,13 @@ impl Snapshot {
     }
 }
 
+/// What a secret turned out to be.
+#[derive(Debug, Clone)]
+pub enum Found {
+    License(Arc<License>),
+    Key(Arc<ApiKey>),
+}
+
 /// The live snapshot. Lookups hash the presented secret once and read a map.
 #[derive(Debug)]
 pub struct Directory {
@@ -85,6 +92,20 @@ impl Directory {
 
     fn replace(&self, s: Snapshot) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+    }
+
+    /// The license or key whose secret `secret` is: one hash, two map reads (the login
+    /// path of every Basic-authenticated request).
+    pub fn by_secret(&self, secret: &str) -> Option<Found> {
+        let h = self.hasher.hash(secret);
+        let s = self.snapshot();
+        if let Some(k) = s.key_by_hash.get(&h).and_then(|id| s.keys.get(id)) {
+            return Some(Found::Key(k.clone()));
+        }
+        s.license_by_hash
+            .get(&h)
+            .and_then(|id| s.licenses.get(id))
+            .map(|l| Found::License(l.clone()))
     }
 
     pub fn license_by_secret(&self, secret: &str) -> Option<Arc<License>> {

@@ -14,7 +14,7 @@ pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
 
-pub use directory::{Directory, Snapshot};
+pub use directory::{Directory, Found, Snapshot};
 pub use secret::{generate, SecretHash, SecretHasher};
 
 use std::future::Future;

@@ -243,6 +243,7 @@ fn parse_list(s: &str) -> Vec<String> {
 }
 
 /// A license row, as read by both SQL stores.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn license_of(
     id: String,
     hash: &str,
