@@ -1163,6 +1163,22 @@ fn licenses_and_keys_made_on_the_cli_are_in_force_on_a_running_berth_within_a_se
     site.assert_no_secret_shown();
 }
 
+/// How long until `command` exits with `want`; every 100 ms, at most 5 s.
+fn until_exit(want: i32, command: impl Fn() -> Option<i32>) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = command();
+        if got == Some(want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still exit {got:?}, not {want}, after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 // ---- --server: the admin API ----------------------------------------------------------
 
 /// A running berth with its admin listener and one configured admin token (made up here,
@@ -1206,7 +1222,6 @@ impl Admin {
 }
 
 #[test]
-#[ignore = "needs the admin API (branch admin): run with --ignored once it is merged"]
 fn remote_mode_does_what_local_mode_does_through_the_admin_api() {
     let admin = Admin::start();
     let (run, site) = (&admin.run, &admin.run.site);
@@ -1243,6 +1258,12 @@ fn remote_mode_does_what_local_mode_does_through_the_admin_api() {
     let local_list = site.json(&["license", "list"]);
     admin.remote(true);
     assert_eq!(remote_list, local_list);
+    let remote_table = site.run(&["license", "list"]).stdout;
+    admin.remote(false);
+    let local_table = site.run(&["license", "list"]).stdout;
+    admin.remote(true);
+    assert_eq!(remote_table, local_table, "the human listing too");
+    assert!(remote_table.contains("Remote Bank"), "{remote_table}");
     assert_eq!(by_id(&remote_list, &id)["state"], "active");
     assert_eq!(
         site.json(&["license", "show", &id]),
@@ -1343,9 +1364,25 @@ fn remote_mode_does_what_local_mode_does_through_the_admin_api() {
     let tokens = site.json(&["admin-token", "list"]);
     assert_eq!(by_id(&tokens, "config:ops")["origin"], "config");
     assert_eq!(by_id(&tokens, s(&t, "id"))["state"], "active");
-    // The new stored token opens the API too (given with --token this time).
-    let out = site.run(&["--token", s(&t, "token"), "license", "list", "--json"]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // The new stored token opens the API too (given with --token this time) once the
+    // server's directory has it, and is refused once revoked.
+    let second = s(&t, "token").to_string();
+    let with_second = || {
+        site.run(&["--token", &second, "admin-token", "list", "--json"])
+            .code
+    };
+    let took = until_exit(0, with_second);
+    assert!(
+        took <= IN_FORCE_WITHIN,
+        "new admin token accepted after {took:?}"
+    );
+    let rv = site.json(&["admin-token", "revoke", s(&t, "id")]);
+    assert_eq!(s(&rv, "state"), "revoked");
+    let took = until_exit(1, with_second);
+    assert!(
+        took <= IN_FORCE_WITHIN,
+        "revoked admin token refused after {took:?}"
+    );
     let h = site.run(&["license", "list"]);
     assert_eq!(h.code, Some(0), "{}", h.stderr);
     assert!(
