@@ -295,7 +295,11 @@ impl PostgresStore {
 impl Link {
     fn new(url: &str) -> Result<Link, StateError> {
         let mut secrets: Vec<String> = password_in_url(url).into_iter().collect();
-        let config: Config = url.parse().map_err(|e: PgError| {
+        // The driver does not know the verifying modes: refuse them as TLS, not as a typo.
+        if let Some(mode @ ("verify-ca" | "verify-full")) = query_value(url, "sslmode") {
+            return Err(no_tls(mode));
+        }
+        let mut config: Config = url.parse().map_err(|e: PgError| {
             StateError::Unavailable(redact(
                 &secrets,
                 format!("state.postgres: not a PostgreSQL URL: {}", describe(&e)),
@@ -307,16 +311,9 @@ impl Link {
         secrets.retain(|s| !s.is_empty());
         // Longest first, so a password containing another form is scrubbed whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let mut config = config;
         match config.get_ssl_mode() {
             SslMode::Disable | SslMode::Prefer => {}
-            _ => {
-                return Err(StateError::Unavailable(
-                    "state.postgres: sslmode=require asks for TLS, which berth does not speak to \
-                     PostgreSQL; use sslmode=disable (on a network you trust)"
-                        .into(),
-                ))
-            }
+            _ => return Err(no_tls("require")),
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -504,6 +501,24 @@ fn redact(secrets: &[String], mut message: String) -> String {
         }
     }
     message
+}
+
+/// The refusal of an `sslmode` that needs TLS: better no store than a clear-text one the
+/// operator did not ask for.
+fn no_tls(mode: &str) -> StateError {
+    StateError::Unavailable(format!(
+        "state.postgres: sslmode={mode} asks for TLS, which berth does not speak to PostgreSQL; \
+         use sslmode=disable (on a network you trust)"
+    ))
+}
+
+/// The value of query parameter `name` in `url`, as written.
+fn query_value<'u>(url: &'u str, name: &str) -> Option<&'u str> {
+    url.split_once('?')?.1.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    })
 }
 
 /// The password as written in `scheme://user:password@host…`, if there is one.
