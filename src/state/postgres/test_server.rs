@@ -22,24 +22,28 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The superuser the cluster is created with; its password is in `url()`.
 pub const USER: &str = "berth";
 
-/// The watchdog the server runs under. Its stdin is a pipe from the test process, so it reads
-/// end-of-file when the test drops the server or exits in any way (a panic, an abort, a
-/// SIGKILL): then it stops the server and removes the cluster, and a server a `static` holds
-/// is not left running. A line `restart` stops the server and starts it again (same port,
-/// same data) and answers `restarted`.
+/// The watchdog the cluster lives under, from before `initdb` to the end. Its stdin is a
+/// pipe from the test process, so it reads end-of-file when the test drops the server or
+/// exits in any way (a panic, an abort, a SIGKILL): then it stops the server and removes the
+/// cluster, and neither a server a `static` holds nor one whose test was killed is left
+/// behind. Lines `start PORT`, `restart PORT` and `stop` do that to the server (`$@`, its
+/// command line less the port) and are answered when done.
 const WATCHDOG: &str = r#"
 root=$1; shift
-"$@" >>"$root/postgres.log" 2>&1 &
-pid=$!
-while read -r cmd; do
-  if [ "$cmd" = restart ]; then
-    kill -INT "$pid" 2>/dev/null; wait "$pid"
-    "$@" >>"$root/postgres.log" 2>&1 &
-    pid=$!
-    echo restarted
-  fi
+pid=
+while read -r cmd port; do
+  case "$cmd" in
+    start|restart|stop)
+      if [ -n "$pid" ]; then kill -INT "$pid" 2>/dev/null; wait "$pid"; pid=; fi ;;
+  esac
+  case "$cmd" in
+    start|restart)
+      "$@" -p "$port" >>"$root/postgres.log" 2>&1 &
+      pid=$! ;;
+  esac
+  echo "$cmd"
 done
-kill -INT "$pid" 2>/dev/null; wait "$pid"
+if [ -n "$pid" ]; then kill -INT "$pid" 2>/dev/null; wait "$pid"; fi
 rm -rf "$root"
 "#;
 
@@ -76,11 +80,22 @@ impl Postgres {
             .tempdir()
             .expect("create a temp dir for PostgreSQL")
             .keep();
-        let password = format!("pg-canary-{}", random_hex());
         let user = ServerUser::find();
+        let mut server = Postgres {
+            port: 0,
+            password: format!("pg-canary-{}", random_hex()),
+            root: root.clone(),
+            bin: bin.clone(),
+            watchdog: Mutex::new(None),
+        };
+        // First the watchdog: from here on, however the test ends, the directory goes.
+        server.spawn_watchdog(&user);
         std::fs::create_dir(root.join("sock")).expect("create the socket dir");
         let pwfile = root.join("pw");
-        std::fs::write(&pwfile, format!("{password}\n")).expect("write the password file");
+        std::fs::write(&pwfile, format!("{}\n", server.password)).expect("write the password file");
+        // Only the server's user (and root) may look inside: the password file is there.
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("chmod the cluster's directory");
         user.own(&root);
         user.own(&root.join("sock"));
         user.own(&pwfile);
@@ -106,26 +121,15 @@ impl Postgres {
         // free_port() races with other tests binding ports; a lost race is a bind failure in
         // the log and is worth another port.
         for attempt in 1..=3 {
-            let port = free_port();
-            let mut server = Postgres {
-                port,
-                password: password.clone(),
-                root: root.clone(),
-                bin: bin.clone(),
-                watchdog: Mutex::new(None),
-            };
-            server.spawn(&user);
+            server.port = free_port();
+            server.tell(&format!("start {}", server.port));
             match server.wait_ready() {
                 Ok(()) => {
                     server.psql("postgres", "CREATE DATABASE berth");
                     return server;
                 }
                 Err(log) if attempt < 3 && log.contains("could not bind") => {
-                    // Stops that watchdog (and its server) without removing the cluster.
-                    if let Some(mut w) = server.watchdog.lock().unwrap().take() {
-                        let _ = w.child.kill();
-                        let _ = w.child.wait();
-                    }
+                    server.tell("stop");
                     let _ = std::fs::remove_file(root.join("postgres.log"));
                 }
                 Err(log) => panic!("PostgreSQL did not start:\n{log}"),
@@ -134,13 +138,11 @@ impl Postgres {
         unreachable!("the loop returns or panics")
     }
 
-    fn spawn(&mut self, user: &ServerUser) {
+    fn spawn_watchdog(&mut self, user: &ServerUser) {
         let mut server = user.command(&self.bin.join("postgres"));
         server
             .arg("-D")
             .arg(self.root.join("data"))
-            .arg("-p")
-            .arg(self.port.to_string())
             .arg("-k")
             .arg(self.root.join("sock"))
             .args(["-c", "listen_addresses=127.0.0.1"])
@@ -148,8 +150,8 @@ impl Postgres {
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "shared_buffers=32MB"])
             .args(["-c", "max_connections=300"]);
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
+        let mut child = Command::new("sh")
+            .arg("-c")
             .arg(WATCHDOG)
             .arg("sh")
             .arg(&self.root)
@@ -158,8 +160,9 @@ impl Postgres {
             .current_dir(&self.root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn sh for PostgreSQL");
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sh for PostgreSQL");
         let stdin = child.stdin.take().expect("watchdog stdin");
         let stdout = BufReader::new(child.stdout.take().expect("watchdog stdout"));
         *self.watchdog.lock().unwrap() = Some(Watchdog {
@@ -167,6 +170,22 @@ impl Postgres {
             stdin,
             stdout,
         });
+    }
+
+    /// Sends the watchdog `line` and waits for it to be done.
+    fn tell(&self, line: &str) {
+        let mut w = self.watchdog.lock().unwrap();
+        let w = w.as_mut().expect("the watchdog is running");
+        w.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| w.stdin.flush())
+            .expect("write to the watchdog");
+        let mut answer = String::new();
+        w.stdout
+            .read_line(&mut answer)
+            .expect("read the watchdog's answer");
+        let verb = line.split(' ').next().unwrap_or_default();
+        assert_eq!(answer.trim(), verb, "the watchdog did not {line:?}");
     }
 
     /// Waits until the server answers a query; the log when it does not.
@@ -254,19 +273,7 @@ impl Postgres {
     /// Stops the server (fast shutdown: every connection is cut) and starts it again on the
     /// same port with the same data; returns once it answers.
     pub fn restart(&self) {
-        {
-            let mut w = self.watchdog.lock().unwrap();
-            let w = w.as_mut().expect("the server is running");
-            w.stdin
-                .write_all(b"restart\n")
-                .and_then(|()| w.stdin.flush())
-                .expect("tell the watchdog to restart");
-            let mut line = String::new();
-            w.stdout
-                .read_line(&mut line)
-                .expect("read the watchdog's answer");
-            assert_eq!(line.trim(), "restarted", "log:\n{}", self.logs());
-        }
+        self.tell(&format!("restart {}", self.port));
         if let Err(log) = self.wait_ready() {
             panic!("PostgreSQL did not come back:\n{log}");
         }
