@@ -1450,3 +1450,116 @@ fn remote_mode_without_a_reachable_server_or_token_fails_in_one_line_without_the
     assert!(r.stderr.contains("BERTH_ADMIN_TOKEN"), "{}", r.stderr);
     site.assert_no_secret_shown();
 }
+
+// ---- PostgreSQL: several replicas -----------------------------------------------------
+
+#[test]
+fn on_postgresql_a_license_made_on_the_cli_is_in_force_on_every_replica_within_a_second() {
+    let pg = support::postgres::Postgres::start();
+    let url = pg.fresh_database("cli");
+    let state = format!("state: {{ postgres: \"{url}\" }}\n");
+    let reg = Registry::start(RegistryAuth::Htpasswd {
+        user: VENDOR.into(),
+        password: UPSTREAM_PASSWORD.into(),
+    });
+    push_image(
+        &reg,
+        Some((VENDOR, UPSTREAM_PASSWORD)),
+        "acme/api",
+        "v1",
+        &ImageSpec {
+            layer_sizes: vec![1000],
+            seed: 23,
+        },
+    );
+    let replica = |dir: &Path| {
+        let port = support::free_port();
+        let yaml = config_yaml(&format!("127.0.0.1:{port}"), dir, &reg.url(), "", "") + &state;
+        Berth::start_on(port, &yaml, &[])
+    };
+    let (dir_a, dir_b) = (support::tempdir(), support::tempdir());
+    let (a, b) = (replica(dir_a.path()), replica(dir_b.path()));
+    // The command line on a machine of its own: the config and the database, no replica's files.
+    let dir = support::tempdir();
+    let yaml = config_yaml("127.0.0.1:1", &dir.path().join("cache"), &reg.url(), "", "") + &state;
+    let site = Site::with_config(dir, yaml);
+    site.secret(pg.password());
+
+    let pull = |b: &Berth, secret: &str| {
+        http::get(
+            b.port,
+            &format!("/v2/proxy/acme/{HOST}/acme/api/manifests/v1"),
+            &[
+                ("Accept", MANIFEST_MEDIA_TYPE),
+                ("Authorization", &basic("x", secret)),
+            ],
+        )
+        .status
+    };
+    let until = |want: u16, secret: &str| {
+        let started = Instant::now();
+        loop {
+            let got = [pull(&a, secret), pull(&b, secret)];
+            if got == [want, want] {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "[A, B] = {got:?}, not {want}, after 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let c = site.hand_out_json(&[
+        "license",
+        "create",
+        "--app",
+        "acme",
+        "--customer",
+        "Big Bank",
+    ]);
+    let (id, secret) = (s(&c, "id").to_string(), s(&c, "secret").to_string());
+    let took = until(200, &secret);
+    assert!(
+        took <= IN_FORCE_WITHIN,
+        "served by both replicas after {took:?}"
+    );
+    eprintln!("postgres: license create → both replicas pull: {took:?}");
+    assert_eq!(
+        by_id(&site.json(&["license", "list"]), &id)["state"],
+        "active"
+    );
+    site.json(&["license", "revoke", &id]);
+    let took = until(401, &secret);
+    assert!(
+        took <= IN_FORCE_WITHIN,
+        "refused by both replicas after {took:?}"
+    );
+    eprintln!("postgres: license revoke → both replicas refuse: {took:?}");
+
+    // A database that cannot be reached: one line naming the store, never its password.
+    let password = "pg-pass-canary-3f7d";
+    site.secret(password);
+    let gone = format!(
+        "postgres://berth:{password}@127.0.0.1:{}/berth?sslmode=disable",
+        support::free_port()
+    );
+    let dir = support::tempdir();
+    let yaml = config_yaml("127.0.0.1:1", &dir.path().join("cache"), &reg.url(), "", "")
+        + &format!("state: {{ postgres: \"{gone}\" }}\n");
+    let unreachable = Site::with_config(dir, yaml);
+    let r = unreachable.run(&["license", "list"]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("berth: state store unavailable")
+            && r.stderr.contains("state.postgres"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains(password), "{}", r.stderr);
+    for (name, log) in [("A", a.logs()), ("B", b.logs())] {
+        site.also_scan(&format!("replica {name}'s log"), log);
+    }
+    site.assert_no_secret_shown();
+}
