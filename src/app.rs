@@ -73,11 +73,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let store = crate::state::open(&config.state).await?;
     let directory = Arc::new(crate::state::Directory::load(&*store).await?);
     tokio::spawn(directory.clone().follow(store.clone(), |_, _| {}));
-    let api = Arc::new(api::Api::new(config, directory, &mut metrics)?);
-    let admin_edge = Arc::new(admin::Admin {
-        probes: api.probes.clone(),
-        metrics: Arc::new(metrics),
-    });
+    let api = Arc::new(api::Api::new(config, directory.clone(), &mut metrics)?);
+    // The admin listener's control plane writes the same store the directory follows, so
+    // a license created or revoked there is in force on the customer port within a refresh.
+    let admin_edge = Arc::new(admin::Admin::new(
+        api.probes.clone(),
+        Arc::new(metrics),
+        crate::control::Control::new(store.clone()),
+        directory,
+    ));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
@@ -107,7 +111,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tokio::spawn(server::webhook::serve(api.clone(), l, tls, stop_rx.clone()));
     }
     let admin_task = admin.map(|(a, l)| {
-        tracing::info!(admin = %a, "admin listener: /metrics /healthz /readyz");
+        tracing::info!(admin = %a, "admin listener: /metrics /healthz /readyz /api/v1");
         tokio::spawn(server::admin::serve(admin_edge, l, stop_rx.clone()))
     });
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;

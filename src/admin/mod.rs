@@ -1,10 +1,13 @@
-//! The admin edge: `/metrics` (Prometheus text), `/healthz`, `/readyz`. It sees the service
-//! through narrow handles ([`Probes`]: the live config, the blob backend, the upstream
-//! client; [`Admin`]: those plus the metrics registry), never the customer API; the listener
-//! that serves it lives in `server`.
+//! The admin edge: `/metrics` (Prometheus text), `/healthz`, `/readyz`, and the control
+//! plane's API `/api/v1/…` (`api/`). It sees the service through narrow handles
+//! ([`Probes`]: the live config, the blob backend, the upstream client; [`Admin`]: those
+//! plus the metrics registry, the control plane and the directory of stored admin tokens),
+//! never the customer API; the listener that serves it lives in `server`.
 
+pub mod api;
 pub mod health;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -12,8 +15,11 @@ use http::{HeaderValue, Request, Response, StatusCode};
 
 use prometheus_client::registry::Registry;
 
-use crate::body::{full, Body};
+use crate::auth::ratelimit::LoginThrottle;
+use crate::body::{full, Body, BoxError};
 use crate::config::Live;
+use crate::control::Control;
+use crate::state::Directory;
 use crate::storage::BlobBackend;
 use crate::upstream;
 
@@ -26,16 +32,48 @@ pub struct Probes {
     pub upstream: Arc<upstream::Client>,
 }
 
-/// The admin listener's handle: the probes and the registry every component registered its
-/// metric families into.
+/// The admin listener's handle: the probes, the registry every component registered its
+/// metric families into, and what `/api/v1` needs.
 pub struct Admin {
     pub probes: Arc<Probes>,
     pub metrics: Arc<Registry>,
+    /// The control plane's operations over the state store.
+    pub control: Control,
+    /// The stored admin tokens `/api/v1` accepts (a revocation is in force within the
+    /// directory's refresh).
+    pub directory: Arc<Directory>,
+    /// Failed admin logins per source, apart from customers' failed logins.
+    logins: LoginThrottle,
 }
 
-/// Answers one admin-listener request; never fails.
-pub async fn handle<B>(admin: &Admin, req: Request<B>) -> Response<Body> {
-    if req.uri().path() == "/metrics" {
+impl Admin {
+    pub fn new(
+        probes: Arc<Probes>,
+        metrics: Arc<Registry>,
+        control: Control,
+        directory: Arc<Directory>,
+    ) -> Admin {
+        Admin {
+            probes,
+            metrics,
+            control,
+            directory,
+            logins: LoginThrottle::default(),
+        }
+    }
+}
+
+/// Answers one admin-listener request from `remote`; never fails.
+pub async fn handle<B>(admin: &Admin, req: Request<B>, remote: SocketAddr) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let path = req.uri().path();
+    if path == "/api" || path.starts_with("/api/") {
+        return api::handle(admin, req, remote).await;
+    }
+    if path == "/metrics" {
         return text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

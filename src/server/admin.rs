@@ -1,5 +1,6 @@
-//! The admin listener: serves the admin edge (`crate::admin`) on an address of its own so
-//! scrapers and probes never share the customer port.
+//! The admin listener: serves the admin edge (`crate::admin`: metrics, probes, the control
+//! plane's `/api/v1`) on an address of its own, so scrapers, probes and administrators
+//! never share the customer port.
 
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: watch::Receiv
             let _permit = permit;
             let handler = move |req: Request<Incoming>| {
                 let admin = admin.clone();
-                async move { crate::admin::handle(&admin, req).await }
+                async move { crate::admin::handle(&admin, req, remote).await }
             };
             super::serve_hyper(stream, remote, timeouts, closing, handler).await
         });
