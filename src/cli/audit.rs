@@ -11,12 +11,10 @@ pub struct Args {
     /// host/repository, optionally with :tag or @digest.
     #[arg(long)]
     image: Option<String>,
-    /// Print the raw JSON lines.
-    #[arg(long)]
-    json: bool,
 }
 
-pub fn run(config: &Path, args: Args) -> ExitCode {
+/// `json` (the global `--json`): print the raw JSON lines.
+pub fn run(config: &Path, json: bool, args: Args) -> ExitCode {
     let config = match super::load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -32,7 +30,7 @@ pub fn run(config: &Path, args: Args) -> ExitCode {
     match crate::audit::read(path, &filter) {
         Ok(records) => {
             for r in records {
-                if args.json {
+                if json {
                     println!("{}", serde_json::to_string(&r).unwrap_or_default());
                 } else {
                     println!(

@@ -3,21 +3,41 @@
 //!
 //! Each subcommand's flags are a clap `Args` struct (or `Subcommand` enum) next to the code
 //! that reads them, so a flag and its meaning live in one file; the global `--config` is
-//! parsed once in `main.rs` and handed to every `run` as a path.
+//! parsed once in `main.rs` and handed to every `run` as a path, and the control plane's
+//! commands (license, apikey, admin-token, usage) get all the global flags as [`Global`].
 
+pub mod admin_token;
 pub mod airgap;
+pub mod apikey;
 pub mod audit;
 pub mod cache;
 pub mod check_config;
+pub mod license;
+mod output;
+mod plane;
 pub mod pull_secret;
+mod remote;
 pub mod rewrite;
 pub mod serve;
 pub mod upstream;
+pub mod usage;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
+
+/// The global flags, parsed once in `main.rs`.
+#[derive(Debug)]
+pub struct Global {
+    pub config: PathBuf,
+    /// `--json`: print the admin API's JSON instead of tables and sentences.
+    pub json: bool,
+    /// `--server URL`: a running berth's admin API instead of the state store.
+    pub server: Option<String>,
+    /// `--token` or `$BERTH_ADMIN_TOKEN`, for `--server`.
+    pub token: Option<Secret>,
+}
 
 /// The config file every subcommand reads unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "berth.yaml";

@@ -5,6 +5,7 @@
 pub mod berth;
 pub mod fake;
 pub mod image;
+pub mod postgres;
 pub mod registry;
 pub mod token;
 

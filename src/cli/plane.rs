@@ -1,0 +1,431 @@
+//! The control plane the license, apikey, admin-token and usage commands work on: the state
+//! store opened here (`control::Control` as the local user), or a running berth's admin API
+//! (`--server`); both answer with the same views, so every command prints the same either
+//! way. Also what those commands share: their failures and exit codes, and the checks that
+//! keep a secret out of a request path, a listing or an error.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use super::remote::{query, segment, Remote};
+use super::Global;
+use crate::config::Config;
+use crate::control::usage::{UsageFilter, UsageReport};
+use crate::control::{
+    self, Actor, AdminTokenView, Control, ControlError, CreatedAdminToken, CreatedKey,
+    CreatedLicense, KeyFilter, KeyView, LicenseFilter, LicensePatch, LicenseView, NewAdminToken,
+    NewKey, NewLicense, Page,
+};
+
+/// Why a command did not do what it was asked. Printed as one `berth: …` line.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The operation was refused or failed (not found, invalid, conflict, the store or the
+    /// server failing): exit 1.
+    Refused(String),
+    /// The command line or the configuration is wrong: exit 2.
+    Usage(String),
+}
+
+impl Failure {
+    pub fn refused(m: impl Into<String>) -> Failure {
+        Failure::Refused(m.into())
+    }
+
+    pub fn usage(m: impl Into<String>) -> Failure {
+        Failure::Usage(m.into())
+    }
+
+    pub fn exit(self) -> ExitCode {
+        match self {
+            Failure::Refused(m) => {
+                eprintln!("berth: {m}");
+                ExitCode::FAILURE
+            }
+            Failure::Usage(m) => {
+                eprintln!("berth: {m}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+impl From<ControlError> for Failure {
+    fn from(e: ControlError) -> Failure {
+        match e {
+            ControlError::State(e) => {
+                Failure::Refused(format!("{e} (check state.sqlite or state.postgres)"))
+            }
+            e => Failure::Refused(e.to_string()),
+        }
+    }
+}
+
+/// The exit code of a finished command.
+pub(super) fn finish(r: Result<(), Failure>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.exit(),
+    }
+}
+
+/// Refuses an argument that is a secret where an id belongs, without repeating it: it
+/// would otherwise travel in a request path and come back in a "not found".
+pub(super) fn check_id(what: &str, id: &str) -> Result<(), Failure> {
+    if ["berth_lic_", "berth_key_", "berth_adm_"]
+        .iter()
+        .any(|p| id.starts_with(p))
+    {
+        return Err(Failure::usage(format!(
+            "that is a secret, not the {what}'s id: pass its public id (`berth {} list` shows them)",
+            match what {
+                "API key" => "apikey",
+                "admin token" => "admin-token",
+                _ => "license",
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// An expiry for something new: as `control::parse_expiry` reads it, and not in the past.
+/// A license or key that is expired from the start is a mistake (a year typed wrong);
+/// to end one early, extend it to the past or revoke it.
+pub(super) fn future_expiry(given: Option<&str>) -> Result<(), Failure> {
+    let Some(s) = given else { return Ok(()) };
+    let now = SystemTime::now();
+    let t = control::parse_expiry("expires", s, now)?;
+    if t <= now {
+        return Err(Failure::refused(format!(
+            "expires: {s} is in the past, so this would be expired from the start (give a later date or a duration such as 90d)"
+        )));
+    }
+    Ok(())
+}
+
+/// `--since`: a duration back from now (`30d`), a date (`2026-11-01`, from its start, UTC)
+/// or an RFC 3339 time.
+pub(super) fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, Failure> {
+    let s = s.trim();
+    let bad = || {
+        Failure::refused(format!(
+            "since: {s:?} is not a duration (30d), a date (2026-11-01) or an RFC 3339 time"
+        ))
+    };
+    if let Ok(d) = humantime::parse_duration(s) {
+        return now.checked_sub(d).ok_or_else(bad);
+    }
+    let date_only = s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-';
+    if date_only {
+        return humantime::parse_rfc3339(&format!("{s}T00:00:00Z")).map_err(|_| bad());
+    }
+    humantime::parse_rfc3339_weak(s).map_err(|_| bad())
+}
+
+/// The store opened here, with the configuration its operations check against.
+pub(super) struct Local {
+    control: Control,
+    config: Config,
+    actor: Actor,
+}
+
+pub(super) enum Plane {
+    Local(Box<Local>),
+    Remote(Box<Remote>),
+}
+
+/// Listings are fetched a page at a time, this many each.
+const PAGE: usize = control::MAX_PAGE;
+
+/// The runtime and the plane `g` names: `--server`'s admin API, or the config's state store.
+/// Prints why not and gives the exit code when neither can be had.
+pub(super) fn open(g: &Global) -> Result<(tokio::runtime::Runtime, Plane), ExitCode> {
+    let rt = super::runtime()?;
+    if let Some(server) = &g.server {
+        let remote = Remote::new(server, g.token.as_ref()).map_err(Failure::exit)?;
+        return Ok((rt, Plane::Remote(Box::new(remote))));
+    }
+    let config = super::load_config(&g.config)?;
+    let store = rt
+        .block_on(crate::state::open(&config.state))
+        .map_err(|e| {
+            eprintln!("berth: {e} (check state.sqlite or state.postgres)");
+            ExitCode::FAILURE
+        })?;
+    let local = Local {
+        control: Control::new(store),
+        config,
+        actor: Actor::local(),
+    };
+    Ok((rt, Plane::Local(Box::new(local))))
+}
+
+impl Plane {
+    /// The public name customers pull from, when known here (the config's
+    /// `server.hostname`; the admin API does not say).
+    pub fn hostname(&self) -> Option<&str> {
+        match self {
+            Plane::Local(l) => Some(&l.config.server.hostname),
+            Plane::Remote(_) => None,
+        }
+    }
+
+    // ---- licenses ------------------------------------------------------------------
+
+    pub async fn create_license(&self, req: NewLicense) -> Result<CreatedLicense, Failure> {
+        match self {
+            Plane::Local(l) => Ok(l.control.create_license(&l.config, &l.actor, req).await?),
+            Plane::Remote(r) => r.post("/api/v1/licenses", &req).await,
+        }
+    }
+
+    /// Every license matching `filter`, all pages.
+    pub async fn licenses(&self, mut filter: LicenseFilter) -> Result<Vec<LicenseView>, Failure> {
+        let mut all = Vec::new();
+        filter.limit = Some(PAGE);
+        loop {
+            let page: Page<LicenseView> = match self {
+                Plane::Local(l) => l.control.list_licenses(&l.config, &filter).await?,
+                Plane::Remote(r) => {
+                    let limit = PAGE.to_string();
+                    let q = query(&[
+                        ("app", filter.app.as_deref()),
+                        ("state", filter.state.as_deref()),
+                        ("after", filter.after.as_deref()),
+                        ("limit", Some(&limit)),
+                    ]);
+                    r.get(&format!("/api/v1/licenses{q}")).await?
+                }
+            };
+            all.extend(page.items);
+            match page.next {
+                // A server that hands back the same cursor would loop forever.
+                Some(n) if filter.after.as_deref() != Some(n.as_str()) => filter.after = Some(n),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// In local mode, a config license's password given where its id belongs is caught
+    /// here, before it is echoed in a "not found".
+    fn check_license_id(&self, id: &str) -> Result<(), Failure> {
+        check_id("license", id)?;
+        if let Plane::Local(l) = self {
+            if let Some(lic) = l.config.tenants.license_by_secret(id) {
+                if lic.id != id {
+                    return Err(Failure::usage(format!(
+                        "that is the password of a license in the config file, not its id; its id is {}",
+                        lic.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn license(&self, id: &str) -> Result<LicenseView, Failure> {
+        self.check_license_id(id)?;
+        match self {
+            Plane::Local(l) => Ok(l.control.license(&l.config, id).await?),
+            Plane::Remote(r) => r.get(&format!("/api/v1/licenses/{}", segment(id))).await,
+        }
+    }
+
+    pub async fn revoke_license(&self, id: &str) -> Result<LicenseView, Failure> {
+        self.check_license_id(id)?;
+        match self {
+            Plane::Local(l) => Ok(l.control.revoke_license(&l.config, &l.actor, id).await?),
+            Plane::Remote(r) => {
+                r.post_empty(&format!("/api/v1/licenses/{}/revoke", segment(id)))
+                    .await
+            }
+        }
+    }
+
+    /// `expires: None` removes the expiry.
+    pub async fn extend_license(
+        &self,
+        id: &str,
+        expires: Option<String>,
+    ) -> Result<LicenseView, Failure> {
+        self.check_license_id(id)?;
+        match self {
+            Plane::Local(l) => Ok(l
+                .control
+                .extend_license(&l.config, &l.actor, id, expires.as_deref())
+                .await?),
+            Plane::Remote(r) => {
+                r.patch(
+                    &format!("/api/v1/licenses/{}", segment(id)),
+                    &LicensePatch { expires },
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn rotate_license(&self, id: &str) -> Result<CreatedLicense, Failure> {
+        self.check_license_id(id)?;
+        match self {
+            Plane::Local(l) => Ok(l.control.rotate_license(&l.config, &l.actor, id).await?),
+            Plane::Remote(r) => {
+                r.post_empty(&format!("/api/v1/licenses/{}/rotate", segment(id)))
+                    .await
+            }
+        }
+    }
+
+    // ---- API keys ------------------------------------------------------------------
+
+    pub async fn create_key(&self, req: NewKey) -> Result<CreatedKey, Failure> {
+        match self {
+            Plane::Local(l) => Ok(l.control.create_key(&l.config, &l.actor, req).await?),
+            Plane::Remote(r) => r.post("/api/v1/apikeys", &req).await,
+        }
+    }
+
+    pub async fn keys(&self, mut filter: KeyFilter) -> Result<Vec<KeyView>, Failure> {
+        let mut all = Vec::new();
+        filter.limit = Some(PAGE);
+        loop {
+            let page: Page<KeyView> = match self {
+                Plane::Local(l) => l.control.list_keys(&filter).await?,
+                Plane::Remote(r) => {
+                    let limit = PAGE.to_string();
+                    let q = query(&[
+                        ("app", filter.app.as_deref()),
+                        ("state", filter.state.as_deref()),
+                        ("after", filter.after.as_deref()),
+                        ("limit", Some(&limit)),
+                    ]);
+                    r.get(&format!("/api/v1/apikeys{q}")).await?
+                }
+            };
+            all.extend(page.items);
+            match page.next {
+                Some(n) if filter.after.as_deref() != Some(n.as_str()) => filter.after = Some(n),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    pub async fn key(&self, id: &str) -> Result<KeyView, Failure> {
+        check_id("API key", id)?;
+        match self {
+            Plane::Local(l) => Ok(l.control.key(id).await?),
+            Plane::Remote(r) => r.get(&format!("/api/v1/apikeys/{}", segment(id))).await,
+        }
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<KeyView, Failure> {
+        check_id("API key", id)?;
+        match self {
+            Plane::Local(l) => Ok(l.control.revoke_key(&l.actor, id).await?),
+            Plane::Remote(r) => {
+                r.post_empty(&format!("/api/v1/apikeys/{}/revoke", segment(id)))
+                    .await
+            }
+        }
+    }
+
+    // ---- admin tokens --------------------------------------------------------------
+
+    pub async fn create_admin_token(&self, name: &str) -> Result<CreatedAdminToken, Failure> {
+        match self {
+            Plane::Local(l) => Ok(l.control.create_admin_token(&l.actor, name).await?),
+            Plane::Remote(r) => {
+                r.post(
+                    "/api/v1/admin-tokens",
+                    &NewAdminToken {
+                        name: name.to_string(),
+                    },
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenView>, Failure> {
+        match self {
+            Plane::Local(l) => Ok(l.control.list_admin_tokens(&l.config).await?),
+            Plane::Remote(r) => {
+                let page: Page<AdminTokenView> = r.get("/api/v1/admin-tokens").await?;
+                Ok(page.items)
+            }
+        }
+    }
+
+    pub async fn revoke_admin_token(&self, id: &str) -> Result<AdminTokenView, Failure> {
+        check_id("admin token", id)?;
+        match self {
+            Plane::Local(l) => Ok(l.control.revoke_admin_token(&l.actor, id).await?),
+            Plane::Remote(r) => {
+                r.post_empty(&format!("/api/v1/admin-tokens/{}/revoke", segment(id)))
+                    .await
+            }
+        }
+    }
+
+    // ---- usage ---------------------------------------------------------------------
+
+    /// `since` as the operator wrote it (checked here in both modes, so that a mistake reads
+    /// the same either way).
+    pub async fn usage(
+        &self,
+        license: Option<String>,
+        app: Option<String>,
+        since: Option<String>,
+    ) -> Result<UsageReport, Failure> {
+        if let Some(id) = &license {
+            check_id("license", id)?;
+        }
+        let since_at = match &since {
+            Some(s) => Some(parse_since(s, SystemTime::now())?),
+            None => None,
+        };
+        match self {
+            Plane::Local(l) => {
+                let filter = UsageFilter {
+                    license,
+                    app,
+                    since: since_at,
+                };
+                Ok(l.control.usage(&l.config, &filter).await?)
+            }
+            Plane::Remote(r) => {
+                let q = query(&[
+                    ("license", license.as_deref()),
+                    ("app", app.as_deref()),
+                    ("since", since.as_deref()),
+                ]);
+                r.get(&format!("/api/v1/usage{q}")).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_as_operators_write_it() {
+        let now = humantime::parse_rfc3339("2026-12-01T10:00:00Z").unwrap();
+        let at = |s| humantime::format_rfc3339_seconds(parse_since(s, now).unwrap()).to_string();
+        assert_eq!(at("30d"), "2026-11-01T10:00:00Z");
+        assert_eq!(at("2026-11-15"), "2026-11-15T00:00:00Z");
+        assert_eq!(at("2026-11-15T12:30:00Z"), "2026-11-15T12:30:00Z");
+        assert!(parse_since("lately", now).is_err());
+    }
+
+    #[test]
+    fn secrets_are_refused_where_ids_belong_without_being_repeated() {
+        for s in ["berth_lic_abc", "berth_key_abc", "berth_adm_abc"] {
+            match check_id("license", s) {
+                Err(Failure::Usage(m)) => assert!(!m.contains(s), "{m}"),
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+        assert!(check_id("license", "lic_abcdefghijklmnop").is_ok());
+    }
+}
