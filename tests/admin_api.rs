@@ -761,6 +761,9 @@ fn licenses(f: &Fixture) -> Vec<String> {
     assert_eq!(r.json()["customer"], "Canary Bank");
     let r = f.get(one, &["lic_doesnotexist"], "");
     assert_eq!(r.status, 404);
+    // A secret pasted where the id goes is neither echoed nor logged (the scan checks).
+    let r = f.get(one, &[&secret], "");
+    assert_eq!(r.status, 404);
 
     // Extend: a new expiry; into the past refuses pulls, null makes it eternal again.
     let r = f.call(

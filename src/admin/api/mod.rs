@@ -51,13 +51,14 @@ where
 {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = loggable(req.uri().path());
     let mut actor = None;
     let resp = match serve(admin, req, remote.ip(), &mut actor).await {
         Ok(reply) => reply.response(),
         Err(p) => problem_response(&p),
     };
-    // Paths carry public ids only; the query and the body are not logged.
+    // Paths carry public ids (a secret pasted as one is masked); the query and the body
+    // are not logged.
     tracing::info!(
         method = %method,
         path = %path,
@@ -68,6 +69,28 @@ where
         "admin request"
     );
     resp
+}
+
+/// `path` with any segment that looks like one of berth's secrets masked: an operator who
+/// pastes a secret where an id goes must not find it in the log.
+fn loggable(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            let decoded = routes::percent_decode(seg);
+            if looks_secret(seg) || decoded.is_some_and(|d| looks_secret(&d)) {
+                "<redacted>"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Whether `s` has the prefix every secret berth hands out has (`berth_lic_`, `berth_key_`,
+/// `berth_adm_`).
+fn looks_secret(s: &str) -> bool {
+    s.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("berth_"))
 }
 
 async fn serve<B>(
@@ -98,6 +121,13 @@ where
                 p
             }
         })?;
+    if params.iter().any(|p| looks_secret(p)) {
+        // Not echoed back either: the answer would carry it.
+        return Err(Problem::new(
+            Kind::NotFound,
+            "that is a secret, not an id: ids start with lic_, key_ or adm_",
+        ));
+    }
     let query = Query::parse(req.uri().query())?;
     let body = read_body(op.body(), &config, req).await?;
     let call = Call {
@@ -497,6 +527,22 @@ mod tests {
         assert!(q("state=gone").state().is_err());
         assert!(q("a=1&b=2").only(&["a"]).is_err());
         assert!(Query::parse(Some("a=1&a=2")).is_err());
+    }
+
+    #[test]
+    fn secrets_in_paths_are_not_logged() {
+        assert_eq!(
+            loggable("/api/v1/licenses/berth_lic_abc/revoke"),
+            "/api/v1/licenses/<redacted>/revoke"
+        );
+        assert_eq!(
+            loggable("/api/v1/licenses/berth%5Flic_abc"),
+            "/api/v1/licenses/<redacted>"
+        );
+        assert_eq!(
+            loggable("/api/v1/licenses/lic_abc"),
+            "/api/v1/licenses/lic_abc"
+        );
     }
 
     #[test]

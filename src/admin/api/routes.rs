@@ -134,7 +134,7 @@ fn matches(template: &str, path: &str) -> Option<Vec<String>> {
 }
 
 /// `%XX` escapes of a path segment; `None` for a broken escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
