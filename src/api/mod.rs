@@ -338,8 +338,8 @@ impl Api {
     }
 
     /// Tells the usage recorder of a manifest answered (GET or HEAD: clients resolve tags
-    /// with either). An index's body is read from memory (manifests are never streamed)
-    /// so that its child manifests count as part of this pull.
+    /// with either). When it asks for an index's children (once per pull), the index is
+    /// read from memory (manifests are never streamed) and handed over.
     async fn record_manifest(
         &self,
         subject: &auth::Subject,
@@ -349,35 +349,34 @@ impl Api {
         client: Client,
         user_agent: &str,
     ) -> Result<Fetched, Error> {
-        let index = f
-            .media_type
-            .as_deref()
-            .is_some_and(crate::oci::media::is_index_type)
-            && !http_body::Body::is_end_stream(&f.body);
-        let bytes = if index {
-            let b = http_body_util::BodyExt::collect(f.body)
-                .await
-                .map_err(|e| Error::Internal(format!("reading an index: {e}")))?
-                .to_bytes();
-            f.body = crate::body::full(b.clone());
-            Some(b)
-        } else {
-            None
-        };
+        let (id, image) = (subject.id(), target.repo.name.as_str());
         let ip = client.ip.to_string();
         self.usage.manifest(
             &ManifestRequest {
-                subject: subject.id(),
+                subject: id,
                 app: &target.repo.app,
-                image: &target.repo.name,
+                image,
                 reference,
                 digest: f.digest.as_deref(),
-                index: bytes.as_deref(),
                 client: &ip,
                 user_agent,
             },
             SystemTime::now(),
         );
+        let index = f
+            .media_type
+            .as_deref()
+            .is_some_and(crate::oci::media::is_index_type);
+        if let Some(d) = f.digest.as_deref().filter(|_| index) {
+            if !http_body::Body::is_end_stream(&f.body) && self.usage.wants_children(id, image, d) {
+                let b = http_body_util::BodyExt::collect(f.body)
+                    .await
+                    .map_err(|e| Error::Internal(format!("reading an index: {e}")))?
+                    .to_bytes();
+                self.usage.children(id, image, &b);
+                f.body = crate::body::full(b);
+            }
+        }
         Ok(f)
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -154,7 +154,7 @@ impl Control {
 /// How long a pull covers the requests that follow it: a re-pull of the same tag inside
 /// this is the same pull; after it, another.
 pub const PULL_WINDOW: Duration = Duration::from_secs(300);
-/// Events waiting for the writer; more are dropped (and counted) rather than waiting.
+/// Pulls waiting for the writer; more are dropped (and counted) rather than waited for.
 const QUEUE: usize = 65_536;
 /// The writer writes at least this often when there is something to write.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -164,6 +164,9 @@ const BATCH_PULLS: usize = 10_000;
 const MAX_PENDING_PULLS: usize = 100_000;
 /// Entries of the pull window per table (bounded memory: ~100 bytes each).
 const WINDOW_ENTRIES: u64 = 100_000;
+/// (subject, app, image) byte counters and keys held between two writes; beyond this a
+/// new one is dropped (and counted).
+const MAX_TALLIES: usize = 100_000;
 
 /// One manifest request answered, as the edge saw it.
 pub struct ManifestRequest<'a> {
@@ -175,34 +178,37 @@ pub struct ManifestRequest<'a> {
     pub reference: &'a Reference,
     /// The digest it resolved to (the answer's `Docker-Content-Digest`).
     pub digest: Option<&'a str>,
-    /// The body, when an image index was served: its child manifests belong to this pull.
-    pub index: Option<&'a [u8]>,
     pub client: &'a str,
     pub user_agent: &'a str,
 }
 
-/// What the writer is sent.
+/// What the writer is sent: pulls one by one (each is a row), and flush requests.
 enum Event {
     Pull(PullEvent),
-    Served {
-        subject: String,
-        key: bool,
-        /// (app, image) when the request was for an image's content.
-        image: Option<(String, String)>,
-        bytes: u64,
-        at: SystemTime,
-    },
     Flush(oneshot::Sender<()>),
 }
 
-/// Decides which manifest requests are pulls and hands pulls, bytes served and API-key use
-/// to a background writer that batches them into the store about once a second. The
-/// request path never waits on the database: the queue is bounded, and when it is full
-/// the record is dropped and counted (`berth_usage_dropped_total`).
+/// Bytes served and keys used since the last write, added up where they happen: a body
+/// ending costs one uncontended lock and a few map lookups, no allocation once its
+/// (subject, app, image) was seen in this second.
+#[derive(Default)]
+struct Tally {
+    /// subject → app → image → bytes.
+    bytes: HashMap<String, HashMap<String, HashMap<String, u64>>>,
+    entries: usize,
+    /// key id → last use.
+    keys: HashMap<String, SystemTime>,
+}
+
+/// Decides which manifest requests are pulls, adds up bytes served and API-key use, and
+/// hands them to a background writer that batches them into the store about once a
+/// second. The request path never waits on the database: pulls go through a bounded
+/// queue and bytes into bounded counters; what does not fit is dropped and counted
+/// (`berth_usage_dropped_total`).
 ///
 /// The counting rule, per subject and image: a pull is counted once, however many
 /// requests it takes. A tag request counts unless the same tag resolved to the same digest
-/// was counted within [`PULL_WINDOW`]; it makes its digest belong to the pull. A digest
+/// was counted within [`PULL_WINDOW`]; its digest then belongs to the pull. A digest
 /// request counts unless the digest belongs to a recent pull of that subject (the
 /// follow-up of a tag lookup, a child manifest of an index served, the same digest pulled
 /// again). So `docker pull img:1.0` (HEAD tag, GET index by digest, GET child by digest)
@@ -214,6 +220,9 @@ pub struct Recorder {
     tags: moka::sync::Cache<u64, ()>,
     /// (subject, image, digest) belonging to a recent pull.
     belongs: moka::sync::Cache<u64, ()>,
+    /// (subject, image, index digest) whose children were told within the window.
+    indexed: moka::sync::Cache<u64, ()>,
+    tally: Arc<Mutex<Tally>>,
     keys: std::collections::hash_map::RandomState,
     dropped: Counter,
     /// Drops since the last warning, and when that was (seconds since the epoch).
@@ -237,7 +246,7 @@ impl Recorder {
         let r = Recorder::with_window(store, PULL_WINDOW, QUEUE);
         registry.register(
             "usage_dropped",
-            "Usage records (pulls, bytes served, key use) dropped because the writer fell behind or the store failed",
+            "Usage records (pulls, bytes served, key use) dropped because the writer fell behind",
             r.dropped.clone(),
         );
         Arc::new(r)
@@ -246,7 +255,8 @@ impl Recorder {
     fn with_window(store: Arc<dyn Store>, window: Duration, queue: usize) -> Recorder {
         let (tx, rx) = mpsc::channel(queue);
         let dropped = Counter::default();
-        tokio::spawn(write(rx, store, dropped.clone()));
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        tokio::spawn(write(rx, tally.clone(), store, dropped.clone()));
         let table = || {
             moka::sync::Cache::builder()
                 .max_capacity(WINDOW_ENTRIES)
@@ -257,6 +267,8 @@ impl Recorder {
             tx,
             tags: table(),
             belongs: table(),
+            indexed: table(),
+            tally,
             keys: Default::default(),
             dropped,
             unreported: AtomicU64::new(0),
@@ -268,38 +280,34 @@ impl Recorder {
         self.keys.hash_one(parts)
     }
 
+    /// Puts `parts` in `table` unless it is there; true when this call put it there (of
+    /// several at once, exactly one). A lookup first: the common answer is "there", and a
+    /// read is several times cheaper than moka's entry API.
+    fn fresh(&self, table: &moka::sync::Cache<u64, ()>, parts: impl Hash) -> bool {
+        let k = self.key(parts);
+        !table.contains_key(&k) && table.entry(k).or_insert(()).is_fresh()
+    }
+
     /// Tells the recorder of a manifest request answered (GET or HEAD); returns whether it
     /// counted as a pull.
     pub fn manifest(&self, m: &ManifestRequest<'_>, now: SystemTime) -> bool {
         let counted = match m.reference {
             Reference::Tag(tag) => {
-                let counted = self
-                    .tags
-                    .entry(self.key((m.subject, m.image, tag.as_str(), m.digest)))
-                    .or_insert(())
-                    .is_fresh();
+                let counted = self.fresh(&self.tags, (m.subject, m.image, tag.as_str(), m.digest));
                 if let Some(d) = m.digest {
-                    self.belongs.insert(self.key((m.subject, m.image, d)), ());
+                    // The digest belongs to this pull for as long as the tag counts; a
+                    // repeat inside the window leaves both windows where they are.
+                    if counted {
+                        self.belongs.insert(self.key((m.subject, m.image, d)), ());
+                    } else {
+                        self.fresh(&self.belongs, (m.subject, m.image, d));
+                    }
                 }
                 counted
             }
             // Fresh: it belonged to no recent pull, and belongs to this one from now on.
-            Reference::Digest(d) => self
-                .belongs
-                .entry(self.key((m.subject, m.image, d.to_string().as_str())))
-                .or_insert(())
-                .is_fresh(),
+            Reference::Digest(d) => self.fresh(&self.belongs, (m.subject, m.image, d.as_str())),
         };
-        if let Some(body) = m.index {
-            for child in crate::oci::manifest::Manifest::parse(body)
-                .map(|i| i.manifests)
-                .unwrap_or_default()
-            {
-                let d = child.digest.to_string();
-                self.belongs
-                    .insert(self.key((m.subject, m.image, d.as_str())), ());
-            }
-        }
         if counted {
             self.send(Event::Pull(PullEvent {
                 time: now,
@@ -315,6 +323,23 @@ impl Recorder {
         counted
     }
 
+    /// Whether the children of the index `digest` just served to `subject` are to be told
+    /// ([`Recorder::children`]): once per window, so that the index is read only then.
+    pub fn wants_children(&self, subject: &str, image: &str, digest: &str) -> bool {
+        self.fresh(&self.indexed, (subject, image, digest))
+    }
+
+    /// The child manifests of `index` (its bytes) belong to the pull that served it.
+    pub fn children(&self, subject: &str, image: &str, index: &[u8]) {
+        let Some(index) = crate::oci::manifest::Manifest::parse(index) else {
+            return;
+        };
+        for child in &index.manifests {
+            let k = self.key((subject, image, child.digest.as_str()));
+            self.belongs.insert(k, ());
+        }
+    }
+
     /// Tells the recorder a response body ended: `bytes` of `image` (app, image) sent to
     /// `subject`. A key's use is recorded for any request; a license's bytes only for an
     /// image's content.
@@ -323,16 +348,49 @@ impl Recorder {
         if !key && image.is_none() {
             return;
         }
-        self.send(Event::Served {
-            subject: subject.to_string(),
-            key,
-            image: image.map(|(a, i)| (a.to_string(), i.to_string())),
-            bytes,
-            at: SystemTime::now(),
-        });
+        let mut full = false;
+        {
+            let mut t = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+            let t = &mut *t;
+            if key {
+                let now = SystemTime::now();
+                let room = t.keys.len() < MAX_TALLIES;
+                if let Some(at) = t.keys.get_mut(subject) {
+                    *at = now;
+                } else if room {
+                    t.keys.insert(subject.to_string(), now);
+                } else {
+                    full = true;
+                }
+            }
+            if let Some((app, image)) = image {
+                if let Some(n) = t
+                    .bytes
+                    .get_mut(subject)
+                    .and_then(|a| a.get_mut(app))
+                    .and_then(|i| i.get_mut(image))
+                {
+                    *n += bytes;
+                } else if t.entries < MAX_TALLIES {
+                    *t.bytes
+                        .entry(subject.to_string())
+                        .or_default()
+                        .entry(app.to_string())
+                        .or_default()
+                        .entry(image.to_string())
+                        .or_insert(0) += bytes;
+                    t.entries += 1;
+                } else {
+                    full = true;
+                }
+            }
+        }
+        if full {
+            self.dropping();
+        }
     }
 
-    /// Writes what is queued (shutdown): waits for the writer to take it.
+    /// Writes what is queued and added up (shutdown): waits for the writer to take it.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Event::Flush(done)).await.is_ok() {
@@ -341,9 +399,12 @@ impl Recorder {
     }
 
     fn send(&self, e: Event) {
-        if self.tx.try_send(e).is_ok() {
-            return;
+        if self.tx.try_send(e).is_err() {
+            self.dropping();
         }
+    }
+
+    fn dropping(&self) {
         self.dropped.inc();
         self.unreported.fetch_add(1, Ordering::Relaxed);
         // One warning, then at most one a minute with the count, while it lasts.
@@ -364,8 +425,8 @@ impl Recorder {
     }
 }
 
-/// What the writer holds between writes: pulls in order, bytes added up per (subject,
-/// app, image, day), and the last use of each key.
+/// What the writer holds until it is written: pulls in order, bytes per (subject, app,
+/// image, day), the last use of each key.
 #[derive(Default)]
 struct Pending {
     pulls: Vec<PullEvent>,
@@ -374,28 +435,23 @@ struct Pending {
 }
 
 impl Pending {
-    fn add(&mut self, e: Event) {
-        match e {
-            Event::Pull(p) => self.pulls.push(p),
-            Event::Served {
-                subject,
-                key,
-                image,
-                bytes,
-                at,
-            } => {
-                if key {
-                    let t = self.keys.entry(subject.clone()).or_insert(at);
-                    *t = (*t).max(at);
-                }
-                if let Some((app, image)) = image {
+    /// Takes the tally as of now (bytes are dated by the second they are written in).
+    fn take(&mut self, tally: &Mutex<Tally>, now: SystemTime) {
+        let t = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
+        let day = crate::state::day_of(now);
+        for (subject, apps) in t.bytes {
+            for (app, images) in apps {
+                for (image, bytes) in images {
                     *self
                         .transfer
-                        .entry((subject, app, image, crate::state::day_of(at)))
+                        .entry((subject.clone(), app.clone(), image, day))
                         .or_insert(0) += bytes;
                 }
             }
-            Event::Flush(_) => {}
+        }
+        for (k, at) in t.keys {
+            let e = self.keys.entry(k).or_insert(at);
+            *e = (*e).max(at);
         }
     }
 
@@ -422,10 +478,16 @@ impl Pending {
     }
 }
 
-/// The writer: takes events off the queue and writes them in one transaction per second
-/// (or per [`BATCH_PULLS`]). A store that fails keeps what was not written for the next
-/// try, up to [`MAX_PENDING_PULLS`]; it is logged once per outage.
-async fn write(mut rx: mpsc::Receiver<Event>, store: Arc<dyn Store>, dropped: Counter) {
+/// The writer: takes pulls off the queue and the tally of bytes and keys, and writes them
+/// in one transaction per second (or per [`BATCH_PULLS`]). A store that fails keeps what
+/// was not written for the next try, up to [`MAX_PENDING_PULLS`]; it is logged once per
+/// outage. When the queue closes it writes what is left and ends.
+async fn write(
+    mut rx: mpsc::Receiver<Event>,
+    tally: Arc<Mutex<Tally>>,
+    store: Arc<dyn Store>,
+    dropped: Counter,
+) {
     let mut pending = Pending::default();
     let mut failing = false;
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -435,8 +497,8 @@ async fn write(mut rx: mpsc::Receiver<Event>, store: Arc<dyn Store>, dropped: Co
         let open = tokio::select! {
             e = rx.recv() => match e {
                 Some(Event::Flush(done)) => { flushed = Some(done); true }
-                Some(e) => {
-                    pending.add(e);
+                Some(Event::Pull(p)) => {
+                    pending.pulls.push(p);
                     if pending.pulls.len() < BATCH_PULLS {
                         continue;
                     }
@@ -446,16 +508,15 @@ async fn write(mut rx: mpsc::Receiver<Event>, store: Arc<dyn Store>, dropped: Co
             },
             _ = tick.tick() => true,
         };
-        // Take what else is queued before writing, so a burst is one transaction.
-        while let Ok(e) = rx.try_recv() {
-            match e {
-                Event::Flush(done) => flushed = flushed.or(Some(done)),
-                e => pending.add(e),
-            }
-            if pending.pulls.len() >= BATCH_PULLS {
-                break;
+        // Take what else is queued before writing, so that a burst is one transaction.
+        while pending.pulls.len() < BATCH_PULLS {
+            match rx.try_recv() {
+                Ok(Event::Pull(p)) => pending.pulls.push(p),
+                Ok(Event::Flush(done)) => flushed = flushed.or(Some(done)),
+                Err(_) => break,
             }
         }
+        pending.take(&tally, SystemTime::now());
         if !pending.is_empty() {
             match store.record_usage(&pending.batch()).await {
                 Ok(()) => {
@@ -513,7 +574,8 @@ mod tests {
         (dir, Arc::new(s))
     }
 
-    /// One request of `subject` for `image`; `reference` is a tag or a digest.
+    /// One request of `subject` for `image`; `reference` is a tag or a digest; an index
+    /// served tells its children as the edge does.
     fn ask(
         r: &Recorder,
         subject: &str,
@@ -523,20 +585,22 @@ mod tests {
         index: bool,
     ) -> bool {
         let reference = Reference::parse(reference).unwrap();
-        let body = index_body();
-        r.manifest(
+        let counted = r.manifest(
             &ManifestRequest {
                 subject,
                 app: "acme",
                 image,
                 reference: &reference,
                 digest: Some(digest),
-                index: index.then_some(body.as_slice()),
                 client: "192.0.2.1",
                 user_agent: "t/1",
             },
             SystemTime::now(),
-        )
+        );
+        if index && r.wants_children(subject, image, digest) {
+            r.children(subject, image, &index_body());
+        }
+        counted
     }
 
     #[tokio::test]
@@ -612,52 +676,87 @@ mod tests {
         let (_d, s) = store().await;
         // The writer cannot run before this test yields: the queue of 2 fills up.
         let r = Recorder::with_window(s.clone(), PULL_WINDOW, 2);
-        for i in 0..5 {
-            r.served("lic_a", false, Some(("acme", "h/app")), 1 + i);
+        for tag in ["1", "2", "3", "4", "5"] {
+            assert!(ask(&r, "lic_a", "h/app", tag, INDEX, false));
         }
         assert_eq!(r.dropped.get(), 3);
         r.flush().await;
-        let t = s.transfer(&UsageQuery::default()).await.unwrap();
-        assert_eq!(t[0].bytes, 1 + 2, "the first two were written");
+        let pulls = s.pulls(&UsageQuery::default()).await.unwrap();
+        let tags: Vec<&str> = pulls.iter().map(|p| p.reference.as_str()).collect();
+        assert_eq!(tags, ["1", "2"], "the first two were written");
     }
 
-    /// `cargo test --release --lib recorder_throughput -- --ignored --nocapture`: pulls per
-    /// second the recorder takes into SQLite without a drop, and what one manifest request
-    /// costs on the request path.
+    /// `cargo test --lib recorder_throughput -- --ignored --nocapture`: pulls per second
+    /// the recorder takes into SQLite without a drop, and what one manifest request costs
+    /// on the request path (counted, and a follow-up that belongs to a pull).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore]
     async fn recorder_throughput() {
         let (_d, s) = store().await;
         let r = Arc::new(Recorder::with_window(s.clone(), PULL_WINDOW, QUEUE));
-        let n = 200_000u64;
+        let n: usize = std::env::var("BERTH_BENCH_PULLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50_000);
+        let tags: Vec<Reference> = (0..n).map(|i| Reference::Tag(format!("v{i}"))).collect();
+        let request = |reference| ManifestRequest {
+            subject: "lic_aaaaaaaaaaaaaaaa",
+            app: "acme",
+            image: "quay.io/acme/app",
+            reference,
+            digest: Some(INDEX),
+            client: "192.0.2.1",
+            user_agent: "containerd/1.7.0",
+        };
         let start = std::time::Instant::now();
-        for i in 0..n {
-            let tag = format!("v{i}");
-            ask(&r, "lic_a", "h/app", &tag, INDEX, false);
-            if i % 20_000 == 0 {
-                // Paced in bursts: 20k per burst, then let the writer catch up a little.
-                tokio::task::yield_now().await;
-            }
+        for t in &tags {
+            assert!(r.manifest(&request(t), SystemTime::now()));
         }
         let hot = start.elapsed();
         r.flush().await;
         let all = start.elapsed();
-        let written = s.pulls(&UsageQuery::default()).await.unwrap().len() as u64;
+        let written = s.pulls(&UsageQuery::default()).await.unwrap().len();
         println!(
-            "{n} counted pulls: {:.2} µs each on the request path; {written} written in {:.2?} ({:.0}/s); dropped {}",
+            "{n} counted pulls: {:.2} µs each on the request path; {written} written in {all:.2?} ({:.0}/s); dropped {}",
             hot.as_secs_f64() * 1e6 / n as f64,
-            all,
             written as f64 / all.as_secs_f64(),
             r.dropped.get()
         );
-        // The repeat of a pull (the common case: a pull's follow-ups) sends nothing.
+        let each = |what: &str, start: std::time::Instant| {
+            println!(
+                "{what}: {:.2} µs each",
+                start.elapsed().as_secs_f64() * 1e6 / n as f64
+            )
+        };
+        let start = std::time::Instant::now();
+        let last = &tags[n - 1];
+        for _ in 0..n {
+            r.manifest(&request(last), SystemTime::now());
+        }
+        each("the same tag again (not counted)", start);
+        let by_digest = Reference::parse(INDEX).unwrap();
         let start = std::time::Instant::now();
         for _ in 0..n {
-            ask(&r, "lic_a", "h/app", INDEX, INDEX, false);
+            assert!(!r.manifest(&request(&by_digest), SystemTime::now()));
         }
-        println!(
-            "follow-up request: {:.2} µs each",
-            start.elapsed().as_secs_f64() * 1e6 / n as f64
-        );
+        each("a digest that belongs to a pull", start);
+        let (subject, image) = ("lic_aaaaaaaaaaaaaaaa", "quay.io/acme/app");
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            r.wants_children(subject, image, INDEX);
+        }
+        each("an index whose children were told", start);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            r.served(subject, false, Some(("acme", image)), 1);
+        }
+        each("a body served", start);
+        let body = index_body();
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            r.children(subject, image, &body);
+        }
+        each("an index read for its children (once per pull)", start);
+        r.flush().await;
     }
 }
