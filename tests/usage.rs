@@ -384,6 +384,15 @@ fn head_then_get_by_digest_is_one_pull_and_two_tags_are_two() {
             .body
             .len() as u64;
     }
+    // A tag that is not there is neither a pull nor bytes served (its error body aside).
+    let auth = basic(&secret);
+    let missing = http::get(
+        fx.berth.port,
+        &format!("{single}/manifests/missing"),
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert!(!missing.body.is_empty());
     let u = fx.usage_at(&id, sent);
     assert_eq!(u.bytes, sent, "{u:?}");
     assert_eq!(u.pulls, 3, "{u:?}");

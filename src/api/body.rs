@@ -86,7 +86,12 @@ pin_project_lite::pin_project! {
             this.metrics.request(route, l.status);
             this.metrics.response_bytes(route, *this.bytes);
             if let Some(w) = &l.who {
-                let image = l.served.as_ref().map(|s| (s.app.as_str(), s.image.as_str()));
+                // Content served: an error's body is not an image's bytes.
+                let image = l
+                    .served
+                    .as_ref()
+                    .filter(|_| (200..300).contains(&l.status))
+                    .map(|s| (s.app.as_str(), s.image.as_str()));
                 this.usage.served(&w.id, w.is_key, image, *this.bytes);
             }
             tracing::info!(
