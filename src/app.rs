@@ -72,8 +72,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // request already sees every license and key.
     let store = crate::state::open(&config.state).await?;
     let directory = Arc::new(crate::state::Directory::load(&*store).await?);
-    tokio::spawn(directory.clone().follow(store.clone(), |_, _| {}));
-    let api = Arc::new(api::Api::new(config, directory.clone(), &mut metrics)?);
+    let usage = crate::control::usage::Recorder::start(store.clone(), &mut metrics);
+    let api = Arc::new(api::Api::new(
+        config,
+        directory.clone(),
+        usage.clone(),
+        &mut metrics,
+    )?);
+    follow_directory(&api, directory.clone(), store.clone(), &mut metrics);
+    let reload_failures = process_metrics(&mut metrics);
     // The admin listener's control plane writes the same store the directory follows, so
     // a license created or revoked there is in force on the customer port within a refresh.
     let admin_edge = Arc::new(admin::Admin::new(
@@ -126,13 +133,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let reloader = {
         let api = api.clone();
         let resolvers = resolvers.clone();
+        let failures = reload_failures.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                reload(&api, &resolvers);
+                reload(&api, &resolvers, &failures);
             }
         })
     };
-    let watcher = tokio::spawn(watch_config(api.clone(), resolvers));
+    let watcher = tokio::spawn(watch_config(api.clone(), resolvers, reload_failures));
     warm_up(&api);
     let shutdown = async move {
         tokio::select! {
@@ -149,7 +157,50 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     server::serve(api, listener, tls, grace, shutdown).await;
     reloader.abort();
     watcher.abort();
+    // What the last pulls recorded is written before the process goes (best effort).
+    if tokio::time::timeout(std::time::Duration::from_secs(5), usage.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("usage not written within 5s at shutdown; the last records are lost");
+    }
     Ok(())
+}
+
+/// Sets the control plane's gauges now, then whenever the directory moves and once a
+/// second (expiry changes states without a write); config licenses from the live config.
+fn follow_directory(
+    api: &Arc<api::Api>,
+    directory: Arc<crate::state::Directory>,
+    store: Arc<dyn crate::state::Store>,
+    metrics: &mut prometheus_client::registry::Registry,
+) {
+    let gauges = crate::control::metrics::ControlMetrics::register(metrics);
+    let live = api.config.clone();
+    let observe = move |snapshot: &crate::state::Snapshot, now| {
+        gauges.observe(&live.current().tenants.licenses(), snapshot, now)
+    };
+    observe(&directory.snapshot(), std::time::SystemTime::now());
+    tokio::spawn(directory.follow(store, observe));
+}
+
+/// `berth_build_info{version}` and `berth_config_reload_failures_total`, which
+/// [`reload`] counts.
+fn process_metrics(
+    metrics: &mut prometheus_client::registry::Registry,
+) -> prometheus_client::metrics::counter::Counter {
+    use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+    let info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+    info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+        .set(1);
+    metrics.register("build_info", "The running berth's version", info);
+    let failures = Counter::default();
+    metrics.register(
+        "config_reload_failures",
+        "Config reloads refused (an invalid file or certificate); the running config kept serving",
+        failures.clone(),
+    );
+    failures
 }
 
 /// Learns how each upstream authenticates in the background, so the first customer pull
@@ -177,7 +228,11 @@ fn warm_up(api: &Arc<api::Api>) {
 
 /// Reloads when the config file changes on disk (an edit, or a ConfigMap update that
 /// swaps the symlink). Checks the file's metadata every 2 s: one `stat`, no file contents.
-async fn watch_config(api: Arc<api::Api>, resolvers: Arc<Resolvers>) {
+async fn watch_config(
+    api: Arc<api::Api>,
+    resolvers: Arc<Resolvers>,
+    failures: prometheus_client::metrics::counter::Counter,
+) {
     let Some(path) = api.config.current().source.clone() else {
         return;
     };
@@ -193,7 +248,7 @@ async fn watch_config(api: Arc<api::Api>, resolvers: Arc<Resolvers>) {
         let now = stamp(&path);
         if now.is_some() && now != last {
             last = now;
-            reload(&api, &resolvers);
+            reload(&api, &resolvers, &failures);
         }
     }
 }
@@ -206,7 +261,11 @@ struct Resolvers {
 
 /// Re-reads the config file (and TLS certificates); an invalid file is refused and the old
 /// config keeps serving.
-fn reload(api: &api::Api, resolvers: &Resolvers) {
+fn reload(
+    api: &api::Api,
+    resolvers: &Resolvers,
+    failures: &prometheus_client::metrics::counter::Counter,
+) {
     let current = api.config.current();
     let Some(path) = current.source.clone() else {
         return;
@@ -229,12 +288,14 @@ fn reload(api: &api::Api, resolvers: &Resolvers) {
                     tracing::warn!("server.tls removed: takes effect after a restart");
                 } else if let Err(e) = r.reload("server.tls", &new.server.tls) {
                     tracing::error!(error = %e, "reload refused; keeping the running configuration");
+                    failures.inc();
                     return;
                 }
             }
             if let (Some(r), Some(_)) = (&resolvers.webhook, new.server.webhook_listen) {
                 if let Err(e) = r.reload("server.webhook_tls", &new.server.webhook_tls) {
                     tracing::error!(error = %e, "reload refused; keeping the running configuration");
+                    failures.inc();
                     return;
                 }
             }
@@ -244,7 +305,8 @@ fn reload(api: &api::Api, resolvers: &Resolvers) {
             tracing::info!(config = %path.display(), "configuration reloaded");
         }
         Err(e) => {
-            tracing::error!(config = %path.display(), error = %e, "reload refused; keeping the running configuration")
+            tracing::error!(config = %path.display(), error = %e, "reload refused; keeping the running configuration");
+            failures.inc();
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The access-log wrapper around a response body: counts what was sent and writes one log
-//! line (and the request metrics) when the body ends.
+//! line, the request metrics and the usage record (bytes served, key use) when the body
+//! ends.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use http_body::{Frame, SizeHint};
 
 use super::metrics::{route_class, ApiMetrics};
 use crate::body::{Body, BoxError, FileRange};
+use crate::control::usage::Recorder;
 
 /// What the access log line says about a request besides the body's own numbers.
 pub struct LogLine {
@@ -19,6 +21,9 @@ pub struct LogLine {
     pub status: u16,
     /// The authenticated caller, if any.
     pub who: Option<Who>,
+    /// The image whose content this is, once the request was resolved to one.
+    pub served: Option<Served>,
+    /// The client (`api::client`): the peer, or who a trusted proxy forwarded for.
     pub remote: String,
     pub start: Instant,
 }
@@ -42,6 +47,23 @@ impl Who {
     }
 }
 
+/// The image a response carries content of, for usage: the app and `host/repository` as
+/// the upstream names it.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub app: String,
+    pub image: String,
+}
+
+impl Served {
+    pub fn of(target: &crate::registry::Target) -> Served {
+        Served {
+            app: target.repo.app.clone(),
+            image: target.repo.name.clone(),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// Counts the bytes actually sent and logs one line when the body is done or dropped
     /// (a client that disconnects mid-blob is logged with what it got).
@@ -50,6 +72,7 @@ pin_project_lite::pin_project! {
         inner: Body,
         line: LogLine,
         metrics: Arc<ApiMetrics>,
+        usage: Arc<Recorder>,
         bytes: u64,
         failed: bool,
     }
@@ -62,6 +85,15 @@ pin_project_lite::pin_project! {
             let route = route_class(&l.path);
             this.metrics.request(route, l.status);
             this.metrics.response_bytes(route, *this.bytes);
+            if let Some(w) = &l.who {
+                // Content served: an error's body is not an image's bytes.
+                let image = l
+                    .served
+                    .as_ref()
+                    .filter(|_| (200..300).contains(&l.status))
+                    .map(|s| (s.app.as_str(), s.image.as_str()));
+                this.usage.served(&w.id, w.is_key, image, *this.bytes);
+            }
             tracing::info!(
                 method = %l.method,
                 path = %l.path,
@@ -80,11 +112,17 @@ pin_project_lite::pin_project! {
 }
 
 impl Logged {
-    pub fn new(inner: Body, line: LogLine, metrics: Arc<ApiMetrics>) -> Logged {
+    pub fn new(
+        inner: Body,
+        line: LogLine,
+        metrics: Arc<ApiMetrics>,
+        usage: Arc<Recorder>,
+    ) -> Logged {
         Logged {
             inner,
             line,
             metrics,
+            usage,
             bytes: 0,
             failed: false,
         }

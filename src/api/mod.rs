@@ -1,8 +1,10 @@
 //! The customer-facing registry API: parses each request into a route, authenticates the
 //! license, checks the entitlement, delegates to the registry service and writes the
-//! response (or the OCI error) with one access-log line per request.
+//! response (or the OCI error) with one access-log line per request; tells the usage
+//! recorder of every manifest answered and every body served.
 
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod metrics;
 pub mod route;
@@ -24,10 +26,12 @@ use crate::auth::ratelimit::{Limiter, LoginThrottle};
 use crate::auth::token::Issuer;
 use crate::body::{Body, BoxError};
 use crate::config::{Config, Live};
+use crate::control::usage::{ManifestRequest, Recorder};
 use crate::error::Error;
-use crate::oci::repo::RepoPath;
+use crate::oci::repo::{Reference, RepoPath};
 use crate::registry::{ByteRange, Fetched, Registry, Target};
-use body::{LogLine, Logged, Who};
+use body::{LogLine, Logged, Served, Who};
+use client::Client;
 use route::Route;
 
 pub struct Api {
@@ -39,6 +43,8 @@ pub struct Api {
     pub tokens: Issuer,
     /// The state store's licenses and keys, refreshed in the background.
     pub directory: Arc<crate::state::Directory>,
+    /// Pulls, bytes served and key use, written to the state store in the background.
+    pub usage: Arc<Recorder>,
     limiter: Limiter,
     logins: LoginThrottle,
     audit: Option<AuditLog>,
@@ -68,6 +74,7 @@ impl Api {
     pub fn new(
         config: Config,
         directory: Arc<crate::state::Directory>,
+        usage: Arc<Recorder>,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Api, BuildError> {
         let api_metrics = Arc::new(metrics::ApiMetrics::register(registry));
@@ -100,6 +107,7 @@ impl Api {
             metrics: api_metrics,
             tokens,
             directory,
+            usage,
             limiter: Limiter::default(),
             logins: LoginThrottle::default(),
             audit,
@@ -116,8 +124,19 @@ impl Api {
         let config = self.config.current();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let client = client::client_of(
+            remote,
+            req.headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            &config.server.trusted_proxies,
+        );
         let mut who = None;
-        let result = self.dispatch(&config, req, remote, &mut who).await;
+        let mut served = None;
+        let result = self
+            .dispatch(&config, req, client, &mut who, &mut served)
+            .await;
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
@@ -146,10 +165,12 @@ impl Api {
                     path,
                     status,
                     who,
-                    remote: remote.to_string(),
+                    served,
+                    remote: client.to_string(),
                     start,
                 },
                 self.metrics.clone(),
+                self.usage.clone(),
             )
         })
     }
@@ -166,8 +187,9 @@ impl Api {
         &self,
         config: &Config,
         req: Request<B>,
-        remote: SocketAddr,
+        client: Client,
         who: &mut Option<Who>,
+        served: &mut Option<Served>,
     ) -> Result<Response<Body>, Error>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send,
@@ -175,7 +197,7 @@ impl Api {
     {
         let path = req.uri().path();
         if path == "/token" {
-            return token::handle(self, config, req, remote, who).await;
+            return token::handle(self, config, req, client, who).await;
         }
         if config.server.admin_listen.is_none() && (path == "/healthz" || path == "/readyz") {
             // Probes need an answer somewhere; without an admin listener it is here. Not
@@ -198,7 +220,7 @@ impl Api {
             .and_then(|v| v.to_str().ok());
         let source = auth::Source {
             throttle: &self.logins,
-            ip: remote.ip(),
+            ip: client.ip,
         };
         let principal = match auth::authenticate(
             self.identities(config),
@@ -241,10 +263,19 @@ impl Api {
             Route::Unsupported(why) => Err(Error::Unsupported(why.into())),
             Route::Manifest { repo, reference } => {
                 let target = resolve(config, &principal, &repo)?;
+                *served = Some(Served::of(&target));
                 let accept = joined_header(req.headers(), ACCEPT);
                 let f = self
                     .registry
                     .manifest(&target, &reference, accept.as_deref(), head)
+                    .await?;
+                let user_agent = req
+                    .headers()
+                    .get(USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let f = self
+                    .record_manifest(subject, &target, &reference, f, client, user_agent)
                     .await?;
                 if !head {
                     self.metrics.pull(&repo.app);
@@ -255,16 +286,11 @@ impl Api {
                             legacy_id: None,
                             customer: subject.name().to_string(),
                             app: repo.app.clone(),
-                            image: format!("{}/{}", repo.host, repo.repository),
+                            image: target.repo.name.clone(),
                             reference: reference.to_string(),
                             digest: f.digest.clone().unwrap_or_default(),
-                            client: remote.to_string(),
-                            user_agent: req
-                                .headers()
-                                .get(USER_AGENT)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string(),
+                            client: client.to_string(),
+                            user_agent: user_agent.to_string(),
                         });
                     }
                 }
@@ -272,6 +298,7 @@ impl Api {
             }
             Route::Blob { repo, digest } => {
                 let target = resolve(config, &principal, &repo)?;
+                *served = Some(Served::of(&target));
                 let range = match req.headers().get(RANGE) {
                     None => None,
                     Some(v) => {
@@ -288,12 +315,14 @@ impl Api {
             }
             Route::Tags { repo } => {
                 let target = resolve(config, &principal, &repo)?;
+                *served = Some(Served::of(&target));
                 let (n, last) = tag_query(req.uri().query())?;
                 let f = self.registry.tags(&target, n, last.as_deref()).await?;
                 Ok(fetched_response(f))
             }
             Route::Referrers { repo, digest } => {
                 let target = resolve(config, &principal, &repo)?;
+                *served = Some(Served::of(&target));
                 let artifact_type = req.uri().query().and_then(|q| {
                     form_urlencoded::parse(q.as_bytes())
                         .find(|(k, _)| k == "artifactType")
@@ -306,6 +335,49 @@ impl Api {
                 Ok(fetched_response(f))
             }
         }
+    }
+
+    /// Tells the usage recorder of a manifest answered (GET or HEAD: clients resolve tags
+    /// with either). When it asks for an index's children (once per pull), the index is
+    /// read from memory (manifests are never streamed) and handed over.
+    async fn record_manifest(
+        &self,
+        subject: &auth::Subject,
+        target: &Target,
+        reference: &Reference,
+        mut f: Fetched,
+        client: Client,
+        user_agent: &str,
+    ) -> Result<Fetched, Error> {
+        let (id, image) = (subject.id(), target.repo.name.as_str());
+        let ip = client.ip.to_string();
+        self.usage.manifest(
+            &ManifestRequest {
+                subject: id,
+                app: &target.repo.app,
+                image,
+                reference,
+                digest: f.digest.as_deref(),
+                client: &ip,
+                user_agent,
+            },
+            SystemTime::now(),
+        );
+        let index = f
+            .media_type
+            .as_deref()
+            .is_some_and(crate::oci::media::is_index_type);
+        if let Some(d) = f.digest.as_deref().filter(|_| index) {
+            if !http_body::Body::is_end_stream(&f.body) && self.usage.wants_children(id, image, d) {
+                let b = http_body_util::BodyExt::collect(f.body)
+                    .await
+                    .map_err(|e| Error::Internal(format!("reading an index: {e}")))?
+                    .to_bytes();
+                self.usage.children(id, image, &b);
+                f.body = crate::body::full(b);
+            }
+        }
+        Ok(f)
     }
 }
 

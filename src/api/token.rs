@@ -10,6 +10,7 @@ use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 
 use super::body::Who;
+use super::client::Client;
 use super::{Api, MAX_FORM};
 use crate::auth;
 use crate::body::{self, Body, BoxError};
@@ -21,7 +22,7 @@ pub(super) async fn handle<B>(
     api: &Api,
     config: &Config,
     req: Request<B>,
-    remote: std::net::SocketAddr,
+    client: Client,
     who: &mut Option<Who>,
 ) -> Result<Response<Body>, Error>
 where
@@ -43,7 +44,7 @@ where
                 return Err(Error::Unauthorized);
             };
             let _ = user;
-            let license = login(api, config, remote, &password, now)?;
+            let license = login(api, config, client, &password, now)?;
             let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
                 .filter(|(k, _)| k == "scope")
                 .map(|(_, v)| v.into_owned())
@@ -81,7 +82,7 @@ where
             let (Some(_user), Some(password)) = (get("username"), get("password")) else {
                 return Err(Error::Unauthorized);
             };
-            let license = login(api, config, remote, password, now)?;
+            let license = login(api, config, client, password, now)?;
             let values: Vec<&str> = form
                 .iter()
                 .filter(|(k, _)| k == "scope")
@@ -117,13 +118,13 @@ where
 fn login(
     api: &Api,
     config: &Config,
-    remote: std::net::SocketAddr,
+    client: Client,
     password: &str,
     now: SystemTime,
 ) -> Result<auth::Subject, Error> {
     let source = auth::Source {
         throttle: &api.logins,
-        ip: remote.ip(),
+        ip: client.ip,
     };
     auth::throttled_login(api.identities(config), source, password, now).map_err(|why| {
         if !matches!(why, auth::Rejection::Throttled(_)) {

@@ -4,6 +4,7 @@
 //! The admin HTTP API (`admin::api`) and the local command line (`cli`) both call this; the
 //! JSON shapes here (`views`) are the contract both print.
 
+pub mod metrics;
 pub mod usage;
 pub mod views;
 

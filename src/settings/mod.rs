@@ -9,7 +9,7 @@ mod secret;
 
 pub use secret::Secret;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -102,6 +102,8 @@ pub(crate) struct RawServer {
     max_connections: Option<usize>,
     admin_listen: Option<String>,
     webhook_listen: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +184,69 @@ pub struct ServerConfig {
     pub webhook_listen: Option<SocketAddr>,
     /// The webhook listener's certificates (picked by SNI); `server.tls` when not given.
     pub webhook_tls: Vec<TlsFiles>,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers, ingress controllers).
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An address block (`10.0.0.0/8`, `fd00::/8`, or one address), for `server.trusted_proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address (host bits cleared).
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `addr/prefix` or a bare address. Host bits are cleared (`10.1.2.3/8` is
+    /// `10.0.0.0/8`), as most tools read it.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let s = s.trim();
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block (e.g. 10.0.0.0/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && !p.starts_with('+') => n,
+                _ => return Err(format!("{s:?}: the prefix length must be 0 to {max}")),
+            },
+        };
+        Ok(Cidr {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    /// Whether `ip` is in the block; an IPv4 address seen as IPv6 (`::ffff:10.0.0.1`, a
+    /// dual-stack listener) is compared as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -358,6 +423,13 @@ fn server(raw: &RawServer, base: &Path) -> Result<ServerConfig, ConfigError> {
             Some(addr)
         }
     };
+    let mut trusted_proxies = Vec::new();
+    for (i, c) in raw.trusted_proxies.iter().enumerate() {
+        trusted_proxies.push(
+            Cidr::parse(c)
+                .map_err(|m| ConfigError::new(format!("server.trusted_proxies[{i}]"), m))?,
+        );
+    }
     Ok(ServerConfig {
         listen,
         hostname: raw.hostname.clone(),
@@ -371,6 +443,7 @@ fn server(raw: &RawServer, base: &Path) -> Result<ServerConfig, ConfigError> {
         admin_listen: None,
         webhook_listen,
         webhook_tls,
+        trusted_proxies,
     })
 }
 
@@ -718,6 +791,41 @@ mod tests {
         );
         assert!(interpolate("k", "${A", &e).is_err());
         assert!(interpolate("k", "${}", &e).is_err());
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains(ip("10.255.1.2")));
+        assert!(!c.contains(ip("11.0.0.1")));
+        // A dual-stack listener sees IPv4 peers as mapped IPv6 addresses.
+        assert!(c.contains(ip("::ffff:10.1.2.3")));
+        assert!(!c.contains(ip("::1")));
+        assert_eq!(Cidr::parse("10.1.2.3/8").unwrap(), c, "host bits cleared");
+        let one = Cidr::parse(" 192.0.2.7 ").unwrap();
+        assert!(one.contains(ip("192.0.2.7")));
+        assert!(!one.contains(ip("192.0.2.8")));
+        assert_eq!(one.to_string(), "192.0.2.7/32");
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains(ip("fd12::1")));
+        assert!(!v6.contains(ip("fe80::1")));
+        assert!(!v6.contains(ip("10.0.0.1")));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains(ip("203.0.113.9")));
+        assert!(Cidr::parse("::/0").unwrap().contains(ip("2001:db8::1")));
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "example.com",
+            "",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
