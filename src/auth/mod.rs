@@ -212,6 +212,16 @@ pub fn authenticate(
             .ok_or(Rejection::BadToken)?;
         let subject = ids.by_id(&claims.sub).ok_or(Rejection::Unknown)?;
         subject.check_active(now)?;
+        // A token from before the license's secret was rotated came from the old secret.
+        // (`iat` has whole seconds: one issued in the rotation's own second is let be.)
+        if let Some(rotated) = subject.license().and_then(|l| l.rotated) {
+            let rotated_s = rotated
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if claims.iat < rotated_s {
+                return Err(Rejection::BadToken);
+            }
+        }
         return Ok(Principal {
             subject,
             token: Some(claims),
@@ -579,6 +589,25 @@ licenses:
         let bearer = format!("Bearer {}", t.token.expose());
         let p = super::authenticate(ids(&c, &d), &i, Some(&bearer), source, now).unwrap();
         assert!(p.may_pull(&repo("beta", "x/y")).is_ok());
+        // A license's token from before its secret was rotated is refused; a later one not.
+        let before = i.issue("lic_s", "images.acme.test", vec![]);
+        let before = format!("Bearer {}", before.token.expose());
+        assert!(super::authenticate(ids(&c, &d), &i, Some(&before), source, now).is_ok());
+        store
+            .update_license(
+                "lic_s",
+                &LicenseChange {
+                    rotated: Some(SystemTime::now() + Duration::from_secs(2)),
+                    ..LicenseChange::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(d.refresh(&store).await.unwrap());
+        assert_eq!(
+            super::authenticate(ids(&c, &d), &i, Some(&before), source, now).err(),
+            Some(Rejection::BadToken)
+        );
         store.revoke_key("key_s").await.unwrap();
         store
             .update_license(

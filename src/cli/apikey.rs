@@ -57,7 +57,6 @@ async fn exec(plane: &Plane, json: bool, command: Command) -> Result<(), Failure
             actions,
             expires,
         } => {
-            plane::future_expiry(expires.as_deref())?;
             let created = plane
                 .create_key(NewKey {
                     name,

@@ -88,7 +88,6 @@ async fn exec(plane: &Plane, json: bool, command: Command) -> Result<(), Failure
             expires,
             images,
         } => {
-            plane::future_expiry(expires.as_deref())?;
             let created = plane
                 .create_license(NewLicense {
                     app,

@@ -88,40 +88,6 @@ pub(super) fn check_id(what: &str, id: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// An expiry for something new: as `control::parse_expiry` reads it, and not in the past.
-/// A license or key that is expired from the start is a mistake (a year typed wrong);
-/// to end one early, extend it to the past or revoke it.
-pub(super) fn future_expiry(given: Option<&str>) -> Result<(), Failure> {
-    let Some(s) = given else { return Ok(()) };
-    let now = SystemTime::now();
-    let t = control::parse_expiry("expires", s, now)?;
-    if t <= now {
-        return Err(Failure::refused(format!(
-            "expires: {s} is in the past, so this would be expired from the start (give a later date or a duration such as 90d)"
-        )));
-    }
-    Ok(())
-}
-
-/// `--since`: a duration back from now (`30d`), a date (`2026-11-01`, from its start, UTC)
-/// or an RFC 3339 time.
-pub(super) fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, Failure> {
-    let s = s.trim();
-    let bad = || {
-        Failure::refused(format!(
-            "since: {s:?} is not a duration (30d), a date (2026-11-01) or an RFC 3339 time"
-        ))
-    };
-    if let Ok(d) = humantime::parse_duration(s) {
-        return now.checked_sub(d).ok_or_else(bad);
-    }
-    let date_only = s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-';
-    if date_only {
-        return humantime::parse_rfc3339(&format!("{s}T00:00:00Z")).map_err(|_| bad());
-    }
-    humantime::parse_rfc3339_weak(s).map_err(|_| bad())
-}
-
 /// The store opened here, with the configuration its operations check against.
 pub(super) struct Local {
     control: Control,
@@ -380,7 +346,7 @@ impl Plane {
             check_id("license", id)?;
         }
         let since_at = match &since {
-            Some(s) => Some(parse_since(s, SystemTime::now())?),
+            Some(s) => Some(control::parse_since("since", s, SystemTime::now())?),
             None => None,
         };
         match self {
@@ -407,16 +373,6 @@ impl Plane {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn since_as_operators_write_it() {
-        let now = humantime::parse_rfc3339("2026-12-01T10:00:00Z").unwrap();
-        let at = |s| humantime::format_rfc3339_seconds(parse_since(s, now).unwrap()).to_string();
-        assert_eq!(at("30d"), "2026-11-01T10:00:00Z");
-        assert_eq!(at("2026-11-15"), "2026-11-15T00:00:00Z");
-        assert_eq!(at("2026-11-15T12:30:00Z"), "2026-11-15T12:30:00Z");
-        assert!(parse_since("lately", now).is_err());
-    }
 
     #[test]
     fn secrets_are_refused_where_ids_belong_without_being_repeated() {

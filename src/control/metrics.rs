@@ -125,6 +125,7 @@ mod tests {
             images: vec![],
             rate_limit: None,
             origin,
+            rotated: None,
         }
     }
 

@@ -117,7 +117,7 @@ impl Control {
             ));
         }
         let expires = match &req.expires {
-            Some(s) => Some(parse_expiry("expires", s, SystemTime::now())?),
+            Some(s) => Some(future_expiry("expires", s, SystemTime::now())?),
             None => None,
         };
         let mut images = Vec::new();
@@ -135,6 +135,7 @@ impl Control {
                 images,
                 rate_limit: None,
                 origin: Origin::Store,
+                rotated: None,
             },
             secret_hash: self.store.hasher().hash(secret.expose()),
             created: now_ms(),
@@ -308,6 +309,7 @@ impl Control {
         let secret = generate::license_secret();
         let change = LicenseChange {
             secret_hash: Some(self.store.hasher().hash(secret.expose())),
+            rotated: Some(now_ms()),
             ..LicenseChange::default()
         };
         let view = self
@@ -368,7 +370,7 @@ impl Control {
         }
         actions.sort();
         let expires = match &req.expires {
-            Some(s) => Some(parse_expiry("expires", s, SystemTime::now())?),
+            Some(s) => Some(future_expiry("expires", s, SystemTime::now())?),
             None => None,
         };
         let mut apps = req.apps.clone();
@@ -570,9 +572,70 @@ pub fn parse_expiry(field: &str, s: &str, now: SystemTime) -> Result<SystemTime,
     ))
 }
 
+/// An expiry for something new: one already in the past would be expired from the start,
+/// which is a mistake, not a wish (extending to the past is allowed: it ends a license now).
+fn future_expiry(field: &str, s: &str, now: SystemTime) -> Result<SystemTime, ControlError> {
+    let t = parse_expiry(field, s, now)?;
+    if t <= now {
+        return Err(invalid(
+            field,
+            format!("{s} is in the past, so this would be expired from the start (give a later date or a duration such as 90d)"),
+        ));
+    }
+    Ok(t)
+}
+
+/// The start of a usage report as an operator writes it: a duration back from now (`30d`),
+/// a date (`2026-11-01`, from its UTC midnight) or an RFC 3339 time.
+pub fn parse_since(field: &str, s: &str, now: SystemTime) -> Result<SystemTime, ControlError> {
+    let s = s.trim();
+    let bad = || {
+        invalid(
+            field,
+            format!("{s:?} is not a duration (30d), a date (2026-11-01) or an RFC 3339 time"),
+        )
+    };
+    if let Ok(d) = humantime::parse_duration(s) {
+        return now.checked_sub(d).ok_or_else(bad);
+    }
+    let date_only = s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-';
+    if date_only {
+        return humantime::parse_rfc3339(&format!("{s}T00:00:00Z")).map_err(|_| bad());
+    }
+    humantime::parse_rfc3339_weak(s).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_as_operators_write_it() {
+        let now = humantime::parse_rfc3339("2026-12-01T10:00:00Z").unwrap();
+        let at = |s| rfc3339(parse_since("since", s, now).unwrap());
+        assert_eq!(at("30d"), "2026-11-01T10:00:00Z");
+        assert_eq!(at("2026-11-01"), "2026-11-01T00:00:00Z");
+        assert_eq!(at("2026-11-01T12:00:00Z"), "2026-11-01T12:00:00Z");
+        for bad in ["lately", "2026-13-01", "-5d"] {
+            assert!(
+                matches!(
+                    parse_since("since", bad, now),
+                    Err(ControlError::Invalid { ref field, .. }) if field == "since"
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn new_things_cannot_start_expired() {
+        let now = SystemTime::now();
+        assert!(future_expiry("expires", "90d", now).is_ok());
+        assert!(matches!(
+            future_expiry("expires", "2020-01-01", now),
+            Err(ControlError::Invalid { ref field, .. }) if field == "expires"
+        ));
+    }
 
     #[test]
     fn expiries_as_operators_write_them() {

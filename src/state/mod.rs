@@ -81,6 +81,8 @@ pub struct LicenseChange {
     pub revoked: Option<bool>,
     pub secret_hash: Option<SecretHash>,
     pub customer: Option<String>,
+    /// When the secret was rotated (set with `secret_hash`).
+    pub rotated: Option<SystemTime>,
 }
 
 /// One line of the admin audit trail: who changed what, when.

@@ -100,6 +100,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (subject, app, image, day_ms)
     );
     "#,
+    // 2: when a license's secret was rotated (tokens issued before are refused).
+    "ALTER TABLE licenses ADD COLUMN rotated_ms BIGINT;",
 ];
 
 /// The advisory lock every process holds while it looks at and applies migrations (the
@@ -599,6 +601,7 @@ fn license_row(r: &Row) -> Result<LicenseRow, StateError> {
         r.try_get(5).map_err(decode)?,
         r.try_get(6).map_err(decode)?,
         r.try_get(7).map_err(decode)?,
+        r.try_get(8).map_err(decode)?,
     )
 }
 
@@ -653,7 +656,7 @@ impl Store for PostgresStore {
                     let generation: i64 = c.client.query_one(&c.generation, &[]).await?.try_get(0)?;
                     let licenses = c
                         .client
-                        .query("SELECT id, secret_hash, app, customer, images, expires_ms, revoked, created_ms FROM licenses", &[])
+                        .query("SELECT id, secret_hash, app, customer, images, expires_ms, revoked, created_ms, rotated_ms FROM licenses", &[])
                         .await?;
                     let keys = c
                         .client
@@ -735,6 +738,14 @@ impl Store for PostgresStore {
                         .execute(
                             "UPDATE licenses SET secret_hash = $1 WHERE id = $2",
                             &[&h.to_hex(), &id],
+                        )
+                        .await?;
+                }
+                if let Some(t) = change.rotated {
+                    c.client
+                        .execute(
+                            "UPDATE licenses SET rotated_ms = $1 WHERE id = $2",
+                            &[&to_millis(t), &id],
                         )
                         .await?;
                 }
@@ -1059,9 +1070,9 @@ mod tests {
     async fn an_empty_database_is_migrated_once_and_a_reopen_applies_nothing() {
         let (db, url) = fresh("migrate");
         let a = open(&url).await.unwrap();
-        assert_eq!(a.schema_version().await.unwrap(), 1);
+        assert_eq!(a.schema_version().await.unwrap(), 2);
         let applied = server().psql(&db, "SELECT version, applied_ms FROM schema_migrations");
-        assert_eq!(applied.lines().count(), 1, "{applied}");
+        assert_eq!(applied.lines().count(), 2, "{applied}");
         let key = server().psql(&db, "SELECT value FROM meta WHERE key = 'hash_key'");
         assert_eq!(key.len(), 64, "{key}");
 
@@ -1102,7 +1113,7 @@ mod tests {
         }
         assert_eq!(
             server().psql(&db, "SELECT count(*) FROM schema_migrations"),
-            "1"
+            MIGRATIONS.len().to_string()
         );
         assert_eq!(server().psql(&db, "SELECT count(*) FROM meta"), "1");
         assert_eq!(server().psql(&db, "SELECT count(*) FROM generation"), "1");
@@ -1120,7 +1131,7 @@ mod tests {
         );
         let e = open(&url).await.unwrap_err();
         assert!(
-            matches!(e, StateError::SchemaTooNew { found: 7, known: 1 }),
+            matches!(e, StateError::SchemaTooNew { found: 7, known: 2 }),
             "{e:?}"
         );
     }

@@ -83,6 +83,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (subject, app, image, day_ms)
     );
     "#,
+    // 2: when a license's secret was rotated (tokens issued before are refused).
+    "ALTER TABLE licenses ADD COLUMN rotated_ms BIGINT;",
 ];
 
 /// The SQLite store. `Debug` names the file only.
@@ -253,6 +255,7 @@ pub(crate) fn license_of(
     expires_ms: Option<i64>,
     revoked: bool,
     created_ms: i64,
+    rotated_ms: Option<i64>,
 ) -> Result<LicenseRow, StateError> {
     let images = parse_list(images)
         .iter()
@@ -271,6 +274,7 @@ pub(crate) fn license_of(
             images,
             rate_limit: None,
             origin: Origin::Store,
+            rotated: rotated_ms.map(from_millis),
         },
         secret_hash,
         created: from_millis(created_ms),
@@ -375,7 +379,7 @@ impl Store for SqliteStore {
             let mut licenses = Vec::new();
             {
                 let mut st = tx
-                    .prepare("SELECT id, secret_hash, app, customer, images, expires_ms, revoked, created_ms FROM licenses")
+                    .prepare("SELECT id, secret_hash, app, customer, images, expires_ms, revoked, created_ms, rotated_ms FROM licenses")
                     .map_err(db)?;
                 let rows = st
                     .query_map([], |r| {
@@ -388,12 +392,16 @@ impl Store for SqliteStore {
                             r.get::<_, Option<i64>>(5)?,
                             r.get::<_, bool>(6)?,
                             r.get::<_, i64>(7)?,
+                            r.get::<_, Option<i64>>(8)?,
                         ))
                     })
                     .map_err(db)?;
                 for row in rows {
-                    let (id, h, app, customer, images, exp, rev, created) = row.map_err(db)?;
-                    licenses.push(license_of(id, &h, app, customer, &images, exp, rev, created)?);
+                    let (id, h, app, customer, images, exp, rev, created, rotated) =
+                        row.map_err(db)?;
+                    licenses.push(license_of(
+                        id, &h, app, customer, &images, exp, rev, created, rotated,
+                    )?);
                 }
             }
             let mut keys = Vec::new();
@@ -517,6 +525,13 @@ impl Store for SqliteStore {
                 tx.execute(
                     "UPDATE licenses SET secret_hash = ?1 WHERE id = ?2",
                     params![h.to_hex(), id],
+                )
+                .map_err(db)?;
+            }
+            if let Some(t) = change.rotated {
+                tx.execute(
+                    "UPDATE licenses SET rotated_ms = ?1 WHERE id = ?2",
+                    params![to_millis(t), id],
                 )
                 .map_err(db)?;
             }
@@ -750,4 +765,40 @@ mod tests {
     }
 
     crate::state_suite!(store);
+
+    /// A file a berth of schema 1 wrote is migrated to the current schema at open, its
+    /// rows and its hash key kept.
+    #[tokio::test]
+    async fn a_version_1_file_is_migrated_keeping_its_rows() {
+        use crate::state::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)")
+                .unwrap();
+            c.execute_batch(super::MIGRATIONS[0]).unwrap();
+            c.execute_batch(&format!(
+                "INSERT INTO meta (key, value) VALUES ('hash_key', '{}');
+                 INSERT INTO schema_migrations VALUES (1, 0);
+                 INSERT INTO licenses (id, secret_hash, app, customer, images, expires_ms, revoked, created_ms)
+                 VALUES ('lic_old', '{}', 'acme', 'Old Co', '[]', NULL, 0, 5);",
+                "11".repeat(32),
+                "22".repeat(32)
+            ))
+            .unwrap();
+        }
+        let s = super::SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            s.schema_version().await.unwrap(),
+            super::MIGRATIONS.len() as i64
+        );
+        let c = s.load().await.unwrap();
+        assert_eq!(c.licenses[0].license.customer, "Old Co");
+        assert_eq!(c.licenses[0].license.rotated, None);
+        assert_eq!(
+            s.hasher().hash("x"),
+            crate::state::SecretHasher::new(&[0x11; 32]).hash("x")
+        );
+    }
 }

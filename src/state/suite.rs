@@ -18,6 +18,7 @@ pub(crate) fn license(id: &str, hasher: &SecretHasher, secret: &str) -> LicenseR
             images: vec![Glob::new("quay.io/acme/*").unwrap()],
             rate_limit: None,
             origin: Origin::Store,
+            rotated: None,
         },
         secret_hash: hasher.hash(secret),
         created: from_millis(to_millis(SystemTime::now())),
@@ -41,7 +42,7 @@ pub(crate) fn key(id: &str, hasher: &SecretHasher, secret: &str) -> KeyRow {
 }
 
 pub(crate) async fn licenses_round_trip_and_move_the_generation(s: &dyn Store) {
-    assert_eq!(s.schema_version().await.unwrap(), 1);
+    assert_eq!(s.schema_version().await.unwrap(), 2);
     let g0 = s.generation().await.unwrap();
     let row = license("lic_a", s.hasher(), "secret-a");
     s.insert_license(&row).await.unwrap();
@@ -67,6 +68,7 @@ pub(crate) async fn licenses_round_trip_and_move_the_generation(s: &dyn Store) {
         revoked: Some(true),
         secret_hash: Some(s.hasher().hash("secret-b")),
         customer: Some("Bigger Bank".into()),
+        rotated: Some(from_millis(1_700_000_000_123)),
     };
     assert!(s.update_license("lic_a", &change).await.unwrap());
     assert!(!s.update_license("lic_nope", &change).await.unwrap());
@@ -77,6 +79,7 @@ pub(crate) async fn licenses_round_trip_and_move_the_generation(s: &dyn Store) {
     assert_eq!(got.license.expires, None);
     assert_eq!(got.license.customer, "Bigger Bank");
     assert_eq!(got.secret_hash, s.hasher().hash("secret-b"));
+    assert_eq!(got.license.rotated, Some(from_millis(1_700_000_000_123)));
 }
 
 pub(crate) async fn keys_and_admin_tokens(s: &dyn Store) {

@@ -181,6 +181,9 @@ pub struct License {
     pub images: Vec<Glob>,
     pub rate_limit: Option<RateLimit>,
     pub origin: Origin,
+    /// When the secret was last rotated: tokens issued before then are refused, so a
+    /// rotation after a leak also ends what the leaked secret obtained.
+    pub rotated: Option<SystemTime>,
 }
 
 /// Where a license or key is kept: the config file's are read-only.

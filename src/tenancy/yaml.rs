@@ -320,6 +320,7 @@ fn license(
             images,
             rate_limit,
             origin: super::Origin::Config,
+            rotated: None,
         },
     ))
 }
