@@ -64,7 +64,7 @@ PY
 skopeo copy -q --preserve-digests --dest-tls-verify=false --dest-creds "vendor:$UPSTREAM_PASSWORD" \
   oci:image:1.2 docker://127.0.0.1:5000/acme/api:1.2
 
-# 3. berth in front of it, with one app and one license.
+# 3. berth in front of it, with one app; the customer's license is issued at runtime.
 cat > berth.yaml <<YAML
 server: { listen: 127.0.0.1:5443, hostname: "127.0.0.1:5443" }
 cache: { dir: $work/cache }
@@ -72,17 +72,26 @@ upstreams:
   - { name: acme-registry, url: "http://127.0.0.1:5000", host: registry.acme.test,
       username: vendor, password: "\${UPSTREAM_PASSWORD}", repositories: ["acme/*"] }
 apps: [ { slug: acme, upstreams: [acme-registry] } ]
-licenses: [ { id: LICENSE-demo-0001, app: acme, customer: Demo Customer } ]
 YAML
 "$bin" check-config --config berth.yaml
 "$bin" serve --config berth.yaml &
 berth_pid=$!
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:5443/v2/ && break; sleep 0.1; done
 
-# 4. The customer's pull, with nothing but the license.
-skopeo copy --src-tls-verify=false --src-creds LICENSE-demo-0001:LICENSE-demo-0001 \
+# 4. The vendor issues a license (kept in berth's SQLite state, in force on the running
+#    server within a second); its secret is printed once, here.
+"$bin" license create --config berth.yaml --app acme --customer "Demo Customer" --expires 30d --json > license.json
+lic_id=$(python3 -c 'import json; print(json.load(open("license.json"))["id"])')
+lic_secret=$(python3 -c 'import json; print(json.load(open("license.json"))["secret"])')
+sleep 1
+
+# 5. The customer's pull, with nothing but the license.
+skopeo copy --src-tls-verify=false --src-creds "$lic_id:$lic_secret" \
   docker://127.0.0.1:5443/proxy/acme/registry.acme.test/acme/api:1.2 oci:pulled:1.2
 echo
+"$bin" license list --config berth.yaml
+echo
 echo "Pulled through berth into $work/pulled. berth keeps serving on 127.0.0.1:5443; Ctrl-C to stop."
-echo "Try: skopeo inspect --tls-verify=false --creds LICENSE-demo-0001:LICENSE-demo-0001 docker://127.0.0.1:5443/proxy/acme/registry.acme.test/acme/api:1.2"
+echo "The license is in $work/license.json. Try: $bin usage --config $work/berth.yaml"
+echo "Revoke it with: $bin license revoke --config $work/berth.yaml $lic_id"
 wait "$berth_pid"

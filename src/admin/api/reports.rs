@@ -10,7 +10,15 @@ use crate::control::usage::UsageFilter;
 pub(super) async fn usage(c: &Call<'_>) -> Result<Reply, Problem> {
     c.query.only(&["license", "app", "since"])?;
     let since = match c.query.get("since") {
-        Some(s) => Some(crate::control::parse_since("since", &s, SystemTime::now())?),
+        // A bad query parameter is a bad request (400), not an invalid resource (422).
+        Some(s) => Some(
+            crate::control::parse_since("since", &s, SystemTime::now()).map_err(|e| match e {
+                crate::control::ControlError::Invalid { field, message } => {
+                    Problem::bad_parameter(&field, message)
+                }
+                e => e.into(),
+            })?,
+        ),
         None => None,
     };
     let filter = UsageFilter {
