@@ -1402,6 +1402,36 @@ fn pull_secret_cli_prints_a_dockerconfigjson_secret() {
     assert_ne!(code, Some(0));
     assert!(out.is_empty(), "stdout for an unknown license: {out}");
     assert!(err.contains("--license"), "{err}");
+
+    // A license issued at runtime (in the state store) too: its public id is the username.
+    let (code, out, err) = run_berth(&[
+        "license",
+        "create",
+        "--config",
+        cfg,
+        "--app",
+        "acme",
+        "--customer",
+        "Store Co",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let (id, secret) = (
+        created["id"].as_str().unwrap(),
+        created["secret"].as_str().unwrap(),
+    );
+    let (code, out, err) = run_berth(&["pull-secret", "--config", cfg, "--license", secret]);
+    assert_eq!(code, Some(0), "{err}");
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out).unwrap();
+    let data = doc["data"][".dockerconfigjson"].as_str().unwrap();
+    let cfg_json: Value = serde_json::from_slice(&STANDARD.decode(data).unwrap()).unwrap();
+    let a = &cfg_json["auths"]["images.acme.test"];
+    assert_eq!(a["username"], id);
+    assert_eq!(a["password"], secret);
+    // The id is not the secret.
+    let (code, _, _) = run_berth(&["pull-secret", "--config", cfg, "--license", id]);
+    assert_eq!(code, Some(2));
 }
 
 // ---- 9. the token key file ------------------------------------------------------------
