@@ -208,7 +208,7 @@ impl Control {
         }
         match config.tenants.license(id) {
             Some(l) => Ok(LicenseView::of(&l, None, last, SystemTime::now())),
-            None => Err(ControlError::NotFound(format!("license {id}"))),
+            None => Err(ControlError::NotFound(asked_license(config, id))),
         }
     }
 
@@ -241,7 +241,7 @@ impl Control {
     ) -> Result<LicenseView, ControlError> {
         self.changeable(config, id).await?;
         if !self.store.update_license(id, &change).await? {
-            return Err(ControlError::NotFound(format!("license {id}")));
+            return Err(ControlError::NotFound(asked_license(config, id)));
         }
         self.audit(actor, action, id, detail).await?;
         self.license(config, id).await
@@ -430,12 +430,12 @@ impl Control {
             .iter()
             .find(|k| k.key.id == id)
             .map(|k| KeyView::of(k, SystemTime::now()))
-            .ok_or_else(|| ControlError::NotFound(format!("API key {id}")))
+            .ok_or_else(|| ControlError::NotFound(asked("API key", id)))
     }
 
     pub async fn revoke_key(&self, actor: &Actor, id: &str) -> Result<KeyView, ControlError> {
         if !self.store.revoke_key(id).await? {
-            return Err(ControlError::NotFound(format!("API key {id}")));
+            return Err(ControlError::NotFound(asked("API key", id)));
         }
         self.audit(actor, "apikey.revoke", id, serde_json::json!({}))
             .await?;
@@ -508,7 +508,7 @@ impl Control {
             return Err(ControlError::ReadOnly(format!("admin token {id}")));
         }
         if !self.store.revoke_admin_token(id).await? {
-            return Err(ControlError::NotFound(format!("admin token {id}")));
+            return Err(ControlError::NotFound(asked("admin token", id)));
         }
         self.audit(actor, "admin_token.revoke", id, serde_json::json!({}))
             .await?;
@@ -519,7 +519,7 @@ impl Control {
             .iter()
             .find(|t| t.id == id)
             .map(AdminTokenView::of)
-            .ok_or_else(|| ControlError::NotFound(format!("admin token {id}")))
+            .ok_or_else(|| ControlError::NotFound(asked("admin token", id)))
     }
 
     // ---- the audit trail -----------------------------------------------------------
@@ -605,6 +605,42 @@ pub fn parse_since(field: &str, s: &str, now: SystemTime) -> Result<SystemTime, 
     humantime::parse_rfc3339_weak(s).map_err(|_| bad())
 }
 
+/// How a refusal names the record asked for: by the id given when it has the shape of a
+/// public id, else not at all. Anything else is something pasted where an id belongs — a
+/// config license's password is free-form, so no `berth_…` prefix gives it away — and a
+/// "not found" would carry it into the API's answer, the CLI's output and the logs.
+fn asked(what: &str, id: &str) -> String {
+    if is_public_id(id) {
+        format!("{what} {id}")
+    } else {
+        format!("{what} <not an id>")
+    }
+}
+
+/// [`asked`] for licenses, which also knows the config file's passwords (one may have been
+/// chosen in the shape of a public id).
+fn asked_license(config: &Config, id: &str) -> String {
+    if config.tenants.license_by_secret(id).is_some() {
+        return "license <not an id>".into();
+    }
+    asked("license", id)
+}
+
+/// The shapes of public ids: `lic_`, `key_` or `adm_` and lowercase letters and digits (what
+/// `state::generate` makes), or a config license's fingerprint (32 hex digits).
+fn is_public_id(id: &str) -> bool {
+    let generated = ["lic_", "key_", "adm_"].iter().any(|p| {
+        id.strip_prefix(p).is_some_and(|rest| {
+            (1..=32).contains(&rest.len())
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+    });
+    let fingerprint = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    generated || fingerprint
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +660,29 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn a_not_found_repeats_only_what_is_shaped_like_an_id() {
+        assert_eq!(
+            asked("license", "lic_aaaaaaaaaaaaaaaa"),
+            "license lic_aaaaaaaaaaaaaaaa"
+        );
+        assert_eq!(
+            asked("API key", "key_doesnotexist"),
+            "API key key_doesnotexist"
+        );
+        let fp = "0f37bea200a413bc6af02da9b3f36415";
+        assert_eq!(asked("license", fp), format!("license {fp}"));
+        for pasted in [
+            "LICENSE-cfg+abc/=",
+            "lic_Secret",
+            "lic_",
+            "hunter2-hunter2",
+            "lic_a b",
+        ] {
+            assert_eq!(asked("license", pasted), "license <not an id>", "{pasted}");
         }
     }
 

@@ -51,7 +51,7 @@ where
 {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = loggable(req.uri().path());
+    let path = loggable(req.uri().path(), &admin.probes.config.current());
     let mut actor = None;
     let resp = match serve(admin, req, remote.ip(), &mut actor).await {
         Ok(reply) => reply.response(),
@@ -71,13 +71,15 @@ where
     resp
 }
 
-/// `path` with any segment that looks like one of berth's secrets masked: an operator who
-/// pastes a secret where an id goes must not find it in the log.
-fn loggable(path: &str) -> String {
+/// `path` with any segment that looks like one of berth's secrets, or is the password of one
+/// of the config file's licenses, masked: an operator who pastes a secret where an id goes
+/// must not find it in the log.
+fn loggable(path: &str, config: &Config) -> String {
+    let secret = |s: &str| looks_secret(s) || config.tenants.license_by_secret(s).is_some();
     path.split('/')
         .map(|seg| {
             let decoded = routes::percent_decode(seg);
-            if looks_secret(seg) || decoded.is_some_and(|d| looks_secret(&d)) {
+            if secret(seg) || decoded.is_some_and(|d| secret(&d)) {
                 "<redacted>"
             } else {
                 seg
@@ -531,6 +533,17 @@ mod tests {
 
     #[test]
     fn secrets_in_paths_are_not_logged() {
+        let config = Config::parse(
+            "server: { listen: \"127.0.0.1:0\", hostname: h.test }\n\
+             cache: { dir: /tmp/x }\n\
+             upstreams: [ { name: u, url: \"http://127.0.0.1:1\" } ]\n\
+             apps: [ { slug: acme, upstreams: [u] } ]\n\
+             licenses: [ { id: \"LICENSE+a/b=\", app: acme, customer: A } ]\n",
+            std::path::Path::new("/"),
+            &|_| None,
+        )
+        .unwrap();
+        let loggable = |p| loggable(p, &config);
         assert_eq!(
             loggable("/api/v1/licenses/berth_lic_abc/revoke"),
             "/api/v1/licenses/<redacted>/revoke"
@@ -542,6 +555,11 @@ mod tests {
         assert_eq!(
             loggable("/api/v1/licenses/lic_abc"),
             "/api/v1/licenses/lic_abc"
+        );
+        // A config license's password has no telling prefix: it is known by being one.
+        assert_eq!(
+            loggable("/api/v1/licenses/LICENSE%2Ba%2Fb%3D"),
+            "/api/v1/licenses/<redacted>"
         );
     }
 
