@@ -87,8 +87,30 @@ pub struct Fetched {
 
 impl Conn {
     pub async fn get(&mut self, path: &str, accept: Option<&str>) -> anyhow::Result<Fetched> {
+        self.send(path, accept, None, None).await
+    }
+
+    /// A GET with this `Authorization` instead of the target's; the body is appended to
+    /// `keep` when given (a token answer is read, a manifest only counted).
+    pub async fn get_as(
+        &mut self,
+        path: &str,
+        accept: Option<&str>,
+        auth: &str,
+        keep: Option<&mut Vec<u8>>,
+    ) -> anyhow::Result<Fetched> {
+        self.send(path, accept, Some(auth), keep).await
+    }
+
+    async fn send(
+        &mut self,
+        path: &str,
+        accept: Option<&str>,
+        auth: Option<&str>,
+        mut keep: Option<&mut Vec<u8>>,
+    ) -> anyhow::Result<Fetched> {
         let mut req = Request::get(path).header("host", format!("127.0.0.1:{}", self.target.port));
-        if let Some(a) = &self.target.auth {
+        if let Some(a) = auth.or(self.target.auth.as_deref()) {
             req = req.header("authorization", a);
         }
         if let Some(a) = accept {
@@ -113,6 +135,9 @@ impl Conn {
                     ttfb = Some(start.elapsed());
                 }
                 bytes += data.len() as u64;
+                if let Some(k) = keep.as_deref_mut() {
+                    k.extend_from_slice(data);
+                }
             }
         }
         let total = start.elapsed();

@@ -8,6 +8,7 @@
 mod support;
 
 mod client;
+mod control;
 mod report;
 mod systems;
 
@@ -35,7 +36,7 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
-const PHASES: [&str; 5] = ["throughput", "cold", "herd", "manifest", "rss"];
+const PHASES: [&str; 6] = ["throughput", "cold", "herd", "manifest", "rss", "control"];
 
 struct Settings {
     blob_mib: u64,
@@ -48,6 +49,11 @@ struct Settings {
     herd: usize,
     rss_clients: usize,
     manifest_secs: f64,
+    /// Sequential login + pull iterations per figure of the control phase.
+    logins: usize,
+    /// Licenses (besides the customer's) and API keys in the control phase's stores.
+    store_licenses: usize,
+    store_keys: usize,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -79,6 +85,9 @@ impl Settings {
             herd: env_or("BERTH_BENCH_HERD", 32),
             rss_clients: env_or("BERTH_BENCH_RSS_CLIENTS", 64),
             manifest_secs: env_or("BERTH_BENCH_MANIFEST_SECS", 2.0),
+            logins: env_or("BERTH_BENCH_LOGINS", 200),
+            store_licenses: env_or("BERTH_BENCH_STORE_LICENSES", 5000),
+            store_keys: env_or("BERTH_BENCH_STORE_KEYS", 1000),
         }
     }
 
@@ -571,7 +580,7 @@ fn machine() -> String {
 fn run() -> anyhow::Result<()> {
     let s = Settings::from_env();
     let started = std::time::Instant::now();
-    let header = format!(
+    let mut header = format!(
         "machine: {}\nblob {} MiB, {} runs, {} clients, herd {}, RSS clients {}, manifest {} s per figure",
         machine(),
         s.blob_mib,
@@ -581,6 +590,14 @@ fn run() -> anyhow::Result<()> {
         s.rss_clients,
         s.manifest_secs
     );
+    if s.wants("control") {
+        header.push_str(&format!(
+            "\ncontrol: {} logins + pulls per figure, {} licenses and {} API keys in each store",
+            s.logins,
+            s.store_licenses + 1,
+            s.store_keys
+        ));
+    }
     eprintln!("{header}");
     let mut w = World::setup(s)?;
     for phase in PHASES {
@@ -593,6 +610,7 @@ fn run() -> anyhow::Result<()> {
             "cold" => w.cold()?,
             "herd" => w.herd()?,
             "manifest" => w.manifest()?,
+            "control" => w.control()?,
             _ => w.rss()?,
         }
     }

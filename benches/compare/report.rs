@@ -18,6 +18,9 @@ struct Row {
     unit: &'static str,
     /// (system, one figure per run) in the order systems first reported.
     values: Vec<(String, Vec<f64>)>,
+    /// Systems whose figures here are copies of another row's (the row's reference),
+    /// left out of the raw figures so no run is listed twice.
+    copied: Vec<String>,
     goal: Option<Goal>,
 }
 
@@ -59,6 +62,20 @@ fn cell(v: &[f64]) -> String {
 
 impl Report {
     pub fn add(&mut self, label: &str, unit: &'static str, system: &str, value: f64) {
+        self.push(label, unit, system, value);
+    }
+
+    /// `value` as `system`'s figure in row `label` when it was recorded (and is listed) in
+    /// another row already: the control phase's variants each have the config-file
+    /// variant of the same run as their reference.
+    pub fn add_reference(&mut self, label: &str, unit: &'static str, system: &str, value: f64) {
+        let row = self.push(label, unit, system, value);
+        if !row.copied.iter().any(|s| s == system) {
+            row.copied.push(system.to_string());
+        }
+    }
+
+    fn push(&mut self, label: &str, unit: &'static str, system: &str, value: f64) -> &mut Row {
         let idx = match self.rows.iter().position(|r| r.label == label) {
             Some(i) => i,
             None => {
@@ -66,6 +83,7 @@ impl Report {
                     label: label.to_string(),
                     unit,
                     values: Vec::new(),
+                    copied: Vec::new(),
                     goal: None,
                 });
                 self.rows.len() - 1
@@ -76,6 +94,7 @@ impl Report {
             Some((_, v)) => v.push(value),
             None => row.values.push((system.to_string(), vec![value])),
         }
+        row
     }
 
     pub fn goal(&mut self, label: &str, goal: Goal) {
@@ -167,7 +186,7 @@ impl Report {
         }
         out.push_str("\nraw figures, in run order:\n");
         for r in &self.rows {
-            for (s, v) in &r.values {
+            for (s, v) in r.values.iter().filter(|(s, _)| !r.copied.contains(s)) {
                 let v: Vec<String> = v.iter().map(|x| num(*x)).collect();
                 out.push_str(&format!(
                     "  {} [{}] {s}: {}\n",

@@ -60,7 +60,22 @@ impl Certs {
 
 // ---- berth ------------------------------------------------------------------------------
 
-pub fn berth_yaml(port: u16, cache: &Path, upstream_url: &str, tls: Option<&Certs>) -> String {
+/// Where berth finds the customer's license.
+pub enum Licenses<'a> {
+    /// `LICENSE` in the config file's `licenses:` (and the default, empty, SQLite store).
+    ConfigFile,
+    /// Only in the state store this `state:` YAML value names (`{ sqlite: "…" }`,
+    /// `{ postgres: "…" }`); the config file lists none.
+    Store(&'a str),
+}
+
+pub fn berth_yaml(
+    port: u16,
+    cache: &Path,
+    upstream_url: &str,
+    tls: Option<&Certs>,
+    licenses: &Licenses,
+) -> String {
     let tls = tls
         .map(|c| {
             format!(
@@ -70,24 +85,33 @@ pub fn berth_yaml(port: u16, cache: &Path, upstream_url: &str, tls: Option<&Cert
             )
         })
         .unwrap_or_default();
+    let licenses = match licenses {
+        Licenses::ConfigFile => {
+            format!("licenses: [ {{ id: {LICENSE}, app: acme, customer: Bench }} ]\n")
+        }
+        Licenses::Store(state) => format!("state: {state}\n"),
+    };
     format!(
         r#"server: {{ listen: "127.0.0.1:{port}", hostname: "127.0.0.1:{port}"{tls} }}
 cache: {{ dir: "{cache}", tag_ttl: 5m }}
 upstreams:
   - {{ name: up, url: "{upstream_url}", host: upstream.test, username: {VENDOR}, password: "${{UPSTREAM_PASSWORD}}", repositories: ["acme/*"] }}
 apps: [ {{ slug: acme, upstreams: [up] }} ]
-licenses: [ {{ id: {LICENSE}, app: acme, customer: Bench }} ]
-"#,
+{licenses}"#,
         cache = cache.display(),
     )
 }
+
+/// The environment every berth of the bench runs with (the YAML names the upstream's
+/// password by variable, as a deployment would).
+pub const BERTH_ENV: [(&str, &str); 1] = [("UPSTREAM_PASSWORD", VENDOR_PW)];
 
 pub fn start_berth(cache: &Path, upstream_url: &str, tls: Option<&Certs>) -> Berth {
     let port = free_port();
     Berth::start_on(
         port,
-        &berth_yaml(port, cache, upstream_url, tls),
-        &[("UPSTREAM_PASSWORD", VENDOR_PW)],
+        &berth_yaml(port, cache, upstream_url, tls, &Licenses::ConfigFile),
+        &BERTH_ENV,
     )
 }
 
