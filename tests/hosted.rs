@@ -32,6 +32,11 @@ struct Fx {
 }
 
 fn fixture() -> Fx {
+    fixture_with("")
+}
+
+/// `extra` is appended to the config (more sections).
+fn fixture_with(extra: &str) -> Fx {
     let reg = Registry::start(RegistryAuth::None);
     let cache = support::tempdir();
     let port = support::free_port();
@@ -39,7 +44,7 @@ fn fixture() -> Fx {
         "server:\n  listen: \"127.0.0.1:{port}\"\n  hostname: \"127.0.0.1:{port}\"\n\
          cache: {{ dir: \"{}\" }}\n\
          upstreams: [ {{ name: up, url: \"{}\", host: upstream.test }} ]\n\
-         apps: [ {{ slug: acme, upstreams: [up] }}, {{ slug: beta, upstreams: [up] }} ]\n",
+         apps: [ {{ slug: acme, upstreams: [up] }}, {{ slug: beta, upstreams: [up] }} ]\n{extra}",
         cache.path().display(),
         reg.url()
     );
@@ -467,6 +472,71 @@ fn chunked_uploads_by_hand() {
         }),
         "a revoked key went on uploading"
     );
+}
+
+#[test]
+fn idle_uploads_expire() {
+    let fx = fixture_with("hosted: { upload_timeout: 1s }\n");
+    let (_, key) = fx.key("acme", &["push"]);
+    let r = fx.req("POST", "/v2/acme/idle/blobs/uploads/", &key, &[], b"");
+    let loc = r.header("location").unwrap().to_string();
+    let r = fx.req("PATCH", &loc, &key, &[], b"abc");
+    assert_eq!(r.status, 202);
+    let r = fx.req("GET", &loc, &key, &[], b"");
+    assert_eq!(r.status, 204, "alive while in use");
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = fx.req("GET", &loc, &key, &[], b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.code(), "BLOB_UPLOAD_UNKNOWN");
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A 200 MiB blob in one PATCH goes to staging as it arrives: berth's peak RSS grows by
+/// far less than the blob.
+#[test]
+fn a_200_mib_push_keeps_memory_flat() {
+    let fx = fixture();
+    let (_, key) = fx.key("acme", &["push", "pull"]);
+    let mut data = vec![0u8; 200 << 20];
+    let mut x: u32 = 1;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    let digest = format!("sha256:{}", support::sha256_hex(&data));
+    let before = vm_hwm_kib(fx.berth.pid());
+    let r = fx.req("POST", "/v2/acme/big/blobs/uploads/", &key, &[], b"");
+    let loc = r.header("location").unwrap().to_string();
+    let r = fx.req("PATCH", &loc, &key, &[], &data);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = fx.req("PUT", &format!("{loc}?digest={digest}"), &key, &[], b"");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let after = vm_hwm_kib(fx.berth.pid());
+    eprintln!("berth VmHWM before {before} KiB, after a 200 MiB push {after} KiB");
+    assert!(
+        after - before < 48 * 1024,
+        "peak RSS grew by {} KiB during a 200 MiB push",
+        after - before
+    );
+    let r = fx.req(
+        "HEAD",
+        &format!("/v2/acme/big/blobs/{digest}"),
+        &key,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("209715200"));
 }
 
 #[test]

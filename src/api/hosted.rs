@@ -131,7 +131,8 @@ where
             Ok(accepted(&repo, &state.id, state.offset))
         }
         Route::Upload { repo, id } => {
-            let key = check(config, principal, &repo, &method)?;
+            // Every method on an upload is part of a push (its status too).
+            let key = check(config, principal, &repo, &Method::POST)?;
             match method {
                 Method::GET => {
                     let state = hosted.status(&key, &id, &subject)?;
@@ -180,7 +181,7 @@ where
 }
 
 /// The app exists and the caller may do what `method` means on the repository: pull for
-/// GET and HEAD, push for everything else (DELETE of an upload cancels a push).
+/// GET and HEAD, push for everything else (uploads pass POST: all of it is pushing).
 fn check(
     config: &Config,
     principal: &Principal,

@@ -100,7 +100,7 @@ impl Api {
         let registry = Registry::new(cache, upstream);
         let hosted = Arc::new(crate::hosted::Hosted::new(
             registry.cache().clone(),
-            crate::hosted::DEFAULT_UPLOAD_TIMEOUT,
+            config.current().hosted.upload_timeout,
         ));
         hosted.start_sweep();
         let probes = Arc::new(crate::admin::Probes {

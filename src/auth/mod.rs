@@ -588,6 +588,37 @@ licenses:
     }
 
     #[test]
+    fn grants_hosted_actions_by_key_and_only_pulls_to_licenses() {
+        let c = config();
+        let key = Subject::Key(Arc::new(ApiKey {
+            id: "key_1".into(),
+            name: "ci".into(),
+            apps: vec!["acme".into()],
+            actions: vec![Action::Push, Action::Pull],
+            expires: None,
+            revoked: false,
+        }));
+        let req = scope::parse_all([
+            "repository:acme/worker:pull,push,delete",
+            "repository:other/worker:pull,push",
+            "repository:proxy/x:push",
+        ]);
+        let g = grant(&key, &req);
+        assert_eq!(g.len(), 1, "{g:?}");
+        assert_eq!(g[0].name, "acme/worker");
+        assert_eq!(g[0].actions, vec!["pull", "push"]);
+        let l = config_license(&c, "good-license-1");
+        let g = grant(&l, &scope::parse_all(["repository:acme/worker:*"]));
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].actions, vec!["pull"]);
+        assert!(grant(&l, &scope::parse_all(["repository:other/worker:pull"])).is_empty());
+        let repo = HostedPath::parse("acme/worker").unwrap();
+        assert!(l.may_hosted(&repo, Action::Push).is_err());
+        assert!(key.may_hosted(&repo, Action::Delete).is_err());
+        assert!(key.may_hosted(&repo, Action::Push).is_ok());
+    }
+
+    #[test]
     fn tokens_follow_revocation_and_scope() {
         let c = config();
         let i = issuer();

@@ -23,11 +23,6 @@ use crate::oci::Digest;
 use crate::registry::{ByteRange, Fetched};
 use crate::storage::{ErrorKind, StagedBlob};
 
-/// How long an upload may sit without a request before the sweep aborts it. distribution
-/// keeps uploads a week; an hour is ample between two chunks of a client that is still
-/// there, and bounds the staging space abandoned pushes hold.
-pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
-
 /// The tag record of a hosted repository: one per tag, whatever the client accepts (a
 /// pushed manifest has one media type).
 const HOSTED_TAG: &str = "hosted";
@@ -82,6 +77,9 @@ fn storage_error(e: crate::storage::StorageError) -> Error {
 }
 
 impl Hosted {
+    /// `timeout` is `hosted.upload_timeout` (default an hour: distribution keeps uploads a
+    /// week, but an hour is ample between two chunks of a client still there, and bounds
+    /// the staging space abandoned pushes hold). Read at start; a reload keeps it.
     pub fn new(cache: Arc<Cache>, timeout: Duration) -> Hosted {
         Hosted {
             cache,
