@@ -455,6 +455,55 @@ fn chunked_uploads_by_hand() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.code(), "MANIFEST_BLOB_UNKNOWN");
+    // An artifact with a subject: stored, and the subject named in OCI-Subject.
+    let subject = format!("sha256:{}", support::sha256_hex(b"the signed image"));
+    let artifact = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.signature",
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": real, "size": other.len() },
+        "layers": [],
+        "subject": { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": 10 },
+    })
+    .to_string();
+    // Content-Type must agree with the body's mediaType.
+    let r = fx.req(
+        "PUT",
+        "/v2/acme/chunks/manifests/sig",
+        &key,
+        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+        artifact.as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.code(), "MANIFEST_INVALID");
+    let r = fx.req(
+        "PUT",
+        "/v2/acme/chunks/manifests/sig",
+        &key,
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        artifact.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("oci-subject"), Some(subject.as_str()));
+    let digest = format!("sha256:{}", support::sha256_hex(artifact.as_bytes()));
+    assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+    let r = fx.req(
+        "GET",
+        &format!("/v2/acme/chunks/manifests/{digest}"),
+        &key,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, artifact.as_bytes());
+
+    // Another subject (even of the same app) cannot continue someone's upload.
+    let (_, other_key) = fx.key("acme", &["push", "pull"]);
+    let r = fx.req("POST", "/v2/acme/chunks/blobs/uploads/", &key, &[], b"");
+    let loc = r.header("location").unwrap().to_string();
+    let r = fx.req("PATCH", &loc, &other_key, &[], b"abc");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.code(), "BLOB_UPLOAD_UNKNOWN");
 
     // A revoked key is refused at its next PATCH, mid-upload.
     let r = fx.req("POST", "/v2/acme/chunks/blobs/uploads/", &key, &[], b"");
