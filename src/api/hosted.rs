@@ -35,8 +35,14 @@ where
     let method = req.method().clone();
     let head = method == Method::HEAD;
     let subject = principal.subject.id().to_string();
+    let pull = method == Method::GET || head;
+    // Deletes come with the content-management slice; until then they are not offered.
+    let refuse = |what: &str| Err(Error::Unsupported(format!("{what} take GET or HEAD")));
     match route {
         Route::HostedManifest { repo, reference } => {
+            if !pull && method != Method::PUT {
+                return Err(Error::Unsupported("manifests take GET, HEAD or PUT".into()));
+            }
             let key = check(config, principal, &repo, &method)?;
             if method == Method::PUT {
                 let content_type = req
@@ -70,6 +76,9 @@ where
             ))
         }
         Route::HostedBlob { repo, digest } => {
+            if !pull {
+                return refuse("blobs");
+            }
             let key = check(config, principal, &repo, &method)?;
             let range = match req.headers().get(RANGE) {
                 None => None,
@@ -87,6 +96,9 @@ where
             Ok(r)
         }
         Route::HostedTags { repo } => {
+            if !pull {
+                return refuse("tag lists");
+            }
             let key = check(config, principal, &repo, &method)?;
             let (n, last) = tag_query(req.uri().query())?;
             Ok(fetched_response(
