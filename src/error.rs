@@ -19,6 +19,19 @@ pub enum Error {
     PaginationInvalid(String),
     #[error("range not satisfiable")]
     RangeNotSatisfiable { content_range: Option<String> },
+    #[error("blob upload unknown: {0}")]
+    BlobUploadUnknown(String),
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest references an unknown blob: {0}")]
+    ManifestBlobUnknown(String),
+    #[error("invalid size: {0}")]
+    SizeInvalid(String),
+    /// A chunk that does not start where the upload ends; `range` is the upload's `0-<end>`.
+    #[error("chunk out of order: the upload holds {range}")]
+    UploadRange { range: String },
     #[error("unknown repository: {0}")]
     NameUnknown(String),
     #[error("manifest unknown: {0}")]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod content;
 pub mod control;
 pub mod error;
+pub mod hosted;
 pub mod logging;
 pub mod oci;
 pub mod pin;

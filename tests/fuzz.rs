@@ -443,6 +443,13 @@ fn route_path(r: &Route) -> Option<String> {
         Route::Blob { repo, digest } => format!("/v2/{}/blobs/{digest}", repo.name()),
         Route::Tags { repo } => format!("/v2/{}/tags/list", repo.name()),
         Route::Referrers { repo, digest } => format!("/v2/{}/referrers/{digest}", repo.name()),
+        Route::HostedManifest { repo, reference } => {
+            format!("/v2/{}/manifests/{reference}", repo.name())
+        }
+        Route::HostedBlob { repo, digest } => format!("/v2/{}/blobs/{digest}", repo.name()),
+        Route::HostedTags { repo } => format!("/v2/{}/tags/list", repo.name()),
+        Route::UploadStart { repo } => format!("/v2/{}/blobs/uploads/", repo.name()),
+        Route::Upload { repo, id } => format!("/v2/{}/blobs/uploads/{id}", repo.name()),
         Route::Unsupported(_) | Route::NotFound => return None,
     })
 }

@@ -1,7 +1,7 @@
 //! The one place where an `Error` becomes an HTTP status, an OCI error code and an
 //! `{"errors":[...]}` body.
 
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{full, Body};
@@ -16,6 +16,12 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
         Error::PaginationInvalid(_) => (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"),
         Error::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
+        Error::BlobUploadInvalid(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+        Error::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+        Error::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+        Error::SizeInvalid(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
+        Error::UploadRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+        Error::BlobUploadUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
         Error::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
         Error::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
         Error::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
@@ -67,6 +73,11 @@ pub fn response(err: &Error) -> Response<Body> {
         } => {
             if let Ok(v) = HeaderValue::try_from(r.as_str()) {
                 h.insert(CONTENT_RANGE, v);
+            }
+        }
+        Error::UploadRange { range } => {
+            if let Ok(v) = HeaderValue::try_from(range.as_str()) {
+                h.insert(RANGE, v);
             }
         }
         _ => {}

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod client;
 pub mod error;
+mod hosted;
 pub mod metrics;
 pub mod route;
 mod token;
@@ -37,6 +38,8 @@ use route::Route;
 pub struct Api {
     pub config: Arc<Live>,
     pub registry: Registry,
+    /// The hosted registry: what vendors push, served from storage.
+    pub hosted: Arc<crate::hosted::Hosted>,
     /// The admin edge's probe handle: answers probes here when there is no admin listener.
     pub probes: Arc<crate::admin::Probes>,
     pub metrics: Arc<metrics::ApiMetrics>,
@@ -95,6 +98,11 @@ impl Api {
         };
         let config = Arc::new(Live::new(config));
         let registry = Registry::new(cache, upstream);
+        let hosted = Arc::new(crate::hosted::Hosted::new(
+            registry.cache().clone(),
+            config.current().hosted.upload_timeout,
+        ));
+        hosted.start_sweep();
         let probes = Arc::new(crate::admin::Probes {
             config: config.clone(),
             blobs: registry.cache().storage.blobs.clone(),
@@ -103,6 +111,7 @@ impl Api {
         Ok(Api {
             config,
             registry,
+            hosted,
             probes,
             metrics: api_metrics,
             tokens,
@@ -145,7 +154,7 @@ impl Api {
                 }
                 let mut r = error::response(&e);
                 if matches!(e, Error::Unauthorized) {
-                    if let Ok(v) = HeaderValue::try_from(challenge(&config, &path)) {
+                    if let Ok(v) = HeaderValue::try_from(challenge(&config, &method, &path)) {
                         r.headers_mut().insert(WWW_AUTHENTICATE, v);
                     }
                 }
@@ -252,6 +261,16 @@ impl Api {
             }
         }
         let route = route::parse(path)?;
+        if matches!(
+            route,
+            Route::HostedManifest { .. }
+                | Route::HostedBlob { .. }
+                | Route::HostedTags { .. }
+                | Route::UploadStart { .. }
+                | Route::Upload { .. }
+        ) {
+            return hosted::handle(self, config, req, route, &principal).await;
+        }
         let head = match *req.method() {
             Method::GET => false,
             Method::HEAD => true,
@@ -261,6 +280,11 @@ impl Api {
             Route::Base => Ok(json_response(b"{}")),
             Route::NotFound => Err(Error::NameUnknown("no such endpoint".into())),
             Route::Unsupported(why) => Err(Error::Unsupported(why.into())),
+            Route::HostedManifest { .. }
+            | Route::HostedBlob { .. }
+            | Route::HostedTags { .. }
+            | Route::UploadStart { .. }
+            | Route::Upload { .. } => Err(Error::Internal("hosted route".into())),
             Route::Manifest { repo, reference } => {
                 let target = resolve(config, &principal, &repo)?;
                 *served = Some(Served::of(&target));
@@ -383,7 +407,7 @@ impl Api {
 
 /// The `WWW-Authenticate` challenge: the token endpoint, and for repository paths the scope
 /// a client must ask for.
-fn challenge(config: &Config, path: &str) -> String {
+fn challenge(config: &Config, method: &Method, path: &str) -> String {
     if path == "/token" {
         return format!("Basic realm=\"{}\"", config.server.hostname);
     }
@@ -399,6 +423,17 @@ fn challenge(config: &Config, path: &str) -> String {
     ) = route::parse(path)
     {
         c.push_str(&format!(",scope=\"repository:{}:pull\"", repo.name()));
+    }
+    if let Ok(
+        Route::HostedManifest { repo, .. }
+        | Route::HostedBlob { repo, .. }
+        | Route::HostedTags { repo }
+        | Route::UploadStart { repo }
+        | Route::Upload { repo, .. },
+    ) = route::parse(path)
+    {
+        let actions = hosted::scope(method);
+        c.push_str(&format!(",scope=\"repository:{}:{actions}\"", repo.name()));
     }
     c
 }

@@ -3,7 +3,7 @@
 //! types, which the layers below take without knowing about HTTP paths.
 
 use crate::error::Error;
-use crate::oci::repo::{Reference, RepoPath};
+use crate::oci::repo::{HostedPath, Reference, RepoPath};
 use crate::oci::Digest;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,29 @@ pub enum Route {
         repo: RepoPath,
         digest: Digest,
     },
-    /// Push, delete, catalog: a pull-through proxy has no such thing.
+    /// A hosted repository's manifest (pull with GET/HEAD, push with PUT).
+    HostedManifest {
+        repo: HostedPath,
+        reference: Reference,
+    },
+    HostedBlob {
+        repo: HostedPath,
+        digest: Digest,
+    },
+    HostedTags {
+        repo: HostedPath,
+    },
+    /// `POST /v2/<app>/<repository>/blobs/uploads/`: begins an upload (or mounts, or
+    /// uploads monolithically with `?digest=`).
+    UploadStart {
+        repo: HostedPath,
+    },
+    /// `/v2/<app>/<repository>/blobs/uploads/<id>`: PATCH, PUT, GET, DELETE of an upload.
+    Upload {
+        repo: HostedPath,
+        id: String,
+    },
+    /// Push to proxied repositories, delete, catalog: not offered.
     Unsupported(&'static str),
     NotFound,
 }
@@ -41,30 +63,75 @@ pub fn parse(path: &str) -> Result<Route, Error> {
     if rest == "_catalog" {
         return Ok(Route::Unsupported("the catalog is not offered"));
     }
+    // The first component says the space: `proxy/…` is pulled through, anything else is
+    // `<app>/<repository>`, hosted.
+    let proxied = rest.starts_with("proxy/");
     if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Ok(Route::Tags {
-            repo: RepoPath::parse(name)?,
+        return Ok(if proxied {
+            Route::Tags {
+                repo: RepoPath::parse(name)?,
+            }
+        } else {
+            Route::HostedTags {
+                repo: HostedPath::parse(name)?,
+            }
         });
     }
-    if let Some((name, _)) = rest.split_once("/blobs/uploads") {
-        let _ = name;
-        return Ok(Route::Unsupported("berth is a pull-only proxy"));
+    if let Some((name, tail)) = rest.split_once("/blobs/uploads") {
+        if proxied {
+            return Ok(Route::Unsupported("proxied repositories are pull-only"));
+        }
+        let repo = HostedPath::parse(name)?;
+        return match tail {
+            "" | "/" => Ok(Route::UploadStart { repo }),
+            _ => {
+                let id = tail.strip_prefix('/').unwrap_or("");
+                if !valid_upload_id(id) {
+                    return Err(Error::BlobUploadUnknown(format!("{id:?} is no upload")));
+                }
+                Ok(Route::Upload {
+                    repo,
+                    id: id.to_string(),
+                })
+            }
+        };
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
-        let repo = RepoPath::parse(name)?;
-        return Ok(Route::Manifest {
-            repo,
-            reference: Reference::parse(reference)?,
+        let reference = Reference::parse(reference)?;
+        return Ok(if proxied {
+            Route::Manifest {
+                repo: RepoPath::parse(name)?,
+                reference,
+            }
+        } else {
+            Route::HostedManifest {
+                repo: HostedPath::parse(name)?,
+                reference,
+            }
         });
     }
     if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
-        let repo = RepoPath::parse(name)?;
         let digest = digest
             .parse()
             .map_err(|_| Error::DigestInvalid(format!("{digest:?} is not a valid digest")))?;
-        return Ok(Route::Blob { repo, digest });
+        return Ok(if proxied {
+            Route::Blob {
+                repo: RepoPath::parse(name)?,
+                digest,
+            }
+        } else {
+            Route::HostedBlob {
+                repo: HostedPath::parse(name)?,
+                digest,
+            }
+        });
     }
     if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
+        if !proxied {
+            return Ok(Route::Unsupported(
+                "the referrers of hosted repositories are not listed yet",
+            ));
+        }
         let repo = RepoPath::parse(name)?;
         let digest = digest
             .parse()
@@ -72,6 +139,11 @@ pub fn parse(path: &str) -> Result<Route, Error> {
         return Ok(Route::Referrers { repo, digest });
     }
     Ok(Route::NotFound)
+}
+
+/// Upload ids are berth's own (hex of random bytes); anything else names no upload.
+fn valid_upload_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 #[cfg(test)]
@@ -173,7 +245,7 @@ mod tests {
             Err(Error::TagInvalid(_))
         ));
         assert!(matches!(
-            parse("/v2/library/redis/manifests/7"),
+            parse("/v2/redis/manifests/7"),
             Err(Error::NameUnknown(_))
         ));
         assert_eq!(parse("/other").unwrap(), Route::NotFound);
@@ -181,6 +253,114 @@ mod tests {
         assert!(parse("/v2/proxy/acme/reg_example/a/manifests/1").is_err());
         assert!(matches!(
             parse("/v2/proxy/acme/quay.io/a/blobs/uploads/"),
+            Ok(Route::Unsupported(_))
+        ));
+    }
+
+    fn hosted() -> HostedPath {
+        HostedPath {
+            app: "acme".into(),
+            repository: "team/worker".into(),
+        }
+    }
+
+    #[test]
+    fn parses_hosted_routes() {
+        assert_eq!(
+            parse("/v2/acme/team/worker/manifests/1.0").unwrap(),
+            Route::HostedManifest {
+                repo: hosted(),
+                reference: Reference::Tag("1.0".into())
+            }
+        );
+        assert_eq!(
+            parse(&format!("/v2/acme/team/worker/manifests/{D}")).unwrap(),
+            Route::HostedManifest {
+                repo: hosted(),
+                reference: Reference::Digest(D.parse().unwrap())
+            }
+        );
+        assert_eq!(
+            parse(&format!("/v2/acme/team/worker/blobs/{D}")).unwrap(),
+            Route::HostedBlob {
+                repo: hosted(),
+                digest: D.parse().unwrap()
+            }
+        );
+        assert_eq!(
+            parse("/v2/acme/team/worker/tags/list").unwrap(),
+            Route::HostedTags { repo: hosted() }
+        );
+        for p in [
+            "/v2/acme/team/worker/blobs/uploads/",
+            "/v2/acme/team/worker/blobs/uploads",
+        ] {
+            assert_eq!(
+                parse(p).unwrap(),
+                Route::UploadStart { repo: hosted() },
+                "{p}"
+            );
+        }
+        assert_eq!(
+            parse("/v2/acme/team/worker/blobs/uploads/0a1b-c2").unwrap(),
+            Route::Upload {
+                repo: hosted(),
+                id: "0a1b-c2".into()
+            }
+        );
+        // A hosted repository named like a route word is still a repository.
+        assert_eq!(
+            parse("/v2/acme/blobs/manifests/v1").unwrap(),
+            Route::HostedManifest {
+                repo: HostedPath {
+                    app: "acme".into(),
+                    repository: "blobs".into()
+                },
+                reference: Reference::Tag("v1".into())
+            }
+        );
+        // Proxied pushes stay refused, proxied pulls stay proxied.
+        assert!(matches!(
+            parse("/v2/proxy/acme/quay.io/a/blobs/uploads/x"),
+            Ok(Route::Unsupported(_))
+        ));
+        assert!(matches!(
+            parse("/v2/proxy/acme/quay.io/a/manifests/1"),
+            Ok(Route::Manifest { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_hosted_input() {
+        for p in [
+            "/v2/Acme/worker/manifests/1",
+            "/v2/acme/../manifests/1",
+            "/v2/acme//worker/manifests/1",
+            "/v2/acme/Worker/tags/list",
+        ] {
+            assert!(
+                matches!(parse(p), Err(Error::NameInvalid(_))),
+                "{p}: {:?}",
+                parse(p)
+            );
+        }
+        for p in [
+            "/v2/acme/worker/blobs/uploads/../x",
+            "/v2/acme/worker/blobs/uploads/a/b",
+            "/v2/acme/worker/blobs/uploads/a%20b",
+        ] {
+            assert!(
+                matches!(parse(p), Err(Error::BlobUploadUnknown(_))),
+                "{p}: {:?}",
+                parse(p)
+            );
+        }
+        assert!(matches!(
+            parse("/v2/acme/worker/blobs/sha256:zz"),
+            Err(Error::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            parse(&format!("/v2/acme/worker/referrers/{D}")),
             Ok(Route::Unsupported(_))
         ));
     }

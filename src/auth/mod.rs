@@ -13,7 +13,7 @@ use base64::Engine as _;
 
 use crate::config::{Action, ApiKey, Config, License, State};
 use crate::error::Error;
-use crate::oci::repo::RepoPath;
+use crate::oci::repo::{HostedPath, RepoPath};
 use crate::oci::scope::Access;
 use crate::state::{Directory, Found};
 use ratelimit::LoginThrottle;
@@ -172,6 +172,50 @@ impl Subject {
     }
 }
 
+impl Subject {
+    /// Whether this license or key may do `action` on the hosted repository `repo`. A key:
+    /// its apps and actions. A license: pull only, of its own app, narrowed by its image
+    /// globs, which for a hosted repository are matched against `<app>/<repository>` (the
+    /// name the customer pulls at berth, e.g. `acme/worker`), as for a proxied one against
+    /// `<host>/<repository>`: a license limited to `quay.io/acme/*` sees no hosted image
+    /// unless a glob such as `acme/*` names it.
+    pub fn may_hosted(&self, repo: &HostedPath, action: Action) -> Result<(), Error> {
+        match self {
+            Subject::License(license) => {
+                if action != Action::Pull {
+                    return Err(Error::Denied(format!(
+                        "a license may not {} images",
+                        action.as_str()
+                    )));
+                }
+                if license.app != repo.app {
+                    return Err(Error::Denied(format!(
+                        "this license is not entitled to app {:?}",
+                        repo.app
+                    )));
+                }
+                if !license.allows_image(&repo.app, &repo.repository) {
+                    return Err(Error::Denied(format!(
+                        "this license is not entitled to {}",
+                        repo.name()
+                    )));
+                }
+                Ok(())
+            }
+            Subject::Key(key) => {
+                if !key.allows(&repo.app, action) {
+                    return Err(Error::Denied(format!(
+                        "this API key may not {} in app {:?}",
+                        action.as_str(),
+                        repo.app
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// An authenticated caller: the license or key, and the token it came with (a token
 /// narrows what the subject may do to the token's scopes).
 pub struct Principal {
@@ -187,6 +231,21 @@ impl Principal {
         self.subject.may_pull(repo)?;
         if let Some(claims) = &self.token {
             if !claims.allows_pull(&repo.name()) {
+                return Err(Error::Unauthorized);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Principal {
+    /// Whether this caller may do `action` on a hosted repository: the subject as it is in
+    /// the current snapshot (a revoked key is refused at its next request, also in the
+    /// middle of an upload), and for a token, its scopes.
+    pub fn may_hosted(&self, repo: &HostedPath, action: Action) -> Result<(), Error> {
+        self.subject.may_hosted(repo, action)?;
+        if let Some(claims) = &self.token {
+            if !claims.allows(&repo.name(), action.as_str()) {
                 return Err(Error::Unauthorized);
             }
         }
@@ -287,6 +346,39 @@ pub fn throttled_login(
 pub fn grant(subject: &Subject, requested: &[Access]) -> Vec<Access> {
     let mut out: Vec<Access> = Vec::new();
     for a in requested {
+        // A hosted repository (`<app>/<repository>`): each requested action the subject
+        // may do (`*` is all three); licenses never get push or delete.
+        if a.kind == "repository" && !a.name.starts_with("proxy/") {
+            let Ok(repo) = HostedPath::parse(&a.name) else {
+                continue;
+            };
+            let actions: Vec<String> = Action::ALL
+                .into_iter()
+                .filter(|act| {
+                    a.actions.iter().any(|x| x == act.as_str() || x == "*")
+                        && subject.may_hosted(&repo, *act).is_ok()
+                })
+                .map(|act| act.as_str().to_string())
+                .collect();
+            if actions.is_empty() {
+                continue;
+            }
+            match out.iter_mut().find(|o| o.name == a.name) {
+                Some(o) => {
+                    for x in actions {
+                        if !o.actions.contains(&x) {
+                            o.actions.push(x);
+                        }
+                    }
+                }
+                None => out.push(Access {
+                    kind: "repository".into(),
+                    name: a.name.clone(),
+                    actions,
+                }),
+            }
+            continue;
+        }
         // `*` means every action (as distribution reads it); the only one berth grants is pull.
         if a.kind != "repository" || !a.actions.iter().any(|x| x == "pull" || x == "*") {
             continue;
@@ -493,6 +585,37 @@ licenses:
         );
         assert_eq!(star.len(), 1);
         assert_eq!(star[0].actions, vec!["pull"]);
+    }
+
+    #[test]
+    fn grants_hosted_actions_by_key_and_only_pulls_to_licenses() {
+        let c = config();
+        let key = Subject::Key(Arc::new(ApiKey {
+            id: "key_1".into(),
+            name: "ci".into(),
+            apps: vec!["acme".into()],
+            actions: vec![Action::Push, Action::Pull],
+            expires: None,
+            revoked: false,
+        }));
+        let req = scope::parse_all([
+            "repository:acme/worker:pull,push,delete",
+            "repository:other/worker:pull,push",
+            "repository:proxy/x:push",
+        ]);
+        let g = grant(&key, &req);
+        assert_eq!(g.len(), 1, "{g:?}");
+        assert_eq!(g[0].name, "acme/worker");
+        assert_eq!(g[0].actions, vec!["pull", "push"]);
+        let l = config_license(&c, "good-license-1");
+        let g = grant(&l, &scope::parse_all(["repository:acme/worker:*"]));
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].actions, vec!["pull"]);
+        assert!(grant(&l, &scope::parse_all(["repository:other/worker:pull"])).is_empty());
+        let repo = HostedPath::parse("acme/worker").unwrap();
+        assert!(l.may_hosted(&repo, Action::Push).is_err());
+        assert!(key.may_hosted(&repo, Action::Delete).is_err());
+        assert!(key.may_hosted(&repo, Action::Push).is_ok());
     }
 
     #[test]

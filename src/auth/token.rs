@@ -34,8 +34,13 @@ pub struct Claims {
 impl Claims {
     /// Whether the token lets its holder pull `name`.
     pub fn allows_pull(&self, name: &str) -> bool {
+        self.allows(name, "pull")
+    }
+
+    /// Whether the token carries `action` (`pull`, `push`, `delete`) on repository `name`.
+    pub fn allows(&self, name: &str, action: &str) -> bool {
         self.access.iter().any(|a| {
-            a.kind == "repository" && a.name == name && a.actions.iter().any(|x| x == "pull")
+            a.kind == "repository" && a.name == name && a.actions.iter().any(|x| x == action)
         })
     }
 }

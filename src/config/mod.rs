@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use crate::settings::{
-    parse_size, AdminTokenHash, AuthConfig, CacheConfig, ConfigError, RateLimit, RewriteConfig,
-    Secret, ServerConfig, Settings, StateConfig, TlsFiles,
+    parse_size, AdminTokenHash, AuthConfig, CacheConfig, ConfigError, HostedConfig, RateLimit,
+    RewriteConfig, Secret, ServerConfig, Settings, StateConfig, TlsFiles,
 };
 pub use crate::tenancy::{
     fingerprint, Action, ApiKey, App, Credentials, EcrSettings, Glob, License, Origin, State,
@@ -18,7 +18,7 @@ pub use crate::tenancy::{
     DOCKER_HUB_URL,
 };
 
-use crate::settings::{RawAuth, RawCache, RawRewrite, RawServer, RawSettings, RawState};
+use crate::settings::{RawAuth, RawCache, RawHosted, RawRewrite, RawServer, RawSettings, RawState};
 use crate::tenancy::yaml::{RawApp, RawLicense, RawTenants, RawUpstream};
 
 /// The whole file, as read. Sections keep their YAML names so serde's error paths are
@@ -37,6 +37,8 @@ struct RawConfig {
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
+    hosted: RawHosted,
+    #[serde(default)]
     rewrite: Vec<RawRewrite>,
     #[serde(default)]
     state: RawState,
@@ -48,6 +50,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub cache: CacheConfig,
     pub auth: AuthConfig,
+    pub hosted: HostedConfig,
     /// Admission webhook rules, first match wins.
     pub rewrite: Vec<RewriteConfig>,
     /// Where licenses, API keys and usage managed at runtime are kept.
@@ -98,6 +101,7 @@ impl Config {
             server: raw.server,
             cache: raw.cache,
             auth: raw.auth,
+            hosted: raw.hosted,
             rewrite: raw.rewrite,
             state: raw.state,
         };
@@ -112,6 +116,7 @@ impl Config {
             server: settings.server,
             cache: settings.cache,
             auth: settings.auth,
+            hosted: settings.hosted,
             rewrite: settings.rewrite,
             state: settings.state,
             tenants: Arc::new(tenants),

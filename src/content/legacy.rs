@@ -46,6 +46,10 @@ impl Legacy {
 
     /// The old keys `(upstream, repository)` that may hold content of `repo`, sorted.
     pub fn sources(&self, repo: &RepoKey) -> Vec<(String, String)> {
+        // Before the content model there was proxied content only.
+        if repo.space != super::Space::Proxy {
+            return Vec::new();
+        }
         let mut out: Vec<(String, String)> = self
             .homes
             .iter()

@@ -23,18 +23,22 @@ pub use tags::{accept_key, now_ms, TagEntry, TagKey, TagStore};
 pub enum Space {
     /// Pull-through content: `/v2/proxy/<app>/<host>/<repository>`.
     Proxy,
+    /// Content vendors push: `/v2/<app>/<repository>`; `name` is the repository.
+    Hosted,
 }
 
 impl Space {
     pub fn as_str(self) -> &'static str {
         match self {
             Space::Proxy => "proxy",
+            Space::Hosted => "hosted",
         }
     }
 
     pub fn parse(s: &str) -> Option<Space> {
         match s {
             "proxy" => Some(Space::Proxy),
+            "hosted" => Some(Space::Hosted),
             _ => None,
         }
     }
@@ -68,10 +72,20 @@ impl RepoKey {
         }
     }
 
+    /// A hosted repository of an app (what vendors push).
+    pub fn hosted(app: &str, repository: &str) -> RepoKey {
+        RepoKey {
+            space: Space::Hosted,
+            app: app.to_string(),
+            name: repository.to_string(),
+        }
+    }
+
     /// The repository part of a proxied name (without the host).
     pub fn repository(&self) -> &str {
         match self.space {
             Space::Proxy => self.name.split_once('/').map_or(&self.name, |(_, r)| r),
+            Space::Hosted => &self.name,
         }
     }
 
@@ -112,7 +126,11 @@ mod tests {
         assert_eq!(k.path(), "proxy/acme/reg.example:5000/acme/api");
         assert_eq!(k.repository(), "acme/api");
         assert_eq!(RepoKey::from_path(&k.path()), Some(k));
-        assert_eq!(RepoKey::from_path("hosted/acme/x"), None);
+        let h = RepoKey::hosted("acme", "acme/api");
+        assert_eq!(h.path(), "hosted/acme/acme/api");
+        assert_eq!(RepoKey::from_path(&h.path()), Some(h.clone()));
+        assert_ne!(h, RepoKey::proxied("acme", "acme", "api"));
+        assert_eq!(RepoKey::from_path("other/acme/x"), None);
         assert_eq!(RepoKey::from_path("proxy/acme"), None);
     }
 }

@@ -228,6 +228,22 @@ impl TagStore {
         out
     }
 
+    /// The tags of `repo` recorded under the Accept key `accept` (a hosted repository keeps
+    /// one record per tag). Lists every tag answer: fine for a first hosted registry, a
+    /// per-repository prefix is the next step when repositories grow many.
+    pub async fn tags_of(&self, repo: &RepoKey, accept: &str) -> Vec<String> {
+        let path = repo.path();
+        let Ok(keys) = self.objects.list(&ObjectPrefix::Tags).await else {
+            return Vec::new();
+        };
+        keys.into_iter()
+            .filter_map(|k| match k {
+                ObjectKey::TagAnswer(t) if t.repo == path && t.accept == accept => Some(t.tag),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub async fn remove(&self, k: &TagKey) {
         self.mem.invalidate(k);
         let _ = self.objects.delete(&k.object()).await;

@@ -64,6 +64,51 @@ impl RepoPath {
     }
 }
 
+/// `<app>/<repository>`: a hosted repository, what a vendor pushes and its customers pull.
+/// The first component is the app's slug; `proxy` is not one (it is the pull-through
+/// namespace, and config validation refuses an app of that name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostedPath {
+    pub app: String,
+    pub repository: String,
+}
+
+impl HostedPath {
+    /// The name as clients see it (without `/v2/`), also the name of its token scopes.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.app, self.repository)
+    }
+
+    /// Parses `<app>/<repository>` (a request path after `/v2/` or a token scope).
+    pub fn parse(name: &str) -> Result<HostedPath, Error> {
+        if name.len() > NAME_MAX {
+            return Err(Error::NameInvalid("repository name too long".into()));
+        }
+        let Some((app, repository)) = name.split_once('/') else {
+            return Err(Error::NameUnknown(
+                "hosted repositories live under /v2/<app>/<repository>".into(),
+            ));
+        };
+        if app == "proxy" {
+            return Err(Error::NameInvalid(
+                "proxy/ names are proxied repositories".into(),
+            ));
+        }
+        if !valid_component(app) {
+            return Err(Error::NameInvalid(format!("invalid app {app:?}")));
+        }
+        if !valid_repository(repository) {
+            return Err(Error::NameInvalid(format!(
+                "invalid repository {repository:?}"
+            )));
+        }
+        Ok(HostedPath {
+            app: app.to_string(),
+            repository: repository.to_string(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
     Tag(String),

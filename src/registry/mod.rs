@@ -687,8 +687,9 @@ fn manifest_fetched(bytes: Bytes, media_type: String, digest: &Digest, head: boo
 }
 
 /// Serves a cached blob, whole or a range of it: a local file (sent with sendfile on
-/// plain HTTP) when the backend has one, else ranged reads from the backend.
-fn cached_blob(
+/// plain HTTP) when the backend has one, else ranged reads from the backend. Also how
+/// `hosted` serves its blobs.
+pub fn cached_blob(
     cache: &Cache,
     d: &Digest,
     opened: blob::Opened,

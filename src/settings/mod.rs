@@ -123,11 +123,18 @@ pub(crate) struct RawCache {
     offline: bool,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHosted {
+    upload_timeout: Option<String>,
+}
+
 /// The process-settings sections of the file, as read.
 pub(crate) struct RawSettings {
     pub server: RawServer,
     pub cache: RawCache,
     pub auth: RawAuth,
+    pub hosted: RawHosted,
     pub rewrite: Vec<RawRewrite>,
     pub state: RawState,
 }
@@ -140,9 +147,18 @@ pub struct Settings {
     pub server: ServerConfig,
     pub cache: CacheConfig,
     pub auth: AuthConfig,
+    pub hosted: HostedConfig,
     /// Admission webhook rules, first match wins.
     pub rewrite: Vec<RewriteConfig>,
     pub state: StateConfig,
+}
+
+/// The hosted registry's settings.
+#[derive(Debug, Clone)]
+pub struct HostedConfig {
+    /// `hosted.upload_timeout` (default 1h): an upload without a request for this long is
+    /// aborted and its staged bytes dropped.
+    pub upload_timeout: Duration,
 }
 
 /// Where the control plane's state lives.
@@ -312,6 +328,7 @@ impl Settings {
             server: raw_server,
             cache: raw_cache,
             auth: raw_auth,
+            hosted: raw_hosted,
             rewrite: raw_rewrite,
             state: raw_state,
         } = raw;
@@ -336,11 +353,24 @@ impl Settings {
         auth.admin_tokens = admin_tokens(&raw_auth.admin_tokens)?;
         let state = state(&raw_state, &cache_dir, base, env)?;
         let cache = cache(&raw_cache, cache_dir)?;
+        let upload_timeout = match &raw_hosted.upload_timeout {
+            None => Duration::from_secs(3600),
+            Some(s) => match parse_duration("hosted.upload_timeout", s)? {
+                d if d.is_zero() => {
+                    return Err(ConfigError::new(
+                        "hosted.upload_timeout",
+                        "must be longer than 0s",
+                    ))
+                }
+                d => d,
+            },
+        };
         Ok((
             Settings {
                 server,
                 cache,
                 auth,
+                hosted: HostedConfig { upload_timeout },
                 rewrite,
                 state,
             },

@@ -243,6 +243,13 @@ fn app(
         })?;
         listed.push(up.clone());
     }
+    // `/v2/proxy/…` is the pull-through namespace; `/v2/<app>/…` an app's hosted one.
+    if a.slug == "proxy" {
+        return Err(ConfigError::new(
+            format!("apps[{i}].slug"),
+            "\"proxy\" is reserved (/v2/proxy/… is the pull-through namespace) and cannot be an app slug",
+        ));
+    }
     if earlier.contains_key(&a.slug) {
         return Err(ConfigError::new(
             format!("apps[{i}].slug"),
