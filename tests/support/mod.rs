@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod berth;
+pub mod docker;
 pub mod fake;
 pub mod image;
 pub mod postgres;
