@@ -424,16 +424,21 @@ fn challenge(config: &Config, method: &Method, path: &str) -> String {
     {
         c.push_str(&format!(",scope=\"repository:{}:pull\"", repo.name()));
     }
-    if let Ok(
-        Route::HostedManifest { repo, .. }
-        | Route::HostedBlob { repo, .. }
-        | Route::HostedTags { repo }
-        | Route::UploadStart { repo }
-        | Route::Upload { repo, .. },
-    ) = route::parse(path)
-    {
-        let actions = hosted::scope(method);
-        c.push_str(&format!(",scope=\"repository:{}:{actions}\"", repo.name()));
+    match route::parse(path) {
+        Ok(
+            Route::HostedManifest { repo, .. }
+            | Route::HostedBlob { repo, .. }
+            | Route::HostedTags { repo },
+        ) => {
+            let actions = hosted::scope(method);
+            c.push_str(&format!(",scope=\"repository:{}:{actions}\"", repo.name()));
+        }
+        // Every request of an upload needs push, its status GET included: a client that
+        // got a pull-only token for that GET would be refused again.
+        Ok(Route::UploadStart { repo } | Route::Upload { repo, .. }) => {
+            c.push_str(&format!(",scope=\"repository:{}:pull,push\"", repo.name()));
+        }
+        _ => {}
     }
     c
 }
@@ -520,4 +525,58 @@ fn fetched_response(f: Fetched) -> Response<Body> {
     set(CONTENT_RANGE.as_str(), f.content_range);
     set(LINK.as_str(), f.link);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The challenge names the scope the request needs: pull to read, pull,push for any
+    /// request of an upload (its status GET too, or a client fetches a pull-only token
+    /// for it and is refused again).
+    #[test]
+    fn challenges_ask_for_the_scope_the_request_needs() {
+        let config = Config::parse(
+            "server: { listen: \"127.0.0.1:0\", hostname: images.acme.test }\n\
+             cache: { dir: /tmp/x }\n\
+             upstreams: [ { name: u, url: \"http://127.0.0.1:1\" } ]\n\
+             apps: [ { slug: acme, upstreams: [u] } ]\n",
+            std::path::Path::new("/"),
+            &|_| None,
+        )
+        .unwrap();
+        let scope = |m: Method, p: &str| {
+            let c = challenge(&config, &m, p);
+            c.split("scope=\"")
+                .nth(1)
+                .map(|s| s.trim_end_matches('"').to_string())
+        };
+        assert_eq!(
+            scope(Method::GET, "/v2/acme/app/manifests/1.0").as_deref(),
+            Some("repository:acme/app:pull")
+        );
+        assert_eq!(
+            scope(Method::PUT, "/v2/acme/app/manifests/1.0").as_deref(),
+            Some("repository:acme/app:pull,push")
+        );
+        for m in [Method::GET, Method::PATCH, Method::PUT, Method::DELETE] {
+            assert_eq!(
+                scope(
+                    m.clone(),
+                    "/v2/acme/app/blobs/uploads/0b5c3c5e-1b7a-4f5e-9c3e-1a2b3c4d5e6f"
+                )
+                .as_deref(),
+                Some("repository:acme/app:pull,push"),
+                "{m}"
+            );
+        }
+        assert_eq!(
+            scope(Method::POST, "/v2/acme/app/blobs/uploads/").as_deref(),
+            Some("repository:acme/app:pull,push")
+        );
+        assert_eq!(
+            scope(Method::GET, "/v2/proxy/acme/q.io/a/b/manifests/1").as_deref(),
+            Some("repository:proxy/acme/q.io/a/b:pull")
+        );
+    }
 }
