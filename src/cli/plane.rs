@@ -13,8 +13,8 @@ use crate::config::Config;
 use crate::control::usage::{UsageFilter, UsageReport};
 use crate::control::{
     self, Actor, AdminTokenView, Control, ControlError, CreatedAdminToken, CreatedKey,
-    CreatedLicense, KeyFilter, KeyView, LicenseFilter, LicensePatch, LicenseView, NewAdminToken,
-    NewKey, NewLicense, Page,
+    CreatedLicense, KeyFilter, KeyView, LicenseFilter, LicensePatch, LicenseView, ListFilter,
+    NewAdminToken, NewKey, NewLicense, Page,
 };
 
 /// Why a command did not do what it was asked. Printed as one `berth: …` line.
@@ -126,6 +126,37 @@ pub(super) fn open(g: &Global) -> Result<(tokio::runtime::Runtime, Plane), ExitC
     Ok((rt, Plane::Local(Box::new(local))))
 }
 
+/// Every page of a listing: `page` answers one page for a filter; the cursor moves on until
+/// the last page.
+async fn all_pages<T, F, Fut>(mut filter: ListFilter, mut page: F) -> Result<Vec<T>, Failure>
+where
+    F: FnMut(ListFilter) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, Failure>>,
+{
+    let mut all = Vec::new();
+    filter.limit = Some(PAGE);
+    loop {
+        let p = page(filter.clone()).await?;
+        all.extend(p.items);
+        match p.next {
+            // A server that hands back the same cursor would loop forever.
+            Some(n) if filter.after.as_deref() != Some(n.as_str()) => filter.after = Some(n),
+            _ => return Ok(all),
+        }
+    }
+}
+
+/// The admin API's query string for a listing filter.
+fn list_query(f: &ListFilter) -> String {
+    let limit = f.limit.map(|l| l.to_string());
+    query(&[
+        ("app", f.app.as_deref()),
+        ("state", f.state.as_deref()),
+        ("after", f.after.as_deref()),
+        ("limit", limit.as_deref()),
+    ])
+}
+
 impl Plane {
     /// The public name customers pull from, when known here (the config's
     /// `server.hostname`; the admin API does not say).
@@ -146,30 +177,14 @@ impl Plane {
     }
 
     /// Every license matching `filter`, all pages.
-    pub async fn licenses(&self, mut filter: LicenseFilter) -> Result<Vec<LicenseView>, Failure> {
-        let mut all = Vec::new();
-        filter.limit = Some(PAGE);
-        loop {
-            let page: Page<LicenseView> = match self {
-                Plane::Local(l) => l.control.list_licenses(&l.config, &filter).await?,
-                Plane::Remote(r) => {
-                    let limit = PAGE.to_string();
-                    let q = query(&[
-                        ("app", filter.app.as_deref()),
-                        ("state", filter.state.as_deref()),
-                        ("after", filter.after.as_deref()),
-                        ("limit", Some(&limit)),
-                    ]);
-                    r.get(&format!("/api/v1/licenses{q}")).await?
-                }
-            };
-            all.extend(page.items);
-            match page.next {
-                // A server that hands back the same cursor would loop forever.
-                Some(n) if filter.after.as_deref() != Some(n.as_str()) => filter.after = Some(n),
-                _ => return Ok(all),
+    pub async fn licenses(&self, filter: LicenseFilter) -> Result<Vec<LicenseView>, Failure> {
+        all_pages(filter, |f| async move {
+            match self {
+                Plane::Local(l) => Ok(l.control.list_licenses(&l.config, &f).await?),
+                Plane::Remote(r) => r.get(&format!("/api/v1/licenses{}", list_query(&f))).await,
             }
-        }
+        })
+        .await
     }
 
     /// In local mode, a config license's password given where its id belongs is caught
@@ -250,29 +265,15 @@ impl Plane {
         }
     }
 
-    pub async fn keys(&self, mut filter: KeyFilter) -> Result<Vec<KeyView>, Failure> {
-        let mut all = Vec::new();
-        filter.limit = Some(PAGE);
-        loop {
-            let page: Page<KeyView> = match self {
-                Plane::Local(l) => l.control.list_keys(&filter).await?,
-                Plane::Remote(r) => {
-                    let limit = PAGE.to_string();
-                    let q = query(&[
-                        ("app", filter.app.as_deref()),
-                        ("state", filter.state.as_deref()),
-                        ("after", filter.after.as_deref()),
-                        ("limit", Some(&limit)),
-                    ]);
-                    r.get(&format!("/api/v1/apikeys{q}")).await?
-                }
-            };
-            all.extend(page.items);
-            match page.next {
-                Some(n) if filter.after.as_deref() != Some(n.as_str()) => filter.after = Some(n),
-                _ => return Ok(all),
+    /// Every API key matching `filter`, all pages.
+    pub async fn keys(&self, filter: KeyFilter) -> Result<Vec<KeyView>, Failure> {
+        all_pages(filter, |f| async move {
+            match self {
+                Plane::Local(l) => Ok(l.control.list_keys(&f).await?),
+                Plane::Remote(r) => r.get(&format!("/api/v1/apikeys{}", list_query(&f))).await,
             }
-        }
+        })
+        .await
     }
 
     pub async fn key(&self, id: &str) -> Result<KeyView, Failure> {

@@ -211,23 +211,19 @@ impl AuditView {
     }
 }
 
-/// Which licenses to list.
+/// Which licenses or API keys to list: by app and state, a page (`limit`) after a cursor.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct LicenseFilter {
+pub struct ListFilter {
     pub app: Option<String>,
     pub state: Option<String>,
     pub after: Option<String>,
     pub limit: Option<usize>,
 }
 
+/// Which licenses to list.
+pub type LicenseFilter = ListFilter;
 /// Which API keys to list.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct KeyFilter {
-    pub app: Option<String>,
-    pub state: Option<String>,
-    pub after: Option<String>,
-    pub limit: Option<usize>,
-}
+pub type KeyFilter = ListFilter;
 
 /// One page of a listing; `next` is the `after` of the following page, `null` on the last.
 #[derive(Debug, Clone, Serialize, Deserialize)]
