@@ -77,8 +77,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config,
         directory.clone(),
         usage.clone(),
+        store.clone(),
         &mut metrics,
     )?);
+    // Hosted blobs are pinned before the port opens: eviction never sees one unpinned.
+    api.hosted.pin_hosted().await?;
+    crate::hosted::gc::start_schedule(&api.hosted, &api.config.current().hosted);
     follow_directory(&api, directory.clone(), store.clone(), &mut metrics);
     let reload_failures = process_metrics(&mut metrics);
     // The admin listener's control plane writes the same store the directory follows, so

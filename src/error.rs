@@ -58,6 +58,9 @@ pub enum Error {
     UpstreamTimeout { upstream: String, after: Duration },
     #[error("not in the cache and the cache is offline: {0}")]
     Offline(String),
+    /// A part of berth itself (the state store) cannot answer now: worth retrying.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -78,6 +78,9 @@ enum Command {
     },
     /// Who pulled which images and versions, how often and how many bytes.
     Usage(cli::usage::Args),
+    /// Garbage-collect the hosted registry: remove what no tag reaches (per policy) and
+    /// free blobs nothing links; `--dry-run` reports only.
+    Gc(cli::gc::Args),
 }
 
 impl Command {
@@ -128,5 +131,6 @@ fn main() -> ExitCode {
         Command::Apikey { command } => cli::apikey::run(&global, command),
         Command::AdminToken { command } => cli::admin_token::run(&global, command),
         Command::Usage(a) => cli::usage::run(&global, a),
+        Command::Gc(a) => cli::gc::run(&global.config, a),
     }
 }

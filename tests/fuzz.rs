@@ -448,6 +448,10 @@ fn route_path(r: &Route) -> Option<String> {
         }
         Route::HostedBlob { repo, digest } => format!("/v2/{}/blobs/{digest}", repo.name()),
         Route::HostedTags { repo } => format!("/v2/{}/tags/list", repo.name()),
+        Route::HostedReferrers { repo, digest } => {
+            format!("/v2/{}/referrers/{digest}", repo.name())
+        }
+        Route::Catalog => "/v2/_catalog".into(),
         Route::UploadStart { repo } => format!("/v2/{}/blobs/uploads/", repo.name()),
         Route::Upload { repo, id } => format!("/v2/{}/blobs/uploads/{id}", repo.name()),
         Route::Unsupported(_) | Route::NotFound => return None,

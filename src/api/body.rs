@@ -62,6 +62,15 @@ impl Served {
             image: target.repo.name.clone(),
         }
     }
+
+    /// A hosted repository, named as customers pull it: `<hostname>/<app>/<repository>`
+    /// (never mistaken for a proxied `host/repository`).
+    pub fn hosted(hostname: &str, repo: &crate::oci::repo::HostedPath) -> Served {
+        Served {
+            app: repo.app.clone(),
+            image: format!("{hostname}/{}", repo.name()),
+        }
+    }
 }
 
 pin_project_lite::pin_project! {

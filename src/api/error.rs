@@ -32,7 +32,9 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::Upstream { .. } | Error::UpstreamUnavailable { .. } => {
             (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
         }
-        Error::Offline(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        Error::Offline(_) | Error::Unavailable(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+        }
         Error::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE"),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
     }

@@ -1,22 +1,24 @@
-//! The hosted registry's routes (`/v2/<app>/<repository>/…`): checks what the caller may do
-//! (push, pull) on that repository, reads the request's parameters and delegates to
-//! `hosted::Hosted`. Bodies are read only after that check, and streamed: a blob goes to
+//! The hosted registry's routes (`/v2/<app>/<repository>/…`, `/v2/_catalog`): checks what
+//! the caller may do (pull, push, delete) on that repository, reads the request's
+//! parameters and delegates to `hosted::Hosted`. Bodies are read only after that check, and streamed: a blob goes to
 //! staging chunk by chunk, never whole into memory.
 
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::{fetched_response, tag_query, Api};
+use super::body::Served;
+use super::{fetched_response, tag_query, Api, Client};
 use crate::auth::Principal;
 use crate::body::{self, Body, BoxError};
 use crate::config::{Action, Config};
 use crate::content::RepoKey;
 use crate::error::Error;
-use crate::hosted::{range_header, Writer};
+use crate::hosted::{range_header, Visible, Writer};
 use crate::oci::repo::HostedPath;
 use crate::oci::Digest;
 use crate::registry::ByteRange;
+use crate::tenancy::HostedPolicy;
 
 use super::route::Route;
 
@@ -26,6 +28,8 @@ pub(super) async fn handle<B>(
     req: Request<B>,
     route: Route,
     principal: &Principal,
+    client: Client,
+    served: &mut Option<Served>,
 ) -> Result<Response<Body>, Error>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send,
@@ -36,14 +40,55 @@ where
     let head = method == Method::HEAD;
     let subject = principal.subject.id().to_string();
     let pull = method == Method::GET || head;
-    // Deletes come with the content-management slice; until then they are not offered.
-    let refuse = |what: &str| Err(Error::Unsupported(format!("{what} take GET or HEAD")));
+    let delete = method == Method::DELETE;
     match route {
-        Route::HostedManifest { repo, reference } => {
-            if !pull && method != Method::PUT {
-                return Err(Error::Unsupported("manifests take GET, HEAD or PUT".into()));
+        Route::Catalog => {
+            if !pull {
+                return Err(Error::Unsupported("the catalog takes GET".into()));
             }
-            let key = check(config, principal, &repo, &method)?;
+            let (n, last) = tag_query(req.uri().query())?;
+            let apps = principal.subject.hosted_apps();
+            // By the subject, not a token's scopes: a catalog token carries none for
+            // repositories.
+            let allows = |app: &str, repo: &str| principal.subject.may_list(app, repo);
+            let visible = Visible {
+                apps,
+                allows: &allows,
+            };
+            Ok(fetched_response(
+                hosted.catalog(&visible, n, last.as_deref()).await?,
+            ))
+        }
+        Route::HostedReferrers { repo, digest } => {
+            if !pull {
+                return Err(Error::Unsupported("referrers take GET or HEAD".into()));
+            }
+            let (key, _) = check(config, principal, &repo, &method)?;
+            let query = query(req.uri().query());
+            let artifact_type = query
+                .iter()
+                .find(|(k, _)| k == "artifactType")
+                .map(|(_, v)| v.as_str());
+            let mut r = fetched_response(hosted.referrers(&key, &digest, artifact_type).await?);
+            if artifact_type.is_some() {
+                set(&mut r, "oci-filters-applied", "artifactType");
+            }
+            if head {
+                *r.body_mut() = body::empty();
+            }
+            Ok(r)
+        }
+        Route::HostedManifest { repo, reference } => {
+            if !pull && method != Method::PUT && !delete {
+                return Err(Error::Unsupported(
+                    "manifests take GET, HEAD, PUT or DELETE".into(),
+                ));
+            }
+            let (key, policy) = check(config, principal, &repo, &method)?;
+            if delete {
+                hosted.delete_manifest(&key, &reference, policy).await?;
+                return Ok(empty(StatusCode::ACCEPTED));
+            }
             if method == Method::PUT {
                 let content_type = req
                     .headers()
@@ -62,7 +107,7 @@ where
                     .map_err(|_| Error::ManifestInvalid("too large or unreadable".into()))?
                     .to_bytes();
                 let pushed = hosted
-                    .put_manifest(&key, &reference, content_type.as_deref(), bytes)
+                    .put_manifest(&key, &reference, content_type.as_deref(), bytes, policy)
                     .await?;
                 let mut r = created(&format!("/v2/{}/manifests/{}", repo.name(), pushed.digest));
                 set(&mut r, "docker-content-digest", pushed.digest.as_str());
@@ -71,15 +116,40 @@ where
                 }
                 return Ok(r);
             }
-            Ok(fetched_response(
-                hosted.manifest(&key, &reference, head).await?,
-            ))
+            let f = hosted.manifest(&key, &reference, head).await?;
+            let image = Served::hosted(&config.server.hostname, &repo);
+            let user_agent = req
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            // Pulls of hosted images count like proxied ones (usage, metrics).
+            let f = api
+                .record_manifest(
+                    &principal.subject,
+                    &image,
+                    &reference,
+                    f,
+                    client,
+                    user_agent,
+                )
+                .await?;
+            if !head {
+                api.metrics.pull(&repo.app);
+            }
+            *served = Some(image);
+            Ok(fetched_response(f))
         }
         Route::HostedBlob { repo, digest } => {
-            if !pull {
-                return refuse("blobs");
+            if !pull && !delete {
+                return Err(Error::Unsupported("blobs take GET, HEAD or DELETE".into()));
             }
-            let key = check(config, principal, &repo, &method)?;
+            let (key, _) = check(config, principal, &repo, &method)?;
+            if delete {
+                hosted.delete_blob(&key, &digest).await?;
+                return Ok(empty(StatusCode::ACCEPTED));
+            }
+            *served = Some(Served::hosted(&config.server.hostname, &repo));
             let range = match req.headers().get(RANGE) {
                 None => None,
                 Some(v) => {
@@ -97,9 +167,9 @@ where
         }
         Route::HostedTags { repo } => {
             if !pull {
-                return refuse("tag lists");
+                return Err(Error::Unsupported("tag lists take GET or HEAD".into()));
             }
-            let key = check(config, principal, &repo, &method)?;
+            let (key, _) = check(config, principal, &repo, &method)?;
             let (n, last) = tag_query(req.uri().query())?;
             Ok(fetched_response(
                 hosted.tags(&key, &repo.name(), n, last.as_deref()).await?,
@@ -109,7 +179,7 @@ where
             if method != Method::POST {
                 return Err(Error::Unsupported("use POST to begin an upload".into()));
             }
-            let key = check(config, principal, &repo, &method)?;
+            let (key, policy) = check(config, principal, &repo, &method)?;
             let query = query(req.uri().query());
             let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
             if let (Some(mount), Some(from)) = (get("mount"), get("from")) {
@@ -123,13 +193,13 @@ where
                         && principal.may_hosted(&from, Action::Pull).is_ok()
                         && hosted
                             .mount(&key, &RepoKey::hosted(&from.app, &from.repository), &digest)
-                            .await
+                            .await?
                     {
                         return Ok(blob_created(&repo, &digest));
                     }
                 }
             }
-            let state = hosted.begin(&key, &subject)?;
+            let state = hosted.begin(&key, &subject, policy).await?;
             if let Some(d) = get("digest") {
                 let digest = digest_param(d)?;
                 let w = hosted.writer(&key, &state.id, &subject, None).await?;
@@ -137,14 +207,14 @@ where
                     let _ = hosted.cancel(&key, &state.id, &subject);
                     return Err(e);
                 }
-                hosted.finish(w, &state.id, &digest).await?;
+                hosted.finish(w, &state.id, &digest, policy).await?;
                 return Ok(blob_created(&repo, &digest));
             }
             Ok(accepted(&repo, &state.id, state.offset))
         }
         Route::Upload { repo, id } => {
             // Every method on an upload is part of a push (its status too).
-            let key = check(config, principal, &repo, &Method::POST)?;
+            let (key, policy) = check(config, principal, &repo, &Method::POST)?;
             match method {
                 Method::GET => {
                     let state = hosted.status(&key, &id, &subject)?;
@@ -180,7 +250,7 @@ where
                         let _ = hosted.cancel(&key, &id, &subject);
                         return Err(e);
                     }
-                    hosted.finish(w, &id, &digest).await?;
+                    hosted.finish(w, &id, &digest, policy).await?;
                     Ok(blob_created(&repo, &digest))
                 }
                 _ => Err(Error::Unsupported(
@@ -193,31 +263,35 @@ where
 }
 
 /// The app exists and the caller may do what `method` means on the repository: pull for
-/// GET and HEAD, push for everything else (uploads pass POST: all of it is pushing).
-fn check(
-    config: &Config,
+/// GET and HEAD, delete for DELETE, push for everything else (uploads pass POST: all of
+/// it is pushing). Gives the repository's key and the app's hosted policy.
+fn check<'c>(
+    config: &'c Config,
     principal: &Principal,
     repo: &HostedPath,
     method: &Method,
-) -> Result<RepoKey, Error> {
-    if config.app(&repo.app).is_none() {
-        return Err(Error::NameUnknown(format!("unknown app {:?}", repo.app)));
+) -> Result<(RepoKey, &'c HostedPolicy), Error> {
+    let app = config
+        .app(&repo.app)
+        .ok_or_else(|| Error::NameUnknown(format!("unknown app {:?}", repo.app)))?;
+    principal.may_hosted(repo, action(method))?;
+    Ok((RepoKey::hosted(&repo.app, &repo.repository), &app.hosted))
+}
+
+fn action(method: &Method) -> Action {
+    match *method {
+        Method::GET | Method::HEAD => Action::Pull,
+        Method::DELETE => Action::Delete,
+        _ => Action::Push,
     }
-    let action = if *method == Method::GET || *method == Method::HEAD {
-        Action::Pull
-    } else {
-        Action::Push
-    };
-    principal.may_hosted(repo, action)?;
-    Ok(RepoKey::hosted(&repo.app, &repo.repository))
 }
 
 /// The scope a client must ask for on a hosted path, for the challenge.
 pub(super) fn scope(method: &Method) -> &'static str {
-    if *method == Method::GET || *method == Method::HEAD {
-        "pull"
-    } else {
-        "pull,push"
+    match action(method) {
+        Action::Pull => "pull",
+        Action::Delete => "delete",
+        Action::Push => "pull,push",
     }
 }
 

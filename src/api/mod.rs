@@ -78,6 +78,7 @@ impl Api {
         config: Config,
         directory: Arc<crate::state::Directory>,
         usage: Arc<Recorder>,
+        index: Arc<dyn crate::state::hosted::HostedIndex>,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Api, BuildError> {
         let api_metrics = Arc::new(metrics::ApiMetrics::register(registry));
@@ -100,6 +101,7 @@ impl Api {
         let registry = Registry::new(cache, upstream);
         let hosted = Arc::new(crate::hosted::Hosted::new(
             registry.cache().clone(),
+            index,
             config.current().hosted.upload_timeout,
         ));
         hosted.start_sweep();
@@ -260,16 +262,19 @@ impl Api {
                 });
             }
         }
-        let route = route::parse(path)?;
+        let pull = matches!(*req.method(), Method::GET | Method::HEAD);
+        let route = route::parse_for(pull, path)?;
         if matches!(
             route,
             Route::HostedManifest { .. }
                 | Route::HostedBlob { .. }
                 | Route::HostedTags { .. }
+                | Route::HostedReferrers { .. }
+                | Route::Catalog
                 | Route::UploadStart { .. }
                 | Route::Upload { .. }
         ) {
-            return hosted::handle(self, config, req, route, &principal).await;
+            return hosted::handle(self, config, req, route, &principal, client, served).await;
         }
         let head = match *req.method() {
             Method::GET => false,
@@ -283,6 +288,8 @@ impl Api {
             Route::HostedManifest { .. }
             | Route::HostedBlob { .. }
             | Route::HostedTags { .. }
+            | Route::HostedReferrers { .. }
+            | Route::Catalog
             | Route::UploadStart { .. }
             | Route::Upload { .. } => Err(Error::Internal("hosted route".into())),
             Route::Manifest { repo, reference } => {
@@ -299,7 +306,14 @@ impl Api {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 let f = self
-                    .record_manifest(subject, &target, &reference, f, client, user_agent)
+                    .record_manifest(
+                        subject,
+                        &Served::of(&target),
+                        &reference,
+                        f,
+                        client,
+                        user_agent,
+                    )
                     .await?;
                 if !head {
                     self.metrics.pull(&repo.app);
@@ -367,18 +381,18 @@ impl Api {
     async fn record_manifest(
         &self,
         subject: &auth::Subject,
-        target: &Target,
+        served: &Served,
         reference: &Reference,
         mut f: Fetched,
         client: Client,
         user_agent: &str,
     ) -> Result<Fetched, Error> {
-        let (id, image) = (subject.id(), target.repo.name.as_str());
+        let (id, image) = (subject.id(), served.image.as_str());
         let ip = client.ip.to_string();
         self.usage.manifest(
             &ManifestRequest {
                 subject: id,
-                app: &target.repo.app,
+                app: &served.app,
                 image,
                 reference,
                 digest: f.digest.as_deref(),
@@ -428,6 +442,7 @@ fn challenge(config: &Config, method: &Method, path: &str) -> String {
         Ok(
             Route::HostedManifest { repo, .. }
             | Route::HostedBlob { repo, .. }
+            | Route::HostedReferrers { repo, .. }
             | Route::HostedTags { repo },
         ) => {
             let actions = hosted::scope(method);
@@ -438,6 +453,7 @@ fn challenge(config: &Config, method: &Method, path: &str) -> String {
         Ok(Route::UploadStart { repo } | Route::Upload { repo, .. }) => {
             c.push_str(&format!(",scope=\"repository:{}:pull,push\"", repo.name()));
         }
+        Ok(Route::Catalog) => c.push_str(",scope=\"registry:catalog:*\""),
         _ => {}
     }
     c

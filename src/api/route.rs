@@ -37,6 +37,13 @@ pub enum Route {
     HostedTags {
         repo: HostedPath,
     },
+    /// The referrers of a manifest in a hosted repository.
+    HostedReferrers {
+        repo: HostedPath,
+        digest: Digest,
+    },
+    /// `GET /v2/_catalog`: the hosted repositories the caller may see.
+    Catalog,
     /// `POST /v2/<app>/<repository>/blobs/uploads/`: begins an upload (or mounts, or
     /// uploads monolithically with `?digest=`).
     UploadStart {
@@ -52,6 +59,18 @@ pub enum Route {
     NotFound,
 }
 
+/// As [`parse`], for a request: a pull (GET, HEAD) of a manifest whose reference is no
+/// valid tag or digest asks for a manifest that does not exist, 404 `MANIFEST_UNKNOWN` as
+/// the spec says (a push of one is a bad tag, 400).
+pub fn parse_for(pull: bool, path: &str) -> Result<Route, Error> {
+    match parse(path) {
+        Err(Error::TagInvalid(m)) if pull && path.contains("/manifests/") => {
+            Err(Error::ManifestUnknown(m))
+        }
+        r => r,
+    }
+}
+
 /// Parses the path of a request. Errors are client errors (4xx) about the name or reference.
 pub fn parse(path: &str) -> Result<Route, Error> {
     if path == "/v2" || path == "/v2/" {
@@ -61,7 +80,7 @@ pub fn parse(path: &str) -> Result<Route, Error> {
         return Ok(Route::NotFound);
     };
     if rest == "_catalog" {
-        return Ok(Route::Unsupported("the catalog is not offered"));
+        return Ok(Route::Catalog);
     }
     // The first component says the space: `proxy/…` is pulled through, anything else is
     // `<app>/<repository>`, hosted.
@@ -127,16 +146,20 @@ pub fn parse(path: &str) -> Result<Route, Error> {
         });
     }
     if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
-        if !proxied {
-            return Ok(Route::Unsupported(
-                "the referrers of hosted repositories are not listed yet",
-            ));
-        }
-        let repo = RepoPath::parse(name)?;
         let digest = digest
             .parse()
             .map_err(|_| Error::DigestInvalid(format!("{digest:?} is not a valid digest")))?;
-        return Ok(Route::Referrers { repo, digest });
+        return Ok(if proxied {
+            Route::Referrers {
+                repo: RepoPath::parse(name)?,
+                digest,
+            }
+        } else {
+            Route::HostedReferrers {
+                repo: HostedPath::parse(name)?,
+                digest,
+            }
+        });
     }
     Ok(Route::NotFound)
 }
@@ -361,7 +384,18 @@ mod tests {
         ));
         assert!(matches!(
             parse(&format!("/v2/acme/worker/referrers/{D}")),
-            Ok(Route::Unsupported(_))
+            Ok(Route::HostedReferrers { .. })
+        ));
+        assert_eq!(parse("/v2/_catalog").unwrap(), Route::Catalog);
+        // A pull of a manifest by a reference that is no tag is of a missing manifest; a
+        // push of one is a bad tag.
+        assert!(matches!(
+            parse_for(true, "/v2/acme/worker/manifests/.INVALID_MANIFEST_NAME"),
+            Err(Error::ManifestUnknown(_))
+        ));
+        assert!(matches!(
+            parse_for(false, "/v2/acme/worker/manifests/.INVALID_MANIFEST_NAME"),
+            Err(Error::TagInvalid(_))
         ));
     }
 }

@@ -122,6 +122,25 @@ impl Subject {
         }
     }
 
+    /// The apps whose hosted repositories this subject may list (`/v2/_catalog`): a
+    /// license's app, a key's apps.
+    pub fn hosted_apps(&self) -> Vec<String> {
+        match self {
+            Subject::License(l) => vec![l.app.clone()],
+            Subject::Key(k) => k.apps.clone(),
+        }
+    }
+
+    /// Whether the catalog shows this subject a hosted repository: any of a key's apps
+    /// (whatever its actions: a push-only CI key sees what it pushes to), a license's app
+    /// narrowed by its image globs, as for pulls.
+    pub fn may_list(&self, app: &str, repository: &str) -> bool {
+        match self {
+            Subject::License(l) => l.app == app && l.allows_image(app, repository),
+            Subject::Key(k) => k.apps.iter().any(|a| a == app),
+        }
+    }
+
     pub fn license(&self) -> Option<&License> {
         match self {
             Subject::License(l) => Some(l),

@@ -129,6 +129,14 @@ impl Index {
         self.lock().entries.get(hex).is_some_and(|e| e.pinned)
     }
 
+    /// Pins or unpins a blob the index knows (the hosted registry pins what it holds in
+    /// memory, from its own index at every start, and unpins what collection releases).
+    pub fn set_pinned(&self, hex: &str, pinned: bool) {
+        if let Some(e) = self.lock().entries.get_mut(hex) {
+            e.pinned = pinned;
+        }
+    }
+
     pub fn forget(&self, hex: &str) {
         let mut g = self.lock();
         if let Some(e) = g.entries.remove(hex) {

@@ -12,6 +12,7 @@ pub mod apikey;
 pub mod audit;
 pub mod cache;
 pub mod check_config;
+pub mod gc;
 pub mod license;
 mod output;
 mod plane;

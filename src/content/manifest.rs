@@ -56,6 +56,21 @@ impl ManifestStore {
         Some(m)
     }
 
+    /// Deletes a manifest's bytes (collection, once nothing links it).
+    pub async fn delete(&self, d: &Digest) -> Result<(), crate::storage::StorageError> {
+        self.mem.invalidate(d);
+        for key in [
+            ObjectKey::Manifest(d.clone()),
+            ObjectKey::ManifestMediaType(d.clone()),
+        ] {
+            match self.objects.delete(&key).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Stores a manifest whose bytes the caller has verified against `d`.
     pub async fn put(
         &self,

@@ -1,10 +1,14 @@
 //! The hosted registry: repositories vendors push into berth (`/v2/<app>/<repository>`)
 //! and their customers pull, served from storage only, never an upstream. Owns upload
 //! sessions (staged, hashed as the bytes arrive, expired when idle), blob commits and
-//! mounts, manifest validation on push, and hosted tags (authoritative: no TTL). Content is
-//! `content::Space::Hosted`, so it never mixes with proxied repositories, and a digest is
-//! served to a repository only when linked to it (knowing a digest of app A opens nothing
-//! under app B). Who may do what is decided by the caller (`api` with `auth`).
+//! mounts, manifest validation on push, deletes, referrers, the catalog, quotas and tag
+//! immutability, and garbage collection (`gc`). What belongs to which repository is the
+//! state store's hosted index (`state::hosted`), so a digest is served to a repository
+//! only when linked to it there (knowing a digest of app A opens nothing under app B);
+//! the bytes are in the storage seam, shared with proxied content by digest. Who may do
+//! what is decided by the caller (`api` with `auth`).
+
+pub mod gc;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,18 +18,17 @@ use bytes::Bytes;
 
 use crate::body;
 use crate::cache::Cache;
-use crate::content::{RepoKey, TagEntry, TagKey};
+use crate::content::RepoKey;
 use crate::error::Error;
 use crate::oci::manifest::Manifest;
 use crate::oci::media;
 use crate::oci::repo::Reference;
 use crate::oci::Digest;
 use crate::registry::{ByteRange, Fetched};
+use crate::state::hosted::{HostedIndex, ManifestRow, NewManifest, PutManifest};
+use crate::state::StateError;
 use crate::storage::{ErrorKind, StagedBlob};
-
-/// The tag record of a hosted repository: one per tag, whatever the client accepts (a
-/// pushed manifest has one media type).
-const HOSTED_TAG: &str = "hosted";
+use crate::tenancy::HostedPolicy;
 
 /// One upload session.
 struct Upload {
@@ -41,6 +44,7 @@ struct Upload {
 
 pub struct Hosted {
     cache: Arc<Cache>,
+    index: Arc<dyn HostedIndex>,
     uploads: Mutex<HashMap<String, Arc<Upload>>>,
     timeout: Duration,
 }
@@ -60,6 +64,13 @@ pub struct Pushed {
     pub subject: Option<Digest>,
 }
 
+/// Who a catalog listing is for: the apps whose repositories it may show, and for a
+/// license, which of them its image globs allow.
+pub struct Visible<'a> {
+    pub apps: Vec<String>,
+    pub allows: &'a (dyn Fn(&str, &str) -> bool + Sync),
+}
+
 fn upload_id() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];
@@ -76,16 +87,52 @@ fn storage_error(e: crate::storage::StorageError) -> Error {
     }
 }
 
+/// The state store failing is berth's problem, not the client's: 503, and a log line.
+fn state_error(e: StateError) -> Error {
+    tracing::error!(error = %e, "hosted registry: the state store failed");
+    Error::Unavailable("the registry's index cannot be read; try again".into())
+}
+
+/// Bytes for people: `1.5 GiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 impl Hosted {
     /// `timeout` is `hosted.upload_timeout` (default an hour: distribution keeps uploads a
     /// week, but an hour is ample between two chunks of a client still there, and bounds
     /// the staging space abandoned pushes hold). Read at start; a reload keeps it.
-    pub fn new(cache: Arc<Cache>, timeout: Duration) -> Hosted {
+    pub fn new(cache: Arc<Cache>, index: Arc<dyn HostedIndex>, timeout: Duration) -> Hosted {
         Hosted {
             cache,
+            index,
             uploads: Mutex::new(HashMap::new()),
             timeout,
         }
+    }
+
+    /// Pins every hosted blob in the cache's index, so eviction (which only knows the
+    /// proxied LRU and airgap pins) never takes one; call once at start.
+    pub async fn pin_hosted(&self) -> Result<usize, StateError> {
+        let blobs = self.index.hosted_blobs().await?;
+        let index = self.cache.blobs.index();
+        for (d, _) in &blobs {
+            if let Ok(d) = d.parse::<Digest>() {
+                index.set_pinned(d.hex(), true);
+            }
+        }
+        Ok(blobs.len())
     }
 
     /// Aborts uploads idle for longer than the timeout, every tenth of it; call inside the
@@ -122,8 +169,40 @@ impl Hosted {
         self.uploads.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Refuses a push into an app already at its quota (before the client sends a byte).
+    async fn check_quota(
+        &self,
+        app: &str,
+        policy: &HostedPolicy,
+        adding: u64,
+    ) -> Result<(), Error> {
+        let Some(quota) = policy.quota else {
+            return Ok(());
+        };
+        let used = self.index.app_bytes(app).await.map_err(state_error)?;
+        if used.saturating_add(adding) > quota || (adding == 0 && used >= quota) {
+            return Err(Error::Denied(format!(
+                "app {app:?} is over its hosted storage quota: it holds {} of {} (apps[].hosted.quota){}",
+                human(used),
+                human(quota),
+                if adding > 0 {
+                    format!(", and this push adds {}", human(adding))
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        Ok(())
+    }
+
     /// Begins an upload into `repo` for `subject`.
-    pub fn begin(&self, repo: &RepoKey, subject: &str) -> Result<UploadState, Error> {
+    pub async fn begin(
+        &self,
+        repo: &RepoKey,
+        subject: &str,
+        policy: &HostedPolicy,
+    ) -> Result<UploadState, Error> {
+        self.check_quota(&repo.app, policy, 0).await?;
         let staged = self.cache.storage.blobs.stage().map_err(storage_error)?;
         let id = upload_id();
         let u = Arc::new(Upload {
@@ -198,8 +277,15 @@ impl Hosted {
     }
 
     /// Makes a written upload the blob `digest` of its repository: refused (and the upload
-    /// ended, nothing kept) when the bytes do not hash to it.
-    pub async fn finish(&self, w: Writer, id: &str, digest: &Digest) -> Result<(), Error> {
+    /// ended, nothing kept) when the bytes do not hash to it or the app's quota would be
+    /// passed.
+    pub async fn finish(
+        &self,
+        w: Writer,
+        id: &str,
+        digest: &Digest,
+        policy: &HostedPolicy,
+    ) -> Result<(), Error> {
         self.uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -210,6 +296,31 @@ impl Hosted {
             return Err(Error::DigestInvalid(format!(
                 "{digest}: berth stores sha256 blobs only"
             )));
+        }
+        if u.staged.digest() != *digest {
+            u.staged.abort();
+            return Err(Error::DigestInvalid(format!(
+                "the uploaded bytes do not hash to {digest}"
+            )));
+        }
+        let size = u.staged.len();
+        let adding = match self
+            .index
+            .blob(&u.repo.app, &u.repo.name, digest.as_str())
+            .await
+        {
+            Ok(Some(_)) => 0,
+            Ok(None) => size,
+            Err(e) => {
+                u.staged.abort();
+                return Err(state_error(e));
+            }
+        };
+        if adding > 0 {
+            if let Err(e) = self.check_quota(&u.repo.app, policy, adding).await {
+                u.staged.abort();
+                return Err(e);
+            }
         }
         match u.staged.commit(digest).await {
             Ok(()) => {}
@@ -224,47 +335,52 @@ impl Hosted {
                 return Err(storage_error(e));
             }
         }
-        self.adopt(&u.repo, digest, u.staged.len()).await
+        self.adopt(&u.repo, digest, size).await
     }
 
-    /// Records a committed blob: pinned (hosted blobs are never evicted; garbage collection
-    /// will remove unreferenced ones) and linked to the repository.
+    /// Records a committed blob: linked to the repository in the index (which touches the
+    /// link, so a collection running now keeps it) and pinned in the cache's memory.
     async fn adopt(&self, repo: &RepoKey, digest: &Digest, size: u64) -> Result<(), Error> {
-        let hex = digest.hex().to_string();
-        self.cache.blobs.index().insert(&hex, size, true);
-        self.cache
-            .pin(std::slice::from_ref(&hex))
+        self.index
+            .link_blob(&repo.app, &repo.name, digest.as_str(), size)
             .await
-            .map_err(storage_error)?;
-        self.cache.links.add(repo, [digest]).await;
+            .map_err(state_error)?;
+        self.cache.blobs.index().insert(digest.hex(), size, true);
         Ok(())
     }
 
     /// Mounts `digest` from `from` into `repo` (the caller checked both are of one app and
     /// that the subject may pull `from`): true when it is linked there and stored.
-    pub async fn mount(&self, repo: &RepoKey, from: &RepoKey, digest: &Digest) -> bool {
-        if repo.app != from.app || !self.cache.links.contains(from, digest).await {
-            return false;
+    pub async fn mount(
+        &self,
+        repo: &RepoKey,
+        from: &RepoKey,
+        digest: &Digest,
+    ) -> Result<bool, Error> {
+        if repo.app != from.app {
+            return Ok(false);
         }
+        let Some(size) = self
+            .index
+            .blob(&from.app, &from.name, digest.as_str())
+            .await
+            .map_err(state_error)?
+        else {
+            return Ok(false);
+        };
         if !self.cache.has_blob(digest).await {
-            return false;
+            return Ok(false);
         }
-        self.cache.links.add(repo, [digest]).await;
-        true
+        self.adopt(repo, digest, size).await?;
+        Ok(true)
     }
 
     /// Whether `digest` is a blob of `repo`, and its size.
-    pub async fn blob_size(&self, repo: &RepoKey, digest: &Digest) -> Option<u64> {
-        if !self.cache.links.contains(repo, digest).await {
-            return None;
-        }
-        self.cache
-            .storage
-            .blobs
-            .stat(digest)
+    pub async fn blob_size(&self, repo: &RepoKey, digest: &Digest) -> Result<Option<u64>, Error> {
+        self.index
+            .blob(&repo.app, &repo.name, digest.as_str())
             .await
-            .ok()
-            .map(|i| i.size)
+            .map_err(state_error)
     }
 
     /// A blob of `repo` (whole or a range), from storage; unknown unless linked there.
@@ -276,21 +392,46 @@ impl Hosted {
         head: bool,
     ) -> Result<Fetched, Error> {
         let unknown = || Error::BlobUnknown(format!("{digest} in {}", repo.name));
-        if !self.cache.links.contains(repo, digest).await || !self.cache.has_blob(digest).await {
+        let Some(size) = self.blob_size(repo, digest).await? else {
+            return Err(unknown());
+        };
+        if !self.cache.has_blob(digest).await {
             return Err(unknown());
         }
+        // Pushed by another replica or process: pinned here too.
+        self.cache.blobs.index().set_pinned(digest.hex(), true);
         let opened = self.cache.blobs.open(digest).await.ok_or_else(unknown)?;
+        if opened.size != size {
+            tracing::warn!(%digest, "a hosted blob's stored size differs from its index entry");
+        }
         crate::registry::cached_blob(&self.cache, digest, opened, range, head)
     }
 
+    /// Unlinks a blob from `repo` (its bytes go at the next collection if nothing else
+    /// links them).
+    pub async fn delete_blob(&self, repo: &RepoKey, digest: &Digest) -> Result<(), Error> {
+        if self
+            .index
+            .unlink_blob(&repo.app, &repo.name, digest.as_str())
+            .await
+            .map_err(state_error)?
+        {
+            Ok(())
+        } else {
+            Err(Error::BlobUnknown(format!("{digest} in {}", repo.name)))
+        }
+    }
+
     /// Stores a pushed manifest after checking it: size, media type against the body's,
-    /// every blob it references linked in `repo` and every child manifest present there.
+    /// every blob it references linked in `repo`, every child manifest present there, the
+    /// app's quota and tag immutability.
     pub async fn put_manifest(
         &self,
         repo: &RepoKey,
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Bytes,
+        policy: &HostedPolicy,
     ) -> Result<Pushed, Error> {
         if bytes.len() as u64 > media::MAX_MANIFEST {
             return Err(Error::ManifestInvalid(format!(
@@ -325,20 +466,10 @@ impl Hosted {
                 )));
             }
         }
-        let mut linked = vec![digest.clone()];
+        let extra = Extra::of(&bytes);
+        let (mut blobs, mut children) = (Vec::new(), Vec::new());
         if m.is_index(&media_type) {
-            for child in &m.manifests {
-                let d = child.digest.clone();
-                if !self.cache.links.contains(repo, &d).await
-                    || self.cache.manifests.get(&d).await.is_none()
-                {
-                    return Err(Error::ManifestBlobUnknown(format!(
-                        "child manifest {d} is not in {}",
-                        repo.name
-                    )));
-                }
-                linked.push(d);
-            }
+            children = m.manifests.iter().map(|c| c.digest.to_string()).collect();
         } else {
             if m.config.is_none() && m.layers.is_empty() {
                 return Err(Error::ManifestInvalid(
@@ -347,8 +478,8 @@ impl Hosted {
             }
             for b in m.blobs() {
                 let d = b.digest.clone();
-                match self.blob_size(repo, &d).await {
-                    Some(size) if size == b.size => {}
+                match self.blob_size(repo, &d).await? {
+                    Some(size) if size == b.size => blobs.push(d.to_string()),
                     Some(size) => {
                         return Err(Error::ManifestInvalid(format!(
                             "{d} is {size} bytes, the manifest says {}",
@@ -364,28 +495,79 @@ impl Hosted {
                 }
             }
         }
-        let subject = subject_of(&bytes);
+        blobs.sort();
+        blobs.dedup();
+        children.sort();
+        children.dedup();
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.clone()),
+            Reference::Digest(_) => None,
+        };
+        if self
+            .index
+            .manifest(&repo.app, &repo.name, digest.as_str())
+            .await
+            .map_err(state_error)?
+            .is_none()
+        {
+            self.check_quota(&repo.app, policy, bytes.len() as u64)
+                .await?;
+        }
+        let artifact_type = extra
+            .artifact_type
+            .clone()
+            .or_else(|| m.config.as_ref().map(|c| c.media_type.clone()))
+            .filter(|t| !t.is_empty());
+        let new = NewManifest {
+            row: ManifestRow {
+                digest: digest.to_string(),
+                media_type: media_type.clone(),
+                artifact_type,
+                subject: extra.subject.as_ref().map(|s| s.to_string()),
+                size: bytes.len() as u64,
+                annotations: extra.annotations.clone(),
+                touched: std::time::SystemTime::now(),
+            },
+            blobs,
+            children,
+            tag_mutable: tag.as_deref().is_none_or(|t| !policy.is_immutable(t)),
+            tag,
+        };
+        // The bytes first: an index entry never points at a manifest that is not stored.
         self.cache
             .manifests
             .put(&digest, bytes.clone(), &media_type)
             .await
             .map_err(storage_error)?;
-        self.cache.links.add(repo, &linked).await;
-        if let Reference::Tag(tag) = reference {
-            self.cache
-                .tags
-                .put(
-                    &tag_key(repo, tag),
-                    TagEntry {
-                        digest: digest.clone(),
-                        media_type,
-                        length: bytes.len() as u64,
-                        checked_ms: crate::content::now_ms(),
-                    },
-                )
-                .await;
+        match self
+            .index
+            .put_manifest(&repo.app, &repo.name, &new)
+            .await
+            .map_err(state_error)?
+        {
+            PutManifest::Stored => {}
+            PutManifest::BlobUnknown(d) => {
+                return Err(Error::ManifestBlobUnknown(format!(
+                    "{d} is not in {}",
+                    repo.name
+                )))
+            }
+            PutManifest::ManifestUnknown(d) => {
+                return Err(Error::ManifestBlobUnknown(format!(
+                    "child manifest {d} is not in {}",
+                    repo.name
+                )))
+            }
+            PutManifest::TagImmutable(current) => return Err(Error::Denied(format!(
+                "tag {} of {} is immutable (apps[].hosted.immutable_tags) and points at {current}",
+                new.tag.as_deref().unwrap_or(""),
+                repo.name
+            ))),
         }
-        Ok(Pushed { digest, subject })
+        Ok(Pushed {
+            digest,
+            subject: extra.subject,
+        })
     }
 
     /// A manifest of `repo` by tag or digest; unknown unless linked there.
@@ -396,20 +578,13 @@ impl Hosted {
         head: bool,
     ) -> Result<Fetched, Error> {
         let unknown = || Error::ManifestUnknown(format!("{}:{reference}", repo.name));
-        let digest = match reference {
-            Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => {
-                self.cache
-                    .tags
-                    .get(&tag_key(repo, t))
-                    .await
-                    .ok_or_else(unknown)?
-                    .digest
-            }
-        };
-        if !self.cache.links.contains(repo, &digest).await {
-            return Err(unknown());
+        let row = match reference {
+            Reference::Digest(d) => self.index.manifest(&repo.app, &repo.name, d.as_str()).await,
+            Reference::Tag(t) => self.index.tagged(&repo.app, &repo.name, t).await,
         }
+        .map_err(state_error)?
+        .ok_or_else(unknown)?;
+        let digest: Digest = row.digest.parse().map_err(|_| unknown())?;
         let m = self
             .cache
             .manifests
@@ -418,8 +593,8 @@ impl Hosted {
             .ok_or_else(unknown)?;
         Ok(Fetched {
             partial: false,
-            media_type: Some(m.media_type.clone()),
-            digest: Some(digest.to_string()),
+            media_type: Some(row.media_type),
+            digest: Some(row.digest),
             length: Some(m.bytes.len() as u64),
             content_range: None,
             link: None,
@@ -431,6 +606,75 @@ impl Hosted {
         })
     }
 
+    /// Deletes a manifest (by digest: with the tags that point at it) or a tag (by tag:
+    /// the manifest stays). An immutable tag is not deleted, nor a manifest one points at.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoKey,
+        reference: &Reference,
+        policy: &HostedPolicy,
+    ) -> Result<(), Error> {
+        let unknown = || Error::ManifestUnknown(format!("{}:{reference}", repo.name));
+        let (app, name) = (&repo.app, &repo.name);
+        let deleted = match reference {
+            Reference::Tag(t) => {
+                if policy.is_immutable(t)
+                    && self
+                        .index
+                        .tagged(app, name, t)
+                        .await
+                        .map_err(state_error)?
+                        .is_some()
+                {
+                    return Err(Error::Denied(format!(
+                        "tag {t} of {name} is immutable (apps[].hosted.immutable_tags)"
+                    )));
+                }
+                self.index.delete_tag(app, name, t).await
+            }
+            Reference::Digest(d) => {
+                if !policy.immutable_tags.is_empty() {
+                    let tags = self.tags_of(repo, d).await?;
+                    if let Some(t) = tags.iter().find(|t| policy.is_immutable(t)) {
+                        return Err(Error::Denied(format!(
+                            "{d} is tagged {t}, an immutable tag (apps[].hosted.immutable_tags)"
+                        )));
+                    }
+                }
+                self.index.delete_manifest(app, name, d.as_str()).await
+            }
+        }
+        .map_err(state_error)?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(unknown())
+        }
+    }
+
+    /// The tags of `repo` that point at `digest` (a scan of its tags: deletes are rare).
+    async fn tags_of(&self, repo: &RepoKey, digest: &Digest) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        for t in self
+            .index
+            .tags(&repo.app, &repo.name, None, usize::MAX)
+            .await
+            .map_err(state_error)?
+        {
+            if let Some(row) = self
+                .index
+                .tagged(&repo.app, &repo.name, &t)
+                .await
+                .map_err(state_error)?
+            {
+                if row.digest == digest.as_str() {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The tags of `repo`, sorted, `n` at most after `last`, with a `Link` to the next page.
     pub async fn tags(
         &self,
@@ -439,38 +683,185 @@ impl Hosted {
         n: Option<u32>,
         last: Option<&str>,
     ) -> Result<Fetched, Error> {
-        let mut tags = self.cache.tags.tags_of(repo, HOSTED_TAG).await;
-        if tags.is_empty() {
+        if !self
+            .index
+            .repo_exists(&repo.app, &repo.name)
+            .await
+            .map_err(state_error)?
+        {
             return Err(Error::NameUnknown(public_name.to_string()));
         }
-        tags.sort();
-        tags.dedup();
-        if let Some(last) = last {
-            tags.retain(|t| t.as_str() > last);
-        }
-        let mut link = None;
-        if let Some(n) = n {
-            let n = n as usize;
-            if tags.len() > n {
-                tags.truncate(n);
-                if let Some(l) = tags.last() {
-                    link = Some(format!(
-                        "</v2/{public_name}/tags/list?n={n}&last={l}>; rel=\"next\""
-                    ));
+        // One more than asked tells whether there is a next page.
+        let limit = n.map_or(usize::MAX, |n| n as usize + 1);
+        let mut tags = self
+            .index
+            .tags(&repo.app, &repo.name, last, limit)
+            .await
+            .map_err(state_error)?;
+        let link = page(&mut tags, n, |l| {
+            format!("/v2/{public_name}/tags/list?n={}&last={l}", n.unwrap_or(0))
+        });
+        json(
+            &serde_json::json!({ "name": public_name, "tags": tags }),
+            link,
+        )
+    }
+
+    /// The manifests whose subject is `digest`, as an image index, optionally only those
+    /// of one artifact type (then `filtered` is true and the caller says so in
+    /// `OCI-Filters-Applied`).
+    pub async fn referrers(
+        &self,
+        repo: &RepoKey,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Fetched, Error> {
+        let rows = self
+            .index
+            .referrers(&repo.app, &repo.name, digest.as_str())
+            .await
+            .map_err(state_error)?;
+        let manifests: Vec<serde_json::Value> = rows
+            .into_iter()
+            .filter(|r| artifact_type.is_none_or(|a| r.artifact_type.as_deref() == Some(a)))
+            .map(|r| {
+                let mut d = serde_json::json!({
+                    "mediaType": r.media_type,
+                    "digest": r.digest,
+                    "size": r.size,
+                });
+                if let Some(a) = r.artifact_type {
+                    d["artifactType"] = a.into();
+                }
+                if let Some(v) = r
+                    .annotations
+                    .and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok())
+                {
+                    d["annotations"] = v;
+                }
+                d
+            })
+            .collect();
+        let mut f = json(
+            &serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": media::OCI_INDEX,
+                "manifests": manifests,
+            }),
+            None,
+        )?;
+        f.media_type = Some(media::OCI_INDEX.into());
+        Ok(f)
+    }
+
+    /// Hosted repositories `visible` may see, as `<app>/<repository>`, sorted, `n` at most
+    /// after `last`, with a `Link` to the next page.
+    pub async fn catalog(
+        &self,
+        visible: &Visible<'_>,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<Fetched, Error> {
+        let want = n.map_or(usize::MAX, |n| n as usize + 1);
+        let mut out: Vec<String> = Vec::new();
+        let mut after = last.map(str::to_string);
+        // Pages of the index, filtered by the globs of a license, until enough are found.
+        const BATCH: usize = 1000;
+        loop {
+            let batch = self
+                .index
+                .catalog(Some(&visible.apps), after.as_deref(), BATCH)
+                .await
+                .map_err(state_error)?;
+            let done = batch.len() < BATCH;
+            after = batch.last().cloned();
+            for name in batch {
+                let (app, repo) = name.split_once('/').unwrap_or((&name, ""));
+                if (visible.allows)(app, repo) {
+                    out.push(name);
+                    if out.len() >= want {
+                        break;
+                    }
                 }
             }
+            if done || out.len() >= want {
+                break;
+            }
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "name": public_name, "tags": tags }))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(Fetched {
-            partial: false,
-            media_type: Some("application/json".into()),
-            digest: None,
-            length: Some(body.len() as u64),
-            content_range: None,
-            link,
-            body: body::full(body),
-        })
+        let link = page(&mut out, n, |l| {
+            format!("/v2/_catalog?n={}&last={l}", n.unwrap_or(0))
+        });
+        json(&serde_json::json!({ "repositories": out }), link)
+    }
+
+    /// The bytes an app's hosted content takes (for usage and the admin API).
+    pub async fn app_bytes(&self, app: &str) -> Result<u64, Error> {
+        self.index.app_bytes(app).await.map_err(state_error)
+    }
+}
+
+/// Cuts a listing fetched with one extra entry to `n`, and returns the `Link` header
+/// value to the next page when there is one.
+fn page(items: &mut Vec<String>, n: Option<u32>, next: impl Fn(&str) -> String) -> Option<String> {
+    let n = n? as usize;
+    if items.len() <= n {
+        return None;
+    }
+    items.truncate(n);
+    let last = items.last()?;
+    let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+    Some(format!("<{}>; rel=\"next\"", next(&last)))
+}
+
+fn json(v: &serde_json::Value, link: Option<String>) -> Result<Fetched, Error> {
+    let body = serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(Fetched {
+        partial: false,
+        media_type: Some("application/json".into()),
+        digest: None,
+        length: Some(body.len() as u64),
+        content_range: None,
+        link,
+        body: body::full(body),
+    })
+}
+
+/// What the index keeps of a manifest beyond the common model: its `subject`,
+/// `artifactType` and `annotations` (for the referrers API).
+struct Extra {
+    subject: Option<Digest>,
+    artifact_type: Option<String>,
+    annotations: Option<String>,
+}
+
+impl Extra {
+    fn of(bytes: &[u8]) -> Extra {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct S {
+            subject: Option<D>,
+            artifact_type: Option<String>,
+            annotations: Option<serde_json::Map<String, serde_json::Value>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct D {
+            digest: String,
+        }
+        let Ok(s) = serde_json::from_slice::<S>(bytes) else {
+            return Extra {
+                subject: None,
+                artifact_type: None,
+                annotations: None,
+            };
+        };
+        Extra {
+            subject: s.subject.and_then(|d| d.digest.parse().ok()),
+            artifact_type: s.artifact_type,
+            annotations: s
+                .annotations
+                .filter(|a| !a.is_empty())
+                .and_then(|a| serde_json::to_string(&a).ok()),
+        }
     }
 }
 
@@ -504,29 +895,4 @@ impl Writer {
 /// distribution answers).
 pub fn range_header(offset: u64) -> String {
     format!("0-{}", offset.saturating_sub(1))
-}
-
-fn tag_key(repo: &RepoKey, tag: &str) -> TagKey {
-    TagKey {
-        repo: repo.clone(),
-        tag: tag.to_string(),
-        accept: HOSTED_TAG.to_string(),
-    }
-}
-
-fn subject_of(bytes: &[u8]) -> Option<Digest> {
-    #[derive(serde::Deserialize)]
-    struct S {
-        subject: Option<D>,
-    }
-    #[derive(serde::Deserialize)]
-    struct D {
-        digest: String,
-    }
-    serde_json::from_slice::<S>(bytes)
-        .ok()?
-        .subject?
-        .digest
-        .parse()
-        .ok()
 }

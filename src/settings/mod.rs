@@ -127,6 +127,17 @@ pub(crate) struct RawCache {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHosted {
     upload_timeout: Option<String>,
+    #[serde(default)]
+    gc: RawGc,
+}
+
+/// `hosted.gc`: the online garbage collection schedule.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGc {
+    interval: Option<String>,
+    grace: Option<String>,
+    untagged: Option<String>,
 }
 
 /// The process-settings sections of the file, as read.
@@ -159,6 +170,21 @@ pub struct HostedConfig {
     /// `hosted.upload_timeout` (default 1h): an upload without a request for this long is
     /// aborted and its staged bytes dropped.
     pub upload_timeout: Duration,
+    pub gc: GcConfig,
+}
+
+/// `hosted.gc`: when the server collects garbage by itself and what it keeps.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// `hosted.gc.interval`: none (the default) runs no collection by itself; `berth gc`
+    /// always can.
+    pub interval: Option<Duration>,
+    /// `hosted.gc.grace` (default 1h): nothing pushed, mounted or referenced more recently
+    /// is collected.
+    pub grace: Duration,
+    /// `hosted.gc.untagged: delete` collects manifests no tag reaches (default `keep`:
+    /// customers may pull them by digest).
+    pub delete_untagged: bool,
 }
 
 /// Where the control plane's state lives.
@@ -365,12 +391,13 @@ impl Settings {
                 d => d,
             },
         };
+        let gc = gc_config(&raw_hosted.gc)?;
         Ok((
             Settings {
                 server,
                 cache,
                 auth,
-                hosted: HostedConfig { upload_timeout },
+                hosted: HostedConfig { upload_timeout, gc },
                 rewrite,
                 state,
             },
@@ -780,6 +807,40 @@ pub(crate) fn rate_limit(key: &str, r: RawRateLimit) -> Result<RateLimit, Config
 }
 
 /// Parses `50GiB`, `512MiB`, `10GB`, `1048576` (bytes).
+fn gc_config(raw: &RawGc) -> Result<GcConfig, ConfigError> {
+    let interval = match &raw.interval {
+        None => None,
+        Some(s) => match parse_duration("hosted.gc.interval", s)? {
+            d if d < Duration::from_secs(60) => {
+                return Err(ConfigError::new(
+                    "hosted.gc.interval",
+                    "must be at least 1m (a collection reads the whole hosted index)",
+                ))
+            }
+            d => Some(d),
+        },
+    };
+    let grace = match &raw.grace {
+        None => Duration::from_secs(3600),
+        Some(s) => parse_duration("hosted.gc.grace", s)?,
+    };
+    let delete_untagged = match raw.untagged.as_deref() {
+        None | Some("keep") => false,
+        Some("delete") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "hosted.gc.untagged",
+                format!("{other:?}: use keep or delete"),
+            ))
+        }
+    };
+    Ok(GcConfig {
+        interval,
+        grace,
+        delete_untagged,
+    })
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t

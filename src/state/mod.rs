@@ -8,6 +8,7 @@
 //! SHA-256 (`SecretHasher`). They are long random values, so a fast keyed hash is enough.
 
 mod directory;
+pub mod hosted;
 pub mod postgres;
 mod secret;
 pub mod sqlite;
@@ -159,7 +160,7 @@ pub struct Contents {
 /// A state database. Every write that changes who may authenticate (licenses, keys, admin
 /// tokens) raises the generation in the same transaction, so that every directory on every
 /// replica notices with one cheap read; usage writes do not.
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: hosted::HostedIndex + Send + Sync + std::fmt::Debug {
     /// The secret hasher of this store (its key is created with the store and shared by
     /// every process that opens it).
     fn hasher(&self) -> &SecretHasher;

@@ -16,6 +16,8 @@ use super::{
 };
 use crate::tenancy::{Action, ApiKey, Glob, License, Origin};
 
+mod hosted;
+
 /// The schema, one entry per version; a store is migrated by applying the ones it lacks,
 /// in order, each in its own transaction. Never edit a released entry: add one.
 const MIGRATIONS: &[&str] = &[
@@ -85,6 +87,56 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 2: when a license's secret was rotated (tokens issued before are refused).
     "ALTER TABLE licenses ADD COLUMN rotated_ms BIGINT;",
+    // 3: the hosted registry's index (`state::hosted`).
+    r#"
+    CREATE TABLE hosted_repos (
+        app TEXT NOT NULL,
+        name TEXT NOT NULL,
+        full_name TEXT NOT NULL UNIQUE,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (app, name)
+    );
+    CREATE TABLE hosted_blobs (
+        app TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        touched_ms BIGINT NOT NULL,
+        PRIMARY KEY (app, repo, digest)
+    );
+    CREATE INDEX hosted_blobs_digest ON hosted_blobs (digest);
+    CREATE TABLE hosted_manifests (
+        app TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        artifact_type TEXT,
+        subject TEXT,
+        size BIGINT NOT NULL,
+        annotations TEXT,
+        touched_ms BIGINT NOT NULL,
+        PRIMARY KEY (app, repo, digest)
+    );
+    CREATE INDEX hosted_manifests_subject ON hosted_manifests (app, repo, subject);
+    CREATE INDEX hosted_manifests_digest ON hosted_manifests (digest);
+    CREATE TABLE hosted_refs (
+        app TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        target TEXT NOT NULL,
+        PRIMARY KEY (app, repo, manifest, target)
+    );
+    CREATE INDEX hosted_refs_target ON hosted_refs (app, repo, target);
+    CREATE TABLE hosted_tags (
+        app TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        PRIMARY KEY (app, repo, tag)
+    );
+    CREATE INDEX hosted_tags_digest ON hosted_tags (app, repo, digest);
+    "#,
 ];
 
 /// The SQLite store. `Debug` names the file only.

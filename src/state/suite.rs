@@ -42,7 +42,7 @@ pub(crate) fn key(id: &str, hasher: &SecretHasher, secret: &str) -> KeyRow {
 }
 
 pub(crate) async fn licenses_round_trip_and_move_the_generation(s: &dyn Store) {
-    assert_eq!(s.schema_version().await.unwrap(), 2);
+    assert_eq!(s.schema_version().await.unwrap(), 3);
     let g0 = s.generation().await.unwrap();
     let row = license("lic_a", s.hasher(), "secret-a");
     s.insert_license(&row).await.unwrap();
@@ -259,6 +259,264 @@ pub(crate) async fn the_directory_follows_the_store(s: &dyn Store) {
     assert!(d.license("lic_d").unwrap().revoked);
 }
 
+fn digest(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+pub(crate) fn manifest(d: &str, blobs: &[String], tag: Option<&str>) -> hosted::NewManifest {
+    hosted::NewManifest {
+        row: hosted::ManifestRow {
+            digest: d.to_string(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            artifact_type: Some("application/vnd.oci.image.config.v1+json".into()),
+            subject: None,
+            size: 500,
+            annotations: None,
+            touched: SystemTime::now(),
+        },
+        blobs: blobs.to_vec(),
+        children: Vec::new(),
+        tag: tag.map(str::to_string),
+        tag_mutable: true,
+    }
+}
+
+pub(crate) async fn hosted_pushes_are_checked_and_listed(s: &dyn Store) {
+    let (b1, b2) = (digest(1), digest(2));
+    let m = manifest(&digest(10), &[b1.clone(), b2.clone()], Some("1.0"));
+    // Nothing linked yet: refused, and nothing created.
+    assert_eq!(
+        s.put_manifest("acme", "worker", &m).await.unwrap(),
+        hosted::PutManifest::BlobUnknown(b1.clone())
+    );
+    assert!(!s.repo_exists("acme", "worker").await.unwrap());
+    s.link_blob("acme", "worker", &b1, 100).await.unwrap();
+    s.link_blob("acme", "worker", &b2, 200).await.unwrap();
+    assert_eq!(s.blob("acme", "worker", &b1).await.unwrap(), Some(100));
+    assert_eq!(s.blob("acme", "other", &b1).await.unwrap(), None);
+    assert_eq!(s.blob("beta", "worker", &b1).await.unwrap(), None);
+    assert_eq!(
+        s.put_manifest("acme", "worker", &m).await.unwrap(),
+        hosted::PutManifest::Stored
+    );
+    let got = s.tagged("acme", "worker", "1.0").await.unwrap().unwrap();
+    assert_eq!(got.digest, digest(10));
+    assert_eq!(got.size, 500);
+    assert_eq!(
+        s.manifest("acme", "worker", &digest(10)).await.unwrap(),
+        Some(got)
+    );
+    assert_eq!(
+        s.manifest("beta", "worker", &digest(10)).await.unwrap(),
+        None
+    );
+    assert!(s.repo_exists("acme", "worker").await.unwrap());
+    // An index whose child is not in the repository is refused.
+    let mut index = manifest(&digest(11), &[], Some("multi"));
+    index.children = vec![digest(12)];
+    assert_eq!(
+        s.put_manifest("acme", "worker", &index).await.unwrap(),
+        hosted::PutManifest::ManifestUnknown(digest(12))
+    );
+    index.children = vec![digest(10)];
+    assert_eq!(
+        s.put_manifest("acme", "worker", &index).await.unwrap(),
+        hosted::PutManifest::Stored
+    );
+    // Tags in byte order ("B" before "a"), paged.
+    for t in ["a", "B", "1.1"] {
+        let m = manifest(&digest(10), &[b1.clone()], Some(t));
+        s.put_manifest("acme", "worker", &m).await.unwrap();
+    }
+    assert_eq!(
+        s.tags("acme", "worker", None, 100).await.unwrap(),
+        ["1.0", "1.1", "B", "a", "multi"]
+    );
+    assert_eq!(
+        s.tags("acme", "worker", Some("1.1"), 2).await.unwrap(),
+        ["B", "a"]
+    );
+    // Bytes: each blob once however many repositories link it, plus manifests.
+    s.link_blob("acme", "other", &b1, 100).await.unwrap();
+    assert_eq!(s.app_bytes("acme").await.unwrap(), 100 + 200 + 500 + 500);
+    assert_eq!(s.app_bytes("beta").await.unwrap(), 0);
+    let mut all = s.hosted_blobs().await.unwrap();
+    all.sort();
+    assert_eq!(all, [(b1.clone(), 100), (b2.clone(), 200)]);
+    assert!(s.linked_anywhere(&b1).await.unwrap());
+    assert!(s.linked_anywhere(&digest(10)).await.unwrap());
+    assert!(!s.linked_anywhere(&digest(99)).await.unwrap());
+}
+
+pub(crate) async fn hosted_tags_can_be_immutable(s: &dyn Store) {
+    let b = digest(1);
+    s.link_blob("acme", "api", &b, 10).await.unwrap();
+    let mut m = manifest(&digest(20), &[b.clone()], Some("v1"));
+    m.tag_mutable = false;
+    assert_eq!(
+        s.put_manifest("acme", "api", &m).await.unwrap(),
+        hosted::PutManifest::Stored
+    );
+    // The same digest again is fine; another one is refused and the tag stays.
+    assert_eq!(
+        s.put_manifest("acme", "api", &m).await.unwrap(),
+        hosted::PutManifest::Stored
+    );
+    let mut other = manifest(&digest(21), &[b.clone()], Some("v1"));
+    other.tag_mutable = false;
+    assert_eq!(
+        s.put_manifest("acme", "api", &other).await.unwrap(),
+        hosted::PutManifest::TagImmutable(digest(20))
+    );
+    assert_eq!(
+        s.tagged("acme", "api", "v1").await.unwrap().unwrap().digest,
+        digest(20)
+    );
+    assert_eq!(s.manifest("acme", "api", &digest(21)).await.unwrap(), None);
+}
+
+pub(crate) async fn hosted_deletes_update_tags_and_referrers(s: &dyn Store) {
+    let b = digest(1);
+    s.link_blob("acme", "api", &b, 10).await.unwrap();
+    s.put_manifest(
+        "acme",
+        "api",
+        &manifest(&digest(30), &[b.clone()], Some("1")),
+    )
+    .await
+    .unwrap();
+    s.put_manifest(
+        "acme",
+        "api",
+        &manifest(&digest(30), &[b.clone()], Some("2")),
+    )
+    .await
+    .unwrap();
+    let mut sig = manifest(&digest(31), &[b.clone()], None);
+    sig.row.subject = Some(digest(30));
+    sig.row.artifact_type = Some("application/vnd.example.sig".into());
+    s.put_manifest("acme", "api", &sig).await.unwrap();
+    let refs = s.referrers("acme", "api", &digest(30)).await.unwrap();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].digest, digest(31));
+    assert_eq!(
+        refs[0].artifact_type.as_deref(),
+        Some("application/vnd.example.sig")
+    );
+    assert!(s
+        .referrers("beta", "api", &digest(30))
+        .await
+        .unwrap()
+        .is_empty());
+    // A tag goes alone.
+    assert!(s.delete_tag("acme", "api", "1").await.unwrap());
+    assert!(!s.delete_tag("acme", "api", "1").await.unwrap());
+    assert_eq!(s.tags("acme", "api", None, 10).await.unwrap(), ["2"]);
+    assert!(s
+        .manifest("acme", "api", &digest(30))
+        .await
+        .unwrap()
+        .is_some());
+    // A manifest takes its tags along; a referrer goes from the listing with it.
+    assert!(s.delete_manifest("acme", "api", &digest(31)).await.unwrap());
+    assert!(s
+        .referrers("acme", "api", &digest(30))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.delete_manifest("acme", "api", &digest(30)).await.unwrap());
+    assert!(!s.delete_manifest("acme", "api", &digest(30)).await.unwrap());
+    assert!(s.tags("acme", "api", None, 10).await.unwrap().is_empty());
+    assert!(s.tagged("acme", "api", "2").await.unwrap().is_none());
+    assert!(s.unlink_blob("acme", "api", &b).await.unwrap());
+    assert!(!s.unlink_blob("acme", "api", &b).await.unwrap());
+    assert_eq!(s.blob("acme", "api", &b).await.unwrap(), None);
+}
+
+pub(crate) async fn the_hosted_catalog_pages_in_byte_order(s: &dyn Store) {
+    for (app, repo) in [
+        ("acme", "x"),
+        ("acme-b", "y"),
+        ("acme", "a/b"),
+        ("beta", "z"),
+        ("acme", "Z"),
+    ] {
+        s.link_blob(app, repo, &digest(1), 1).await.unwrap();
+    }
+    assert_eq!(
+        s.catalog(None, None, 100).await.unwrap(),
+        ["acme-b/y", "acme/Z", "acme/a/b", "acme/x", "beta/z"]
+    );
+    let acme = ["acme".to_string()];
+    assert_eq!(
+        s.catalog(Some(&acme), None, 2).await.unwrap(),
+        ["acme/Z", "acme/a/b"]
+    );
+    assert_eq!(
+        s.catalog(Some(&acme), Some("acme/a/b"), 2).await.unwrap(),
+        ["acme/x"]
+    );
+    let two = ["beta".to_string(), "acme-b".to_string()];
+    assert_eq!(
+        s.catalog(Some(&two), None, 10).await.unwrap(),
+        ["acme-b/y", "beta/z"]
+    );
+    assert!(s.catalog(Some(&[]), None, 10).await.unwrap().is_empty());
+}
+
+pub(crate) async fn collection_deletes_only_what_is_still_unreferenced(s: &dyn Store) {
+    let (b1, b2) = (digest(1), digest(2));
+    s.link_blob("acme", "api", &b1, 10).await.unwrap();
+    s.link_blob("acme", "api", &b2, 20).await.unwrap();
+    s.put_manifest(
+        "acme",
+        "api",
+        &manifest(&digest(40), &[b1.clone()], Some("t")),
+    )
+    .await
+    .unwrap();
+    s.put_manifest("acme", "api", &manifest(&digest(41), &[b2.clone()], None))
+        .await
+        .unwrap();
+    let repos = s.gc_repos(Some("acme")).await.unwrap();
+    assert_eq!(repos.len(), 1);
+    let r = &repos[0];
+    assert_eq!((r.app.as_str(), r.repo.as_str()), ("acme", "api"));
+    assert_eq!(r.tags, [("t".to_string(), digest(40))]);
+    assert_eq!(r.manifests.len(), 2);
+    assert_eq!(r.manifests[0].refs, [b1.clone()]);
+    assert_eq!(r.blobs.len(), 2);
+    assert!(s.gc_repos(Some("beta")).await.unwrap().is_empty());
+    // Before the cutoff: nothing is old enough.
+    let past = SystemTime::now() - Duration::from_secs(60);
+    let all_m = [digest(40), digest(41)];
+    let all_b = [b1.clone(), b2.clone()];
+    let none = s
+        .gc_delete("acme", "api", &all_m, &all_b, past)
+        .await
+        .unwrap();
+    assert_eq!(none, hosted::GcDeleted::default());
+    // After it: the tagged manifest and the blob a remaining manifest references stay.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let future = SystemTime::now() + Duration::from_secs(60);
+    let done = s
+        .gc_delete("acme", "api", &all_m, &all_b, future)
+        .await
+        .unwrap();
+    assert_eq!(done.manifests, [digest(41)]);
+    assert_eq!(done.blobs, [b2.clone()]);
+    assert!(s.blob("acme", "api", &b1).await.unwrap().is_some());
+    assert!(!s.linked_anywhere(&b2).await.unwrap());
+    // Once empty, the repository leaves the catalog.
+    s.delete_manifest("acme", "api", &digest(40)).await.unwrap();
+    let done = s
+        .gc_delete("acme", "api", &[], &[b1.clone()], future)
+        .await
+        .unwrap();
+    assert_eq!(done.blobs, [b1]);
+    assert!(s.catalog(None, None, 10).await.unwrap().is_empty());
+}
+
 /// Runs the suite against the store `make` opens.
 #[macro_export]
 macro_rules! state_suite {
@@ -294,6 +552,36 @@ macro_rules! state_suite {
             async fn the_directory_follows_the_store() {
                 let (_g, s) = $make().await;
                 $crate::state::suite::the_directory_follows_the_store(&s).await;
+            }
+
+            #[tokio::test]
+            async fn hosted_pushes_are_checked_and_listed() {
+                let (_g, s) = $make().await;
+                $crate::state::suite::hosted_pushes_are_checked_and_listed(&s).await;
+            }
+
+            #[tokio::test]
+            async fn hosted_tags_can_be_immutable() {
+                let (_g, s) = $make().await;
+                $crate::state::suite::hosted_tags_can_be_immutable(&s).await;
+            }
+
+            #[tokio::test]
+            async fn hosted_deletes_update_tags_and_referrers() {
+                let (_g, s) = $make().await;
+                $crate::state::suite::hosted_deletes_update_tags_and_referrers(&s).await;
+            }
+
+            #[tokio::test]
+            async fn the_hosted_catalog_pages_in_byte_order() {
+                let (_g, s) = $make().await;
+                $crate::state::suite::the_hosted_catalog_pages_in_byte_order(&s).await;
+            }
+
+            #[tokio::test]
+            async fn collection_deletes_only_what_is_still_unreferenced() {
+                let (_g, s) = $make().await;
+                $crate::state::suite::collection_deletes_only_what_is_still_unreferenced(&s).await;
             }
         }
     };

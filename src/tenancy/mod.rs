@@ -146,6 +146,22 @@ pub struct App {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Upstream image references (`host/repository:tag`) for `berth airgap export`.
     pub images: Vec<String>,
+    pub hosted: HostedPolicy,
+}
+
+/// What an app's hosted registry allows (`apps[].hosted`).
+#[derive(Debug, Clone, Default)]
+pub struct HostedPolicy {
+    /// Bytes the app's pushed content may take (each blob counted once).
+    pub quota: Option<u64>,
+    /// Tags that, once pushed, cannot be moved to another manifest or deleted.
+    pub immutable_tags: Vec<Glob>,
+}
+
+impl HostedPolicy {
+    pub fn is_immutable(&self, tag: &str) -> bool {
+        self.immutable_tags.iter().any(|g| g.matches(tag))
+    }
 }
 
 impl App {
@@ -365,6 +381,7 @@ mod tests {
             slug: "acme".into(),
             upstreams,
             images: vec![],
+            hosted: HostedPolicy::default(),
         }
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    fingerprint, App, Credentials, EcrSettings, Glob, License, TenantStore, Upstream, UpstreamAuth,
-    UpstreamKind, DOCKER_HUB_HOST,
+    fingerprint, App, Credentials, EcrSettings, Glob, HostedPolicy, License, TenantStore, Upstream,
+    UpstreamAuth, UpstreamKind, DOCKER_HUB_HOST,
 };
 use crate::settings::{
     interpolate, parse_duration, rate_limit, read_secret, valid_host, ConfigError, Env,
@@ -54,10 +54,24 @@ pub(crate) struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawApp {
     slug: String,
+    /// None for an app that only hosts what its vendor pushes.
+    #[serde(default)]
     upstreams: Vec<String>,
+    /// The app's hosted registry policy.
+    #[serde(default)]
+    hosted: RawHostedPolicy,
     /// Upstream image references `berth airgap export` bundles by default.
     #[serde(default)]
     images: Vec<String>,
+}
+
+/// `apps[].hosted`: a storage quota and tags that cannot be moved once pushed.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHostedPolicy {
+    quota: Option<String>,
+    #[serde(default)]
+    immutable_tags: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -227,12 +241,6 @@ fn app(
             ),
         ));
     }
-    if a.upstreams.is_empty() {
-        return Err(ConfigError::new(
-            format!("apps[{i}].upstreams"),
-            "an app needs at least one upstream",
-        ));
-    }
     let mut listed = Vec::new();
     for name in &a.upstreams {
         let up = upstreams.iter().find(|u| &u.name == name).ok_or_else(|| {
@@ -264,10 +272,29 @@ fn app(
             ));
         }
     }
+    let quota = match &a.hosted.quota {
+        None => None,
+        Some(q) => Some(
+            crate::settings::parse_size(q)
+                .map_err(|m| ConfigError::new(format!("apps[{i}].hosted.quota"), m))?,
+        ),
+    };
+    let mut immutable_tags = Vec::new();
+    for (j, g) in a.hosted.immutable_tags.iter().enumerate() {
+        immutable_tags.push(
+            Glob::new(g).map_err(|m| {
+                ConfigError::new(format!("apps[{i}].hosted.immutable_tags[{j}]"), m)
+            })?,
+        );
+    }
     Ok(App {
         slug: a.slug,
         upstreams: listed,
         images: a.images,
+        hosted: HostedPolicy {
+            quota,
+            immutable_tags,
+        },
     })
 }
 
