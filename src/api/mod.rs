@@ -135,6 +135,7 @@ impl Api {
         let config = self.config.current();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let query = req.uri().query().map(str::to_string);
         let client = client::client_of(
             remote,
             req.headers()
@@ -156,7 +157,9 @@ impl Api {
                 }
                 let mut r = error::response(&e);
                 if matches!(e, Error::Unauthorized) {
-                    if let Ok(v) = HeaderValue::try_from(challenge(&config, &method, &path)) {
+                    if let Ok(v) =
+                        HeaderValue::try_from(challenge(&config, &method, &path, query.as_deref()))
+                    {
                         r.headers_mut().insert(WWW_AUTHENTICATE, v);
                     }
                 }
@@ -421,7 +424,7 @@ impl Api {
 
 /// The `WWW-Authenticate` challenge: the token endpoint, and for repository paths the scope
 /// a client must ask for.
-fn challenge(config: &Config, method: &Method, path: &str) -> String {
+fn challenge(config: &Config, method: &Method, path: &str, query: Option<&str>) -> String {
     if path == "/token" {
         return format!("Basic realm=\"{}\"", config.server.hostname);
     }
@@ -451,7 +454,16 @@ fn challenge(config: &Config, method: &Method, path: &str) -> String {
         // Every request of an upload needs push, its status GET included: a client that
         // got a pull-only token for that GET would be refused again.
         Ok(Route::UploadStart { repo } | Route::Upload { repo, .. }) => {
-            c.push_str(&format!(",scope=\"repository:{}:pull,push\"", repo.name()));
+            c.push_str(&format!(",scope=\"repository:{}:pull,push", repo.name()));
+            // A mount reads the source repository: the token must say so, or the mount
+            // falls back to an upload (what distribution's challenge asks for too).
+            let from = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .find(|(k, _)| k == "from")
+                .and_then(|(_, v)| crate::oci::repo::HostedPath::parse(&v).ok());
+            if let Some(from) = from.filter(|f| f.name() != repo.name()) {
+                c.push_str(&format!(" repository:{}:pull", from.name()));
+            }
+            c.push('"');
         }
         Ok(Route::Catalog) => c.push_str(",scope=\"registry:catalog:*\""),
         _ => {}
@@ -562,7 +574,8 @@ mod tests {
         )
         .unwrap();
         let scope = |m: Method, p: &str| {
-            let c = challenge(&config, &m, p);
+            let (p, q) = p.split_once('?').map_or((p, None), |(p, q)| (p, Some(q)));
+            let c = challenge(&config, &m, p, q);
             c.split("scope=\"")
                 .nth(1)
                 .map(|s| s.trim_end_matches('"').to_string())
@@ -589,6 +602,22 @@ mod tests {
         assert_eq!(
             scope(Method::POST, "/v2/acme/app/blobs/uploads/").as_deref(),
             Some("repository:acme/app:pull,push")
+        );
+        assert_eq!(
+            scope(
+                Method::POST,
+                "/v2/acme/app/blobs/uploads/?mount=sha256:00&from=acme/base"
+            )
+            .as_deref(),
+            Some("repository:acme/app:pull,push repository:acme/base:pull")
+        );
+        assert_eq!(
+            scope(Method::DELETE, "/v2/acme/app/manifests/1.0").as_deref(),
+            Some("repository:acme/app:delete")
+        );
+        assert_eq!(
+            scope(Method::GET, "/v2/_catalog").as_deref(),
+            Some("registry:catalog:*")
         );
         assert_eq!(
             scope(Method::GET, "/v2/proxy/acme/q.io/a/b/manifests/1").as_deref(),

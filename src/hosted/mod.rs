@@ -558,11 +558,13 @@ impl Hosted {
                     repo.name
                 )))
             }
-            PutManifest::TagImmutable(current) => return Err(Error::Denied(format!(
+            PutManifest::TagImmutable(current) => {
+                return Err(Error::Denied(format!(
                 "tag {} of {} is immutable (apps[].hosted.immutable_tags) and points at {current}",
                 new.tag.as_deref().unwrap_or(""),
                 repo.name
-            ))),
+            )))
+            }
         }
         Ok(Pushed {
             digest,
