@@ -600,7 +600,7 @@ fn docker(secs: u32, args: &[&str], config: Option<&Path>) -> Output {
 /// upload), pull with the vendor's own key, and a pull-only key refused a push.
 #[test]
 fn docker_mounts_across_repositories_of_an_app_and_pulls_with_the_key() {
-    if !docker(30, &["info"], None).status.success() {
+    if !have("docker") || !docker(30, &["info"], None).status.success() {
         eprintln!("SKIP: no Docker engine");
         return;
     }
