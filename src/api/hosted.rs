@@ -8,7 +8,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use super::body::Served;
-use super::{fetched_response, tag_query, Api, Client};
+use super::{catalog_query, fetched_response, tag_query, Api, Client};
 use crate::auth::Principal;
 use crate::body::{self, Body, BoxError};
 use crate::config::{Action, Config};
@@ -46,7 +46,7 @@ where
             if !pull {
                 return Err(Error::Unsupported("the catalog takes GET".into()));
             }
-            let (n, last) = tag_query(req.uri().query())?;
+            let (n, last) = catalog_query(req.uri().query())?;
             let apps = principal.subject.hosted_apps();
             // By the subject, not a token's scopes: a catalog token carries none for
             // repositories.

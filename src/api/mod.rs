@@ -503,6 +503,30 @@ fn joined_header(h: &http::HeaderMap, name: http::header::HeaderName) -> Option<
 }
 
 fn tag_query(query: Option<&str>) -> Result<(Option<u32>, Option<String>), Error> {
+    page_query(query, |last| {
+        if crate::oci::name::valid_tag(last) {
+            Ok(())
+        } else {
+            Err(Error::TagInvalid(format!("invalid last={last:?}")))
+        }
+    })
+}
+
+/// `n` and `last` of `/v2/_catalog`: `last` is a repository name (`<app>/<repository>`).
+fn catalog_query(query: Option<&str>) -> Result<(Option<u32>, Option<String>), Error> {
+    page_query(query, |last| {
+        if crate::oci::repo::HostedPath::parse(last).is_ok() {
+            Ok(())
+        } else {
+            Err(Error::PaginationInvalid(format!("invalid last={last:?}")))
+        }
+    })
+}
+
+fn page_query(
+    query: Option<&str>,
+    check_last: impl Fn(&str) -> Result<(), Error>,
+) -> Result<(Option<u32>, Option<String>), Error> {
     let mut n = None;
     let mut last = None;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -514,9 +538,7 @@ fn tag_query(query: Option<&str>) -> Result<(Option<u32>, Option<String>), Error
                     })?)
             }
             "last" => {
-                if !crate::oci::name::valid_tag(&v) {
-                    return Err(Error::TagInvalid(format!("invalid last={v:?}")));
-                }
+                check_last(&v)?;
                 last = Some(v.into_owned())
             }
             _ => {}
