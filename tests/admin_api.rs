@@ -1062,8 +1062,10 @@ fn catalog(f: &Fixture) {
     assert_eq!(
         apps["items"],
         json!([
-            {"slug": "acme", "upstreams": ["up"], "images": [format!("{HOST}/acme/api:v1")]},
-            {"slug": "other", "upstreams": ["up"], "images": []},
+            {"slug": "acme", "upstreams": ["up"], "images": [format!("{HOST}/acme/api:v1")],
+             "hosted": {"quota_bytes": null, "used_bytes": 0, "immutable_tags": []}},
+            {"slug": "other", "upstreams": ["up"], "images": [],
+             "hosted": {"quota_bytes": null, "used_bytes": 0, "immutable_tags": []}},
         ])
     );
     let first = f.get("/api/v1/apps", &[], "limit=1").json();

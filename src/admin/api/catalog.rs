@@ -17,6 +17,17 @@ struct AppView {
     upstreams: Vec<String>,
     /// The upstream images the app lists for airgap bundles.
     images: Vec<String>,
+    hosted: HostedView,
+}
+
+/// The app's hosted registry: its policy and what it holds now.
+#[derive(Debug, Serialize)]
+struct HostedView {
+    /// `apps[].hosted.quota` in bytes, if set.
+    quota_bytes: Option<u64>,
+    /// Bytes the app's pushed content takes (each blob once).
+    used_bytes: u64,
+    immutable_tags: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,19 +63,30 @@ impl UpstreamView {
     }
 }
 
-pub(super) fn apps(c: &Call<'_>) -> Result<Reply, Problem> {
+pub(super) async fn apps(c: &Call<'_>) -> Result<Reply, Problem> {
     c.query.only(&["after", "limit"])?;
-    let mut all: Vec<AppView> = c
-        .config
-        .tenants
-        .apps()
-        .into_iter()
-        .map(|a| AppView {
+    let mut all: Vec<AppView> = Vec::new();
+    for a in c.config.tenants.apps() {
+        let used_bytes = c.control().store.app_bytes(&a.slug).await.map_err(|e| {
+            tracing::error!(error = %e, "admin API: the state store failed");
+            Problem::new(Kind::Unavailable, "the state store cannot be read")
+        })?;
+        all.push(AppView {
             slug: a.slug.clone(),
             upstreams: a.upstreams.iter().map(|u| u.name.clone()).collect(),
             images: a.images.clone(),
-        })
-        .collect();
+            hosted: HostedView {
+                quota_bytes: a.hosted.quota,
+                used_bytes,
+                immutable_tags: a
+                    .hosted
+                    .immutable_tags
+                    .iter()
+                    .map(|g| g.as_str().to_string())
+                    .collect(),
+            },
+        });
+    }
     all.sort_by(|a, b| a.slug.cmp(&b.slug));
     let limit = c.query.limit()?;
     ok(&Page::of(

@@ -158,7 +158,7 @@ async fn dispatch(op: Op, c: &Call<'_>) -> Result<Reply, Problem> {
         Op::ListAdminTokens => keys::list_admin_tokens(c).await,
         Op::CreateAdminToken => keys::create_admin_token(c).await,
         Op::RevokeAdminToken => keys::revoke_admin_token(c).await,
-        Op::ListApps => catalog::apps(c),
+        Op::ListApps => catalog::apps(c).await,
         Op::ListUpstreams => catalog::upstreams(c),
         Op::TestUpstream => catalog::test_upstream(c).await,
         Op::Usage => reports::usage(c).await,
