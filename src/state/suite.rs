@@ -325,7 +325,7 @@ pub(crate) async fn hosted_pushes_are_checked_and_listed(s: &dyn Store) {
     );
     // Tags in byte order ("B" before "a"), paged.
     for t in ["a", "B", "1.1"] {
-        let m = manifest(&digest(10), &[b1.clone()], Some(t));
+        let m = manifest(&digest(10), std::slice::from_ref(&b1), Some(t));
         s.put_manifest("acme", "worker", &m).await.unwrap();
     }
     assert_eq!(
@@ -351,7 +351,7 @@ pub(crate) async fn hosted_pushes_are_checked_and_listed(s: &dyn Store) {
 pub(crate) async fn hosted_tags_can_be_immutable(s: &dyn Store) {
     let b = digest(1);
     s.link_blob("acme", "api", &b, 10).await.unwrap();
-    let mut m = manifest(&digest(20), &[b.clone()], Some("v1"));
+    let mut m = manifest(&digest(20), std::slice::from_ref(&b), Some("v1"));
     m.tag_mutable = false;
     assert_eq!(
         s.put_manifest("acme", "api", &m).await.unwrap(),
@@ -362,7 +362,7 @@ pub(crate) async fn hosted_tags_can_be_immutable(s: &dyn Store) {
         s.put_manifest("acme", "api", &m).await.unwrap(),
         hosted::PutManifest::Stored
     );
-    let mut other = manifest(&digest(21), &[b.clone()], Some("v1"));
+    let mut other = manifest(&digest(21), std::slice::from_ref(&b), Some("v1"));
     other.tag_mutable = false;
     assert_eq!(
         s.put_manifest("acme", "api", &other).await.unwrap(),
@@ -381,18 +381,18 @@ pub(crate) async fn hosted_deletes_update_tags_and_referrers(s: &dyn Store) {
     s.put_manifest(
         "acme",
         "api",
-        &manifest(&digest(30), &[b.clone()], Some("1")),
+        &manifest(&digest(30), std::slice::from_ref(&b), Some("1")),
     )
     .await
     .unwrap();
     s.put_manifest(
         "acme",
         "api",
-        &manifest(&digest(30), &[b.clone()], Some("2")),
+        &manifest(&digest(30), std::slice::from_ref(&b), Some("2")),
     )
     .await
     .unwrap();
-    let mut sig = manifest(&digest(31), &[b.clone()], None);
+    let mut sig = manifest(&digest(31), std::slice::from_ref(&b), None);
     sig.row.subject = Some(digest(30));
     sig.row.artifact_type = Some("application/vnd.example.sig".into());
     s.put_manifest("acme", "api", &sig).await.unwrap();
@@ -471,20 +471,24 @@ pub(crate) async fn collection_deletes_only_what_is_still_unreferenced(s: &dyn S
     s.put_manifest(
         "acme",
         "api",
-        &manifest(&digest(40), &[b1.clone()], Some("t")),
+        &manifest(&digest(40), std::slice::from_ref(&b1), Some("t")),
     )
     .await
     .unwrap();
-    s.put_manifest("acme", "api", &manifest(&digest(41), &[b2.clone()], None))
-        .await
-        .unwrap();
+    s.put_manifest(
+        "acme",
+        "api",
+        &manifest(&digest(41), std::slice::from_ref(&b2), None),
+    )
+    .await
+    .unwrap();
     let repos = s.gc_repos(Some("acme")).await.unwrap();
     assert_eq!(repos.len(), 1);
     let r = &repos[0];
     assert_eq!((r.app.as_str(), r.repo.as_str()), ("acme", "api"));
     assert_eq!(r.tags, [("t".to_string(), digest(40))]);
     assert_eq!(r.manifests.len(), 2);
-    assert_eq!(r.manifests[0].refs, [b1.clone()]);
+    assert_eq!(r.manifests[0].refs, std::slice::from_ref(&b1));
     assert_eq!(r.blobs.len(), 2);
     assert!(s.gc_repos(Some("beta")).await.unwrap().is_empty());
     // Before the cutoff: nothing is old enough.
@@ -504,13 +508,13 @@ pub(crate) async fn collection_deletes_only_what_is_still_unreferenced(s: &dyn S
         .await
         .unwrap();
     assert_eq!(done.manifests, [digest(41)]);
-    assert_eq!(done.blobs, [b2.clone()]);
+    assert_eq!(done.blobs, std::slice::from_ref(&b2));
     assert!(s.blob("acme", "api", &b1).await.unwrap().is_some());
     assert!(!s.linked_anywhere(&b2).await.unwrap());
     // Once empty, the repository leaves the catalog.
     s.delete_manifest("acme", "api", &digest(40)).await.unwrap();
     let done = s
-        .gc_delete("acme", "api", &[], &[b1.clone()], future)
+        .gc_delete("acme", "api", &[], std::slice::from_ref(&b1), future)
         .await
         .unwrap();
     assert_eq!(done.blobs, [b1]);
