@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use berth::config::Config;
+use berth::control::usage::UsageFilter;
 use berth::control::{Actor, Control, NewKey, NewLicense};
 use berth::settings::StateConfig;
 use http::Resp;
@@ -101,6 +102,11 @@ impl Fx {
     }
 
     fn license(&self, app: &str) -> String {
+        self.license_with_id(app).1
+    }
+
+    /// A license of `app`: (public id, secret), once berth knows it.
+    fn license_with_id(&self, app: &str) -> (String, String) {
         let created = self
             .rt
             .block_on(self.control.create_license(
@@ -115,7 +121,7 @@ impl Fx {
             ))
             .expect("create a license");
         self.until_known(&created.secret);
-        created.secret
+        (created.license.id, created.secret)
     }
 
     fn until_known(&self, secret: &str) {
@@ -218,7 +224,7 @@ fn skopeo_pushes_into_berth_and_a_license_pulls_it_back_identical() {
         );
     }
 
-    let license = fx.license("acme");
+    let (license_id, license) = fx.license_with_id("acme");
     let creds = format!("x:{license}");
     let dir = support::tempdir();
     let out = skopeo_copy_to_oci(
@@ -262,6 +268,28 @@ fn skopeo_pushes_into_berth_and_a_license_pulls_it_back_identical() {
     want.sort();
     want.dedup();
     assert_eq!(back.blob_digests, want);
+
+    // The pulls count in usage like proxied ones, under the name customers pull.
+    let filter = UsageFilter {
+        license: Some(license_id.clone()),
+        ..UsageFilter::default()
+    };
+    let single = format!("{}/acme/team/single", fx.host());
+    let mut seen = None;
+    let counted = support::wait_until(WAIT, || {
+        let report = fx
+            .rt
+            .block_on(fx.control.usage(&fx.config(), &filter))
+            .expect("usage report");
+        seen = report.subjects.into_iter().next();
+        seen.as_ref().is_some_and(|u| {
+            u.bytes >= image.layers.iter().map(|(_, n)| *n).sum::<u64>()
+                && u.images
+                    .iter()
+                    .any(|i| i.image == single && i.reference == "1.0" && i.pulls == 1)
+        })
+    });
+    assert!(counted, "hosted pulls not in usage: {seen:?}");
 
     // Tags, sorted and paged.
     let r = fx.req("GET", "/v2/acme/team/single/tags/list", &license, &[], b"");
