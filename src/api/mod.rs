@@ -82,6 +82,7 @@ impl Api {
         registry: &mut prometheus_client::registry::Registry,
     ) -> Result<Api, BuildError> {
         let api_metrics = Arc::new(metrics::ApiMetrics::register(registry));
+        let hosted_metrics = crate::hosted::metrics::HostedMetrics::register(registry);
         let upstream = crate::upstream::Client::with_metrics(
             crate::upstream::UpstreamMetrics::register(registry),
         );
@@ -105,6 +106,7 @@ impl Api {
             config.current().hosted.upload_timeout,
         ));
         hosted.start_sweep();
+        hosted_metrics.start(&hosted, config.clone());
         let probes = Arc::new(crate::admin::Probes {
             config: config.clone(),
             blobs: registry.cache().storage.blobs.clone(),

@@ -9,6 +9,7 @@
 //! what is decided by the caller (`api` with `auth`).
 
 pub mod gc;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
