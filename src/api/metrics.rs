@@ -76,8 +76,12 @@ pub fn route_class(path: &str) -> &'static str {
         "token"
     } else if path == "/v2" || path == "/v2/" {
         "base"
+    } else if path == "/v2/_catalog" {
+        "catalog"
     } else if path.starts_with("/v2/") {
-        if path.contains("/manifests/") {
+        if path.contains("/blobs/uploads") {
+            "upload"
+        } else if path.contains("/manifests/") {
             "manifest"
         } else if path.contains("/blobs/") {
             "blob"
@@ -106,5 +110,9 @@ mod tests {
         assert_eq!(route_class("/v2/"), "base");
         assert_eq!(route_class("/token"), "token");
         assert_eq!(route_class("/x"), "other");
+        assert_eq!(route_class("/v2/acme/w/blobs/uploads/"), "upload");
+        assert_eq!(route_class("/v2/acme/w/blobs/uploads/0a1b"), "upload");
+        assert_eq!(route_class("/v2/acme/w/blobs/sha256:x"), "blob");
+        assert_eq!(route_class("/v2/_catalog"), "catalog");
     }
 }
