@@ -723,3 +723,241 @@ impl HostedIndex for PostgresStore {
         })
     }
 }
+
+/// The concurrency this file's comments promise, shown with a second connection that holds a
+/// transaction open (one side of the race) while the store runs the other side.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+    use std::time::Duration;
+
+    use tokio_postgres::{Client, NoTls};
+
+    use super::super::test_server::Postgres;
+    use super::*;
+    use crate::settings::Secret;
+    use crate::state::suite::manifest;
+
+    const B: &str = "sha256:0101010101010101010101010101010101010101010101010101010101010101";
+
+    fn server() -> &'static Postgres {
+        static SERVER: OnceLock<Postgres> = OnceLock::new();
+        SERVER.get_or_init(Postgres::start)
+    }
+
+    /// A store on a new database and a raw connection to the same database.
+    async fn setup() -> (Arc<PostgresStore>, Client) {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let url = server().fresh_database(&format!("hosted_{}", N.fetch_add(1, Ordering::Relaxed)));
+        let store = PostgresStore::open(&Secret::new(&url)).await.unwrap();
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        (Arc::new(store), client)
+    }
+
+    /// Whether `task` is still waiting after a while (on a row lock, in these tests).
+    async fn blocked<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        !task.is_finished()
+    }
+
+    fn minute_ago() -> SystemTime {
+        SystemTime::now() - Duration::from_secs(60)
+    }
+
+    #[tokio::test]
+    async fn a_collection_waiting_on_a_push_skips_the_link_the_push_touched() {
+        let (s, raw) = setup().await;
+        s.link_blob("acme", "api", B, 10).await.unwrap();
+        raw.execute("UPDATE hosted_blobs SET touched_ms = 1000", &[])
+            .await
+            .unwrap();
+        // A push's check of the blob, not committed yet.
+        raw.batch_execute("BEGIN").await.unwrap();
+        let n = raw
+            .execute(
+                "UPDATE hosted_blobs SET touched_ms = $1",
+                &[&to_millis(SystemTime::now())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let gc = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.gc_delete("acme", "api", &[], &[B.to_string()], minute_ago())
+                    .await
+            })
+        };
+        assert!(
+            blocked(&gc).await,
+            "the DELETE did not wait for the row lock"
+        );
+        raw.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(gc.await.unwrap().unwrap(), GcDeleted::default());
+        assert_eq!(s.blob("acme", "api", B).await.unwrap(), Some(10));
+    }
+
+    #[tokio::test]
+    async fn a_push_waiting_on_a_collection_is_refused() {
+        let (s, raw) = setup().await;
+        s.link_blob("acme", "api", B, 10).await.unwrap();
+        // Collection's delete of the blob, not committed yet.
+        raw.batch_execute("BEGIN; DELETE FROM hosted_blobs")
+            .await
+            .unwrap();
+        let push = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let m = manifest(&format!("sha256:{}", "aa".repeat(32)), &[B.into()], None);
+                s.put_manifest("acme", "api", &m).await
+            })
+        };
+        assert!(
+            blocked(&push).await,
+            "the touch did not wait for the row lock"
+        );
+        raw.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(
+            push.await.unwrap().unwrap(),
+            PutManifest::BlobUnknown(B.into())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_repository_is_kept_when_a_push_links_into_it_meanwhile() {
+        let (s, raw) = setup().await;
+        s.link_blob("acme", "api", B, 10).await.unwrap();
+        assert!(s.unlink_blob("acme", "api", B).await.unwrap());
+        raw.execute("UPDATE hosted_repos SET created_ms = 1000", &[])
+            .await
+            .unwrap();
+        // A link_blob half-way: the blob row written, the repository row locked.
+        raw.batch_execute("BEGIN").await.unwrap();
+        raw.execute(
+            "INSERT INTO hosted_blobs (app, repo, digest, size, touched_ms) VALUES ('acme', 'api', $1, 10, $2)",
+            &[&B, &to_millis(SystemTime::now())],
+        )
+        .await
+        .unwrap();
+        let generation = raw.prepare("SELECT value FROM generation").await.unwrap();
+        let conn = Conn {
+            client: raw,
+            generation,
+        };
+        ensure_repo(&conn, "acme", "api", to_millis(SystemTime::now()))
+            .await
+            .unwrap();
+        let gc = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.gc_delete(
+                    "acme",
+                    "api",
+                    &[],
+                    &[],
+                    SystemTime::now() + Duration::from_secs(60),
+                )
+                .await
+            })
+        };
+        assert!(
+            blocked(&gc).await,
+            "collection did not wait for the repository lock"
+        );
+        conn.client.batch_execute("COMMIT").await.unwrap();
+        gc.await.unwrap().unwrap();
+        assert!(s.repo_exists("acme", "api").await.unwrap());
+        assert_eq!(s.catalog(None, None, 10).await.unwrap(), ["acme/api"]);
+    }
+
+    #[tokio::test]
+    async fn a_push_after_collection_removed_the_repository_makes_it_again() {
+        let (s, raw) = setup().await;
+        s.link_blob("acme", "api", B, 10).await.unwrap();
+        assert!(s.unlink_blob("acme", "api", B).await.unwrap());
+        // Collection's removal of the empty repository, not committed yet.
+        raw.batch_execute("BEGIN; SELECT 1 FROM hosted_repos FOR UPDATE; DELETE FROM hosted_repos")
+            .await
+            .unwrap();
+        let push = {
+            let s = s.clone();
+            tokio::spawn(async move { s.link_blob("acme", "api", B, 10).await })
+        };
+        assert!(
+            blocked(&push).await,
+            "the link did not wait for the repository row"
+        );
+        raw.batch_execute("COMMIT").await.unwrap();
+        push.await.unwrap().unwrap();
+        assert!(s.repo_exists("acme", "api").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_immutable_tag_another_push_is_writing_is_not_taken_over() {
+        let (s, raw) = setup().await;
+        s.link_blob("acme", "api", B, 10).await.unwrap();
+        let first = format!("sha256:{}", "aa".repeat(32));
+        // Another replica's push of the new tag, not committed yet.
+        raw.batch_execute("BEGIN").await.unwrap();
+        raw.execute(
+            "INSERT INTO hosted_tags (app, repo, tag, digest, updated_ms) VALUES ('acme', 'api', 'v1', $1, 0)",
+            &[&first],
+        )
+        .await
+        .unwrap();
+        let push = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut m = manifest(
+                    &format!("sha256:{}", "bb".repeat(32)),
+                    &[B.into()],
+                    Some("v1"),
+                );
+                m.tag_mutable = false;
+                s.put_manifest("acme", "api", &m).await
+            })
+        };
+        assert!(blocked(&push).await, "the tag upsert did not wait");
+        raw.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(
+            push.await.unwrap().unwrap(),
+            PutManifest::TagImmutable(first.clone())
+        );
+        let tag: String = raw
+            .query_one("SELECT digest FROM hosted_tags WHERE tag = 'v1'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(tag, first);
+    }
+
+    #[tokio::test]
+    async fn a_refused_push_touches_nothing() {
+        let (s, raw) = setup().await;
+        s.link_blob("acme", "api", B, 10).await.unwrap();
+        raw.execute("UPDATE hosted_blobs SET touched_ms = 1000", &[])
+            .await
+            .unwrap();
+        let missing = format!("sha256:{}", "cc".repeat(32));
+        let m = manifest(
+            &format!("sha256:{}", "aa".repeat(32)),
+            &[B.into(), missing.clone()],
+            None,
+        );
+        assert_eq!(
+            s.put_manifest("acme", "api", &m).await.unwrap(),
+            PutManifest::BlobUnknown(missing)
+        );
+        let repos = s.gc_repos(None).await.unwrap();
+        assert_eq!(repos[0].blobs, [(B.to_string(), 10, from_millis(1000))]);
+        assert!(repos[0].manifests.is_empty());
+        // The connection is in a clean state after the rollback: the next push stores.
+        let ok = manifest(&format!("sha256:{}", "aa".repeat(32)), &[B.into()], None);
+        assert_eq!(
+            s.put_manifest("acme", "api", &ok).await.unwrap(),
+            PutManifest::Stored
+        );
+    }
+}
