@@ -92,6 +92,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Arc::new(metrics),
         crate::control::Control::new(store.clone()),
         directory,
+        api.hosted.clone(),
     ));
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -92,6 +92,7 @@ impl Command {
                 | Command::Apikey { .. }
                 | Command::AdminToken { .. }
                 | Command::Usage(_)
+                | Command::Gc(_)
         )
     }
 }
@@ -100,11 +101,13 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     let control_plane = args.command.is_control_plane();
     if !control_plane && (args.server.is_some() || args.token.is_some()) {
-        eprintln!("berth: --server and --token apply to license, apikey, admin-token and usage");
+        eprintln!(
+            "berth: --server and --token apply to license, apikey, admin-token, usage and gc"
+        );
         return ExitCode::from(2);
     }
     if args.json && !control_plane && !matches!(args.command, Command::Audit(_)) {
-        eprintln!("berth: --json applies to license, apikey, admin-token, usage and audit");
+        eprintln!("berth: --json applies to license, apikey, admin-token, usage, gc and audit");
         return ExitCode::from(2);
     }
     let global = cli::Global {
@@ -131,6 +134,6 @@ fn main() -> ExitCode {
         Command::Apikey { command } => cli::apikey::run(&global, command),
         Command::AdminToken { command } => cli::admin_token::run(&global, command),
         Command::Usage(a) => cli::usage::run(&global, a),
-        Command::Gc(a) => cli::gc::run(&global.config, a),
+        Command::Gc(a) => cli::gc::run(&global, a),
     }
 }

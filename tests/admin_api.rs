@@ -417,6 +417,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/upstreams/{name}/test"),
     ("GET", "/api/v1/usage"),
     ("GET", "/api/v1/audit"),
+    ("POST", "/api/v1/gc"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -442,6 +443,7 @@ fn admin_api_end_to_end() {
     secrets.extend(admin_tokens(&f));
     catalog(&f);
     reports(&f);
+    gc(&f);
 
     // Every route of the table was answered (and so checked against its schemas).
     let covered = f.covered.borrow().clone();
@@ -1129,6 +1131,38 @@ fn catalog(f: &Fixture) {
 }
 
 /// Usage reports and the audit trail: who changed what, when, paged.
+/// A garbage collection run by the server: a dry run, a real one (in the audit trail),
+/// bad parameters refused.
+fn gc(f: &Fixture) {
+    let post = |q: &str| f.call_as(Some(&f.token), "POST", "/api/v1/gc", &[], q, None);
+    let r = post("dry_run=true&grace=0s");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["dry_run"], true);
+    let r = post("app=acme&grace=0s&delete_untagged=true");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let report = r.json();
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(report["bytes_freed"], 0, "nothing was pushed: {report}");
+    for (q, field) in [
+        ("app=nope", "app"),
+        ("grace=soon", "grace"),
+        ("dry_run=maybe", "dry_run"),
+    ] {
+        let r = post(q);
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+        assert!(r.text().contains(field), "{q}: {}", r.text());
+    }
+    let trail = f.get("/api/v1/audit", &[], "limit=500").json();
+    assert!(
+        trail["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "hosted.gc" && e["target"] == "acme"),
+        "no hosted.gc in the trail: {trail}"
+    );
+}
+
 fn reports(f: &Fixture) {
     for q in [
         "",

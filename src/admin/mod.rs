@@ -42,6 +42,8 @@ pub struct Admin {
     /// The stored admin tokens `/api/v1` accepts (a revocation is in force within the
     /// directory's refresh).
     pub directory: Arc<Directory>,
+    /// The hosted registry, for garbage collection run by the server.
+    pub hosted: Arc<crate::hosted::Hosted>,
     /// Failed admin logins per source, apart from customers' failed logins.
     logins: LoginThrottle,
 }
@@ -52,12 +54,14 @@ impl Admin {
         metrics: Arc<Registry>,
         control: Control,
         directory: Arc<Directory>,
+        hosted: Arc<crate::hosted::Hosted>,
     ) -> Admin {
         Admin {
             probes,
             metrics,
             control,
             directory,
+            hosted,
             logins: LoginThrottle::default(),
         }
     }

@@ -1,13 +1,15 @@
-//! `berth gc`: one garbage collection of the hosted registry, beside a running server (the
-//! cache directory is shared, the index is the state store's), or `--dry-run` to see what
-//! it would free. `hosted.gc` in the config sets the grace period and what happens to
-//! untagged manifests; the flags here override them.
+//! `berth gc`: one garbage collection of the hosted registry — in this process beside a
+//! running server (the cache directory is shared, the index is the state store's), or with
+//! `--server` by the running server itself through the admin API (`POST /api/v1/gc`) —
+//! or `--dry-run` to see what it would free. `hosted.gc` in the config sets the grace
+//! period and what happens to untagged manifests; the flags here override them.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::hosted::gc::{Options, Untagged};
+use super::remote::Remote;
+use super::Global;
+use crate::hosted::gc::{Options, Report, Untagged};
 use crate::hosted::{human, Hosted};
 
 #[derive(clap::Args, Debug)]
@@ -25,13 +27,13 @@ pub struct Args {
     /// Also delete manifests no tag reaches (default hosted.gc.untagged, keep).
     #[arg(long)]
     delete_untagged: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
-pub fn run(config: &Path, args: Args) -> ExitCode {
-    let config = match super::load_config(config) {
+pub fn run(global: &Global, args: Args) -> ExitCode {
+    if let Some(server) = &global.server {
+        return remote(global, server, &args);
+    }
+    let config = match super::load_config(&global.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -71,14 +73,40 @@ pub fn run(config: &Path, args: Args) -> ExitCode {
         let hosted = Hosted::new(Arc::new(cache), store, config.hosted.upload_timeout);
         hosted.collect(&opts).await.map_err(|e| e.to_string())
     });
-    let report = match result {
-        Ok(r) => r,
+    match result {
+        Ok(r) => print(&r, global.json),
         Err(e) => {
             eprintln!("berth gc: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// Asks the server at `server` to collect (it updates its own memory of what is stored).
+fn remote(global: &Global, server: &str, args: &Args) -> ExitCode {
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
-    if args.json {
+    let result = rt.block_on(async {
+        let r = Remote::new(server, global.token.as_ref())?;
+        let flag = |b: bool| b.then_some("true");
+        let q = super::remote::query(&[
+            ("app", args.app.as_deref()),
+            ("dry_run", flag(args.dry_run)),
+            ("grace", args.grace.as_deref()),
+            ("delete_untagged", flag(args.delete_untagged)),
+        ]);
+        r.post_empty::<Report>(&format!("/api/v1/gc{q}")).await
+    });
+    match result {
+        Ok(r) => print(&r, global.json),
+        Err(f) => f.exit(),
+    }
+}
+
+fn print(report: &Report, json: bool) -> ExitCode {
+    if json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),
             Err(e) => {
@@ -88,6 +116,7 @@ pub fn run(config: &Path, args: Args) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+
     let verb = if report.dry_run {
         "would free"
     } else {

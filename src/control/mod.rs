@@ -77,7 +77,9 @@ impl Control {
         Control { store }
     }
 
-    async fn audit(
+    /// Appends to the audit trail (for operations outside the control plane's own, such
+    /// as a garbage collection started through the admin API).
+    pub async fn audit(
         &self,
         actor: &Actor,
         action: &str,

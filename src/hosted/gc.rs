@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{state_error, Hosted};
 use crate::error::Error;
@@ -52,7 +52,7 @@ pub struct Options {
 }
 
 /// What a collection removed (or, in a dry run, would remove).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub dry_run: bool,
     pub repositories: usize,

@@ -5,6 +5,7 @@
 //! `openapi.json`, served at `/api/v1/openapi.json`.
 
 mod catalog;
+mod gc;
 mod keys;
 mod licenses;
 mod problem;
@@ -163,6 +164,7 @@ async fn dispatch(op: Op, c: &Call<'_>) -> Result<Reply, Problem> {
         Op::TestUpstream => catalog::test_upstream(c).await,
         Op::Usage => reports::usage(c).await,
         Op::Audit => reports::audit(c).await,
+        Op::Gc => gc::run(c).await,
         Op::OpenApi => {
             c.query.only(&[])?;
             Ok(Reply {

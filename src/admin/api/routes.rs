@@ -23,6 +23,7 @@ pub enum Op {
     TestUpstream,
     Usage,
     Audit,
+    Gc,
     OpenApi,
 }
 
@@ -82,6 +83,7 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/upstreams/{name}/test", Op::TestUpstream),
     r("GET", "/api/v1/usage", Op::Usage),
     r("GET", "/api/v1/audit", Op::Audit),
+    r("POST", "/api/v1/gc", Op::Gc),
     r("GET", "/api/v1/openapi.json", Op::OpenApi),
 ];
 
