@@ -41,7 +41,10 @@ fn num(report: &serde_json::Value, field: &str) -> u64 {
 
 /// `bytes_freed` as `berth gc` prints it.
 fn bytes(report: &serde_json::Value) -> String {
-    report["bytes_freed"].as_str().unwrap_or_else(|| panic!("no bytes_freed in {report}")).to_string()
+    report["bytes_freed"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no bytes_freed in {report}"))
+        .to_string()
 }
 
 fn human(n: u64) -> String {
@@ -75,7 +78,12 @@ fn dry_run_reports_and_keeps_then_the_real_run_frees_exactly_that() {
     fx.push_raw("two", &c, "c");
     fx.push_raw("two", &d, "d");
     // Blobs only `a` and only `c` use: the config and the unshared layer of each.
-    let gone: Vec<(String, u64)> = vec![a.config.clone(), a.layers[1].clone(), c.config.clone(), c.layers[1].clone()];
+    let gone: Vec<(String, u64)> = vec![
+        a.config.clone(),
+        a.layers[1].clone(),
+        c.config.clone(),
+        c.layers[1].clone(),
+    ];
     let want_bytes: u64 = gone.iter().map(|(_, s)| s).sum();
     delete(&fx, "one", "a");
     delete(&fx, "two", &c.manifest);
@@ -83,7 +91,11 @@ fn dry_run_reports_and_keeps_then_the_real_run_frees_exactly_that() {
     let before = fx.stored_blobs();
     let dry = fx.gc(&["--dry-run", "--grace", "0s", "--delete-untagged"]);
     assert_eq!(dry["dry_run"], true, "{dry}");
-    assert_eq!(manifests(&dry), [format!("acme/one@{}", a.manifest)], "{dry}");
+    assert_eq!(
+        manifests(&dry),
+        [format!("acme/one@{}", a.manifest)],
+        "{dry}"
+    );
     // Five links: also the shared layer's in `two`, where nothing references it any more
     // (its bytes stay: `one`'s b uses them).
     assert_eq!(num(&dry, "blob_links"), 5, "{dry}");
@@ -91,11 +103,22 @@ fn dry_run_reports_and_keeps_then_the_real_run_frees_exactly_that() {
     assert_eq!(bytes(&dry), human(want_bytes), "{dry}");
     assert_eq!(fx.stored_blobs(), before, "a dry run deleted blob files");
     for (digest, size) in &gone {
-        assert!(fx.blob_file(digest).is_file(), "{digest} left the disk in a dry run");
-        let repo = if a.blobs().iter().any(|(d, _)| d == digest) { "one" } else { "two" };
-        assert!(fx.blob_pulls(repo, digest, *size), "{digest} no longer pulls from {repo} after a dry run");
+        assert!(
+            fx.blob_file(digest).is_file(),
+            "{digest} left the disk in a dry run"
+        );
+        let repo = if a.blobs().iter().any(|(d, _)| d == digest) {
+            "one"
+        } else {
+            "two"
+        };
+        assert!(
+            fx.blob_pulls(repo, digest, *size),
+            "{digest} no longer pulls from {repo} after a dry run"
+        );
     }
-    fx.pull_raw("one", &a.manifest, &a).expect("the untagged manifest after a dry run");
+    fx.pull_raw("one", &a.manifest, &a)
+        .expect("the untagged manifest after a dry run");
 
     let real = fx.gc(&["--grace", "0s", "--delete-untagged"]);
     assert_eq!(real["dry_run"], false, "{real}");
@@ -104,7 +127,10 @@ fn dry_run_reports_and_keeps_then_the_real_run_frees_exactly_that() {
     assert_eq!(num(&real, "blobs_freed"), 4, "{real}");
     assert_eq!(bytes(&real), human(want_bytes), "{real}");
     for (digest, _) in &gone {
-        assert!(!fx.blob_file(digest).exists(), "{digest} still on disk after gc");
+        assert!(
+            !fx.blob_file(digest).exists(),
+            "{digest} still on disk after gc"
+        );
     }
     let mut left: Vec<String> = before
         .iter()
@@ -112,8 +138,18 @@ fn dry_run_reports_and_keeps_then_the_real_run_frees_exactly_that() {
         .cloned()
         .collect();
     left.sort();
-    assert_eq!(fx.stored_blobs(), left, "gc deleted other blob files than those");
-    let r = fx.req("GET", &format!("/v2/acme/one/manifests/{}", a.manifest), &fx.key, &[], b"");
+    assert_eq!(
+        fx.stored_blobs(),
+        left,
+        "gc deleted other blob files than those"
+    );
+    let r = fx.req(
+        "GET",
+        &format!("/v2/acme/one/manifests/{}", a.manifest),
+        &fx.key,
+        &[],
+        b"",
+    );
     assert_eq!(r.status, 404, "the collected manifest: {}", r.text());
     fx.pull_skopeo_ok("one", "b", &b);
     fx.pull_skopeo_ok("two", "d", &d);
@@ -121,7 +157,11 @@ fn dry_run_reports_and_keeps_then_the_real_run_frees_exactly_that() {
     assert!(fx.blob_file(&shared_digest(&b)).is_file());
 
     let again = fx.gc(&["--grace", "0s", "--delete-untagged"]);
-    assert_eq!(num(&again, "blobs_freed"), 0, "a second run found more: {again}");
+    assert_eq!(
+        num(&again, "blobs_freed"),
+        0,
+        "a second run found more: {again}"
+    );
     assert!(manifests(&again).is_empty(), "{again}");
 }
 
@@ -131,9 +171,22 @@ fn dry_run_reports_and_keeps_then_the_real_run_frees_exactly_that() {
 fn gc_json_prints_the_report() {
     let fx = Fx::start("", "");
     let run = fx.gc_json(&["--dry-run"]);
-    assert_eq!(run.code, Some(0), "berth gc --json: {}{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "berth gc --json: {}{}",
+        run.stdout,
+        run.stderr
+    );
     let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("a JSON report");
-    for f in ["dry_run", "repositories", "manifests", "blob_links", "blobs_freed", "bytes_freed"] {
+    for f in [
+        "dry_run",
+        "repositories",
+        "manifests",
+        "blob_links",
+        "blobs_freed",
+        "bytes_freed",
+    ] {
         assert!(!v[f].is_null(), "no {f} in {v}");
     }
 }
@@ -152,13 +205,30 @@ fn an_upload_in_progress_survives_a_gc_run() {
     let loc = r.header("location").unwrap().to_string();
     let half = data.len() / 2;
     let range = format!("0-{}", half - 1);
-    let r = fx.req("PATCH", &loc, &fx.key, &[("Content-Range", &range)], &data[..half]);
+    let r = fx.req(
+        "PATCH",
+        &loc,
+        &fx.key,
+        &[("Content-Range", &range)],
+        &data[..half],
+    );
     assert_eq!(r.status, 202, "{}", r.text());
     let report = fx.gc(&[]);
     assert_eq!(num(&report, "blobs_freed"), 0, "{report}");
     let range = format!("{half}-{}", data.len() - 1);
-    let r = fx.req("PATCH", &loc, &fx.key, &[("Content-Range", &range)], &data[half..]);
-    assert_eq!(r.status, 202, "the rest of the upload after gc ran: {}", r.text());
+    let r = fx.req(
+        "PATCH",
+        &loc,
+        &fx.key,
+        &[("Content-Range", &range)],
+        &data[half..],
+    );
+    assert_eq!(
+        r.status,
+        202,
+        "the rest of the upload after gc ran: {}",
+        r.text()
+    );
     let r = fx.req("PUT", &format!("{loc}?digest={digest}"), &fx.key, &[], b"");
     assert_eq!(
         r.status,
@@ -181,7 +251,10 @@ fn a_manifest_deleted_by_digest_has_its_bytes_freed() {
     let fx = Fx::start("", "");
     let c = Img::build("c", &[(fresh_seed(), MIB)]);
     fx.push_raw("two", &c, "c");
-    assert!(fx.manifest_file(&c.manifest).is_file(), "where berth keeps manifests");
+    assert!(
+        fx.manifest_file(&c.manifest).is_file(),
+        "where berth keeps manifests"
+    );
     delete(&fx, "two", &c.manifest);
     let report = fx.gc(&["--grace", "0s", "--delete-untagged"]);
     assert_eq!(num(&report, "blobs_freed"), 2, "{report}");
@@ -241,13 +314,23 @@ fn untagged_manifests_are_kept_by_default_and_removed_on_request() {
     fx.pull_skopeo_ok("app", "latest", &new);
 
     let removed = fx.gc(&["--grace", "0s", "--delete-untagged"]);
-    assert_eq!(manifests(&removed), [format!("acme/app@{}", old.manifest)], "{removed}");
+    assert_eq!(
+        manifests(&removed),
+        [format!("acme/app@{}", old.manifest)],
+        "{removed}"
+    );
     let want: u64 = old.blobs().iter().map(|(_, s)| s).sum();
     assert_eq!(bytes(&removed), human(want), "{removed}");
     for (d, _) in old.blobs() {
-        assert!(!fx.blob_file(&d).exists(), "{d} of the untagged image is still on disk");
+        assert!(
+            !fx.blob_file(&d).exists(),
+            "{d} of the untagged image is still on disk"
+        );
     }
-    assert!(fx.pull_skopeo("app", &old.manifest, &old).is_err(), "the removed manifest still pulls");
+    assert!(
+        fx.pull_skopeo("app", &old.manifest, &old).is_err(),
+        "the removed manifest still pulls"
+    );
     fx.pull_skopeo_ok("app", "latest", &new);
 }
 
@@ -290,8 +373,18 @@ fn concurrent_pushes_during_gc_lose_nothing() {
     let base = (fresh_seed(), 2 * MIB);
     let images: Vec<(String, Img)> = (0..N)
         .map(|i| {
-            let repo = if i % 2 == 0 { "shared".to_string() } else { format!("r{i}") };
-            (repo, Img::build(&format!("t{i}"), &[base, (fresh_seed(), MIB + i as u64 * 4099)]))
+            let repo = if i % 2 == 0 {
+                "shared".to_string()
+            } else {
+                format!("r{i}")
+            };
+            (
+                repo,
+                Img::build(
+                    &format!("t{i}"),
+                    &[base, (fresh_seed(), MIB + i as u64 * 4099)],
+                ),
+            )
         })
         .collect();
     let images = Arc::new(images);
@@ -321,7 +414,10 @@ fn concurrent_pushes_during_gc_lose_nothing() {
                         return Ok(attempt);
                     }
                     retries.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("push {i} attempt {attempt}: {}", String::from_utf8_lossy(&out.stderr));
+                    eprintln!(
+                        "push {i} attempt {attempt}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                 }
                 Err(format!("push {i} failed 5 times"))
             })
@@ -330,7 +426,9 @@ fn concurrent_pushes_during_gc_lose_nothing() {
     let results: Vec<_> = pushers.into_iter().map(|p| p.join().unwrap()).collect();
     // A few more collections after the last push.
     let seen = runs.load(Ordering::Relaxed);
-    assert!(support::wait_until(Duration::from_secs(60), || runs.load(Ordering::Relaxed) >= seen + 2));
+    assert!(support::wait_until(Duration::from_secs(60), || runs
+        .load(Ordering::Relaxed)
+        >= seen + 2));
     stop.store(true, Ordering::Relaxed);
     let freed = collector.join().unwrap();
     eprintln!(
@@ -338,13 +436,29 @@ fn concurrent_pushes_during_gc_lose_nothing() {
         runs.load(Ordering::Relaxed),
         retries.load(Ordering::Relaxed)
     );
-    assert!(runs.load(Ordering::Relaxed) >= 3, "gc hardly ran during the pushes");
-    for (i, r) in results.iter().enumerate() {
-        assert!(r.is_ok(), "image {i}: {r:?}\nberth log tail:\n{}", push::tail(&fx.berth.logs(), 40));
+    assert!(
+        runs.load(Ordering::Relaxed) >= 3,
+        "gc hardly ran during the pushes"
+    );
+    // First what matters most: every push that succeeded pulls back complete.
+    for ((repo, img), r) in images.iter().zip(&results) {
+        if r.is_ok() {
+            fx.pull_skopeo_ok(repo, &img.tag, img);
+        }
     }
-    for (repo, img) in images.iter() {
-        fx.pull_skopeo_ok(repo, &img.tag, img);
-    }
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {N} pushes never succeeded: {failed:?}\nberth log (errors):\n{}",
+        failed.len(),
+        fx.berth
+            .logs()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // And nothing gc still finds to take from them.
     let r = fx.gc(&["--grace", "0s", "--delete-untagged"]);
     assert_eq!(num(&r, "blobs_freed"), 0, "{r}");
@@ -358,7 +472,7 @@ fn kill_9_during_gc_leaves_a_consistent_store() {
     let fx = Fx::start("", "");
     const REPOS: usize = 12;
     let mut live: Vec<(String, Img)> = Vec::new();
-    for (round, delay_ms) in [5u64, 30, 80, 150, 300].into_iter().enumerate() {
+    for (round, delay_ms) in [5u64, 10, 15, 20, 25, 40].into_iter().enumerate() {
         let base = (fresh_seed(), 512 * 1024);
         for i in 0..REPOS {
             let repo = format!("k{round}-{i}");
@@ -408,7 +522,10 @@ fn kill_9_during_gc_leaves_a_consistent_store() {
             .collect();
         let t = Instant::now();
         let second = fx.gc(&["--grace", "0s", "--delete-untagged"]);
-        eprintln!("round {round}: the second gc took {:?}: {second}", t.elapsed());
+        eprintln!(
+            "round {round}: the second gc took {:?}: {second}",
+            t.elapsed()
+        );
         let want: BTreeSet<String> = live
             .iter()
             .flat_map(|(_, img)| img.blobs().into_iter().map(|(d, _)| d))
@@ -434,6 +551,10 @@ fn kill_9_during_gc_leaves_a_consistent_store() {
             fx.pull_raw(repo, "keep", img).expect("after the second gc");
         }
         let third = fx.gc(&["--grace", "0s", "--delete-untagged"]);
-        assert_eq!(num(&third, "blobs_freed"), 0, "a third gc found more: {third}");
+        assert_eq!(
+            num(&third, "blobs_freed"),
+            0,
+            "a third gc found more: {third}"
+        );
     }
 }

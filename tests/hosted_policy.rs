@@ -36,11 +36,20 @@ fn a_push_past_the_quota_is_refused_until_gc_frees_room() {
     let r = upload(&fx, "two", &second.layers[0], &second);
     let msg = assert_denied(&r, "a 6 MiB layer on top of 6 MiB under a 10 MiB quota");
     assert!(msg.contains("quota"), "{msg}");
-    assert!(msg.contains("10.0 MiB"), "the message names the quota: {msg}");
-    assert!(msg.contains("6.0 MiB"), "the message names the usage: {msg}");
+    assert!(
+        msg.contains("10.0 MiB"),
+        "the message names the quota: {msg}"
+    );
+    assert!(
+        msg.contains("6.0 MiB"),
+        "the message names the usage: {msg}"
+    );
     let (status, _, _) = fx.get_blob("two", &second.layers[0].0);
     assert_eq!(status, 404, "a refused blob was kept");
-    assert!(!fx.blob_file(&second.layers[0].0).exists(), "a refused blob is on disk");
+    assert!(
+        !fx.blob_file(&second.layers[0].0).exists(),
+        "a refused blob is on disk"
+    );
 
     let r = fx.req(
         "DELETE",
@@ -70,7 +79,10 @@ fn a_blob_already_in_the_app_does_not_count_twice() {
     let layer = &first.layers[0];
     let r = fx.req(
         "POST",
-        &format!("/v2/acme/mounted/blobs/uploads/?mount={}&from=acme/one", layer.0),
+        &format!(
+            "/v2/acme/mounted/blobs/uploads/?mount={}&from=acme/one",
+            layer.0
+        ),
         &fx.key,
         &[],
         b"",
@@ -157,7 +169,12 @@ fn deleting_needs_the_delete_action() {
     let r = fx.req("GET", &manifest, &fx.key, &[], b"");
     assert_eq!(r.status, 404, "{}", r.text());
     let r = fx.req("GET", "/v2/acme/app/manifests/1", &fx.key, &[], b"");
-    assert_eq!(r.status, 404, "the tag went with its manifest: {}", r.text());
+    assert_eq!(
+        r.status,
+        404,
+        "the tag went with its manifest: {}",
+        r.text()
+    );
     let r = fx.req("DELETE", &blob, &fx.key, &[], b"");
     assert_eq!(r.status, 202, "DELETE of a blob with delete: {}", r.text());
     let (status, _, _) = fx.get_blob("app", &img.layers[0].0);

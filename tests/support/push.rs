@@ -102,7 +102,13 @@ impl Fx {
             None,
             CLI_WAIT,
         );
-        assert_eq!(run.code, Some(0), "apikey create: {}{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "apikey create: {}{}",
+            run.stdout,
+            run.stderr
+        );
         let v: serde_json::Value = serde_json::from_str(&run.stdout)
             .unwrap_or_else(|e| panic!("apikey create --json: {e}: {}", run.stdout));
         let key = v["key"].as_str().expect("a key in the JSON").to_string();
@@ -141,7 +147,14 @@ impl Fx {
     }
 
     /// A request with `secret` as the password of `api`.
-    pub fn req(&self, method: &str, path: &str, secret: &str, extra: &[(&str, &str)], body: &[u8]) -> Resp {
+    pub fn req(
+        &self,
+        method: &str,
+        path: &str,
+        secret: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
         let auth = basic(secret);
         let mut h = vec![("Authorization", auth.as_str())];
         h.extend_from_slice(extra);
@@ -242,7 +255,11 @@ impl Fx {
     /// every blob came back and hash to what `img` holds.
     pub fn pull_skopeo(&self, repo: &str, reference: &str, img: &Img) -> Result<(), String> {
         let dir = support::tempdir();
-        let sep = if reference.starts_with("sha256:") { "@" } else { ":" };
+        let sep = if reference.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
         let out = skopeo_copy_to_oci(
             &format!("docker://{}/acme/{repo}{sep}{reference}", self.host()),
             Some(&format!("api:{}", self.key)),
@@ -383,8 +400,11 @@ impl Img {
     pub fn build(tag: &str, layers: &[(u64, u64)]) -> Img {
         let dir = support::tempdir();
         std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
-        std::fs::write(dir.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-            .unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
         let layers: Vec<(String, u64)> = layers
             .iter()
             .map(|&(seed, size)| write_random(dir.path(), seed, size))
@@ -409,8 +429,11 @@ impl Img {
             "mediaType": MANIFEST, "digest": manifest, "size": msize,
             "annotations": { "org.opencontainers.image.ref.name": tag },
         } ] });
-        std::fs::write(dir.path().join("index.json"), serde_json::to_vec(&index).unwrap())
-            .unwrap();
+        std::fs::write(
+            dir.path().join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
         Img {
             dir,
             tag: tag.to_string(),
