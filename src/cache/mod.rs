@@ -72,9 +72,33 @@ impl Cache {
         legacy: Legacy,
         metrics: CacheMetrics,
     ) -> Result<Cache, OpenError> {
+        Self::open_with(cfg, legacy, metrics, true)
+    }
+
+    /// As [`Cache::open`], but for a process beside a running server (`berth gc`): nothing
+    /// is cleaned up, since the unfinished files are the server's uploads in progress.
+    pub fn open_beside(
+        cfg: &CacheConfig,
+        legacy: Legacy,
+        metrics: CacheMetrics,
+    ) -> Result<Cache, OpenError> {
+        Self::open_with(cfg, legacy, metrics, false)
+    }
+
+    fn open_with(
+        cfg: &CacheConfig,
+        legacy: Legacy,
+        metrics: CacheMetrics,
+        clean: bool,
+    ) -> Result<Cache, OpenError> {
         let dir = cfg.dir.clone();
-        let (fs, recovered) =
-            FsBackend::open(&dir).map_err(|(path, source)| OpenError { path, source })?;
+        let (fs, recovered) = if clean {
+            FsBackend::open(&dir).map_err(|(path, source)| OpenError { path, source })?
+        } else {
+            let fs =
+                FsBackend::create(&dir).map_err(|(path, source)| OpenError { path, source })?;
+            (fs, crate::storage::fs::Recovered::default())
+        };
         let found = fs.scan().map_err(io_err(&dir))?;
         let pins = fs.get_sync(&ObjectKey::Pins).unwrap_or_default();
         let lock = admin::lock_shared(&dir).map_err(io_err(&dir))?;

@@ -67,9 +67,13 @@ pub fn run(global: &Global, args: Args) -> ExitCode {
             .await
             .map_err(|e| format!("{e} (check state.sqlite or state.postgres)"))?;
         let legacy = crate::cache::legacy_of(&*config.tenants);
-        let cache =
-            crate::cache::Cache::open(&config.cache, legacy, crate::cache::CacheMetrics::default())
-                .map_err(|e| format!("cache.dir: {e}"))?;
+        // Beside a running server: its uploads in progress are in cache.dir too.
+        let cache = crate::cache::Cache::open_beside(
+            &config.cache,
+            legacy,
+            crate::cache::CacheMetrics::default(),
+        )
+        .map_err(|e| format!("cache.dir: {e}"))?;
         let hosted = Hosted::new(Arc::new(cache), store, config.hosted.upload_timeout);
         hosted.collect(&opts).await.map_err(|e| e.to_string())
     });

@@ -305,13 +305,10 @@ impl Hosted {
             )));
         }
         let size = u.staged.len();
-        let adding = match self
-            .index
-            .blob(&u.repo.app, &u.repo.name, digest.as_str())
-            .await
-        {
-            Ok(Some(_)) => 0,
-            Ok(None) => size,
+        // A blob the app already holds (in any of its repositories) takes no more room.
+        let adding = match self.index.app_has_blob(&u.repo.app, digest.as_str()).await {
+            Ok(true) => 0,
+            Ok(false) => size,
             Err(e) => {
                 u.staged.abort();
                 return Err(state_error(e));

@@ -103,6 +103,8 @@ pub trait HostedIndex: Send + Sync {
     ) -> Fut<'a, ()>;
     /// The size of a blob linked to the repository.
     fn blob<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, Option<u64>>;
+    /// Whether any repository of the app links the blob (a quota counts it once per app).
+    fn app_has_blob<'a>(&'a self, app: &'a str, digest: &'a str) -> Fut<'a, bool>;
     /// Unlinks a blob from a repository; false when it was not linked.
     fn unlink_blob<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, bool>;
     /// Whether any repository of any app links the digest, as a blob or a manifest (asked

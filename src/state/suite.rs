@@ -295,6 +295,8 @@ pub(crate) async fn hosted_pushes_are_checked_and_listed(s: &dyn Store) {
     assert_eq!(s.blob("acme", "worker", &b1).await.unwrap(), Some(100));
     assert_eq!(s.blob("acme", "other", &b1).await.unwrap(), None);
     assert_eq!(s.blob("beta", "worker", &b1).await.unwrap(), None);
+    assert!(s.app_has_blob("acme", &b1).await.unwrap());
+    assert!(!s.app_has_blob("beta", &b1).await.unwrap());
     assert_eq!(
         s.put_manifest("acme", "worker", &m).await.unwrap(),
         hosted::PutManifest::Stored

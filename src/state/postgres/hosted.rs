@@ -422,6 +422,21 @@ impl HostedIndex for PostgresStore {
         })
     }
 
+    fn app_has_blob<'a>(&'a self, app: &'a str, digest: &'a str) -> Fut<'a, bool> {
+        self.read(move |c| {
+            let (app, digest) = (app.to_string(), digest.to_string());
+            Box::pin(async move {
+                c.client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM hosted_blobs WHERE app = $1 AND digest = $2)",
+                        &[&app, &digest],
+                    )
+                    .await?
+                    .try_get(0)
+            })
+        })
+    }
+
     fn unlink_blob<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, bool> {
         self.write(move |c| {
             let (app, repo, digest) = (app.to_string(), repo.to_string(), digest.to_string());

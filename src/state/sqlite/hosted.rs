@@ -368,6 +368,18 @@ impl HostedIndex for SqliteStore {
         })
     }
 
+    fn app_has_blob<'a>(&'a self, app: &'a str, digest: &'a str) -> Fut<'a, bool> {
+        let (app, digest) = (app.to_string(), digest.to_string());
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM hosted_blobs WHERE app = ?1 AND digest = ?2)",
+            )
+            .map_err(db)?
+            .query_row(params![app, digest], |r| r.get::<_, bool>(0))
+            .map_err(db)
+        })
+    }
+
     fn unlink_blob<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, bool> {
         let (app, repo, digest) = (app.to_string(), repo.to_string(), digest.to_string());
         self.with(move |c| {
