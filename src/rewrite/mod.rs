@@ -19,6 +19,17 @@
 //! containerd, whereas `_` can never occur in a host name, so the mapping stays
 //! reversible. The airgap form keeps the whole upstream path for the same reason the
 //! berth form does: two upstream images can never land on the same name.
+//!
+//! # berth's own images
+//!
+//! An image already at berth's hostname is left as written and counted as berth's (its pod
+//! spec gets the pull secret): a hosted repository of the app (`<hostname>/<app>/<repo>`,
+//! what vendors push) and a pull-through name (`<hostname>/proxy/...`). `--pin-digests`
+//! pins a hosted image from berth's own index ([`Decision::Hosted`]). With
+//! `Rules::registry` (airgap) both move to the airgap registry by the same rule as any
+//! image: a hosted one as if berth's hostname were its upstream host
+//! (`<registry>/<hostname>/<app>/<repo>`, where `airgap push` puts it), a pull-through one
+//! under the upstream component it already carries (`<registry>/<upstream>/<repo>`).
 
 pub mod admission;
 pub mod secret;
@@ -56,6 +67,9 @@ pub(crate) enum Decision {
     Foreign,
     /// Already points at the target (idempotence): leave it, but it needs the secret.
     AlreadyTargeted,
+    /// A hosted image of the app at berth's hostname: left as it is, needs the secret, and
+    /// `image` (registry = berth's hostname) is what a digest pin resolves.
+    Hosted { image: ImageRef },
     /// Rewrite to `new`; `upstream` is the image it stands for (for digest pinning).
     Rewrite { new: String, upstream: ImageRef },
     /// Ours, but the rewritten reference would not be a valid one (longer than the
@@ -107,6 +121,14 @@ impl Rules {
             return Decision::Foreign;
         };
         let first = image.split('/').next().unwrap_or(image);
+        let hostname = self.hostname.trim_end_matches('/');
+        let at_berth = !hostname.is_empty()
+            && (first.eq_ignore_ascii_case(hostname) || r.registry.eq_ignore_ascii_case(hostname));
+        if at_berth {
+            if let Some(d) = self.berths_own(&r) {
+                return d;
+            }
+        }
         let target_host = self.target_host();
         if !target_host.is_empty()
             && (first.eq_ignore_ascii_case(target_host)
@@ -133,6 +155,72 @@ impl Rules {
         }
         Decision::Rewrite { new, upstream: r }
     }
+}
+
+impl Rules {
+    /// An image at berth's hostname that is this app's (hosted, or pulled through berth):
+    /// left alone for berth, moved to the airgap registry with `registry`. `None` for
+    /// anything else at that hostname (another app's, not a berth name), which the general
+    /// rules then decide.
+    fn berths_own(&self, r: &ImageRef) -> Option<Decision> {
+        let hosted = hosted_repository(&self.hostname, &self.app, r).is_some();
+        let Some(registry) = &self.registry else {
+            return Some(if hosted {
+                Decision::Hosted { image: r.clone() }
+            } else {
+                Decision::AlreadyTargeted
+            });
+        };
+        let prefix = registry.trim_end_matches('/');
+        let (new, upstream) = if hosted {
+            let new = format!(
+                "{prefix}/{}/{}{}",
+                upstream_component(self.hostname.trim_end_matches('/')),
+                r.repository,
+                r.suffix()
+            );
+            (new, r.clone())
+        } else {
+            let rest = r
+                .repository
+                .strip_prefix("proxy/")?
+                .strip_prefix(self.app.trim_matches('/'))?
+                .strip_prefix('/')?;
+            let (component, path) = rest
+                .split_once('/')
+                .filter(|(h, p)| !h.is_empty() && !p.is_empty())?;
+            // What a pin asks: the upstream's host (a port's `_` back to `:`) and path.
+            let upstream = ImageRef {
+                registry: component.replace('_', ":"),
+                repository: path.to_string(),
+                tag: r.tag.clone(),
+                digest: r.digest.clone(),
+            };
+            (format!("{prefix}/{rest}{}", r.suffix()), upstream)
+        };
+        if let Err(e) = ImageRef::parse(&new) {
+            return Some(Decision::Unrewritable {
+                reason: format!("rewritten to {new:?}, which is not a valid reference: {e}"),
+            });
+        }
+        Some(Decision::Rewrite { new, upstream })
+    }
+}
+
+/// The repository within `app` that `r` names when it is one of berth's hosted images:
+/// at berth's `hostname`, under `<app>/` (`proxy/` is the pull-through namespace, never an
+/// app's).
+pub fn hosted_repository(hostname: &str, app: &str, r: &ImageRef) -> Option<String> {
+    let hostname = hostname.trim_end_matches('/');
+    let app = app.trim_matches('/');
+    if hostname.is_empty() || app.is_empty() || app == "proxy" {
+        return None;
+    }
+    if !r.registry.eq_ignore_ascii_case(hostname) {
+        return None;
+    }
+    let repo = r.repository.strip_prefix(app)?.strip_prefix('/')?;
+    (!repo.is_empty()).then(|| repo.to_string())
 }
 
 /// How an upstream host appears as one path component of a rewritten image:
