@@ -349,4 +349,81 @@ mod tests {
         );
         assert_eq!(rewrite_image(&r, out.as_deref().unwrap_or_default()), None);
     }
+
+    #[test]
+    fn berths_own_images_stay_and_count_as_berths() {
+        let r = rules();
+        let pinned = format!(
+            "images.acme.test/acme/team/worker@sha256:{}",
+            "a".repeat(64)
+        );
+        for image in [
+            "images.acme.test/acme/worker:1.0",
+            pinned.as_str(),
+            "images.acme.test/proxy/acme/quay.io/acme/api:1.2",
+        ] {
+            assert!(ImageRef::parse(image).is_ok(), "{image}");
+            assert_eq!(rewrite_image(&r, image), None, "{image}");
+        }
+        assert!(matches!(r.decide(&pinned), Decision::Hosted { image } if image.digest.is_some()));
+        match r.decide("images.acme.test/acme/team/worker:2") {
+            Decision::Hosted { image } => {
+                assert_eq!(image.repository, "acme/team/worker");
+                assert_eq!(
+                    hosted_repository(&r.hostname, &r.app, &image).as_deref(),
+                    Some("team/worker")
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        // The pull-through namespace and another app's repositories are not acme's hosted
+        // ones, but still berth's (they get the secret, are never re-mapped).
+        for image in [
+            "images.acme.test/proxy/acme/quay.io/acme/api:1.2",
+            "images.acme.test/beta/worker:1",
+            "IMAGES.acme.test/acme",
+        ] {
+            assert_eq!(r.decide(image), Decision::AlreadyTargeted, "{image}");
+        }
+        let proxy = ImageRef::parse("images.acme.test/proxy/x").unwrap();
+        assert_eq!(hosted_repository("images.acme.test", "proxy", &proxy), None);
+        let other = ImageRef::parse("quay.io/acme/worker").unwrap();
+        assert_eq!(hosted_repository("images.acme.test", "acme", &other), None);
+    }
+
+    #[test]
+    fn berths_own_images_move_to_the_airgap_registry() {
+        let mut r = rules();
+        r.hostname = "images.acme.test:8443".into();
+        r.registry = Some("reg.customer.example/mirror".into());
+        assert_eq!(
+            rewrite_image(&r, "images.acme.test:8443/acme/worker:1.0").as_deref(),
+            Some("reg.customer.example/mirror/images.acme.test_8443/acme/worker:1.0")
+        );
+        assert_eq!(
+            rewrite_image(
+                &r,
+                "images.acme.test:8443/proxy/acme/registry.example.com_5000/team/app:1"
+            )
+            .as_deref(),
+            Some("reg.customer.example/mirror/registry.example.com_5000/team/app:1")
+        );
+        // Same name as the upstream image itself maps to: one home per image.
+        assert_eq!(
+            rewrite_image(&r, "registry.example.com:5000/team/app:1").as_deref(),
+            Some("reg.customer.example/mirror/registry.example.com_5000/team/app:1")
+        );
+        match r.decide("images.acme.test:8443/proxy/acme/registry.example.com_5000/team/app:1") {
+            Decision::Rewrite { upstream, .. } => {
+                assert_eq!(upstream.registry, "registry.example.com:5000");
+                assert_eq!(upstream.repository, "team/app");
+            }
+            d => panic!("{d:?}"),
+        }
+        // Another app's pull-through name is not acme's to move.
+        assert_eq!(
+            rewrite_image(&r, "images.acme.test:8443/proxy/beta/quay.io/x:1"),
+            None
+        );
+    }
 }
