@@ -43,11 +43,16 @@ struct Content {
 }
 
 fn push_content(fx: &Fx) -> Content {
+    push_content_seeded(fx, 1)
+}
+
+/// As [`push_content`], the bytes depending on `seed`.
+fn push_content_seeded(fx: &Fx, seed: u64) -> Content {
     let key = fx.key("acme", &["push", "pull"]);
-    let worker = fx.push_image("acme/worker", &["1.0"], &key, 1);
+    let worker = fx.push_image("acme/worker", &["1.0"], &key, seed);
     let children = vec![
-        fx.push_image("acme/multi", &[], &key, 2),
-        fx.push_image("acme/multi", &[], &key, 3),
+        fx.push_image("acme/multi", &[], &key, seed + 1),
+        fx.push_image("acme/multi", &[], &key, seed + 2),
     ];
     let platforms = [("amd64", "linux"), ("arm64", "linux")];
     let index = serde_json::to_vec(&json!({
@@ -422,5 +427,117 @@ fn rewrite_leaves_hosted_images_adds_the_secret_and_pins_from_the_index() {
             with_secret(&DEPLOYMENT.replace("HOSTED", &proxied)),
             with_secret(&DEPLOYMENT.replace("HOSTED", &proxied))
         ),
+    );
+}
+
+const LICENSE: &str = "LICENSE-good-0001";
+
+/// A berth that only hosts (no upstreams), app acme with `hosted` as its policy, and a
+/// license from the config file.
+fn hosting_berth(hosted: &str) -> (support::berth::Berth, tempfile::TempDir) {
+    let cache = support::tempdir();
+    let port = support::free_port();
+    let yaml = format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: \"127.0.0.1:{port}\" }}\n\
+         cache: {{ dir: \"{}\" }}\n\
+         apps:\n  - {{ slug: acme, hosted: {hosted} }}\n\
+         licenses:\n  - {{ id: {LICENSE}, app: acme, customer: Big Bank }}\n",
+        cache.path().display()
+    );
+    (support::berth::Berth::start_on(port, &yaml, &[]), cache)
+}
+
+fn import_into(b: &support::berth::Berth, bundle: &Path) -> CliRun {
+    cli(&[
+        "airgap",
+        "import",
+        "--config",
+        b.config_path.to_str().unwrap(),
+        bundle.to_str().unwrap(),
+    ])
+}
+
+fn status_of(b: &support::berth::Berth, path: &str) -> (u16, Option<String>) {
+    let auth = hosted::basic(LICENSE);
+    let r = http::request(
+        b.port,
+        "GET",
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Accept", &format!("{},{INDEX}", hosted::MANIFEST)),
+        ],
+        b"",
+    );
+    (
+        r.status,
+        r.header("docker-content-digest").map(str::to_string),
+    )
+}
+
+#[test]
+fn import_keeps_the_target_berths_quota_and_immutable_tags_and_then_changes_nothing() {
+    let dir = support::tempdir();
+    let bundle = |fx: &Fx, name: &str| {
+        let out = dir.path().join(name);
+        let refs = [
+            format!("{}/acme/worker:1.0", fx.host()),
+            format!("{}/acme/multi:2", fx.host()),
+        ];
+        let run = export(fx, &out, &refs);
+        assert!(ok(&run), "export: {}", run.stderr);
+        out
+    };
+    let one = hosted::fixture();
+    let a = push_content_seeded(&one, 1);
+    let bundle_a = bundle(&one, "a.tar");
+    let three = hosted::fixture();
+    let b = push_content_seeded(&three, 11);
+    let bundle_b = bundle(&three, "b.tar");
+    assert_ne!(a.worker.digest, b.worker.digest);
+
+    // Over the quota: refused before anything is seeded.
+    let (small, _c1) = hosting_berth("{ quota: 2KiB }");
+    let run = import_into(&small, &bundle_a);
+    assert!(!ok(&run), "{}", run.stderr);
+    assert!(run.stderr.contains("hosted quota"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("nothing was imported"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(status_of(&small, "/v2/acme/worker/manifests/1.0").0, 404);
+    assert_eq!(status_of(&small, "/v2/acme/multi/manifests/2").0, 404);
+
+    // An immutable tag already pointing elsewhere: the whole bundle is refused.
+    let (strict, _c2) = hosting_berth("{ immutable_tags: [\"1.*\"] }");
+    let run = import_into(&strict, &bundle_a);
+    assert!(ok(&run), "{}", run.stderr);
+    assert_eq!(
+        status_of(&strict, "/v2/acme/worker/manifests/1.0"),
+        (200, Some(a.worker.digest.clone()))
+    );
+    let index_a = digest_of(&a.index);
+    let run = import_into(&strict, &bundle_b);
+    assert!(!ok(&run), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("tag 1.0 of acme/worker is immutable"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        status_of(&strict, "/v2/acme/worker/manifests/1.0"),
+        (200, Some(a.worker.digest.clone())),
+        "the tag still points at what the first import set"
+    );
+    assert_eq!(
+        status_of(&strict, "/v2/acme/multi/manifests/2"),
+        (200, Some(index_a)),
+        "nothing of the refused bundle was seeded"
+    );
+    let child_b = &b.children[0].digest;
+    assert_eq!(
+        status_of(&strict, &format!("/v2/acme/multi/manifests/{child_b}")).0,
+        404
     );
 }

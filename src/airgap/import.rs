@@ -337,11 +337,8 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
             }
         }
         if let Some(repo) = image.top.annotations.get(super::ANN_HOSTED_REPO) {
-            let ok = !repo.is_empty()
-                && repo.split('/').all(|c| {
-                    !c.is_empty()
-                        && crate::oci::reference::ImageRef::parse(&format!("h/{c}")).is_ok()
-                });
+            // The bundle's word, so checked as a pushed name would be.
+            let ok = repo.split('/').all(crate::oci::name::valid_component);
             if !ok {
                 anyhow::bail!("{what}: {:?} is not a repository name", repo);
             }
