@@ -192,7 +192,7 @@ fn patch_ops(rules: &Rules, object: &Value, path: &[&str]) -> Vec<Value> {
                 // A workload is never blocked: an image berth cannot rename keeps
                 // pulling from where it did.
                 Decision::Foreign | Decision::Unrewritable { .. } => {}
-                Decision::AlreadyTargeted | Decision::Hosted { .. } => targeted = true,
+                Decision::AlreadyTargeted | Decision::Own { .. } => targeted = true,
                 Decision::Rewrite { new, .. } => {
                     targeted = true;
                     ops.push(json!({

@@ -25,7 +25,8 @@
 //! An image already at berth's hostname is left as written and counted as berth's (its pod
 //! spec gets the pull secret): a hosted repository of the app (`<hostname>/<app>/<repo>`,
 //! what vendors push) and a pull-through name (`<hostname>/proxy/...`). `--pin-digests`
-//! pins a hosted image from berth's own index ([`Decision::Hosted`]). With
+//! pins a hosted image from berth's own index, a pull-through name through the upstream it
+//! stands for ([`Decision::Own`]). With
 //! `Rules::registry` (airgap) both move to the airgap registry by the same rule as any
 //! image: a hosted one as if berth's hostname were its upstream host
 //! (`<registry>/<hostname>/<app>/<repo>`, where `airgap push` puts it), a pull-through one
@@ -67,9 +68,11 @@ pub(crate) enum Decision {
     Foreign,
     /// Already points at the target (idempotence): leave it, but it needs the secret.
     AlreadyTargeted,
-    /// A hosted image of the app at berth's hostname: left as it is, needs the secret, and
-    /// `image` (registry = berth's hostname) is what a digest pin resolves.
-    Hosted { image: ImageRef },
+    /// One of the app's own names at berth's hostname (a hosted repository, or a
+    /// pull-through name under `/proxy/<app>/`): left as it is, needs the secret, and `pin`
+    /// is what a digest pin resolves (the hosted image itself, registry = berth's hostname,
+    /// or the upstream image the pull-through name stands for).
+    Own { pin: ImageRef },
     /// Rewrite to `new`; `upstream` is the image it stands for (for digest pinning).
     Rewrite { new: String, upstream: ImageRef },
     /// Ours, but the rewritten reference would not be a valid one (longer than the
@@ -166,7 +169,9 @@ impl Rules {
         let hosted = hosted_repository(&self.hostname, &self.app, r).is_some();
         let Some(registry) = &self.registry else {
             return Some(if hosted {
-                Decision::Hosted { image: r.clone() }
+                Decision::Own { pin: r.clone() }
+            } else if let Some((_, upstream)) = self.proxied_upstream(r) {
+                Decision::Own { pin: upstream }
             } else {
                 Decision::AlreadyTargeted
             });
@@ -181,21 +186,7 @@ impl Rules {
             );
             (new, r.clone())
         } else {
-            let rest = r
-                .repository
-                .strip_prefix("proxy/")?
-                .strip_prefix(self.app.trim_matches('/'))?
-                .strip_prefix('/')?;
-            let (component, path) = rest
-                .split_once('/')
-                .filter(|(h, p)| !h.is_empty() && !p.is_empty())?;
-            // What a pin asks: the upstream's host (a port's `_` back to `:`) and path.
-            let upstream = ImageRef {
-                registry: component.replace('_', ":"),
-                repository: path.to_string(),
-                tag: r.tag.clone(),
-                digest: r.digest.clone(),
-            };
+            let (rest, upstream) = self.proxied_upstream(r)?;
             (format!("{prefix}/{rest}{}", r.suffix()), upstream)
         };
         if let Err(e) = ImageRef::parse(&new) {
@@ -204,6 +195,29 @@ impl Rules {
             });
         }
         Some(Decision::Rewrite { new, upstream })
+    }
+}
+
+impl Rules {
+    /// For a pull-through name of this app (`<hostname>/proxy/<app>/<upstream>/<repo>`):
+    /// `<upstream>/<repo>` as written, and the upstream image it stands for (the host's
+    /// `_` back to `:`), which is what a pin asks.
+    fn proxied_upstream<'r>(&self, r: &'r ImageRef) -> Option<(&'r str, ImageRef)> {
+        let rest = r
+            .repository
+            .strip_prefix("proxy/")?
+            .strip_prefix(self.app.trim_matches('/'))?
+            .strip_prefix('/')?;
+        let (component, path) = rest
+            .split_once('/')
+            .filter(|(h, p)| !h.is_empty() && !p.is_empty())?;
+        let upstream = ImageRef {
+            registry: component.replace('_', ":"),
+            repository: path.to_string(),
+            tag: r.tag.clone(),
+            digest: r.digest.clone(),
+        };
+        Some((rest, upstream))
     }
 }
 
@@ -365,9 +379,9 @@ mod tests {
             assert!(ImageRef::parse(image).is_ok(), "{image}");
             assert_eq!(rewrite_image(&r, image), None, "{image}");
         }
-        assert!(matches!(r.decide(&pinned), Decision::Hosted { image } if image.digest.is_some()));
+        assert!(matches!(r.decide(&pinned), Decision::Own { pin } if pin.digest.is_some()));
         match r.decide("images.acme.test/acme/team/worker:2") {
-            Decision::Hosted { image } => {
+            Decision::Own { pin: image } => {
                 assert_eq!(image.repository, "acme/team/worker");
                 assert_eq!(
                     hosted_repository(&r.hostname, &r.app, &image).as_deref(),
@@ -376,10 +390,18 @@ mod tests {
             }
             d => panic!("{d:?}"),
         }
-        // The pull-through namespace and another app's repositories are not acme's hosted
-        // ones, but still berth's (they get the secret, are never re-mapped).
+        // A pull-through name is pinned through the upstream it stands for.
+        match r.decide("images.acme.test/proxy/acme/registry.example.com_5000/team/app:1") {
+            Decision::Own { pin } => {
+                assert_eq!(pin.to_string(), "registry.example.com:5000/team/app:1")
+            }
+            d => panic!("{d:?}"),
+        }
+        // Another app's repositories and names that are no berth name are not acme's, but
+        // still at berth (they get the secret, are never re-mapped or pinned).
         for image in [
-            "images.acme.test/proxy/acme/quay.io/acme/api:1.2",
+            "images.acme.test/proxy/beta/quay.io/acme/api:1.2",
+            "images.acme.test/proxy/acme/quay.io",
             "images.acme.test/beta/worker:1",
             "IMAGES.acme.test/acme",
         ] {
