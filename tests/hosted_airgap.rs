@@ -271,8 +271,31 @@ fn airgap_push_puts_hosted_images_where_rewrite_registry_points() {
     let dir = support::tempdir();
     let bundle = dir.path().join("hosted.tar");
     let worker = format!("{}/acme/worker:1.0", one.host());
-    let run = export(&one, &bundle, std::slice::from_ref(&worker));
+    // Named in the app's `images:` (the default list of an export), not on the command line:
+    // the same config with that list, beside the server's so it opens the same state.
+    let yaml = std::fs::read_to_string(&one.berth.config_path).unwrap();
+    let listed = yaml.replace(
+        "{ slug: acme, upstreams: [up] }",
+        &format!("{{ slug: acme, upstreams: [up], images: [\"{worker}\"] }}"),
+    );
+    assert_ne!(
+        listed, yaml,
+        "the fixture's app line changed; update this test"
+    );
+    let listed_path = one.berth.config_path.with_file_name("listed.yaml");
+    std::fs::write(&listed_path, listed).unwrap();
+    let run = cli(&[
+        "airgap",
+        "export",
+        "--config",
+        listed_path.to_str().unwrap(),
+        "--app",
+        "acme",
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
     assert!(ok(&run), "export: {}", run.stderr);
+    assert!(run.stdout.contains(": 1 images"), "{}", run.stdout);
     let target = Registry::start(RegistryAuth::None);
     let to = format!("{}/mirror", target.host());
     let run = cli(&[
