@@ -564,3 +564,72 @@ fn import_keeps_the_target_berths_quota_and_immutable_tags_and_then_changes_noth
         404
     );
 }
+
+/// A hosted layer much bigger than the exporter may hold is streamed: the export's peak
+/// resident memory stays well under the layer's size (measured with `/usr/bin/time`).
+#[test]
+fn a_big_hosted_layer_is_exported_without_holding_it_in_memory() {
+    if !Path::new("/usr/bin/time").exists() {
+        eprintln!("SKIP: /usr/bin/time is not installed");
+        return;
+    }
+    const LAYER: usize = 128 << 20;
+    let one = hosted::fixture();
+    let key = one.key("acme", &["push", "pull"]);
+    let layer = hosted::pseudo_random(5, LAYER);
+    let layer_digest = one.push_blob("acme/big", &key, &layer);
+    drop(layer);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+    }))
+    .unwrap();
+    let config_digest = one.push_blob("acme/big", &key, &config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": hosted::MANIFEST,
+        "config": { "mediaType": hosted::CONFIG, "digest": config_digest, "size": config.len() },
+        "layers": [ { "mediaType": hosted::LAYER, "digest": layer_digest, "size": LAYER } ],
+    }))
+    .unwrap();
+    let r = one.put_manifest("acme/big", "1", &key, &manifest);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let dir = support::tempdir();
+    let bundle = dir.path().join("big.tar");
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "MAXRSS_KIB=%M", env!("CARGO_BIN_EXE_berth")])
+        .args([
+            "airgap",
+            "export",
+            "--config",
+            cfg(&one),
+            "--app",
+            "acme",
+            "-o",
+        ])
+        .arg(&bundle)
+        .arg(format!("{}/acme/big:1", one.host()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let kib: u64 = stderr
+        .rsplit("MAXRSS_KIB=")
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MAXRSS in {stderr}"));
+    eprintln!(
+        "MEASURE export of a {} MiB hosted layer: peak RSS {} MiB",
+        LAYER >> 20,
+        kib >> 10
+    );
+    assert!(
+        kib * 1024 < (LAYER as u64) / 2,
+        "peak RSS {kib} KiB for a {LAYER}-byte layer"
+    );
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    assert!(
+        size > LAYER as u64,
+        "the bundle holds the layer: {size} bytes"
+    );
+}
