@@ -1,5 +1,9 @@
 //! Tag → digest resolution for `berth rewrite --pin-digests`: asks the app's upstream (with
-//! the stored credentials) what a tag points at, with a HEAD so Docker Hub does not count it.
+//! the stored credentials) what a tag points at, with a HEAD so Docker Hub does not count it;
+//! for one of berth's hosted images (`<hostname>/<app>/<repo>`) berth's own hosted index in
+//! the state store says it, as berth itself would answer a pull (no upstream has it).
+
+use std::sync::Arc;
 
 use crate::config::{Config, Upstream};
 use crate::oci::reference::ImageRef;
@@ -11,6 +15,8 @@ pub struct Pinner {
     client: upstream::Client,
     config: Config,
     app: String,
+    /// Opened at the first hosted image: a rewrite of only upstream images needs no store.
+    store: std::cell::OnceCell<Arc<dyn crate::state::Store>>,
 }
 
 impl Pinner {
@@ -27,6 +33,7 @@ impl Pinner {
             client: upstream::Client::new(),
             config: config.clone(),
             app: app.to_string(),
+            store: std::cell::OnceCell::new(),
         })
     }
 
@@ -36,12 +43,48 @@ impl Pinner {
             .config
             .app(&self.app)
             .ok_or_else(|| format!("unknown app {:?}", self.app))?;
+        let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
+        if let Some(repo) =
+            crate::rewrite::hosted_repository(&self.config.server.hostname, &app.slug, r)
+        {
+            return self.hosted(r, &repo, &tag);
+        }
         let up = app
             .select(&r.registry, &r.repository)
             .ok_or_else(|| format!("{r}: no upstream of app {} serves it", self.app))?
             .clone();
-        let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
         self.rt.block_on(digest_of(&self.client, &up, r, &tag))
+    }
+}
+
+impl Pinner {
+    /// What `tag` of the app's hosted repository `repo` points at in berth's index.
+    fn hosted(&self, r: &ImageRef, repo: &str, tag: &str) -> Result<String, String> {
+        let store = match self.store.get() {
+            Some(s) => s.clone(),
+            None => {
+                let s = self
+                    .rt
+                    .block_on(crate::state::open(&self.config.state))
+                    .map_err(|e| {
+                        format!(
+                            "{r}: berth's state store: {e} (check state.sqlite or state.postgres)"
+                        )
+                    })?;
+                self.store.get_or_init(|| s).clone()
+            }
+        };
+        let row = self
+            .rt
+            .block_on(store.tagged(&self.app, repo, tag))
+            .map_err(|e| format!("{r}: berth's hosted index: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "{r}: hosted repository {}/{repo} has no tag {tag:?}",
+                    self.app
+                )
+            })?;
+        Ok(row.digest)
     }
 }
 

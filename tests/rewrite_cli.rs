@@ -428,6 +428,15 @@ spec:
         "the digest did not come from the upstream"
     );
 
+    // A manifest already naming berth's pull-through name is left as written and pinned
+    // through the upstream that name stands for.
+    let proxied = input.replace(
+        "image: upstream.test/acme/api:v1",
+        "image: images.acme.test/proxy/acme/upstream.test/acme/api:v1",
+    );
+    let out = rewrite_ok(&c.path, &["--pin-digests"], &proxied);
+    assert_eq!(out, want, "the /proxy/ name pinned like the upstream one");
+
     // A tag the upstream does not have: an error naming the image, nothing printed.
     let missing = input.replace("api:v1", "api:nope");
     let (code, out, err) = rewrite(&c.path, &["--pin-digests"], &missing);

@@ -2,6 +2,12 @@
 //! stored credentials as `berth serve`) into a staging OCI layout next to the output, one
 //! verified file per blob, then tars that layout. Blobs stream to disk and are never held in
 //! memory; a blob shared between images is fetched and stored once.
+//!
+//! An image of one of the app's hosted repositories (`<hostname>/<app>/<repo>:tag`, what
+//! vendors push into berth) comes from berth's own store instead: its manifests through the
+//! hosted index and the manifest store, its blobs streamed from storage, exactly what berth
+//! serves for that name. Its `index.json` entry also carries [`ANN_HOSTED_REPO`], so an
+//! import seeds the hosted repository of that name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,12 +20,15 @@ use tokio::io::AsyncWriteExt;
 
 use super::human;
 use super::progress::Progress;
-use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_UPSTREAM_REF};
+use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_HOSTED_REPO, ANN_REF_NAME, ANN_UPSTREAM_REF};
 use crate::config::{Config, Upstream};
+use crate::content::RepoKey;
+use crate::hosted::Hosted;
 use crate::oci::digest::Algorithm;
 use crate::oci::manifest::{Descriptor, Manifest, Platform};
 use crate::oci::media;
 use crate::oci::reference::ImageRef;
+use crate::oci::repo::Reference;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
 use crate::upstream::{distribution, Client, UpstreamError};
 
@@ -49,7 +58,23 @@ pub struct ExportReport {
 struct Resolved {
     input: String,
     r: ImageRef,
-    upstream: Arc<Upstream>,
+    source: Source,
+}
+
+/// Where an image's bytes come from.
+enum Source {
+    Upstream(Arc<Upstream>),
+    /// A hosted repository of the app, read from berth's own store.
+    Hosted(RepoKey),
+}
+
+impl Source {
+    fn name(&self) -> &str {
+        match self {
+            Source::Upstream(u) => &u.name,
+            Source::Hosted(_) => "berth's hosted store",
+        }
+    }
 }
 
 /// Maps each reference to the upstream of `app` that serves it (as `berth serve` would).
@@ -63,6 +88,15 @@ fn resolve(config: &Config, app: &str, images: &[String]) -> anyhow::Result<Vec<
         if r.tag.is_none() && r.digest.is_none() {
             r.tag = Some("latest".into());
         }
+        if let Some(repo) = crate::rewrite::hosted_repository(&config.server.hostname, &a.slug, &r)
+        {
+            out.push(Resolved {
+                input: input.clone(),
+                r,
+                source: Source::Hosted(RepoKey::hosted(&a.slug, &repo)),
+            });
+            continue;
+        }
         let up = a.select(&r.registry, &r.repository);
         let upstream = up.cloned().ok_or_else(|| {
             anyhow::anyhow!(
@@ -74,7 +108,7 @@ fn resolve(config: &Config, app: &str, images: &[String]) -> anyhow::Result<Vec<
         out.push(Resolved {
             input: input.clone(),
             r,
-            upstream,
+            source: Source::Upstream(upstream),
         });
     }
     Ok(out)
@@ -82,6 +116,8 @@ fn resolve(config: &Config, app: &str, images: &[String]) -> anyhow::Result<Vec<
 
 struct Exporter<'a> {
     client: Client,
+    /// berth's hosted registry over its store and cache, when an image is hosted.
+    hosted: Option<Hosted>,
     blobs_dir: PathBuf,
     progress: Progress,
     stored: BTreeMap<String, u64>,
@@ -100,15 +136,39 @@ pub async fn export(config: &Config, opts: &ExportOptions) -> anyhow::Result<Exp
         .unwrap_or(Path::new("."));
     // Staging beside the output: same disk, and nothing in /tmp that may be a small tmpfs.
     let stop = super::import::interrupted();
+    let hosted = if images.iter().any(|i| matches!(i.source, Source::Hosted(_))) {
+        Some(open_hosted(config).await?)
+    } else {
+        None
+    };
     let stage = tempfile_dir(parent)?;
     // ctrl-c or SIGTERM stops the export and removes what was staged (a big export takes
     // minutes; without this an interrupted one left its staging directory behind).
     let result = tokio::select! {
-        r = export_into(&stage, images, opts) => r,
+        r = export_into(&stage, images, hosted, opts) => r,
         s = stop => Err(anyhow::anyhow!("interrupted by {s}; no bundle was written")),
     };
     let _ = std::fs::remove_dir_all(&stage);
     result
+}
+
+/// The hosted registry as a server beside this command sees it: the state store's index and
+/// the cache directory's bytes (both shared with a running `berth serve`, as `berth gc` is).
+async fn open_hosted(config: &Config) -> anyhow::Result<Hosted> {
+    let store = crate::state::open(&config.state)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (check state.sqlite or state.postgres)"))?;
+    let cache = crate::cache::Cache::open(
+        &config.cache,
+        crate::cache::legacy_of(&*config.tenants),
+        crate::cache::CacheMetrics::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("cache.dir: {e}"))?;
+    Ok(Hosted::new(
+        Arc::new(cache),
+        store,
+        config.hosted.upload_timeout,
+    ))
 }
 
 fn tempfile_dir(parent: &Path) -> anyhow::Result<PathBuf> {
@@ -121,10 +181,12 @@ fn tempfile_dir(parent: &Path) -> anyhow::Result<PathBuf> {
 async fn export_into(
     stage: &Path,
     images: Vec<Resolved>,
+    hosted: Option<Hosted>,
     opts: &ExportOptions,
 ) -> anyhow::Result<ExportReport> {
     let mut ex = Exporter {
         client: Client::new(),
+        hosted,
         blobs_dir: stage.join("blobs").join("sha256"),
         progress: Progress::new(),
         stored: BTreeMap::new(),
@@ -298,6 +360,9 @@ impl Exporter<'_> {
         annotations.insert(ANN_CONTAINERD_NAME.to_string(), full.clone());
         annotations.insert(ANN_UPSTREAM_REF.to_string(), full.clone());
         annotations.insert(ANN_APP.to_string(), self.opts.app.clone());
+        if let Source::Hosted(repo) = &img.source {
+            annotations.insert(ANN_HOSTED_REPO.to_string(), repo.name.clone());
+        }
         if digest.as_str() != original {
             annotations.insert("io.berth.upstream.digest".into(), original);
         }
@@ -339,7 +404,13 @@ impl Exporter<'_> {
         reference: &str,
         expected: Option<&Digest>,
     ) -> anyhow::Result<(bytes::Bytes, String)> {
-        let repo = self.client.repo(&img.upstream, &img.r.repository);
+        let upstream = match &img.source {
+            Source::Upstream(u) => u,
+            Source::Hosted(repo) => {
+                return self.hosted_manifest(img, repo, reference, expected).await
+            }
+        };
+        let repo = self.client.repo(upstream, &img.r.repository);
         let what = format!("{}/{}:{reference}", img.r.registry, img.r.repository);
         let mut attempt = 0;
         loop {
@@ -365,11 +436,11 @@ impl Exporter<'_> {
                     anyhow::bail!("{what}: manifest content is {got}, not {expected}")
                 }
                 Err(e) if attempt < ATTEMPTS && e.is_retryable() => {
-                    let e = upstream_failed(&what, &img.upstream.name, e);
+                    let e = upstream_failed(&what, &upstream.name, e);
                     self.progress.line(&format!("retrying: {e}"));
                     tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
                 }
-                Err(e) => return Err(upstream_failed(&what, &img.upstream.name, e).into()),
+                Err(e) => return Err(upstream_failed(&what, &upstream.name, e).into()),
             }
         }
     }
@@ -398,7 +469,7 @@ impl Exporter<'_> {
             "fetched {} ({}) from {}",
             d.digest,
             human(d.size),
-            img.upstream.name
+            img.source.name()
         ));
         Ok(())
     }
@@ -410,7 +481,13 @@ impl Exporter<'_> {
         hex: &str,
     ) -> anyhow::Result<()> {
         let what = format!("{}/{}@{}", img.r.registry, img.r.repository, d.digest);
-        let up = &img.upstream;
+        let part = self.blobs_dir.join(format!("{hex}.part"));
+        let up = match &img.source {
+            Source::Upstream(u) => u,
+            Source::Hosted(repo) => {
+                return self.hosted_blob(repo, d, hex, &part, what).await;
+            }
+        };
         let blob = self
             .client
             .repo(up, &img.r.repository)
@@ -423,7 +500,6 @@ impl Exporter<'_> {
                 up.name
             );
         }
-        let part = self.blobs_dir.join(format!("{hex}.part"));
         let mut file = tokio::fs::File::create(&part).await?;
         let mut h = Sha256::new();
         let mut n = 0u64;
@@ -468,6 +544,97 @@ impl Exporter<'_> {
             .into());
         }
         tokio::fs::rename(&part, self.blobs_dir.join(hex)).await?;
+        Ok(())
+    }
+}
+
+impl Exporter<'_> {
+    fn hosted(&self) -> anyhow::Result<&Hosted> {
+        self.hosted
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("berth's hosted store is not open"))
+    }
+
+    /// A manifest of a hosted repository as berth serves it (by tag or digest), checked
+    /// against `expected`.
+    async fn hosted_manifest(
+        &self,
+        img: &Resolved,
+        repo: &RepoKey,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> anyhow::Result<(bytes::Bytes, String)> {
+        let what = format!("{}/{}:{reference}", img.r.registry, img.r.repository);
+        let r = match reference.parse::<Digest>() {
+            Ok(d) => Reference::Digest(d),
+            Err(_) => Reference::Tag(reference.to_string()),
+        };
+        let fetched = self
+            .hosted()?
+            .manifest(repo, &r, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        let bytes = fetched
+            .body
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?
+            .to_bytes();
+        let got = Digest::sha256_of(&bytes);
+        if let Some(expected) = expected.filter(|e| **e != got) {
+            anyhow::bail!("{what}: manifest content is {got}, not {expected}");
+        }
+        let media_type = fetched
+            .media_type
+            .or_else(|| Manifest::parse(&bytes).and_then(|m| m.media_type))
+            .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
+        Ok((bytes, media_type))
+    }
+
+    /// Streams a hosted blob from berth's storage into the staging layout, verified.
+    async fn hosted_blob(
+        &self,
+        repo: &RepoKey,
+        d: &Descriptor,
+        hex: &str,
+        part: &Path,
+        what: String,
+    ) -> anyhow::Result<()> {
+        let fetched = self
+            .hosted()?
+            .blob(repo, &d.digest, None, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        let mut body = fetched.body;
+        let mut file = tokio::fs::File::create(part).await?;
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| anyhow::anyhow!("{what}: reading berth's storage: {e}"))?;
+            if let Ok(data) = frame.into_data() {
+                h.update(&data);
+                file.write_all(&data).await?;
+                n += data.len() as u64;
+            }
+        }
+        file.flush().await?;
+        drop(file);
+        let got = Digest::from_sha256(&h.finalize());
+        if got != d.digest || n != d.size {
+            let _ = tokio::fs::remove_file(part).await;
+            // Stored bytes that do not hash right will not on a second read either.
+            return Err(Failed {
+                what,
+                reason: format!(
+                    "berth's storage holds {n} bytes hashing to {got}; expected {} bytes",
+                    d.size
+                ),
+                retry: false,
+            }
+            .into());
+        }
+        tokio::fs::rename(part, self.blobs_dir.join(hex)).await?;
         Ok(())
     }
 }

@@ -3,6 +3,14 @@
 //! (renamed in, pinned), manifests, repository links, and tag answers last, so a tag never
 //! points at something that is not there yet. A bundle that fails any check leaves the
 //! cache as it was.
+//!
+//! An image exported from a hosted repository ([`super::ANN_HOSTED_REPO`]) seeds the hosted
+//! repository of that name in the app instead of the proxy cache: what a vendor pushed into
+//! one berth is then pushed, in effect, into this one, served under `<hostname>/<app>/<repo>`
+//! like anything pushed here. It goes through the hosted registry's own API (blobs linked,
+//! manifests stored children first, each checked as a push is, the tag last), so this
+//! berth's quota and immutable tags hold for it too; both are checked for the whole bundle
+//! before anything is seeded.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,8 +23,11 @@ use super::human;
 use crate::cache;
 use crate::config::{Config, Upstream};
 use crate::content::{now_ms, Links, ManifestStore, RepoKey, TagEntry, TagKey, TagStore};
+use crate::hosted::Hosted;
 use crate::oci::reference::ImageRef;
+use crate::oci::repo::Reference;
 use crate::oci::{Digest, DEFAULT_MANIFEST_ACCEPT};
+use crate::state::Store;
 use crate::storage::fs::FsBackend;
 use crate::storage::{layout, BlobBackend as _, ObjectStore};
 
@@ -27,10 +38,28 @@ pub struct ImportReport {
     pub bytes: u64,
 }
 
+/// An import that failed after seeding began (a hosted repository refused a manifest the
+/// checks beforehand could not foresee, or the state store failed): what is named in
+/// `imported` is in; importing the bundle again completes it.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct PartlyImported {
+    pub imported: Vec<String>,
+    pub error: String,
+}
+
 struct Planned {
     reference: ImageRef,
-    upstream: Arc<Upstream>,
+    target: Target,
     image: super::Image,
+}
+
+/// Where an image goes.
+enum Target {
+    /// The proxy cache of the upstream that serves the reference.
+    Proxied(Arc<Upstream>),
+    /// The app's hosted repository of this name.
+    Hosted(String),
 }
 
 pub async fn import(
@@ -154,6 +183,13 @@ async fn seed(
         anyhow::bail!("{}: the bundle holds no images", bundle_path.display());
     }
     let plan = plan(config, app, images)?;
+    let hosted = if plan.iter().any(|p| matches!(p.target, Target::Hosted(_))) {
+        let h = open_hosted(config).await?;
+        check_hosted(config, app, &plan, &bundle, &*h.1).await?;
+        Some(h)
+    } else {
+        None
+    };
     let fs = Arc::new(FsBackend::at(&config.cache.dir));
     let objects: Arc<dyn ObjectStore> = fs.clone();
 
@@ -187,7 +223,12 @@ async fn seed(
         ..Default::default()
     };
     for p in &plan {
-        for m in &p.image.manifests {
+        for m in p
+            .image
+            .manifests
+            .iter()
+            .filter(|_| matches!(p.target, Target::Proxied(_)))
+        {
             let body = std::fs::read(
                 bundle.blobs[&m.digest]
                     .staged
@@ -198,6 +239,29 @@ async fn seed(
                 .put(&m.digest, Bytes::from(body), &m.media_type)
                 .await?;
         }
+        let upstream = match &p.target {
+            Target::Proxied(u) => u,
+            Target::Hosted(repo) => {
+                let Some((hosted, store)) = &hosted else {
+                    anyhow::bail!("berth's hosted registry is not open");
+                };
+                if let Err(e) = seed_hosted(config, app, repo, p, &bundle, hosted, &**store).await {
+                    return Err(PartlyImported {
+                        imported: std::mem::take(&mut report.images),
+                        error: format!("{e:#}"),
+                    }
+                    .into());
+                }
+                eprintln!(
+                    "imported {} → hosted {app}/{repo} ({}, {})",
+                    p.image.display_ref(),
+                    p.image.top.digest,
+                    human(p.image.blob_sizes.values().sum())
+                );
+                report.images.push(p.image.display_ref());
+                continue;
+            }
+        };
         let digests: Vec<&Digest> = p
             .image
             .manifests
@@ -209,8 +273,8 @@ async fn seed(
         // repository), so every spelling a client pulls it by finds it.
         let repo = RepoKey::proxied(
             app,
-            &p.upstream.host,
-            &p.upstream.upstream_repository(&p.reference.repository),
+            &upstream.host,
+            &upstream.upstream_repository(&p.reference.repository),
         );
         links.add(&repo, digests).await;
         if let Some(tag) = &p.reference.tag {
@@ -230,7 +294,7 @@ async fn seed(
         let line = format!(
             "imported {} → upstream {} ({}, {})",
             p.image.display_ref(),
-            p.upstream.name,
+            upstream.name,
             p.image.top.digest,
             human(p.image.blob_sizes.values().sum())
         );
@@ -272,6 +336,19 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
                 anyhow::bail!("{what}: the bundle holds {} instead", image.top.digest);
             }
         }
+        if let Some(repo) = image.top.annotations.get(super::ANN_HOSTED_REPO) {
+            // The bundle's word, so checked as a pushed name would be.
+            let ok = repo.split('/').all(crate::oci::name::valid_component);
+            if !ok {
+                anyhow::bail!("{what}: {:?} is not a repository name", repo);
+            }
+            out.push(Planned {
+                reference,
+                target: Target::Hosted(repo.clone()),
+                image,
+            });
+            continue;
+        }
         let upstream = a
             .select(&reference.registry, &reference.repository)
             .cloned()
@@ -284,9 +361,135 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
             })?;
         out.push(Planned {
             reference,
-            upstream,
+            target: Target::Proxied(upstream),
             image,
         });
     }
     Ok(out)
+}
+
+/// The hosted registry beside a running server: the state store's index over the cache
+/// directory's bytes (as `berth gc` opens them).
+async fn open_hosted(config: &Config) -> anyhow::Result<(Hosted, Arc<dyn Store>)> {
+    let store = crate::state::open(&config.state)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (check state.sqlite or state.postgres)"))?;
+    let cache = cache::Cache::open(
+        &config.cache,
+        cache::legacy_of(&*config.tenants),
+        cache::CacheMetrics::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("cache.dir: {e}"))?;
+    let hosted = Hosted::new(Arc::new(cache), store.clone(), config.hosted.upload_timeout);
+    Ok((hosted, store))
+}
+
+/// Before anything is seeded: no tag the bundle sets is an immutable one that points
+/// elsewhere, and the app's quota holds what the bundle adds (blobs the repository does not
+/// link yet, and manifests), so a refused import changes nothing.
+async fn check_hosted(
+    config: &Config,
+    app: &str,
+    plan: &[Planned],
+    bundle: &Bundle,
+    store: &dyn Store,
+) -> anyhow::Result<()> {
+    let policy = &config
+        .app(app)
+        .ok_or_else(|| anyhow::anyhow!("app {app} is not in the configuration"))?
+        .hosted;
+    let mut adding = 0u64;
+    let mut counted = BTreeSet::new();
+    for p in plan {
+        let Target::Hosted(repo) = &p.target else {
+            continue;
+        };
+        if let Some(tag) = &p.reference.tag {
+            if let Some(row) = store.tagged(app, repo, tag).await? {
+                if row.digest != p.image.top.digest.as_str() && policy.is_immutable(tag) {
+                    anyhow::bail!(
+                        "{}: tag {tag} of {app}/{repo} is immutable (apps[].hosted.immutable_tags) and points at {}",
+                        p.image.display_ref(),
+                        row.digest
+                    );
+                }
+            }
+        }
+        for (d, size) in &p.image.blob_sizes {
+            if store.blob(app, repo, d.as_str()).await?.is_none() && counted.insert(d.clone()) {
+                adding += size;
+            }
+        }
+        for m in &p.image.manifests {
+            if store
+                .manifest(app, repo, m.digest.as_str())
+                .await?
+                .is_none()
+            {
+                adding += bundle.blobs.get(&m.digest).map_or(m.size, |e| e.size);
+            }
+        }
+    }
+    if let Some(quota) = policy.quota {
+        let used = store.app_bytes(app).await?;
+        if used.saturating_add(adding) > quota {
+            anyhow::bail!(
+                "app {app} holds {} of its hosted quota of {} (apps[].hosted.quota); the bundle adds {}",
+                human(used),
+                human(quota),
+                human(adding)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Seeds one hosted image: its blobs (already in storage) linked to the repository, then
+/// its manifests stored children first, the top one last under its tag (or digest).
+async fn seed_hosted(
+    config: &Config,
+    app: &str,
+    repo: &str,
+    p: &Planned,
+    bundle: &Bundle,
+    hosted: &Hosted,
+    store: &dyn Store,
+) -> anyhow::Result<()> {
+    let policy = &config
+        .app(app)
+        .ok_or_else(|| anyhow::anyhow!("app {app} is not in the configuration"))?
+        .hosted;
+    for (d, size) in &p.image.blob_sizes {
+        store.link_blob(app, repo, d.as_str(), *size).await?;
+    }
+    let key = RepoKey::hosted(app, repo);
+    // The top manifest last: an index's children are then in the repository by the time
+    // the index naming them is checked (export writes no nested indexes).
+    let (top, children): (Vec<_>, Vec<_>) = p
+        .image
+        .manifests
+        .iter()
+        .partition(|m| m.digest == p.image.top.digest);
+    for m in children.into_iter().chain(top) {
+        let staged = bundle.blobs[&m.digest]
+            .staged
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{} was not staged", m.digest))?;
+        let body = Bytes::from(std::fs::read(staged)?);
+        let reference = match (&p.reference.tag, m.digest == p.image.top.digest) {
+            (Some(tag), true) => Reference::Tag(tag.clone()),
+            _ => Reference::Digest(m.digest.clone()),
+        };
+        hosted
+            .put_manifest(&key, &reference, Some(&m.media_type), body, policy)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: storing manifest {} in {app}/{repo}: {e}",
+                    p.image.display_ref(),
+                    m.digest
+                )
+            })?;
+    }
+    Ok(())
 }

@@ -23,6 +23,10 @@ pub use bundle::{Bundle, BundleError, Image};
 
 /// The full upstream reference an image was exported from.
 pub const ANN_UPSTREAM_REF: &str = "io.berth.upstream.ref";
+/// On an image exported from one of the app's hosted repositories: that repository's name
+/// within the app (`worker`, `team/worker`). An import seeds the hosted repository of this
+/// name; an image without it seeds the proxy cache of the upstream its reference names.
+pub const ANN_HOSTED_REPO: &str = "io.berth.hosted.repository";
 /// The app slug the bundle was exported for.
 pub const ANN_APP: &str = "io.berth.app";
 pub const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";

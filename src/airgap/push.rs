@@ -4,6 +4,11 @@
 //! mount when this run already pushed the blob elsewhere, monolithic or chunked uploads,
 //! Basic or Bearer auth on the pull side's transport, credentials only to the
 //! destination's own origin), retrying what the failure's kind says may succeed.
+//!
+//! A hosted image (exported from `<hostname>/<app>/<repo>`) lands at
+//! `REGISTRY/NAMESPACE/<hostname>/<app>/<repo>`: berth's hostname stands where an upstream
+//! host would, which is what `berth rewrite --registry` maps such an image to, and it can
+//! never collide with an upstream image's name.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -8,9 +8,11 @@ use crate::airgap;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Pull images through the app's upstreams into one OCI image layout tar.
+    /// Pull images through the app's upstreams (or, for `<hostname>/<app>/<repo>`, from
+    /// berth's hosted registry) into one OCI image layout tar.
     Export(ExportArgs),
-    /// Verify a bundle, then seed the cache with it (pinned) for `berth serve`.
+    /// Verify a bundle, then seed the cache with it (pinned) for `berth serve`; hosted
+    /// images seed the app's hosted repositories.
     Import {
         /// The app to import into (default: the configuration's only app). A bundle
         /// exported for another app is refused.
@@ -38,7 +40,8 @@ pub struct ExportArgs {
     /// Keep only these platforms of multi-platform images, e.g. linux/amd64,linux/arm64.
     #[arg(long, value_delimiter = ',')]
     platform: Vec<String>,
-    /// Upstream references (`host/repository:tag`); default: the app's `images:`.
+    /// Upstream references (`host/repository:tag`) or hosted ones
+    /// (`<hostname>/<app>/<repository>:tag`); default: the app's `images:`.
     images: Vec<String>,
 }
 
@@ -173,10 +176,18 @@ fn import(
             );
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&format!(
-            "airgap import: {}: {e:#}; nothing was imported",
-            bundle.display()
-        )),
+        Err(e) => match e.downcast_ref::<airgap::import::PartlyImported>() {
+            Some(p) => fail(&format!(
+                "airgap import: {}: {p}; {} images were imported before it ({}); importing the bundle again completes it",
+                bundle.display(),
+                p.imported.len(),
+                p.imported.join(", ")
+            )),
+            None => fail(&format!(
+                "airgap import: {}: {e:#}; nothing was imported",
+                bundle.display()
+            )),
+        },
     }
 }
 

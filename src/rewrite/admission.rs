@@ -192,7 +192,7 @@ fn patch_ops(rules: &Rules, object: &Value, path: &[&str]) -> Vec<Value> {
                 // A workload is never blocked: an image berth cannot rename keeps
                 // pulling from where it did.
                 Decision::Foreign | Decision::Unrewritable { .. } => {}
-                Decision::AlreadyTargeted => targeted = true,
+                Decision::AlreadyTargeted | Decision::Own { .. } => targeted = true,
                 Decision::Rewrite { new, .. } => {
                     targeted = true;
                     ops.push(json!({
@@ -254,5 +254,27 @@ mod tests {
         ctx.namespace = "other".into();
         assert!(!r.matches(&ctx));
         assert!(AdmissionRules::default().matches(&ctx));
+    }
+
+    #[test]
+    fn a_hosted_image_is_left_and_gets_the_secret() {
+        let rules = super::super::Rules {
+            hostname: "images.acme.test".into(),
+            app: "acme".into(),
+            upstream_hosts: vec!["quay.io".into()],
+            pull_secret: Some("berth-pull".into()),
+            ..Default::default()
+        };
+        let pod = json!({"spec": {"containers": [
+            {"name": "w", "image": "images.acme.test/acme/worker:1.0"},
+        ]}});
+        assert_eq!(
+            patch_ops(&rules, &pod, &["spec"]),
+            vec![
+                json!({"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "berth-pull"}]})
+            ]
+        );
+        let foreign = json!({"spec": {"containers": [{"name": "w", "image": "ghcr.io/x/y:1"}]}});
+        assert!(patch_ops(&rules, &foreign, &["spec"]).is_empty());
     }
 }

@@ -19,6 +19,18 @@
 //! containerd, whereas `_` can never occur in a host name, so the mapping stays
 //! reversible. The airgap form keeps the whole upstream path for the same reason the
 //! berth form does: two upstream images can never land on the same name.
+//!
+//! # berth's own images
+//!
+//! An image already at berth's hostname is left as written and counted as berth's (its pod
+//! spec gets the pull secret): a hosted repository of the app (`<hostname>/<app>/<repo>`,
+//! what vendors push) and a pull-through name (`<hostname>/proxy/...`). `--pin-digests`
+//! pins a hosted image from berth's own index, a pull-through name through the upstream it
+//! stands for ([`Decision::Own`]). With
+//! `Rules::registry` (airgap) both move to the airgap registry by the same rule as any
+//! image: a hosted one as if berth's hostname were its upstream host
+//! (`<registry>/<hostname>/<app>/<repo>`, where `airgap push` puts it), a pull-through one
+//! under the upstream component it already carries (`<registry>/<upstream>/<repo>`).
 
 pub mod admission;
 pub mod secret;
@@ -56,6 +68,11 @@ pub(crate) enum Decision {
     Foreign,
     /// Already points at the target (idempotence): leave it, but it needs the secret.
     AlreadyTargeted,
+    /// One of the app's own names at berth's hostname (a hosted repository, or a
+    /// pull-through name under `/proxy/<app>/`): left as it is, needs the secret, and `pin`
+    /// is what a digest pin resolves (the hosted image itself, registry = berth's hostname,
+    /// or the upstream image the pull-through name stands for).
+    Own { pin: ImageRef },
     /// Rewrite to `new`; `upstream` is the image it stands for (for digest pinning).
     Rewrite { new: String, upstream: ImageRef },
     /// Ours, but the rewritten reference would not be a valid one (longer than the
@@ -107,6 +124,14 @@ impl Rules {
             return Decision::Foreign;
         };
         let first = image.split('/').next().unwrap_or(image);
+        let hostname = self.hostname.trim_end_matches('/');
+        let at_berth = !hostname.is_empty()
+            && (first.eq_ignore_ascii_case(hostname) || r.registry.eq_ignore_ascii_case(hostname));
+        if at_berth {
+            if let Some(d) = self.berths_own(&r) {
+                return d;
+            }
+        }
         let target_host = self.target_host();
         if !target_host.is_empty()
             && (first.eq_ignore_ascii_case(target_host)
@@ -133,6 +158,83 @@ impl Rules {
         }
         Decision::Rewrite { new, upstream: r }
     }
+}
+
+impl Rules {
+    /// An image at berth's hostname that is this app's (hosted, or pulled through berth):
+    /// left alone for berth, moved to the airgap registry with `registry`. `None` for
+    /// anything else at that hostname (another app's, not a berth name), which the general
+    /// rules then decide.
+    fn berths_own(&self, r: &ImageRef) -> Option<Decision> {
+        let hosted = hosted_repository(&self.hostname, &self.app, r).is_some();
+        let Some(registry) = &self.registry else {
+            return Some(if hosted {
+                Decision::Own { pin: r.clone() }
+            } else if let Some((_, upstream)) = self.proxied_upstream(r) {
+                Decision::Own { pin: upstream }
+            } else {
+                Decision::AlreadyTargeted
+            });
+        };
+        let prefix = registry.trim_end_matches('/');
+        let (new, upstream) = if hosted {
+            let new = format!(
+                "{prefix}/{}/{}{}",
+                upstream_component(self.hostname.trim_end_matches('/')),
+                r.repository,
+                r.suffix()
+            );
+            (new, r.clone())
+        } else {
+            let (rest, upstream) = self.proxied_upstream(r)?;
+            (format!("{prefix}/{rest}{}", r.suffix()), upstream)
+        };
+        if let Err(e) = ImageRef::parse(&new) {
+            return Some(Decision::Unrewritable {
+                reason: format!("rewritten to {new:?}, which is not a valid reference: {e}"),
+            });
+        }
+        Some(Decision::Rewrite { new, upstream })
+    }
+}
+
+impl Rules {
+    /// For a pull-through name of this app (`<hostname>/proxy/<app>/<upstream>/<repo>`):
+    /// `<upstream>/<repo>` as written, and the upstream image it stands for (the host's
+    /// `_` back to `:`), which is what a pin asks.
+    fn proxied_upstream<'r>(&self, r: &'r ImageRef) -> Option<(&'r str, ImageRef)> {
+        let rest = r
+            .repository
+            .strip_prefix("proxy/")?
+            .strip_prefix(self.app.trim_matches('/'))?
+            .strip_prefix('/')?;
+        let (component, path) = rest
+            .split_once('/')
+            .filter(|(h, p)| !h.is_empty() && !p.is_empty())?;
+        let upstream = ImageRef {
+            registry: component.replace('_', ":"),
+            repository: path.to_string(),
+            tag: r.tag.clone(),
+            digest: r.digest.clone(),
+        };
+        Some((rest, upstream))
+    }
+}
+
+/// The repository within `app` that `r` names when it is one of berth's hosted images:
+/// at berth's `hostname`, under `<app>/` (`proxy/` is the pull-through namespace, never an
+/// app's).
+pub fn hosted_repository(hostname: &str, app: &str, r: &ImageRef) -> Option<String> {
+    let hostname = hostname.trim_end_matches('/');
+    let app = app.trim_matches('/');
+    if hostname.is_empty() || app.is_empty() || app == "proxy" {
+        return None;
+    }
+    if !r.registry.eq_ignore_ascii_case(hostname) {
+        return None;
+    }
+    let repo = r.repository.strip_prefix(app)?.strip_prefix('/')?;
+    (!repo.is_empty()).then(|| repo.to_string())
 }
 
 /// How an upstream host appears as one path component of a rewritten image:
@@ -260,5 +362,90 @@ mod tests {
             Some("reg.customer.example/mirror/quay.io/acme/api:1.2")
         );
         assert_eq!(rewrite_image(&r, out.as_deref().unwrap_or_default()), None);
+    }
+
+    #[test]
+    fn berths_own_images_stay_and_count_as_berths() {
+        let r = rules();
+        let pinned = format!(
+            "images.acme.test/acme/team/worker@sha256:{}",
+            "a".repeat(64)
+        );
+        for image in [
+            "images.acme.test/acme/worker:1.0",
+            pinned.as_str(),
+            "images.acme.test/proxy/acme/quay.io/acme/api:1.2",
+        ] {
+            assert!(ImageRef::parse(image).is_ok(), "{image}");
+            assert_eq!(rewrite_image(&r, image), None, "{image}");
+        }
+        assert!(matches!(r.decide(&pinned), Decision::Own { pin } if pin.digest.is_some()));
+        match r.decide("images.acme.test/acme/team/worker:2") {
+            Decision::Own { pin: image } => {
+                assert_eq!(image.repository, "acme/team/worker");
+                assert_eq!(
+                    hosted_repository(&r.hostname, &r.app, &image).as_deref(),
+                    Some("team/worker")
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        // A pull-through name is pinned through the upstream it stands for.
+        match r.decide("images.acme.test/proxy/acme/registry.example.com_5000/team/app:1") {
+            Decision::Own { pin } => {
+                assert_eq!(pin.to_string(), "registry.example.com:5000/team/app:1")
+            }
+            d => panic!("{d:?}"),
+        }
+        // Another app's repositories and names that are no berth name are not acme's, but
+        // still at berth (they get the secret, are never re-mapped or pinned).
+        for image in [
+            "images.acme.test/proxy/beta/quay.io/acme/api:1.2",
+            "images.acme.test/proxy/acme/quay.io",
+            "images.acme.test/beta/worker:1",
+            "IMAGES.acme.test/acme",
+        ] {
+            assert_eq!(r.decide(image), Decision::AlreadyTargeted, "{image}");
+        }
+        let proxy = ImageRef::parse("images.acme.test/proxy/x").unwrap();
+        assert_eq!(hosted_repository("images.acme.test", "proxy", &proxy), None);
+        let other = ImageRef::parse("quay.io/acme/worker").unwrap();
+        assert_eq!(hosted_repository("images.acme.test", "acme", &other), None);
+    }
+
+    #[test]
+    fn berths_own_images_move_to_the_airgap_registry() {
+        let mut r = rules();
+        r.hostname = "images.acme.test:8443".into();
+        r.registry = Some("reg.customer.example/mirror".into());
+        assert_eq!(
+            rewrite_image(&r, "images.acme.test:8443/acme/worker:1.0").as_deref(),
+            Some("reg.customer.example/mirror/images.acme.test_8443/acme/worker:1.0")
+        );
+        assert_eq!(
+            rewrite_image(
+                &r,
+                "images.acme.test:8443/proxy/acme/registry.example.com_5000/team/app:1"
+            )
+            .as_deref(),
+            Some("reg.customer.example/mirror/registry.example.com_5000/team/app:1")
+        );
+        // Same name as the upstream image itself maps to: one home per image.
+        assert_eq!(
+            rewrite_image(&r, "registry.example.com:5000/team/app:1").as_deref(),
+            Some("reg.customer.example/mirror/registry.example.com_5000/team/app:1")
+        );
+        match r.decide("images.acme.test:8443/proxy/acme/registry.example.com_5000/team/app:1") {
+            Decision::Rewrite { upstream, .. } => {
+                assert_eq!(upstream.registry, "registry.example.com:5000");
+                assert_eq!(upstream.repository, "team/app");
+            }
+            d => panic!("{d:?}"),
+        }
+        // Another app's pull-through name is not acme's to move.
+        assert_eq!(
+            rewrite_image(&r, "images.acme.test:8443/proxy/beta/quay.io/x:1"),
+            None
+        );
     }
 }

@@ -657,6 +657,11 @@ impl Ctx<'_, '_> {
         let (mut new, upstream) = match self.rules.decide(value.trim()) {
             Decision::Foreign => return Ok(false),
             Decision::AlreadyTargeted => return Ok(true),
+            // berth's own name stays as written; only a pin adds to it.
+            Decision::Own { pin } if self.pin.is_some() && pin.digest.is_none() => {
+                (value.trim().to_string(), pin)
+            }
+            Decision::Own { .. } => return Ok(true),
             Decision::Rewrite { new, upstream } => (new, upstream),
             Decision::Unrewritable { reason } => {
                 return Err(written.unsupported(format!("image {:?}: {reason}", value.trim())))
