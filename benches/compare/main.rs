@@ -139,6 +139,8 @@ struct World {
     child_size: u64,
     customer_auth: String,
     report: Report,
+    /// Temporary directories removed only after the table is printed (see push.rs).
+    leftovers: Vec<tempfile::TempDir>,
 }
 
 fn basic(user: &str, pw: &str) -> String {
@@ -220,6 +222,7 @@ impl World {
             child_size: child.manifest_size,
             customer_auth,
             report: Report::default(),
+            leftovers: Vec::new(),
             s,
         };
         // The index's size is not kept by the image builder; ask the upstream once.

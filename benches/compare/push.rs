@@ -117,6 +117,21 @@ impl Server {
         }
     }
 
+    /// Stops the server and hands back its storage, to be removed once the table is out:
+    /// removing 10,000 seeded repositories takes minutes on a disk that discards.
+    fn into_dir(self) -> tempfile::TempDir {
+        match self {
+            Server::Berth { berth, _dir } => {
+                drop(berth);
+                _dir
+            }
+            Server::Dist { dist, _dir } => {
+                drop(dist);
+                _dir
+            }
+        }
+    }
+
     /// A fresh process over the same storage, so VmHWM covers what comes next only.
     fn restart(&mut self) -> anyhow::Result<()> {
         match self {
@@ -694,6 +709,9 @@ impl World {
                     }
                 }
             }
+        }
+        for (server, _) in servers {
+            self.leftovers.push(server.into_dir());
         }
         Ok(())
     }
