@@ -514,7 +514,7 @@ impl World {
         let chunk_mib = self.s.push_chunk_mib;
         let row_mono = format!("push {mib} MiB, monolithic");
         let row_chunked = format!("push {mib} MiB, chunked {chunk_mib} MiB");
-        let cpu_mono = format!("server CPU per pushed GiB, monolithic");
+        let cpu_mono = "server CPU per pushed GiB, monolithic".to_string();
         let cpu_chunked = format!("server CPU per pushed GiB, chunked {chunk_mib} MiB");
         for run in 0..self.s.runs {
             let files: Vec<(PathBuf, String)> = (0..2)
@@ -640,17 +640,20 @@ impl World {
             servers.push((server, client));
         }
         let middle = n / 2;
+        // What a page after the middle holds: the rest of the seeded names, and in the
+        // catalog `acme/seed` and `acme/tagged` (after `acme/r…`), 100 at most.
+        let after = n - middle - 1;
         let figures = [
             (
                 format!("catalog ?n=100, first page, {n} repos"),
                 "/v2/_catalog?n=100".to_string(),
-                100,
+                (n + 2).min(100),
                 true,
             ),
             (
                 format!("catalog ?n=100&last=<middle>, {n} repos"),
                 format!("/v2/_catalog?n=100&last={}", seeded_repo(middle)),
-                100,
+                (after + 2).min(100),
                 true,
             ),
             (
@@ -662,7 +665,7 @@ impl World {
             (
                 format!("tags/list ?n=100&last=<middle>, {n} tags"),
                 format!("/v2/{TAGGED}/tags/list?n=100&last={}", seeded_tag(middle)),
-                100,
+                after.min(100),
                 false,
             ),
             (
