@@ -1,5 +1,6 @@
 //! `cargo bench --bench compare`: berth against distribution's proxy mode and nginx on
-//! loopback, alternating systems run by run, printing medians, ranges and ratios.
+//! loopback (and berth's hosted registry against a local distribution: the `push` phase),
+//! alternating systems run by run, printing medians, ranges and ratios.
 //!
 //! Sizes and run counts come from `BERTH_BENCH_*` environment variables (see
 //! benches/README.md) so a quick iteration can use a small blob and few runs.
@@ -9,6 +10,7 @@ mod support;
 
 mod client;
 mod control;
+mod push;
 mod report;
 mod systems;
 
@@ -36,7 +38,15 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
-const PHASES: [&str; 6] = ["throughput", "cold", "herd", "manifest", "rss", "control"];
+const PHASES: [&str; 7] = [
+    "throughput",
+    "cold",
+    "herd",
+    "manifest",
+    "rss",
+    "control",
+    "push",
+];
 
 struct Settings {
     blob_mib: u64,
@@ -54,6 +64,17 @@ struct Settings {
     /// Licenses (besides the customer's) and API keys in the control phase's stores.
     store_licenses: usize,
     store_keys: usize,
+    /// The push phase: layer size, chunk size of the chunked push, size and runs of the
+    /// push whose peak RSS is measured.
+    push_mib: u64,
+    push_chunk_mib: u64,
+    push_rss_mib: u64,
+    push_rss_runs: usize,
+    /// Repositories, and tags in one repository, seeded for the listing figures; requests
+    /// in flight while seeding; GETs per listing figure.
+    seed: usize,
+    seed_conc: usize,
+    list_gets: usize,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -88,6 +109,13 @@ impl Settings {
             logins: env_or("BERTH_BENCH_LOGINS", 200),
             store_licenses: env_or("BERTH_BENCH_STORE_LICENSES", 5000),
             store_keys: env_or("BERTH_BENCH_STORE_KEYS", 1000),
+            push_mib: env_or("BERTH_BENCH_PUSH_MIB", 200),
+            push_chunk_mib: env_or("BERTH_BENCH_PUSH_CHUNK_MIB", 8),
+            push_rss_mib: env_or("BERTH_BENCH_PUSH_RSS_MIB", 1024),
+            push_rss_runs: env_or("BERTH_BENCH_PUSH_RSS_RUNS", 3),
+            seed: env_or("BERTH_BENCH_SEED", 10_000),
+            seed_conc: env_or("BERTH_BENCH_SEED_CONC", 16),
+            list_gets: env_or("BERTH_BENCH_LIST_GETS", 100),
         }
     }
 
@@ -111,6 +139,8 @@ struct World {
     child_size: u64,
     customer_auth: String,
     report: Report,
+    /// Temporary directories removed only after the table is printed (see push.rs).
+    leftovers: Vec<tempfile::TempDir>,
 }
 
 fn basic(user: &str, pw: &str) -> String {
@@ -192,6 +222,7 @@ impl World {
             child_size: child.manifest_size,
             customer_auth,
             report: Report::default(),
+            leftovers: Vec::new(),
             s,
         };
         // The index's size is not kept by the image builder; ask the upstream once.
@@ -598,6 +629,20 @@ fn run() -> anyhow::Result<()> {
             s.store_keys
         ));
     }
+    if s.wants("push") {
+        header.push_str(&format!(
+            "\npush: {} MiB layer ({} MiB chunks), {} MiB RSS push x{}, {} repos and {} tags \
+             seeded {} in flight, {} GETs per listing figure",
+            s.push_mib,
+            s.push_chunk_mib,
+            s.push_rss_mib,
+            s.push_rss_runs,
+            s.seed,
+            s.seed,
+            s.seed_conc,
+            s.list_gets
+        ));
+    }
     eprintln!("{header}");
     let mut w = World::setup(s)?;
     for phase in PHASES {
@@ -611,6 +656,7 @@ fn run() -> anyhow::Result<()> {
             "herd" => w.herd()?,
             "manifest" => w.manifest()?,
             "control" => w.control()?,
+            "push" => w.push()?,
             _ => w.rss()?,
         }
     }

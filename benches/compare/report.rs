@@ -21,6 +21,9 @@ struct Row {
     /// Systems whose figures here are copies of another row's (the row's reference),
     /// left out of the raw figures so no run is listed twice.
     copied: Vec<String>,
+    /// (system, text) shown instead of a figure where a system has none, such as
+    /// "unsupported (status 404)" for an endpoint a server does not offer (yet).
+    notes: Vec<(String, String)>,
     goal: Option<Goal>,
 }
 
@@ -75,8 +78,18 @@ impl Report {
         }
     }
 
-    fn push(&mut self, label: &str, unit: &'static str, system: &str, value: f64) -> &mut Row {
-        let idx = match self.rows.iter().position(|r| r.label == label) {
+    /// `text` in `system`'s cell of row `label` (kept once), for a figure that could not
+    /// be measured; a figure the system does have in that row is shown instead.
+    pub fn note(&mut self, label: &str, unit: &'static str, system: &str, text: &str) {
+        let idx = self.row(label, unit);
+        let row = &mut self.rows[idx];
+        if !row.notes.iter().any(|(s, t)| s == system && t == text) {
+            row.notes.push((system.to_string(), text.to_string()));
+        }
+    }
+
+    fn row(&mut self, label: &str, unit: &'static str) -> usize {
+        match self.rows.iter().position(|r| r.label == label) {
             Some(i) => i,
             None => {
                 self.rows.push(Row {
@@ -84,11 +97,16 @@ impl Report {
                     unit,
                     values: Vec::new(),
                     copied: Vec::new(),
+                    notes: Vec::new(),
                     goal: None,
                 });
                 self.rows.len() - 1
             }
-        };
+        }
+    }
+
+    fn push(&mut self, label: &str, unit: &'static str, system: &str, value: f64) -> &mut Row {
+        let idx = self.row(label, unit);
         let row = &mut self.rows[idx];
         match row.values.iter_mut().find(|(s, _)| s == system) {
             Some((_, v)) => v.push(value),
@@ -151,11 +169,24 @@ impl Report {
             } else {
                 "NO".into()
             };
+            let note = |s: &str| {
+                let notes: Vec<&str> = r
+                    .notes
+                    .iter()
+                    .filter(|(n, _)| n == s)
+                    .map(|(_, t)| t.as_str())
+                    .collect();
+                if notes.is_empty() {
+                    "-".to_string()
+                } else {
+                    notes.join(", ")
+                }
+            };
             lines.push([
                 r.label.clone(),
                 r.unit.to_string(),
-                berth.map_or("-".into(), |v| cell(v)),
-                dist.map_or("-".into(), |v| cell(v)),
+                berth.map_or_else(|| note("berth"), |v| cell(v)),
+                dist.map_or_else(|| note("dist"), |v| cell(v)),
                 reference.map_or("-".into(), |(n, v)| format!("{n} {}", cell(v))),
                 ratio(dist),
                 ratio(reference.map(|(_, v)| v)),
@@ -194,6 +225,9 @@ impl Report {
                     r.unit,
                     v.join(" ")
                 ));
+            }
+            for (s, t) in &r.notes {
+                out.push_str(&format!("  {} [{}] {s}: {t}\n", r.label, r.unit));
             }
         }
         out

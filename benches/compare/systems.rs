@@ -1,5 +1,6 @@
 //! The servers under test, all on loopback: the authenticated upstream and its open twin,
-//! berth, distribution in proxy mode, and nginx serving the blob file from disk.
+//! berth, distribution in proxy mode and as a plain local registry, and nginx serving the
+//! blob file from disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -115,10 +116,10 @@ pub fn start_berth(cache: &Path, upstream_url: &str, tls: Option<&Certs>) -> Ber
     )
 }
 
-// ---- distribution in proxy mode ----------------------------------------------------------
+// ---- distribution in proxy mode, or local -------------------------------------------------
 
-/// `docker-registry` with `proxy: remoteurl:`. support::registry has no proxy or TLS
-/// options, hence this small launcher.
+/// `docker-registry` with `proxy: remoteurl:`, or as a plain local registry. support::registry
+/// has no proxy or TLS options and no pid for /proc, hence this small launcher.
 pub struct Dist {
     pub port: u16,
     config_path: PathBuf,
@@ -132,6 +133,21 @@ impl Dist {
     pub fn start(
         storage: &Path,
         remote: &str,
+        tls: Option<&Certs>,
+        htpasswd_auth: bool,
+    ) -> anyhow::Result<Dist> {
+        Self::launch(storage, Some(remote), tls, htpasswd_auth)
+    }
+
+    /// A plain local registry, the hosted registry's counterpart (the `push` phase):
+    /// filesystem storage, no auth, no proxy, deletes enabled.
+    pub fn local(storage: &Path) -> anyhow::Result<Dist> {
+        Self::launch(storage, None, None, false)
+    }
+
+    fn launch(
+        storage: &Path,
+        remote: Option<&str>,
         tls: Option<&Certs>,
         htpasswd_auth: bool,
     ) -> anyhow::Result<Dist> {
@@ -161,6 +177,10 @@ impl Dist {
         } else {
             String::new()
         };
+        let (proxy_yaml, delete_yaml) = match remote {
+            Some(remote) => (format!("proxy:\n  remoteurl: {remote}\n"), ""),
+            None => (String::new(), "  delete:\n    enabled: true\n"),
+        };
         // Distribution's defaults (info log, access log on) plus the in-memory blob
         // descriptor cache that Debian's packaged config enables.
         let config = format!(
@@ -172,15 +192,13 @@ storage:
     blobdescriptor: inmemory
   filesystem:
     rootdirectory: {storage}
-  maintenance:
+{delete_yaml}  maintenance:
     uploadpurging:
       enabled: false
 http:
   addr: 127.0.0.1:{port}
   secret: berth-bench-secret
-{tls_yaml}{auth_yaml}proxy:
-  remoteurl: {remote}
-",
+{tls_yaml}{auth_yaml}{proxy_yaml}",
             storage = storage.display()
         );
         let config_path = dir.path().join("config.yml");
