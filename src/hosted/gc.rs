@@ -219,12 +219,34 @@ impl Hosted {
         }
         let proxied = self.cache.links.digests();
         let pins = crate::cache::read_pins(&*self.cache.storage.objects).await;
+        // What deletes through the API released before the cutoff: their bytes go too.
+        let released = self.index.released(cutoff).await.map_err(state_error)?;
         if opts.dry_run {
+            let held = |d: &str| {
+                let hex = d.split_once(':').map_or(d, |(_, h)| h);
+                proxied.contains(d) || pins.contains(hex)
+            };
+            let mut counted = HashSet::new();
             for d in &unlinked {
-                let hex = d.split_once(':').map_or(d.as_str(), |(_, h)| h);
-                if !proxied.contains(d) && !pins.contains(hex) {
+                if !held(d) && counted.insert(d.clone()) {
                     report.blobs_freed += 1;
                     report.bytes_freed += sizes.get(d).copied().unwrap_or(0);
+                }
+            }
+            for (d, manifest) in &released {
+                if *manifest || held(d) || counted.contains(d) {
+                    continue;
+                }
+                let Ok(digest) = d.parse::<Digest>() else {
+                    continue;
+                };
+                if self.index.linked_anywhere(d).await.map_err(state_error)? {
+                    continue;
+                }
+                if let Ok(info) = self.cache.storage.blobs.stat(&digest).await {
+                    counted.insert(d.clone());
+                    report.blobs_freed += 1;
+                    report.bytes_freed += info.size;
                 }
             }
             return Ok(report);
@@ -232,6 +254,18 @@ impl Hosted {
         for d in &unlinked {
             self.free_blob(d, &proxied, &pins, cutoff, &mut report)
                 .await?;
+        }
+        let mut settled = Vec::new();
+        for (d, manifest) in released {
+            if manifest {
+                dropped_manifests.push(d.clone());
+                settled.push(d);
+            } else if self
+                .free_blob(&d, &proxied, &pins, cutoff, &mut report)
+                .await?
+            {
+                settled.push(d);
+            }
         }
         for d in &dropped_manifests {
             if !proxied.contains(d) && !self.index.linked_anywhere(d).await.map_err(state_error)? {
@@ -246,6 +280,10 @@ impl Hosted {
             self.free_orphans(&proxied, &pins, cutoff, &mut report)
                 .await?;
         }
+        self.index
+            .forget_released(&settled, cutoff)
+            .await
+            .map_err(state_error)?;
         tracing::info!(
             repositories = report.repositories,
             manifests = report.manifests.len(),
@@ -258,7 +296,8 @@ impl Hosted {
     }
 
     /// Deletes a blob's bytes if nothing holds them: no hosted link (asked again now),
-    /// no proxied repository, no airgap pin, and not used since the cutoff.
+    /// no proxied repository, no airgap pin, and not used since the cutoff. False when it
+    /// was left for a later collection (used too recently, or the delete failed).
     async fn free_blob(
         &self,
         d: &str,
@@ -266,13 +305,13 @@ impl Hosted {
         pins: &HashSet<String>,
         cutoff: SystemTime,
         report: &mut Report,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let Ok(digest) = d.parse::<Digest>() else {
-            return Ok(());
+            return Ok(true);
         };
         let hex = digest.hex().to_string();
         if self.index.linked_anywhere(d).await.map_err(state_error)? {
-            return Ok(());
+            return Ok(true);
         }
         if proxied.contains(d) || pins.contains(&hex) {
             // Still proxied content: back to the cache's LRU (an airgap pin stays pinned).
@@ -280,13 +319,13 @@ impl Hosted {
                 .blobs
                 .index()
                 .set_pinned(&hex, pins.contains(&hex));
-            return Ok(());
+            return Ok(true);
         }
         let Ok(info) = self.cache.storage.blobs.stat(&digest).await else {
-            return Ok(());
+            return Ok(true);
         };
         if info.used >= cutoff {
-            return Ok(());
+            return Ok(false);
         }
         match self.cache.storage.blobs.delete(&digest).await {
             Ok(()) => {
@@ -297,9 +336,10 @@ impl Hosted {
             Err(e) if e.is_not_found() => self.cache.blobs.index().forget(&hex),
             Err(e) => {
                 tracing::warn!(digest = %d, error = %e, "collection: cannot delete a blob");
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Frees stored blobs that nothing links at all (left by a collection cut short, or by

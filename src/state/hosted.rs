@@ -105,7 +105,8 @@ pub trait HostedIndex: Send + Sync {
     fn blob<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, Option<u64>>;
     /// Whether any repository of the app links the blob (a quota counts it once per app).
     fn app_has_blob<'a>(&'a self, app: &'a str, digest: &'a str) -> Fut<'a, bool>;
-    /// Unlinks a blob from a repository; false when it was not linked.
+    /// Unlinks a blob from a repository (releasing its digest); false when it was not
+    /// linked.
     fn unlink_blob<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, bool>;
     /// Whether any repository of any app links the digest, as a blob or a manifest (asked
     /// before its bytes are deleted).
@@ -142,7 +143,8 @@ pub trait HostedIndex: Send + Sync {
         after: Option<&'a str>,
         limit: usize,
     ) -> Fut<'a, Vec<String>>;
-    /// Removes a manifest, the tags pointing at it and its references; false when absent.
+    /// Removes a manifest, the tags pointing at it and its references (releasing its
+    /// digest); false when absent.
     fn delete_manifest<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str)
         -> Fut<'a, bool>;
     /// Removes a tag; false when absent.
@@ -164,6 +166,11 @@ pub trait HostedIndex: Send + Sync {
     ) -> Fut<'a, Vec<String>>;
     /// Bytes an app's hosted content takes: its distinct blobs and its manifests.
     fn app_bytes<'a>(&'a self, app: &'a str) -> Fut<'a, u64>;
+    /// Digests a delete released (`manifest`: a manifest, else a blob link) before
+    /// `before`: collection frees their bytes if nothing links them any more.
+    fn released<'a>(&'a self, before: SystemTime) -> Fut<'a, Vec<(String, bool)>>;
+    /// Forgets released digests (collection dealt with them), if released before `before`.
+    fn forget_released<'a>(&'a self, digests: &'a [String], before: SystemTime) -> Fut<'a, ()>;
     /// Every distinct blob digest linked anywhere, with its size (pinned at startup so the
     /// cache's eviction never takes a hosted blob).
     fn hosted_blobs(&self) -> Fut<'_, Vec<(String, u64)>>;

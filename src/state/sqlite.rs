@@ -137,6 +137,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX hosted_tags_digest ON hosted_tags (app, repo, digest);
     "#,
+    // 4: digests a delete released (a manifest or a blob link removed through the API):
+    // collection frees their bytes once nothing links them, after the grace period.
+    r#"
+    CREATE TABLE hosted_released (
+        digest TEXT NOT NULL,
+        manifest BOOLEAN NOT NULL,
+        released_ms BIGINT NOT NULL,
+        PRIMARY KEY (digest, manifest)
+    );
+    "#,
 ];
 
 /// The SQLite store. `Debug` names the file only.

@@ -42,7 +42,7 @@ pub(crate) fn key(id: &str, hasher: &SecretHasher, secret: &str) -> KeyRow {
 }
 
 pub(crate) async fn licenses_round_trip_and_move_the_generation(s: &dyn Store) {
-    assert_eq!(s.schema_version().await.unwrap(), 3);
+    assert_eq!(s.schema_version().await.unwrap(), 4);
     let g0 = s.generation().await.unwrap();
     let row = license("lic_a", s.hasher(), "secret-a");
     s.insert_license(&row).await.unwrap();
@@ -433,6 +433,24 @@ pub(crate) async fn hosted_deletes_update_tags_and_referrers(s: &dyn Store) {
     assert!(s.unlink_blob("acme", "api", &b).await.unwrap());
     assert!(!s.unlink_blob("acme", "api", &b).await.unwrap());
     assert_eq!(s.blob("acme", "api", &b).await.unwrap(), None);
+    // What the deletes released is there for collection, until it forgets it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let now = SystemTime::now();
+    let mut released = s.released(now).await.unwrap();
+    released.sort();
+    assert_eq!(
+        released,
+        [(b.clone(), false), (digest(30), true), (digest(31), true)]
+    );
+    assert!(s
+        .released(now - Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+    s.forget_released(&[b.clone(), digest(30)], now)
+        .await
+        .unwrap();
+    assert_eq!(s.released(now).await.unwrap(), [(digest(31), true)]);
 }
 
 pub(crate) async fn the_hosted_catalog_pages_in_byte_order(s: &dyn Store) {

@@ -177,6 +177,18 @@ async fn put_manifest(
     Ok(PutManifest::Stored)
 }
 
+/// Records a digest a delete released, for collection to free (in the same transaction).
+async fn release(c: &Conn, digest: &str, manifest: bool) -> Result<(), PgError> {
+    c.client
+        .execute(
+            "INSERT INTO hosted_released (digest, manifest, released_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (digest, manifest) DO UPDATE SET released_ms = excluded.released_ms",
+            &[&digest, &manifest, &to_millis(SystemTime::now())],
+        )
+        .await?;
+    Ok(())
+}
+
 /// The tags and references of manifests just deleted (in the same transaction).
 async fn forget_manifests(
     c: &Conn,
@@ -448,6 +460,9 @@ impl HostedIndex for PostgresStore {
                         &[&app, &repo, &digest],
                     )
                     .await?;
+                if n > 0 {
+                    release(c, &digest, false).await?;
+                }
                 Ok(n > 0)
             })
         })
@@ -592,7 +607,8 @@ impl HostedIndex for PostgresStore {
                     )
                     .await?;
                 if n > 0 {
-                    forget_manifests(c, &app, &repo, &[digest]).await?;
+                    forget_manifests(c, &app, &repo, std::slice::from_ref(&digest)).await?;
+                    release(c, &digest, true).await?;
                 }
                 Ok(n > 0)
             })
@@ -689,6 +705,40 @@ impl HostedIndex for PostgresStore {
                     .await?
                     .try_get(0)?;
                 Ok(size_of(n))
+            })
+        })
+    }
+
+    fn released<'a>(&'a self, before: SystemTime) -> Fut<'a, Vec<(String, bool)>> {
+        self.read(move |c| {
+            let before = to_millis(before);
+            Box::pin(async move {
+                let rows = c
+                    .client
+                    .query(
+                        "SELECT digest, manifest FROM hosted_released WHERE released_ms < $1
+                         ORDER BY digest COLLATE \"C\"",
+                        &[&before],
+                    )
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect()
+            })
+        })
+    }
+
+    fn forget_released<'a>(&'a self, digests: &'a [String], before: SystemTime) -> Fut<'a, ()> {
+        self.write(move |c| {
+            let (digests, before) = (digests.to_vec(), to_millis(before));
+            Box::pin(async move {
+                c.client
+                    .execute(
+                        "DELETE FROM hosted_released WHERE digest = ANY($1) AND released_ms < $2",
+                        &[&digests, &before],
+                    )
+                    .await?;
+                Ok(())
             })
         })
     }

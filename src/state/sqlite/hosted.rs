@@ -147,6 +147,16 @@ fn delete_manifest(tx: &Transaction<'_>, app: &str, repo: &str, d: &str) -> Resu
     Ok(())
 }
 
+fn release(tx: &Transaction<'_>, digest: &str, manifest: bool) -> Result<(), StateError> {
+    tx.execute(
+        "INSERT INTO hosted_released (digest, manifest, released_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (digest, manifest) DO UPDATE SET released_ms = excluded.released_ms",
+        params![digest, manifest, to_millis(SystemTime::now())],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
 fn gc_repos(c: &mut Connection, app: Option<&str>) -> Result<Vec<GcRepo>, StateError> {
     // One read transaction: the repositories, manifests, references, tags and blobs agree.
     let tx = c.transaction().map_err(db)?;
@@ -383,12 +393,18 @@ impl HostedIndex for SqliteStore {
     fn unlink_blob<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, bool> {
         let (app, repo, digest) = (app.to_string(), repo.to_string(), digest.to_string());
         self.with(move |c| {
-            c.execute(
-                "DELETE FROM hosted_blobs WHERE app = ?1 AND repo = ?2 AND digest = ?3",
-                params![app, repo, digest],
-            )
-            .map(|n| n > 0)
-            .map_err(db)
+            let tx = immediate(c)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM hosted_blobs WHERE app = ?1 AND repo = ?2 AND digest = ?3",
+                    params![app, repo, digest],
+                )
+                .map_err(db)?;
+            if n > 0 {
+                release(&tx, &digest, false)?;
+            }
+            tx.commit().map_err(db)?;
+            Ok(n > 0)
         })
     }
 
@@ -513,6 +529,7 @@ impl HostedIndex for SqliteStore {
                 .map_err(db)?;
             if n > 0 {
                 delete_manifest(&tx, &app, &repo, &digest)?;
+                release(&tx, &digest, true)?;
             }
             tx.commit().map_err(db)?;
             Ok(n > 0)
@@ -595,6 +612,34 @@ impl HostedIndex for SqliteStore {
             )
             .map(|n| n.max(0) as u64)
             .map_err(db)
+        })
+    }
+
+    fn released<'a>(&'a self, before: SystemTime) -> Fut<'a, Vec<(String, bool)>> {
+        let before = to_millis(before);
+        self.with(move |c| {
+            let mut q = c
+                .prepare("SELECT digest, manifest FROM hosted_released WHERE released_ms < ?1 ORDER BY digest")
+                .map_err(db)?;
+            let rows = q
+                .query_map(params![before], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    fn forget_released<'a>(&'a self, digests: &'a [String], before: SystemTime) -> Fut<'a, ()> {
+        let (digests, before) = (digests.to_vec(), to_millis(before));
+        self.with(move |c| {
+            let tx = immediate(c)?;
+            for d in &digests {
+                tx.execute(
+                    "DELETE FROM hosted_released WHERE digest = ?1 AND released_ms < ?2",
+                    params![d, before],
+                )
+                .map_err(db)?;
+            }
+            tx.commit().map_err(db)
         })
     }
 
