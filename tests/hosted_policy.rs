@@ -9,6 +9,8 @@ mod http;
 mod push;
 mod support;
 
+use std::time::Duration;
+
 use push::{fresh_seed, Fx, Img, MIB};
 
 fn upload(fx: &Fx, repo: &str, (digest, _): &(String, u64), img: &Img) -> http::Resp {
@@ -61,6 +63,20 @@ fn a_push_past_the_quota_is_refused_until_gc_frees_room() {
     assert_eq!(r.status, 202, "{}", r.text());
     let r = upload(&fx, "two", &second.layers[0], &second);
     assert_denied(&r, "before gc the deleted image's blobs still count");
+
+    // `berth usage` shows what the app holds against its quota.
+    let run = support::berth::run_cli(
+        &["--config", fx.config(), "--json", "usage", "--app", "acme"],
+        &[],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "berth usage: {}", run.stderr);
+    let usage: serde_json::Value = serde_json::from_str(&run.stdout).expect("usage JSON");
+    let hosted = &usage["hosted"][0];
+    assert_eq!(hosted["app"], "acme", "{usage}");
+    assert_eq!(hosted["quota_bytes"], 10 * MIB, "{usage}");
+    assert!(hosted["used_bytes"].as_u64().unwrap() >= 6 * MIB, "{usage}");
 
     let report = fx.gc(&["--grace", "0s"]);
     assert_eq!(report["blobs_freed"], 2, "{report}");

@@ -34,20 +34,7 @@ pub const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const ANN_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// Human-readable byte counts for progress and summaries.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use crate::settings::human_size as human;
 
 /// `berth airgap list`: images, their platforms and sizes, and the bundle's totals.
 pub fn list(path: &Path, out: &mut dyn std::io::Write) -> Result<(), BundleError> {

@@ -41,6 +41,36 @@ async fn exec(plane: &Plane, json: bool, args: Args) -> Result<(), Failure> {
 }
 
 fn human(r: &UsageReport) -> String {
+    let mut out = pulls(r);
+    // Hosted storage: what each app's pushed images take, against its quota.
+    if r.hosted
+        .iter()
+        .any(|h| h.used_bytes > 0 || h.quota_bytes.is_some())
+    {
+        let rows: Vec<Vec<String>> = r
+            .hosted
+            .iter()
+            .map(|h| {
+                vec![
+                    h.app.clone(),
+                    crate::airgap::human(h.used_bytes),
+                    h.quota_bytes
+                        .map_or_else(|| "-".to_string(), crate::airgap::human),
+                ]
+            })
+            .collect();
+        out.push_str(
+            "
+Hosted storage:
+
+",
+        );
+        out.push_str(&table(&["APP", "USED", "QUOTA"], &rows));
+    }
+    out
+}
+
+fn pulls(r: &UsageReport) -> String {
     let mut out = match &r.since {
         Some(s) => format!("Pulls since {s}:\n\n"),
         None => "Pulls:\n\n".to_string(),

@@ -33,6 +33,17 @@ pub struct UsageFilter {
 pub struct UsageReport {
     pub since: Option<String>,
     pub subjects: Vec<SubjectUsage>,
+    /// What each app's hosted registry holds now (the app filter applies), and its quota.
+    #[serde(default)]
+    pub hosted: Vec<HostedUsage>,
+}
+
+/// One app's hosted storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostedUsage {
+    pub app: String,
+    pub used_bytes: u64,
+    pub quota_bytes: Option<u64>,
 }
 
 /// One license's (or key's) usage.
@@ -142,9 +153,23 @@ impl Control {
                 }
             })
             .collect();
+        let mut hosted = Vec::new();
+        let mut apps = config.tenants.apps();
+        apps.sort_by(|a, b| a.slug.cmp(&b.slug));
+        for app in apps
+            .into_iter()
+            .filter(|a| filter.app.as_ref().is_none_or(|f| *f == a.slug))
+        {
+            hosted.push(HostedUsage {
+                app: app.slug.clone(),
+                used_bytes: self.store.app_bytes(&app.slug).await?,
+                quota_bytes: app.hosted.quota,
+            });
+        }
         Ok(UsageReport {
             since: filter.since.map(rfc3339),
             subjects,
+            hosted,
         })
     }
 }

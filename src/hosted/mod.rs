@@ -95,20 +95,7 @@ fn state_error(e: StateError) -> Error {
 }
 
 /// Bytes for people: `1.5 GiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use crate::settings::human_size as human;
 
 impl Hosted {
     /// `timeout` is `hosted.upload_timeout` (default an hour: distribution keeps uploads a

@@ -122,25 +122,9 @@ impl Fx {
         key
     }
 
-    /// `berth gc --json <args>` beside the running server: the report. While berth refuses
-    /// `gc --json` (its global `--json` check; `gc_json_prints_the_report` shows it), the
-    /// report is read from the text `berth gc` prints instead, with `bytes_freed` as printed
-    /// (`1.5 MiB`); `assert_bytes` compares either.
+    /// `berth gc --json <args>` beside the running server: the report.
     pub fn gc(&self, args: &[&str]) -> serde_json::Value {
         let run = self.gc_json(args);
-        if run.code == Some(2) && run.stderr.contains("--json applies to") {
-            let mut a = vec!["--config", self.config(), "gc"];
-            a.extend_from_slice(args);
-            let run = run_cli(&a, &[], None, CLI_WAIT);
-            assert_eq!(
-                run.code,
-                Some(0),
-                "berth gc {args:?}: {}\n{}",
-                run.stdout,
-                run.stderr
-            );
-            return parse_gc_text(&run.stdout);
-        }
         assert_eq!(
             run.code,
             Some(0),
@@ -347,46 +331,6 @@ impl Fx {
         }
         Ok(())
     }
-}
-
-/// `manifest <app>/<repo>@<digest>` lines, then
-/// `N repositories: M manifests and K blob links removed; freed B blobs, 1.5 MiB[ (dry run…)]`.
-pub fn parse_gc_text(out: &str) -> serde_json::Value {
-    let manifests: Vec<&str> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("manifest "))
-        .collect();
-    let last = out
-        .lines()
-        .rfind(|l| l.contains(" repositories: "))
-        .unwrap_or_else(|| panic!("no summary line in berth gc's output: {out:?}"));
-    let dry_run = last.ends_with("(dry run: nothing changed)");
-    let words: Vec<&str> = last.split_whitespace().collect();
-    let n = |i: usize| -> u64 {
-        words[i]
-            .parse()
-            .unwrap_or_else(|_| panic!("word {i} of {last:?} is no number"))
-    };
-    // N repositories: M manifests and K blob links removed; (would free|freed) B blobs, X U
-    let verb_at = words
-        .iter()
-        .position(|w| *w == "freed" || *w == "free")
-        .unwrap_or_else(|| panic!("{last:?}"));
-    let bytes = format!("{} {}", words[verb_at + 3], words[verb_at + 4]);
-    let report = json!({
-        "dry_run": dry_run,
-        "repositories": n(0),
-        "manifests": manifests,
-        "blob_links": n(5),
-        "blobs_freed": n(verb_at + 1),
-        "bytes_freed": bytes,
-    });
-    assert_eq!(
-        report["manifests"].as_array().unwrap().len() as u64,
-        n(2),
-        "{out}"
-    );
-    report
 }
 
 pub fn basic(secret: &str) -> String {
