@@ -621,7 +621,11 @@ impl Hosted {
             }
             Reference::Digest(d) => {
                 if !policy.immutable_tags.is_empty() {
-                    let tags = self.tags_of(repo, d).await?;
+                    let tags = self
+                        .index
+                        .tags_of(app, name, d.as_str())
+                        .await
+                        .map_err(state_error)?;
                     if let Some(t) = tags.iter().find(|t| policy.is_immutable(t)) {
                         return Err(Error::Denied(format!(
                             "{d} is tagged {t}, an immutable tag (apps[].hosted.immutable_tags)"
@@ -637,29 +641,6 @@ impl Hosted {
         } else {
             Err(unknown())
         }
-    }
-
-    /// The tags of `repo` that point at `digest` (a scan of its tags: deletes are rare).
-    async fn tags_of(&self, repo: &RepoKey, digest: &Digest) -> Result<Vec<String>, Error> {
-        let mut out = Vec::new();
-        for t in self
-            .index
-            .tags(&repo.app, &repo.name, None, usize::MAX)
-            .await
-            .map_err(state_error)?
-        {
-            if let Some(row) = self
-                .index
-                .tagged(&repo.app, &repo.name, &t)
-                .await
-                .map_err(state_error)?
-            {
-                if row.digest == digest.as_str() {
-                    out.push(t);
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// The tags of `repo`, sorted, `n` at most after `last`, with a `Link` to the next page.

@@ -143,6 +143,8 @@ pub trait HostedIndex: Send + Sync {
         after: Option<&'a str>,
         limit: usize,
     ) -> Fut<'a, Vec<String>>;
+    /// The tags of the repository that point at `digest`, sorted.
+    fn tags_of<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, Vec<String>>;
     /// Removes a manifest, the tags pointing at it and its references (releasing its
     /// digest); false when absent.
     fn delete_manifest<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str)

@@ -414,6 +414,12 @@ pub(crate) async fn hosted_deletes_update_tags_and_referrers(s: &dyn Store) {
     assert!(s.delete_tag("acme", "api", "1").await.unwrap());
     assert!(!s.delete_tag("acme", "api", "1").await.unwrap());
     assert_eq!(s.tags("acme", "api", None, 10).await.unwrap(), ["2"]);
+    assert_eq!(s.tags_of("acme", "api", &digest(30)).await.unwrap(), ["2"]);
+    assert!(s
+        .tags_of("beta", "api", &digest(30))
+        .await
+        .unwrap()
+        .is_empty());
     assert!(s
         .manifest("acme", "api", &digest(30))
         .await

@@ -615,6 +615,23 @@ impl HostedIndex for PostgresStore {
         })
     }
 
+    fn tags_of<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, Vec<String>> {
+        self.read(move |c| {
+            let (app, repo, digest) = (app.to_string(), repo.to_string(), digest.to_string());
+            Box::pin(async move {
+                let rows = c
+                    .client
+                    .query(
+                        "SELECT tag FROM hosted_tags WHERE app = $1 AND repo = $2 AND digest = $3
+                         ORDER BY tag",
+                        &[&app, &repo, &digest],
+                    )
+                    .await?;
+                rows.iter().map(|r| r.try_get(0)).collect()
+            })
+        })
+    }
+
     fn delete_tag<'a>(&'a self, app: &'a str, repo: &'a str, tag: &'a str) -> Fut<'a, bool> {
         self.write(move |c| {
             let (app, repo, tag) = (app.to_string(), repo.to_string(), tag.to_string());

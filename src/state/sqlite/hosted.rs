@@ -536,6 +536,22 @@ impl HostedIndex for SqliteStore {
         })
     }
 
+    fn tags_of<'a>(&'a self, app: &'a str, repo: &'a str, digest: &'a str) -> Fut<'a, Vec<String>> {
+        let (app, repo, digest) = (app.to_string(), repo.to_string(), digest.to_string());
+        self.with(move |c| {
+            let mut q = c
+                .prepare_cached(
+                    "SELECT tag FROM hosted_tags WHERE app = ?1 AND repo = ?2 AND digest = ?3
+                     ORDER BY tag",
+                )
+                .map_err(db)?;
+            let rows = q
+                .query_map(params![app, repo, digest], |r| r.get::<_, String>(0))
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
     fn delete_tag<'a>(&'a self, app: &'a str, repo: &'a str, tag: &'a str) -> Fut<'a, bool> {
         let (app, repo, tag) = (app.to_string(), repo.to_string(), tag.to_string());
         self.with(move |c| {
