@@ -423,14 +423,23 @@ fn tags_list_paging_rewrites_link_and_name() {
     let all = c.get(&format!("/v2/{name}/tags/list"), Some(&good));
     assert_eq!(all.status, 200, "{}", all.text());
     assert_eq!(all.json()["name"], name.as_str());
-    // distribution's unpaged list is in storage order, not sorted.
-    let mut unpaged: Vec<String> = serde_json::from_value(all.json()["tags"].clone()).unwrap();
-    unpaged.sort();
-    assert_eq!(unpaged, ["t1", "t2", "t3"]);
+    // distribution's list is in storage order; berth sorts it.
+    assert_eq!(all.json()["tags"], serde_json::json!(["t1", "t2", "t3"]));
     assert!(all.header("link").is_none());
 
-    // distribution 2.8 ignores n/last (pagination arrived in v3), so paging is checked
-    // against a fake upstream that pages like distribution v3 does.
+    // distribution 2.8 ignores n/last (pagination arrived in v3): berth pages itself.
+    let first = c.get(&format!("/v2/{name}/tags/list?n=2"), Some(&good));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.json()["tags"], serde_json::json!(["t1", "t2"]));
+    assert_eq!(
+        first.header("link"),
+        Some(format!("</v2/{name}/tags/list?n=2&last=t2>; rel=\"next\"").as_str())
+    );
+    let rest = c.get(&format!("/v2/{name}/tags/list?n=2&last=t2"), Some(&good));
+    assert_eq!(rest.json()["tags"], serde_json::json!(["t3"]));
+    assert!(rest.header("link").is_none(), "a next page after the last");
+
+    // An upstream that pages (like distribution v3) is followed, its Link rewritten.
     let tags_all = ["t1", "t2", "t3"];
     let pager = FakeServer::start(move |req| {
         if req.path() != "/v2/acme/app/tags/list" {
@@ -512,6 +521,56 @@ fn tags_list_paging_rewrites_link_and_name() {
     let r = pc.get(&format!("/v2/{name}/tags/list?last=t1"), Some(&good));
     assert_eq!(r.json()["tags"], serde_json::json!(["t2", "t3"]));
     assert!(r.header("link").is_none());
+}
+
+/// An upstream that does not filter referrers by `artifactType` (or does not say it did):
+/// berth filters and says so in `OCI-Filters-Applied`. distribution 2.8 has no referrers
+/// API, so the upstream is a small fake that answers every descriptor.
+#[test]
+fn referrers_are_filtered_by_berth_when_the_upstream_does_not() {
+    let f = fixture();
+    let subject = format!("sha256:{}", "ab".repeat(32));
+    let path = format!("/v2/acme/app/referrers/{subject}");
+    let upstream = FakeServer::start(move |req| {
+        if req.path() != path {
+            return FakeResponse::bytes(404, "");
+        }
+        FakeResponse::json(
+            200,
+            &serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [
+                    {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                     "digest": format!("sha256:{}", "01".repeat(32)), "size": 10,
+                     "artifactType": "application/vnd.example.sig.v1"},
+                    {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                     "digest": format!("sha256:{}", "02".repeat(32)), "size": 20,
+                     "artifactType": "application/spdx+json"}
+                ]
+            }),
+        )
+    });
+    let berth = start_berth(&[Up::new("up", upstream.url(), HOST)], &f.canary, &[]);
+    let c = Client::new(berth.port);
+    let good = basic(GOOD);
+    let base = format!("/v2/proxy/acme/{HOST}/acme/app/referrers/{subject}");
+    let all = c.get(&base, Some(&good));
+    assert_eq!(all.status, 200, "{}", all.text());
+    assert_eq!(all.json()["manifests"].as_array().unwrap().len(), 2);
+    assert!(all.header("oci-filters-applied").is_none());
+    let sig = c.get(
+        &format!("{base}?artifactType=application/vnd.example.sig.v1"),
+        Some(&good),
+    );
+    assert_eq!(sig.status, 200, "{}", sig.text());
+    let m = sig.json()["manifests"].clone();
+    assert_eq!(m.as_array().unwrap().len(), 1, "{m}");
+    assert_eq!(m[0]["artifactType"], "application/vnd.example.sig.v1");
+    assert_eq!(sig.header("oci-filters-applied"), Some("artifactType"));
+    let none = c.get(&format!("{base}?artifactType=text/plain"), Some(&good));
+    assert_eq!(none.json()["manifests"], serde_json::json!([]));
+    assert_eq!(none.header("oci-filters-applied"), Some("artifactType"));
 }
 
 /// distribution answers a non-numeric `n` with 400 PAGINATION_NUMBER_INVALID; 405 ("method

@@ -375,7 +375,15 @@ impl Api {
                     .registry
                     .referrers(&target, &digest, artifact_type.as_deref())
                     .await?;
-                Ok(fetched_response(f))
+                let mut r = fetched_response(f);
+                if artifact_type.is_some() {
+                    // The registry module filtered: say so, as the spec asks.
+                    r.headers_mut().insert(
+                        "oci-filters-applied",
+                        HeaderValue::from_static("artifactType"),
+                    );
+                }
+                Ok(r)
             }
         }
     }

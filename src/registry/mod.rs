@@ -599,7 +599,7 @@ impl Registry {
             .tags(n, last)
             .await
             .map_err(|e| failure(&t.upstream, e, Error::NameUnknown(t.public_name.clone())))?;
-        let link = page
+        let mut link = page
             .next
             .map(|query| format!("</v2/{}/tags/list?{}>; rel=\"next\"", t.public_name, query));
         let bytes = page.bytes;
@@ -609,6 +609,27 @@ impl Registry {
                 reason: "the tag list is not JSON".into(),
             })?;
         v["name"] = serde_json::Value::String(t.public_name.clone());
+        if let Some(tags) = v["tags"].as_array() {
+            let tags: Vec<String> = tags
+                .iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            if let Some((tags, paged)) = self_paged(tags, n, last) {
+                // The upstream ignored n/last (distribution 2.8 does): berth pages itself,
+                // so clients always get the spec's sorted pages and a Link that works.
+                if let Some(next) = paged {
+                    link = next.map(|l| {
+                        let l: String = form_urlencoded::byte_serialize(l.as_bytes()).collect();
+                        format!(
+                            "</v2/{}/tags/list?n={}&last={l}>; rel=\"next\"",
+                            t.public_name,
+                            n.unwrap_or(0)
+                        )
+                    });
+                }
+                v["tags"] = serde_json::json!(tags);
+            }
+        }
         let out = serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Fetched {
             partial: false,
@@ -644,6 +665,15 @@ impl Registry {
             .map_err(|e| Error::Internal(e.to_string()))?
             .into(),
         };
+        // Filtered here whatever the upstream did (it may not filter, or not say so), so
+        // the answer always means what `OCI-Filters-Applied` will say.
+        let bytes = match artifact_type {
+            Some(a) => filter_referrers(&bytes, a).ok_or_else(|| Error::Upstream {
+                upstream: t.upstream.name.clone(),
+                reason: "the referrers answer is not an image index".into(),
+            })?,
+            None => bytes,
+        };
         Ok(Fetched {
             partial: false,
             media_type: Some(OCI_INDEX.into()),
@@ -654,6 +684,50 @@ impl Registry {
             body: body::full(bytes),
         })
     }
+}
+
+/// The descriptors of a referrers index whose `artifactType` is `artifact_type`.
+fn filter_referrers(index: &[u8], artifact_type: &str) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(index).ok()?;
+    v.get_mut("manifests")?
+        .as_array_mut()?
+        .retain(|d| d.get("artifactType").and_then(|a| a.as_str()) == Some(artifact_type));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// An upstream's tag list as the spec wants it: sorted (byte order), after `last`, at most
+/// `n`. `None` when the upstream already answered that way. `Some((tags, None))` when it
+/// only had to be sorted (the upstream's own `Link` stands); `Some((tags, Some(next)))`
+/// when the upstream ignored `n`/`last` and berth paged: `next` is the page's last tag when
+/// there is a next page.
+#[allow(clippy::type_complexity)]
+fn self_paged(
+    mut tags: Vec<String>,
+    n: Option<u32>,
+    last: Option<&str>,
+) -> Option<(Vec<String>, Option<Option<String>>)> {
+    let sorted = tags.windows(2).all(|w| w[0] < w[1]);
+    let after = last.is_none_or(|l| tags.iter().all(|t| t.as_str() > l));
+    let within = n.is_none_or(|n| tags.len() <= n as usize);
+    if sorted && after && within {
+        return None;
+    }
+    tags.sort();
+    tags.dedup();
+    if after && within {
+        return Some((tags, None));
+    }
+    if let Some(l) = last {
+        tags.retain(|t| t.as_str() > l);
+    }
+    let mut next = None;
+    if let Some(n) = n {
+        if tags.len() > n as usize {
+            tags.truncate(n as usize);
+            next = tags.last().cloned();
+        }
+    }
+    Some((tags, Some(next)))
 }
 
 /// Range requests a fill may make after its upstream connection breaks.
@@ -777,6 +851,56 @@ fn failure(up: &Upstream, e: UpstreamError, not_found: Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn referrers_are_filtered_by_artifact_type() {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": "sha256:aa", "artifactType": "application/vnd.example.sig"},
+                {"digest": "sha256:bb", "artifactType": "application/spdx+json"},
+                {"digest": "sha256:cc"}
+            ]
+        });
+        let bytes = serde_json::to_vec(&index).unwrap();
+        let out = super::filter_referrers(&bytes, "application/spdx+json").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["manifests"],
+            serde_json::json!([{"digest": "sha256:bb", "artifactType": "application/spdx+json"}])
+        );
+        assert_eq!(v["schemaVersion"], 2);
+        assert!(super::filter_referrers(b"not json", "x").is_none());
+        assert!(super::filter_referrers(b"{}", "x").is_none());
+    }
+
+    #[test]
+    fn tag_lists_are_paged_where_the_upstream_ignores_n_and_last() {
+        let tags = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        // Paged and sorted by the upstream: left alone.
+        assert_eq!(super::self_paged(tags(&["a", "b"]), Some(2), None), None);
+        // Only unsorted: sorted, the upstream's Link stands.
+        assert_eq!(
+            super::self_paged(tags(&["b", "a"]), Some(2), None),
+            Some((tags(&["a", "b"]), None))
+        );
+        // n ignored: the first page and where the next starts.
+        assert_eq!(
+            super::self_paged(tags(&["t3", "t1", "t2"]), Some(2), None),
+            Some((tags(&["t1", "t2"]), Some(Some("t2".into()))))
+        );
+        // last ignored: what follows it, no next page.
+        assert_eq!(
+            super::self_paged(tags(&["t3", "t1", "t2"]), Some(2), Some("t2")),
+            Some((tags(&["t3"]), Some(None)))
+        );
+        // Byte order: upper case first.
+        assert_eq!(
+            super::self_paged(tags(&["a", "B"]), None, None),
+            Some((tags(&["B", "a"]), None))
+        );
+    }
+
     use super::*;
 
     #[test]
