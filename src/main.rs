@@ -44,6 +44,9 @@ enum Command {
     Rewrite(cli::rewrite::Args),
     /// Print the Kubernetes imagePullSecret for a license.
     PullSecret(cli::pull_secret::Args),
+    /// Write the container runtime files (containerd, CRI-O, k3s, Docker) that make
+    /// nodes pull an app's images through berth as a registry mirror.
+    MirrorConfig(cli::mirror_config::Args),
     /// Inspect or prune the cache.
     Cache {
         #[command(subcommand)]
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => cli::check_config::run(config),
         Command::Rewrite(a) => cli::rewrite::run(config, a),
         Command::PullSecret(a) => cli::pull_secret::run(config, a),
+        Command::MirrorConfig(a) => cli::mirror_config::run(config, a),
         Command::Cache { action } => cli::cache::run(config, action),
         Command::Audit(a) => cli::audit::run(config, global.json, a),
         Command::Airgap(c) => cli::airgap::run(config, c),

@@ -381,13 +381,63 @@ fn import_serves_by_tag_and_digest_with_the_upstream_stopped() {
         up.worker.manifest_digest
     );
     // skopeo's Accept set is not berth's default one the import seeded: the tag answers
-    // came from the registry's fallback to a stored answer of another Accept set.
-    assert!(b.logs().contains("recorded for another Accept set"));
+    // came from the registry's fallback to a stored answer of another Accept set, served
+    // as stale when the upstream cannot be reached.
+    assert!(
+        b.logs()
+            .contains("upstream unavailable: serving the last known manifest"),
+        "{}",
+        b.logs()
+    );
     // Imported blobs are pinned, in a file the next start reads.
     let pins = std::fs::read_to_string(served.cache_dir.join("pins")).unwrap();
     for (d, _) in &up.worker.layers {
         assert!(pins.contains(d.trim_start_matches("sha256:")));
     }
+}
+
+/// An airgap site whose upstream answers but refuses berth (the credentials there are
+/// old or none): imported tags are served all the same, with the stale line; a tag that
+/// was never imported is the upstream's refusal.
+#[test]
+fn imported_tags_are_served_when_the_upstream_refuses() {
+    let up = upstream();
+    let (bundle, _) = up.export_all();
+    let cache = support::tempdir();
+    let port = support::free_port();
+    // A tag_ttl of zero: every pull asks the upstream again.
+    let yaml =
+        config_yaml(port, cache.path(), &up.reg.url()).replace("cache: {", "cache: { tag_ttl: 0s,");
+    let cfg = cache.path().join("berth.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let (ok, stdout, stderr) = import(&cfg, &bundle);
+    assert!(ok, "import:\n{stdout}\n{stderr}");
+    let b = Berth::start_on(port, &yaml, &[("UPSTREAM_PASSWORD", "not-the-password")]);
+    for _ in 0..2 {
+        assert_eq!(pull(&b, &api_ref(), true), up.index.index_digest);
+        assert_eq!(pull(&b, &worker_ref(), false), up.worker.manifest_digest);
+    }
+    let log = b.logs();
+    assert!(
+        log.contains("upstream refused: serving the manifest imported from an airgap bundle"),
+        "{log}"
+    );
+    assert!(
+        up.reg.count_requests("GET", "/manifests/1.2")
+            + up.reg.count_requests("HEAD", "/manifests/1.2")
+            > 0,
+        "berth did not ask the upstream at all"
+    );
+    // Never imported: the upstream's refusal stands (berth's own credentials failed).
+    let out = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("{LICENSE}:{LICENSE}"),
+        &format!("docker://127.0.0.1:{port}/proxy/acme/{HOST}/acme/api:not-imported"),
+    ]);
+    assert!(!out.status.success(), "a tag never imported was served");
 }
 
 #[test]

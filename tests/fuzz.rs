@@ -454,7 +454,8 @@ fn route_path(r: &Route) -> Option<String> {
         Route::Catalog => "/v2/_catalog".into(),
         Route::UploadStart { repo } => format!("/v2/{}/blobs/uploads/", repo.name()),
         Route::Upload { repo, id } => format!("/v2/{}/blobs/uploads/{id}", repo.name()),
-        Route::Unsupported(_) | Route::NotFound => return None,
+        // `parse` reads a path only; mirror requests need the query (`parse_request`).
+        Route::Unsupported(_) | Route::NotFound | Route::Mirror { .. } => return None,
     })
 }
 

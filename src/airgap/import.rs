@@ -287,6 +287,7 @@ async fn seed(
                     media_type: p.image.top.media_type.clone(),
                     length: p.image.top.size,
                     checked_ms: now_ms(),
+                    imported: true,
                 },
             )
             .await;

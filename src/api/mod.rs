@@ -29,7 +29,7 @@ use crate::body::{Body, BoxError};
 use crate::config::{Config, Live};
 use crate::control::usage::{ManifestRequest, Recorder};
 use crate::error::Error;
-use crate::oci::repo::{Reference, RepoPath};
+use crate::oci::repo::{MirrorPath, Reference, RepoPath};
 use crate::registry::{ByteRange, Fetched, Registry, Target};
 use body::{LogLine, Logged, Served, Who};
 use client::Client;
@@ -268,7 +268,61 @@ impl Api {
             }
         }
         let pull = matches!(*req.method(), Method::GET | Method::HEAD);
-        let route = route::parse_for(pull, path)?;
+        let route = route::parse_request(pull, path, req.uri().query(), &spaces(config))?;
+        // A mirror request is a proxied pull from the caller's app, answered like one.
+        let (route, mirrored) = match route {
+            Route::Mirror { mirror, op } => {
+                let repo = auth::mirror_repo(config, subject, &mirror)?;
+                (op.route(repo), Some(mirror))
+            }
+            r => (r, None),
+        };
+        let ns = mirrored
+            .as_ref()
+            .and_then(|_| route::ns_of(req.uri().query()));
+        let mut resp = self
+            .pull(
+                config,
+                req,
+                route,
+                &principal,
+                mirrored.as_ref(),
+                client,
+                served,
+            )
+            .await?;
+        if let Some(ns) = ns.and_then(|n| HeaderValue::try_from(n).ok()) {
+            resp.headers_mut().insert("oci-namespace", ns.clone());
+            // The next page of a mirrored tag list is asked for with the same ns.
+            if let Some(link) = resp.headers().get(LINK).and_then(|l| l.to_str().ok()) {
+                let ns = ns.to_str().unwrap_or_default();
+                let ns: String = form_urlencoded::byte_serialize(ns.as_bytes()).collect();
+                if let Ok(v) = HeaderValue::try_from(link.replacen(">;", &format!("&ns={ns}>;"), 1))
+                {
+                    resp.headers_mut().insert(LINK, v);
+                }
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Serves a parsed pull-side route (or hands a hosted one on).
+    #[allow(clippy::too_many_arguments)]
+    async fn pull<B>(
+        &self,
+        config: &Config,
+        req: Request<B>,
+        route: Route,
+        principal: &auth::Principal,
+        mirrored: Option<&MirrorPath>,
+        client: Client,
+        served: &mut Option<Served>,
+    ) -> Result<Response<Body>, Error>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send,
+        B::Error: Into<BoxError> + std::fmt::Display,
+    {
+        let subject = &principal.subject;
         if matches!(
             route,
             Route::HostedManifest { .. }
@@ -279,7 +333,7 @@ impl Api {
                 | Route::UploadStart { .. }
                 | Route::Upload { .. }
         ) {
-            return hosted::handle(self, config, req, route, &principal, client, served).await;
+            return hosted::handle(self, config, req, route, principal, client, served).await;
         }
         let head = match *req.method() {
             Method::GET => false,
@@ -296,9 +350,10 @@ impl Api {
             | Route::HostedReferrers { .. }
             | Route::Catalog
             | Route::UploadStart { .. }
-            | Route::Upload { .. } => Err(Error::Internal("hosted route".into())),
+            | Route::Upload { .. }
+            | Route::Mirror { .. } => Err(Error::Internal("route resolved before".into())),
             Route::Manifest { repo, reference } => {
-                let target = resolve(config, &principal, &repo)?;
+                let target = resolve(config, principal, &repo, mirrored)?;
                 *served = Some(Served::of(&target));
                 let accept = joined_header(req.headers(), ACCEPT);
                 let f = self
@@ -340,7 +395,7 @@ impl Api {
                 Ok(fetched_response(f))
             }
             Route::Blob { repo, digest } => {
-                let target = resolve(config, &principal, &repo)?;
+                let target = resolve(config, principal, &repo, mirrored)?;
                 *served = Some(Served::of(&target));
                 let range = match req.headers().get(RANGE) {
                     None => None,
@@ -357,14 +412,14 @@ impl Api {
                 Ok(r)
             }
             Route::Tags { repo } => {
-                let target = resolve(config, &principal, &repo)?;
+                let target = resolve(config, principal, &repo, mirrored)?;
                 *served = Some(Served::of(&target));
                 let (n, last) = tag_query(req.uri().query())?;
                 let f = self.registry.tags(&target, n, last.as_deref()).await?;
                 Ok(fetched_response(f))
             }
             Route::Referrers { repo, digest } => {
-                let target = resolve(config, &principal, &repo)?;
+                let target = resolve(config, principal, &repo, mirrored)?;
                 *served = Some(Served::of(&target));
                 let artifact_type = req.uri().query().and_then(|q| {
                     form_urlencoded::parse(q.as_bytes())
@@ -442,16 +497,23 @@ fn challenge(config: &Config, method: &Method, path: &str, query: Option<&str>) 
         "Bearer realm=\"{}\",service=\"{}\"",
         config.auth.realm, config.server.hostname
     );
-    if let Ok(
-        Route::Manifest { repo, .. }
-        | Route::Blob { repo, .. }
-        | Route::Tags { repo }
-        | Route::Referrers { repo, .. },
-    ) = route::parse(path)
-    {
-        c.push_str(&format!(",scope=\"repository:{}:pull\"", repo.name()));
+    let pull = matches!(*method, Method::GET | Method::HEAD);
+    let route = route::parse_request(pull, path, query, &spaces(config));
+    match &route {
+        Ok(
+            Route::Manifest { repo, .. }
+            | Route::Blob { repo, .. }
+            | Route::Tags { repo }
+            | Route::Referrers { repo, .. },
+        ) => c.push_str(&format!(",scope=\"repository:{}:pull\"", repo.name())),
+        // The app is the caller's, unknown before it logs in: the scope names the image as
+        // the node does, and the token endpoint finds the app.
+        Ok(Route::Mirror { mirror, .. }) => {
+            c.push_str(&format!(",scope=\"repository:{}:pull\"", mirror.name()))
+        }
+        _ => {}
     }
-    match route::parse(path) {
+    match route {
         Ok(
             Route::HostedManifest { repo, .. }
             | Route::HostedBlob { repo, .. }
@@ -481,12 +543,30 @@ fn challenge(config: &Config, method: &Method, path: &str, query: Option<&str>) 
     c
 }
 
-/// Maps a customer path to its upstream after checking that the license may see it.
-fn resolve(config: &Config, principal: &auth::Principal, repo: &RepoPath) -> Result<Target, Error> {
+/// What a path without `proxy/` may name: the configured apps' hosted content, or a
+/// mirrored registry (see [`route::parse_request`]).
+fn spaces(config: &Config) -> route::Spaces<'_, impl Fn(&str) -> bool + '_> {
+    route::Spaces {
+        own_host: &config.server.hostname,
+        is_app: |slug: &str| config.app(slug).is_some(),
+    }
+}
+
+/// Maps a customer path (or the mirror request resolved to it) to its upstream after
+/// checking that the license may see it.
+fn resolve(
+    config: &Config,
+    principal: &auth::Principal,
+    repo: &RepoPath,
+    mirrored: Option<&MirrorPath>,
+) -> Result<Target, Error> {
     let app = config
         .app(&repo.app)
         .ok_or_else(|| Error::NameUnknown(format!("unknown app {:?}", repo.app)))?;
-    principal.may_pull(repo)?;
+    match mirrored {
+        Some(m) => principal.may_pull_mirrored(repo, m)?,
+        None => principal.may_pull(repo)?,
+    }
     let upstream = app
         .select(&repo.host, &repo.repository)
         .ok_or_else(|| Error::NameUnknown(repo.name()))?;
@@ -497,7 +577,8 @@ fn resolve(config: &Config, principal: &auth::Principal, repo: &RepoPath) -> Res
         repo: crate::content::RepoKey::proxied(&repo.app, &upstream.host, &repository),
         upstream: upstream.clone(),
         repository,
-        public_name: repo.name(),
+        // A mirrored repository is named as the node asked for it (links, bodies, errors).
+        public_name: mirrored.map_or_else(|| repo.name(), |m| m.repository.clone()),
         tag_ttl: config.cache.tag_ttl,
         offline: config.cache.offline,
     })

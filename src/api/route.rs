@@ -3,8 +3,29 @@
 //! types, which the layers below take without knowing about HTTP paths.
 
 use crate::error::Error;
-use crate::oci::repo::{HostedPath, Reference, RepoPath};
+use crate::oci::repo::{HostedPath, MirrorPath, Reference, RepoPath};
 use crate::oci::Digest;
+
+/// What a mirror request asks of its repository: the pull endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorOp {
+    Manifest(Reference),
+    Blob(Digest),
+    Tags,
+    Referrers(Digest),
+}
+
+impl MirrorOp {
+    /// The route it is for a repository of the caller's app.
+    pub fn route(self, repo: RepoPath) -> Route {
+        match self {
+            MirrorOp::Manifest(reference) => Route::Manifest { repo, reference },
+            MirrorOp::Blob(digest) => Route::Blob { repo, digest },
+            MirrorOp::Tags => Route::Tags { repo },
+            MirrorOp::Referrers(digest) => Route::Referrers { repo, digest },
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -54,9 +75,91 @@ pub enum Route {
         repo: HostedPath,
         id: String,
     },
+    /// A pull sent to berth as a node's registry mirror (`?ns=<host>`, or Docker Hub's
+    /// `registry-mirrors`): served from the caller's app's upstream for that registry.
+    Mirror {
+        mirror: MirrorPath,
+        op: MirrorOp,
+    },
     /// Push to proxied repositories, delete, catalog: not offered.
     Unsupported(&'static str),
     NotFound,
+}
+
+/// What a path without `proxy/` names, decided with berth's own names: the apps (an app's
+/// slug as the first component is its hosted content) and berth's host name (a mirror
+/// request whose `ns` is berth itself is a plain request).
+pub struct Spaces<'a, F: Fn(&str) -> bool> {
+    pub own_host: &'a str,
+    pub is_app: F,
+}
+
+/// Parses a request: its method (`pull` for GET and HEAD), path and query. The one
+/// precedence rule of berth's names, in order:
+/// 1. `/v2/proxy/<app>/<host>/<repository>/…` is pulled through (any `ns` is ignored: it is
+///    what containerd adds to an `override_path` mirror);
+/// 2. a pull with `?ns=<host>` is a registry mirror request for `<host>/<repository>`;
+/// 3. `/v2/<app>/<repository>/…`, where `<app>` is an app's slug, is hosted content;
+/// 4. any other pull is Docker's `registry-mirrors`: a Docker Hub repository.
+pub fn parse_request<F: Fn(&str) -> bool>(
+    pull: bool,
+    path: &str,
+    query: Option<&str>,
+    spaces: &Spaces<'_, F>,
+) -> Result<Route, Error> {
+    if pull {
+        if let Some(r) = mirror(path, query, spaces)? {
+            return Ok(r);
+        }
+    }
+    parse_for(pull, path)
+}
+
+/// The mirror request a pull is (rules 2 and 4 of [`parse_request`]), if it is one.
+fn mirror<F: Fn(&str) -> bool>(
+    path: &str,
+    query: Option<&str>,
+    spaces: &Spaces<'_, F>,
+) -> Result<Option<Route>, Error> {
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return Ok(None);
+    };
+    if rest == "_catalog" || rest.starts_with("proxy/") {
+        return Ok(None);
+    }
+    let ns = ns_of(query).filter(|h| !h.eq_ignore_ascii_case(spaces.own_host));
+    let host = match ns {
+        Some(h) => h,
+        None if !(spaces.is_app)(rest.split('/').next().unwrap_or("")) => {
+            crate::oci::name::DOCKER_HUB.to_string()
+        }
+        None => return Ok(None),
+    };
+    let Some((name, tail)) = split(rest) else {
+        return Ok(None);
+    };
+    let op = match tail {
+        Tail::Uploads(_) => return Ok(None),
+        Tail::Tags => MirrorOp::Tags,
+        Tail::Manifest(r) => MirrorOp::Manifest(Reference::parse(r).map_err(|e| match e {
+            Error::TagInvalid(m) => Error::ManifestUnknown(m),
+            e => e,
+        })?),
+        Tail::Blob(d) => MirrorOp::Blob(digest(d)?),
+        Tail::Referrers(d) => MirrorOp::Referrers(digest(d)?),
+    };
+    Ok(Some(Route::Mirror {
+        mirror: MirrorPath::new(&host, name)?,
+        op,
+    }))
+}
+
+/// The `ns` query parameter: the registry the node's image reference names.
+pub fn ns_of(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// As [`parse`], for a request: a pull (GET, HEAD) of a manifest whose reference is no
@@ -71,6 +174,42 @@ pub fn parse_for(pull: bool, path: &str) -> Result<Route, Error> {
     }
 }
 
+/// What follows a repository name in a path.
+enum Tail<'a> {
+    Tags,
+    /// `/blobs/uploads` and what follows it.
+    Uploads(&'a str),
+    Manifest(&'a str),
+    Blob(&'a str),
+    Referrers(&'a str),
+}
+
+/// Splits `<name>/<endpoint>`. A repository may itself hold a component named like an
+/// endpoint word (`acme/manifests/manifests/v1`), so the endpoint is found from the right.
+fn split(rest: &str) -> Option<(&str, Tail<'_>)> {
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some((name, Tail::Tags));
+    }
+    if let Some((name, tail)) = rest.split_once("/blobs/uploads") {
+        return Some((name, Tail::Uploads(tail)));
+    }
+    if let Some((name, r)) = rest.rsplit_once("/manifests/") {
+        return Some((name, Tail::Manifest(r)));
+    }
+    if let Some((name, d)) = rest.rsplit_once("/blobs/") {
+        return Some((name, Tail::Blob(d)));
+    }
+    if let Some((name, d)) = rest.rsplit_once("/referrers/") {
+        return Some((name, Tail::Referrers(d)));
+    }
+    None
+}
+
+fn digest(d: &str) -> Result<Digest, Error> {
+    d.parse()
+        .map_err(|_| Error::DigestInvalid(format!("{d:?} is not a valid digest")))
+}
+
 /// Parses the path of a request. Errors are client errors (4xx) about the name or reference.
 pub fn parse(path: &str) -> Result<Route, Error> {
     if path == "/v2" || path == "/v2/" {
@@ -82,86 +221,82 @@ pub fn parse(path: &str) -> Result<Route, Error> {
     if rest == "_catalog" {
         return Ok(Route::Catalog);
     }
+    let Some((name, tail)) = split(rest) else {
+        return Ok(Route::NotFound);
+    };
     // The first component says the space: `proxy/…` is pulled through, anything else is
     // `<app>/<repository>`, hosted.
-    let proxied = rest.starts_with("proxy/");
-    if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Ok(if proxied {
-            Route::Tags {
+    if rest.starts_with("proxy/") {
+        return Ok(match tail {
+            Tail::Uploads(_) => Route::Unsupported("proxied repositories are pull-only"),
+            Tail::Tags => Route::Tags {
                 repo: RepoPath::parse(name)?,
+            },
+            Tail::Manifest(r) => {
+                let reference = Reference::parse(r)?;
+                Route::Manifest {
+                    repo: RepoPath::parse(name)?,
+                    reference,
+                }
             }
-        } else {
-            Route::HostedTags {
-                repo: HostedPath::parse(name)?,
+            Tail::Blob(d) => {
+                let digest = digest(d)?;
+                Route::Blob {
+                    repo: RepoPath::parse(name)?,
+                    digest,
+                }
+            }
+            Tail::Referrers(d) => {
+                let digest = digest(d)?;
+                Route::Referrers {
+                    repo: RepoPath::parse(name)?,
+                    digest,
+                }
             }
         });
     }
-    if let Some((name, tail)) = rest.split_once("/blobs/uploads") {
-        if proxied {
-            return Ok(Route::Unsupported("proxied repositories are pull-only"));
-        }
-        let repo = HostedPath::parse(name)?;
-        return match tail {
-            "" | "/" => Ok(Route::UploadStart { repo }),
-            _ => {
-                let id = tail.strip_prefix('/').unwrap_or("");
-                if !valid_upload_id(id) {
-                    return Err(Error::BlobUploadUnknown(format!("{id:?} is no upload")));
+    Ok(match tail {
+        Tail::Tags => Route::HostedTags {
+            repo: HostedPath::parse(name)?,
+        },
+        Tail::Uploads(tail) => {
+            let repo = HostedPath::parse(name)?;
+            match tail {
+                "" | "/" => Route::UploadStart { repo },
+                _ => {
+                    let id = tail.strip_prefix('/').unwrap_or("");
+                    if !valid_upload_id(id) {
+                        return Err(Error::BlobUploadUnknown(format!("{id:?} is no upload")));
+                    }
+                    Route::Upload {
+                        repo,
+                        id: id.to_string(),
+                    }
                 }
-                Ok(Route::Upload {
-                    repo,
-                    id: id.to_string(),
-                })
             }
-        };
-    }
-    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
-        let reference = Reference::parse(reference)?;
-        return Ok(if proxied {
-            Route::Manifest {
-                repo: RepoPath::parse(name)?,
-                reference,
-            }
-        } else {
+        }
+        Tail::Manifest(r) => {
+            let reference = Reference::parse(r)?;
             Route::HostedManifest {
                 repo: HostedPath::parse(name)?,
                 reference,
             }
-        });
-    }
-    if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
-        let digest = digest
-            .parse()
-            .map_err(|_| Error::DigestInvalid(format!("{digest:?} is not a valid digest")))?;
-        return Ok(if proxied {
-            Route::Blob {
-                repo: RepoPath::parse(name)?,
-                digest,
-            }
-        } else {
+        }
+        Tail::Blob(d) => {
+            let digest = digest(d)?;
             Route::HostedBlob {
                 repo: HostedPath::parse(name)?,
                 digest,
             }
-        });
-    }
-    if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
-        let digest = digest
-            .parse()
-            .map_err(|_| Error::DigestInvalid(format!("{digest:?} is not a valid digest")))?;
-        return Ok(if proxied {
-            Route::Referrers {
-                repo: RepoPath::parse(name)?,
-                digest,
-            }
-        } else {
+        }
+        Tail::Referrers(d) => {
+            let digest = digest(d)?;
             Route::HostedReferrers {
                 repo: HostedPath::parse(name)?,
                 digest,
             }
-        });
-    }
-    Ok(Route::NotFound)
+        }
+    })
 }
 
 /// Upload ids are berth's own (hex of random bytes); anything else names no upload.
@@ -396,6 +531,95 @@ mod tests {
         assert!(matches!(
             parse_for(false, "/v2/acme/worker/manifests/.INVALID_MANIFEST_NAME"),
             Err(Error::TagInvalid(_))
+        ));
+    }
+
+    #[test]
+    fn mirror_requests_follow_the_precedence_rule() {
+        let is_app = |s: &str| s == "acme";
+        let spaces = Spaces {
+            own_host: "images.acme.test",
+            is_app,
+        };
+        let p = |pull, path: &str, q| parse_request(pull, path, q, &spaces);
+        let mirror = |host: &str, repository: &str| MirrorPath {
+            host: host.into(),
+            repository: repository.into(),
+        };
+        // ns names the registry, whatever the first component is.
+        assert_eq!(
+            p(true, "/v2/acme/api/manifests/1.2", Some("ns=quay.io")).unwrap(),
+            Route::Mirror {
+                mirror: mirror("quay.io", "acme/api"),
+                op: MirrorOp::Manifest(Reference::Tag("1.2".into()))
+            }
+        );
+        assert_eq!(
+            p(
+                true,
+                "/v2/app/tags/list",
+                Some("n=2&ns=registry.local:5000")
+            )
+            .unwrap(),
+            Route::Mirror {
+                mirror: mirror("registry.local:5000", "app"),
+                op: MirrorOp::Tags
+            }
+        );
+        assert!(matches!(
+            p(true, &format!("/v2/library/redis/blobs/{D}"), Some("ns=index.docker.io")),
+            Ok(Route::Mirror { mirror: m, op: MirrorOp::Blob(_) }) if m == mirror("docker.io", "library/redis")
+        ));
+        // An app's slug without ns is hosted; another name without ns is Docker Hub.
+        assert!(matches!(
+            p(true, "/v2/acme/api/manifests/1", None),
+            Ok(Route::HostedManifest { .. })
+        ));
+        assert!(matches!(
+            p(true, "/v2/library/redis/manifests/7", None),
+            Ok(Route::Mirror { mirror: m, .. }) if m == mirror("docker.io", "library/redis")
+        ));
+        // berth's own name as ns, proxy/ paths (override_path) and pushes are not mirrored.
+        assert!(matches!(
+            p(
+                true,
+                "/v2/acme/api/manifests/1",
+                Some("ns=Images.Acme.Test")
+            ),
+            Ok(Route::HostedManifest { .. })
+        ));
+        assert!(matches!(
+            p(
+                true,
+                "/v2/proxy/acme/quay.io/a/manifests/1",
+                Some("ns=quay.io")
+            ),
+            Ok(Route::Manifest { .. })
+        ));
+        assert!(matches!(
+            p(false, "/v2/acme/api/manifests/1", Some("ns=quay.io")),
+            Ok(Route::HostedManifest { .. })
+        ));
+        assert!(matches!(
+            p(true, "/v2/_catalog", Some("ns=quay.io")),
+            Ok(Route::Catalog)
+        ));
+        // Bad input stays a client error: a bad host, name, tag or digest.
+        assert!(matches!(
+            p(true, "/v2/a/manifests/1", Some("ns=quay.io%2Fx")),
+            Err(Error::NameInvalid(_))
+        ));
+        assert!(matches!(
+            p(true, "/v2/A/manifests/1", Some("ns=quay.io")),
+            Err(Error::NameInvalid(_))
+        ));
+        assert!(matches!(
+            p(true, "/v2/a/manifests/-x", Some("ns=quay.io")),
+            Err(Error::ManifestUnknown(_))
+        ));
+        assert!(matches!(
+            p(true, "/v2/a/blobs/sha256:zz", Some("ns=quay.io")),
+            Err(Error::DigestInvalid(_))
         ));
     }
 }

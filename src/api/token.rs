@@ -93,7 +93,7 @@ where
         _ => return Err(Error::Unsupported("use GET or POST".into())),
     };
     *who = Some(Who::of(&license));
-    let granted = auth::grant(&license, &scopes);
+    let granted = auth::grant_with_mirrors(config, &license, &scopes);
     let issued = api
         .tokens
         .issue(license.id(), &config.server.hostname, granted);

@@ -13,7 +13,7 @@ use base64::Engine as _;
 
 use crate::config::{Action, ApiKey, Config, License, State};
 use crate::error::Error;
-use crate::oci::repo::{HostedPath, RepoPath};
+use crate::oci::repo::{HostedPath, MirrorPath, RepoPath};
 use crate::oci::scope::Access;
 use crate::state::{Directory, Found};
 use ratelimit::LoginThrottle;
@@ -258,6 +258,59 @@ impl Principal {
 }
 
 impl Principal {
+    /// As [`Principal::may_pull`] for a mirror request resolved to `repo`: a token may name
+    /// it as berth's challenge did (`<host>/<repository>`), as the node's runtime did
+    /// (Docker's daemon: `library/redis`) or by berth's own path.
+    pub fn may_pull_mirrored(&self, repo: &RepoPath, mirror: &MirrorPath) -> Result<(), Error> {
+        self.subject.may_pull(repo)?;
+        if let Some(claims) = &self.token {
+            let named = claims.access.iter().any(|a| {
+                a.kind == "repository"
+                    && a.actions.iter().any(|x| x == "pull")
+                    && (a.name == repo.name() || mirror.is_named(&a.name))
+            });
+            if !named {
+                return Err(Error::Unauthorized);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which of the subject's apps serves a mirror request: the first (a license has one, a
+/// key lists its apps in order) with an upstream for the registry and repository. None
+/// → 404 `NAME_UNKNOWN` naming the registry, so the operator sees which host is missing.
+pub fn mirror_repo(config: &Config, subject: &Subject, m: &MirrorPath) -> Result<RepoPath, Error> {
+    let apps: Vec<&str> = match subject {
+        Subject::License(l) => vec![l.app.as_str()],
+        Subject::Key(k) => k
+            .apps
+            .iter()
+            .filter(|a| k.allows(a, Action::Pull))
+            .map(String::as_str)
+            .collect(),
+    };
+    let serving = apps.iter().find(|slug| {
+        config
+            .app(slug)
+            .is_some_and(|a| a.select(&m.host, &m.repository).is_some())
+    });
+    match serving {
+        Some(app) => Ok(RepoPath {
+            app: app.to_string(),
+            host: m.host.clone(),
+            repository: m.repository.clone(),
+        }),
+        None => Err(Error::NameUnknown(format!(
+            "{}: no upstream of app {} serves registry {}",
+            m.name(),
+            apps.join(", "),
+            m.host
+        ))),
+    }
+}
+
+impl Principal {
     /// Whether this caller may do `action` on a hosted repository: the subject as it is in
     /// the current snapshot (a revoked key is refused at its next request, also in the
     /// middle of an upload), and for a token, its scopes.
@@ -409,6 +462,37 @@ pub fn grant(subject: &Subject, requested: &[Access]) -> Vec<Access> {
             continue;
         }
         if !out.iter().any(|o| o.name == a.name) {
+            out.push(Access {
+                kind: "repository".into(),
+                name: a.name.clone(),
+                actions: vec!["pull".into()],
+            });
+        }
+    }
+    out
+}
+
+/// As [`grant`], for a token endpoint that also serves mirror requests: a requested
+/// repository that is none of the subject's hosted ones is read as a mirrored name
+/// (`quay.io/acme/api`, or Docker Hub's `library/redis`) and granted pull when one of the
+/// subject's apps serves it and the subject may pull it there.
+pub fn grant_with_mirrors(config: &Config, subject: &Subject, requested: &[Access]) -> Vec<Access> {
+    let mut out = grant(subject, requested);
+    for a in requested {
+        if a.kind != "repository"
+            || a.name.starts_with("proxy/")
+            || !a.actions.iter().any(|x| x == "pull" || x == "*")
+            || out.iter().any(|o| o.name == a.name)
+        {
+            continue;
+        }
+        let Some(m) = MirrorPath::from_scope(&a.name) else {
+            continue;
+        };
+        let Ok(repo) = mirror_repo(config, subject, &m) else {
+            continue;
+        };
+        if subject.may_pull(&repo).is_ok() {
             out.push(Access {
                 kind: "repository".into(),
                 name: a.name.clone(),

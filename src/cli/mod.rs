@@ -14,6 +14,7 @@ pub mod cache;
 pub mod check_config;
 pub mod gc;
 pub mod license;
+pub mod mirror_config;
 mod output;
 mod plane;
 pub mod pull_secret;

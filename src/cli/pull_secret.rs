@@ -18,19 +18,9 @@ pub fn run(config: &Path, args: Args) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // The config file's licenses first (no store needed), then the state store's.
-    let license = match config.tenants.license_by_secret(&args.license) {
-        Some(l) => l,
-        None => {
-            match stored_license(&config, &args.license) {
-                Ok(Some(l)) => l,
-                Ok(None) => {
-                    eprintln!("berth: --license: no license has this secret (give the secret, not the id)");
-                    return ExitCode::from(2);
-                }
-                Err(code) => return code,
-            }
-        }
+    let license = match find_license(&config, &args.license) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     if !license.is_active(std::time::SystemTime::now()) {
         eprintln!("berth: warning: this license is expired or revoked");
@@ -41,16 +31,38 @@ pub fn run(config: &Path, args: Args) -> ExitCode {
             &args.name,
             args.namespace.as_deref(),
             &config.server.hostname,
-            // A stored license logs in as its public id; a config file's as its id, which
-            // is the secret (what its customers were always told to type).
-            match license.origin {
-                crate::config::Origin::Store => &license.id,
-                crate::config::Origin::Config => &args.license,
-            },
+            login_name(&license, &args.license),
             &args.license
         )
     );
     ExitCode::SUCCESS
+}
+
+/// The license whose secret is `secret` (`--license`): the config file's first (no store
+/// needed), then the state store's; none is a usage error (exit 2).
+pub(super) fn find_license(
+    config: &crate::config::Config,
+    secret: &str,
+) -> Result<std::sync::Arc<crate::config::License>, ExitCode> {
+    if let Some(l) = config.tenants.license_by_secret(secret) {
+        return Ok(l);
+    }
+    match stored_license(config, secret)? {
+        Some(l) => Ok(l),
+        None => {
+            eprintln!("berth: --license: no license has this secret (give the secret, not the id)");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// The name a license logs in with: a stored license its public id; a config file's its
+/// id, which is the secret (what its customers were always told to type).
+pub(super) fn login_name<'a>(license: &'a crate::config::License, secret: &'a str) -> &'a str {
+    match license.origin {
+        crate::config::Origin::Store => &license.id,
+        crate::config::Origin::Config => secret,
+    }
 }
 
 /// The state store's license whose secret is `secret`.

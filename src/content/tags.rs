@@ -22,6 +22,10 @@ pub struct TagEntry {
     /// When the upstream last confirmed this answer (milliseconds since the epoch: whole
     /// seconds would make a short `tag_ttl` expire early at every second boundary).
     pub checked_ms: u64,
+    /// Seeded by `berth airgap import`: the customer holds these bytes, so the answer is
+    /// served whatever the upstream says when asked again (refusal, error, no answer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub imported: bool,
 }
 
 impl TagEntry {
@@ -269,6 +273,7 @@ mod tests {
 
     fn entry(c: &[u8]) -> TagEntry {
         TagEntry {
+            imported: false,
             digest: Digest::sha256_of(c),
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             length: c.len() as u64,

@@ -45,6 +45,12 @@ pub fn docker_hub_repository(path: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Distribution's rule for telling `registry/repo` from `user/repo`: the first component
+/// of a name is a registry host when it has a dot or a port, or is `localhost`.
+pub fn looks_like_host(first: &str) -> bool {
+    first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[')
+}
+
 /// Why a string is not a path component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ComponentError {

@@ -146,7 +146,7 @@ impl std::str::FromStr for ImageRef {
 
 /// Distribution's rule for telling `registry/repo` from `user/repo`.
 fn looks_like_registry(first: &str) -> bool {
-    first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[')
+    super::name::looks_like_host(first)
 }
 
 /// Checks `host[:port]`, where host is a DNS name, an IPv4 address or a

@@ -5,7 +5,8 @@
 
 use crate::error::Error;
 use crate::oci::name::{
-    valid_component, valid_host_in_path, valid_repository, valid_tag, NAME_MAX,
+    is_docker_hub_host, looks_like_host, valid_component, valid_host, valid_host_in_path,
+    valid_repository, valid_tag, DOCKER_HUB, NAME_MAX,
 };
 use crate::oci::Digest;
 
@@ -109,6 +110,65 @@ impl HostedPath {
     }
 }
 
+/// A repository as a node's container runtime names it when berth is its registry mirror:
+/// the registry the image reference names (containerd's `?ns=<host>`, or Docker Hub for
+/// Docker's `registry-mirrors`, which sends no `ns`) and the repository there. Which app
+/// serves it is the caller's: a license has one app, and the same request by two
+/// customers reaches two apps' upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorPath {
+    /// Lowercase, and `docker.io` for every name of Docker Hub.
+    pub host: String,
+    pub repository: String,
+}
+
+impl MirrorPath {
+    /// A mirrored repository from the `ns` a client sent (any case, any of Hub's names) and
+    /// the repository of the request path.
+    pub fn new(ns: &str, repository: &str) -> Result<MirrorPath, Error> {
+        let host = if is_docker_hub_host(ns) {
+            DOCKER_HUB.to_string()
+        } else {
+            ns.to_ascii_lowercase()
+        };
+        if !valid_host(&host) {
+            return Err(Error::NameInvalid(format!("ns={ns:?} is no registry host")));
+        }
+        if host.len() + 1 + repository.len() > NAME_MAX || !valid_repository(repository) {
+            return Err(Error::NameInvalid(format!(
+                "invalid repository {repository:?}"
+            )));
+        }
+        Ok(MirrorPath {
+            host,
+            repository: repository.to_string(),
+        })
+    }
+
+    /// `<host>/<repository>`, the image as the node names it: the scope berth's challenge
+    /// asks for.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.host, self.repository)
+    }
+
+    /// Reads a token scope's name as a mirrored repository: `<host>/<repository>` when the
+    /// first component is a registry host (distribution's rule), else a Docker Hub
+    /// repository (Docker's daemon asks for `repository:library/redis:pull` whatever the
+    /// challenge named).
+    pub fn from_scope(name: &str) -> Option<MirrorPath> {
+        match name.split_once('/') {
+            Some((first, rest)) if looks_like_host(first) => MirrorPath::new(first, rest).ok(),
+            _ => MirrorPath::new(DOCKER_HUB, name).ok(),
+        }
+    }
+
+    /// Whether a token's scope `name` is this repository, in any spelling
+    /// [`MirrorPath::from_scope`] reads.
+    pub fn is_named(&self, name: &str) -> bool {
+        MirrorPath::from_scope(name).is_some_and(|m| m == *self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
     Tag(String),
@@ -164,6 +224,38 @@ mod tests {
             assert!(
                 matches!(RepoPath::parse(bad), Err(Error::NameInvalid(_))),
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn mirrored_names_are_read_in_every_spelling() {
+        let m = MirrorPath::new("Quay.IO", "acme/api").unwrap();
+        assert_eq!(m.name(), "quay.io/acme/api");
+        assert!(m.is_named("quay.io/acme/api"));
+        assert!(!m.is_named("acme/api"));
+        let hub = MirrorPath::new("registry-1.docker.io", "library/redis").unwrap();
+        assert_eq!(hub.host, "docker.io");
+        for n in [
+            "library/redis",
+            "docker.io/library/redis",
+            "index.docker.io/library/redis",
+        ] {
+            assert!(hub.is_named(n), "{n}");
+        }
+        assert_eq!(
+            MirrorPath::from_scope("localhost:5000/x").unwrap(),
+            MirrorPath::new("localhost:5000", "x").unwrap()
+        );
+        for (ns, r) in [
+            ("quay.io/x", "a"),
+            ("quay.io", "A"),
+            ("quay.io", "a//b"),
+            ("", "a"),
+        ] {
+            assert!(
+                matches!(MirrorPath::new(ns, r), Err(Error::NameInvalid(_))),
+                "{ns} {r}"
             );
         }
     }

@@ -236,7 +236,9 @@ impl Registry {
                     return Ok(stored_manifest(m, &e.digest, head));
                 }
                 Ok(_) => {}
-                Err(err) if err.is_transient() => {
+                // An imported answer stands whatever the upstream says: an airgap site's
+                // upstream often answers but refuses (no or old credentials there).
+                Err(err) if err.is_transient() || e.imported => {
                     return Ok(self.stale(t, &what, &err, m, &e.digest, head));
                 }
                 Err(err @ Error::ManifestUnknown(_)) => {
@@ -246,7 +248,7 @@ impl Registry {
                 Err(err) => return Err(err),
             }
         } else if t.offline {
-            if let Some(f) = self.seeded_tag(t, tag, accept, head).await {
+            if let Some(f) = self.seeded_tag(t, tag, accept, head, None).await {
                 return Ok(f);
             }
             return Err(Error::Offline(what));
@@ -254,13 +256,11 @@ impl Registry {
         self.cache.metrics.miss("manifest");
         if head && cached.is_none() {
             return match self.head_manifest(t, tag, None, accept).await {
-                Err(err) if err.is_transient() => {
-                    match self.seeded_tag(t, tag, accept, head).await {
-                        Some(f) => Ok(f),
-                        None => Err(err),
-                    }
-                }
-                other => other,
+                Err(err) => match self.seeded_tag(t, tag, accept, head, Some(&err)).await {
+                    Some(f) => Ok(f),
+                    None => Err(err),
+                },
+                ok => ok,
             };
         }
         match self.get_manifest(t, tag, None, accept).await {
@@ -276,35 +276,57 @@ impl Registry {
                             media_type: media_type.clone(),
                             length: bytes.len() as u64,
                             checked_ms: content::now_ms(),
+                            imported: false,
                         },
                     )
                     .await;
                 Ok(manifest_fetched(bytes, media_type, &d, head))
             }
-            Err(err) if err.is_transient() => match &cached {
-                Some((e, m)) => Ok(self.stale(t, &what, &err, m, &e.digest, head)),
-                None => match self.seeded_tag(t, tag, accept, head).await {
+            Err(err) => match &cached {
+                Some((e, m)) if err.is_transient() || e.imported => {
+                    Ok(self.stale(t, &what, &err, m, &e.digest, head))
+                }
+                Some(_) => Err(err),
+                None => match self.seeded_tag(t, tag, accept, head, Some(&err)).await {
                     Some(f) => Ok(f),
                     None => Err(err),
                 },
             },
-            Err(err) => Err(err),
         }
     }
 
     /// A tag answer recorded for another Accept set (an airgap import seeds one) whose media
-    /// type this client accepts, for when the upstream cannot be asked. Only manifests
-    /// linked to this repository qualify.
-    async fn seeded_tag(&self, t: &Target, tag: &str, accept: &str, head: bool) -> Option<Fetched> {
+    /// type this client accepts, for when the upstream cannot be asked (`failed`: `None`
+    /// offline, else the error it answered). After a refusal or any other lasting error
+    /// only an imported answer qualifies; after an outage any. Only manifests linked to
+    /// this repository qualify.
+    async fn seeded_tag(
+        &self,
+        t: &Target,
+        tag: &str,
+        accept: &str,
+        head: bool,
+        failed: Option<&Error>,
+    ) -> Option<Fetched> {
+        let any = failed.is_none_or(Error::is_transient);
         for e in self.cache.tags.entries(&t.repo, tag).await {
-            if !accepts(accept, &e.media_type) || !t.linked(&self.cache, &e.digest).await {
+            if !(any || e.imported)
+                || !accepts(accept, &e.media_type)
+                || !t.linked(&self.cache, &e.digest).await
+            {
                 continue;
             }
             if let Some(m) = self.cache.manifests.get(&e.digest).await {
-                self.cache.metrics.hit("manifest");
-                tracing::info!(upstream = %t.upstream.name, image = %format!("{}:{tag}", t.public_name),
-                    digest = %e.digest, "serving a stored tag answer recorded for another Accept set");
-                return Some(stored_manifest(&m, &e.digest, head));
+                let what = format!("{}:{tag}", t.public_name);
+                return Some(match failed {
+                    Some(err) => self.stale(t, &what, err, &m, &e.digest, head),
+                    None => {
+                        self.cache.metrics.hit("manifest");
+                        tracing::info!(upstream = %t.upstream.name, image = %what, digest = %e.digest,
+                            "serving a stored tag answer recorded for another Accept set");
+                        stored_manifest(&m, &e.digest, head)
+                    }
+                });
             }
         }
         None
@@ -320,8 +342,13 @@ impl Registry {
         head: bool,
     ) -> Fetched {
         self.cache.metrics.stale_serve();
-        tracing::warn!(upstream = %t.upstream.name, image = %what, error = %err,
-            "upstream unavailable: serving the last known manifest");
+        if err.is_transient() {
+            tracing::warn!(upstream = %t.upstream.name, image = %what, error = %err,
+                "upstream unavailable: serving the last known manifest");
+        } else {
+            tracing::warn!(upstream = %t.upstream.name, image = %what, error = %err,
+                "upstream refused: serving the manifest imported from an airgap bundle");
+        }
         stored_manifest(m, digest, head)
     }
 

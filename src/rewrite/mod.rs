@@ -33,6 +33,7 @@
 //! under the upstream component it already carries (`<registry>/<upstream>/<repo>`).
 
 pub mod admission;
+pub mod nodes;
 pub mod secret;
 mod workload;
 mod yaml;

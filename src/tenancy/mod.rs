@@ -331,6 +331,16 @@ impl Upstream {
             || (self.is_docker_hub() && is_docker_hub_host(host))
     }
 
+    /// The registry image references name for this upstream: `docker.io` for Docker Hub
+    /// (however its host is written), else its host.
+    pub fn registry(&self) -> &str {
+        if self.is_docker_hub() {
+            crate::oci::name::DOCKER_HUB
+        } else {
+            &self.host
+        }
+    }
+
     fn is_docker_hub(&self) -> bool {
         self.kind == UpstreamKind::Dockerhub || is_docker_hub_host(&self.host)
     }
