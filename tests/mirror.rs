@@ -642,3 +642,123 @@ fn mirror_config_refuses_what_cannot_work() {
         r.stderr
     );
 }
+
+/// A Docker daemon of the test's own (its data, exec root and socket under a temp dir, vfs
+/// storage, no bridge or iptables), started with a generated `daemon.json`, so the
+/// machine's engine and its configuration stay untouched.
+struct Dockerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Dockerd {
+    fn start(daemon_json: &Path) -> Option<Dockerd> {
+        let dir = support::tempdir();
+        let d = dir.path();
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(daemon_json)
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("sock").display()))
+            .args(["--storage-driver", "vfs", "--bridge", "none"])
+            .args(["--iptables=false", "--ip-masq=false"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .ok()?;
+        let c = Dockerd { dir, child };
+        let up = support::wait_until(Duration::from_secs(30), || {
+            c.docker(None, &["info"]).status.success()
+        });
+        if !up {
+            eprintln!(
+                "dockerd did not start:\n{}",
+                std::fs::read_to_string(c.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            return None;
+        }
+        Some(c)
+    }
+
+    fn docker(&self, config: Option<&Path>, args: &[&str]) -> Output {
+        let host = format!("unix://{}", self.dir.path().join("sock").display());
+        let mut c = Command::new("timeout");
+        c.args(["120", "docker", "-H", &host]);
+        if let Some(dir) = config {
+            c.arg("--config").arg(dir);
+        }
+        c.args(args).stdin(Stdio::null()).output().expect("run docker")
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SIGTERM lets it stop its containerd; then make sure.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let stopped = support::wait_until(Duration::from_secs(15), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        if !stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn docker_pulls_docker_hub_images_through_registry_mirrors() {
+    if !have("dockerd") || !have("docker") {
+        eprintln!("SKIP: no Docker engine installed (dockerd, docker)");
+        return;
+    }
+    if !Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    {
+        eprintln!("SKIP: a second dockerd needs root");
+        return;
+    }
+    let site = Site::new();
+    let img = site.push("library/mirrored", "1", 401);
+    // daemon.json for the daemon, config.json (the Docker Hub login it sends the mirror)
+    // for the client: both as `berth mirror-config` writes them.
+    let files = site.mirror_config(&["--runtime", "docker", "--license", GOOD]);
+    let Some(d) = Dockerd::start(&files.path().join("daemon.json")) else {
+        panic!("dockerd did not start with the generated daemon.json");
+    };
+    let out = d.docker(Some(files.path()), &["pull", "mirrored:1"]);
+    assert!(
+        out.status.success(),
+        "docker pull mirrored:1: {}{}\nberth log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        site.berth.logs()
+    );
+    let out = d.docker(
+        None,
+        &["image", "inspect", "--format", "{{index .RepoDigests 0}}", "mirrored:1"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("mirrored@{}", img.manifest_digest)
+    );
+    let log = site.berth.logs();
+    let fp = &support::sha256_hex(GOOD.as_bytes())[..32];
+    assert!(
+        log.lines().any(|l| l.contains("/v2/library/mirrored/manifests/1")
+            && l.contains("status=200")
+            && l.contains(fp)),
+        "dockerd did not pull through berth with the license:\n{log}"
+    );
+    site.pulls("Mirror Customer", "index.docker.io/library/mirrored", 1);
+}
