@@ -36,6 +36,23 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Whether a daemon of the test's own can run: its programs are installed and this is root
+/// (both daemons need it). Says why not in a SKIP line.
+fn can_run(programs: &[&str], what: &str) -> bool {
+    if !programs.iter().all(|p| have(p)) {
+        eprintln!("SKIP: {what} is not installed");
+        return false;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root {
+        eprintln!("SKIP: {what} needs root");
+    }
+    root
+}
+
 /// An upstream registry with the vendor's images, and berth serving app `acme` from it as
 /// `quay.io` and as Docker Hub, and app `other` from a registry that is no `quay.io`.
 struct Site {
@@ -422,16 +439,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn containerd_pulls_through_the_generated_hosts_files_in_both_styles() {
-    if !have("containerd") || !have("ctr") {
-        eprintln!("SKIP: containerd is not installed (apt-get install -y containerd)");
-        return;
-    }
-    if !Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-    {
-        eprintln!("SKIP: containerd needs root");
+    if !can_run(
+        &["containerd", "ctr"],
+        "containerd (apt-get install -y containerd)",
+    ) {
         return;
     }
     let site = Site::new();
@@ -694,7 +705,10 @@ impl Dockerd {
         if let Some(dir) = config {
             c.arg("--config").arg(dir);
         }
-        c.args(args).stdin(Stdio::null()).output().expect("run docker")
+        c.args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
     }
 }
 
@@ -716,16 +730,7 @@ impl Drop for Dockerd {
 
 #[test]
 fn docker_pulls_docker_hub_images_through_registry_mirrors() {
-    if !have("dockerd") || !have("docker") {
-        eprintln!("SKIP: no Docker engine installed (dockerd, docker)");
-        return;
-    }
-    if !Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-    {
-        eprintln!("SKIP: a second dockerd needs root");
+    if !can_run(&["dockerd", "docker"], "a Docker engine (dockerd, docker)") {
         return;
     }
     let site = Site::new();
@@ -746,7 +751,13 @@ fn docker_pulls_docker_hub_images_through_registry_mirrors() {
     );
     let out = d.docker(
         None,
-        &["image", "inspect", "--format", "{{index .RepoDigests 0}}", "mirrored:1"],
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{index .RepoDigests 0}}",
+            "mirrored:1",
+        ],
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -755,9 +766,10 @@ fn docker_pulls_docker_hub_images_through_registry_mirrors() {
     let log = site.berth.logs();
     let fp = &support::sha256_hex(GOOD.as_bytes())[..32];
     assert!(
-        log.lines().any(|l| l.contains("/v2/library/mirrored/manifests/1")
-            && l.contains("status=200")
-            && l.contains(fp)),
+        log.lines()
+            .any(|l| l.contains("/v2/library/mirrored/manifests/1")
+                && l.contains("status=200")
+                && l.contains(fp)),
         "dockerd did not pull through berth with the license:\n{log}"
     );
     site.pulls("Mirror Customer", "index.docker.io/library/mirrored", 1);
