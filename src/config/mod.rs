@@ -425,7 +425,13 @@ licenses:
             panic!("{:?}", u.auth)
         };
         assert_eq!(e.endpoint, "https://api.ecr.eu-west-1.amazonaws.com");
-        assert_eq!(e.secret_access_key.expose(), "s3cr3t");
+        let crate::tenancy::AwsSource::Keys {
+            secret_access_key, ..
+        } = &e.aws.source
+        else {
+            panic!("{:?}", e.aws.source)
+        };
+        assert_eq!(secret_access_key.expose(), "s3cr3t");
         assert!(!format!("{c:?}").contains("s3cr3t"));
 
         let c = one_upstream("kind: public, url: \"https://registry.k8s.io\"").unwrap();
@@ -441,17 +447,46 @@ licenses:
     #[test]
     fn each_kind_names_its_missing_field() {
         let ecr = "kind: ecr, url: \"https://x.example\"";
+        assert_eq!(err(ecr), "upstreams[0].region: required for kind ecr");
+        let ecr = "kind: ecr, url: \"https://x.example\", region: eu-west-1";
         assert_eq!(
-            err(ecr),
+            err(&format!("{ecr}, aws_credentials: keys")),
             "upstreams[0].access_key_id: required for kind ecr"
         );
         assert_eq!(
             err(&format!("{ecr}, access_key_id: A")),
             "upstreams[0].secret_access_key: required for kind ecr"
         );
+        // Keys a source does not use are errors naming them.
         assert_eq!(
-            err(&format!("{ecr}, access_key_id: A, secret_access_key: S")),
-            "upstreams[0].region: required for kind ecr"
+            err(&format!("{ecr}, aws_credentials: instance_metadata, access_key_id: A")),
+            "upstreams[0].access_key_id: not used with aws_credentials: instance_metadata (source instance_metadata)"
+        );
+        assert_eq!(
+            err(&format!("{ecr}, aws_credentials: instance_metadata, sts_endpoint: \"http://s\"")),
+            "upstreams[0].sts_endpoint: not used with aws_credentials: instance_metadata (source instance_metadata)"
+        );
+        assert_eq!(
+            err(&format!("{ecr}, aws_credentials: web_identity")),
+            "upstreams[0].web_identity_token_file: required for web_identity (or AWS_WEB_IDENTITY_TOKEN_FILE, which EKS sets for IRSA)"
+        );
+        assert_eq!(
+            err(&format!(
+                "{ecr}, aws_credentials: web_identity, web_identity_token_file: /t, role_arn: x"
+            )),
+            "upstreams[0].role_arn: \"x\" is no IAM role ARN (arn:aws:iam::<account>:role/<name>)"
+        );
+        assert_eq!(
+            err(&format!("{ecr}, aws_credentials: web_identity, web_identity_token_file: /t, role_arn: \"arn:aws:iam::123456789012:role/r\", external_id: e")),
+            "upstreams[0].external_id: not used with aws_credentials: web_identity (source web_identity)"
+        );
+        assert_eq!(
+            err(&format!("{ecr}, aws_credentials: pod_identity")),
+            "upstreams[0].aws_credentials: pod_identity needs AWS_CONTAINER_CREDENTIALS_FULL_URI (set by EKS Pod Identity) in berth's environment"
+        );
+        assert_eq!(
+            err(&format!("{ecr}, aws_credentials: magic")),
+            "upstreams[0].aws_credentials: unknown source \"magic\" (keys, chain, web_identity, pod_identity, instance_metadata)"
         );
         assert_eq!(
             err("kind: ecr, region: eu-west-1, access_key_id: A, secret_access_key: S"),

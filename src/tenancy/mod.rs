@@ -11,6 +11,7 @@ pub use glob::Glob;
 pub use yaml::YamlTenants;
 
 use std::borrow::Cow;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -125,12 +126,85 @@ pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 /// AWS credentials for ECR's `GetAuthorizationToken`; the registry password is derived.
 #[derive(Debug, Clone)]
 pub struct EcrSettings {
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
+    /// Where berth's AWS credentials come from, and a role to assume with them.
+    pub aws: AwsIdentity,
     pub region: String,
     pub registry_id: Option<String>,
     /// `scheme://authority` of the ECR API (`https://api.ecr.<region>.amazonaws.com`).
     pub endpoint: String,
+}
+
+/// berth's AWS identity (an ECR upstream's `aws_credentials`): the source of the base
+/// credentials and, optionally, a role assumed with them. Resolved from the config and
+/// the process environment when the config is read (so `check-config` says which source
+/// the chain picked); the credentials themselves are fetched, cached and renewed by
+/// `upstream::credentials::aws`.
+#[derive(Debug, Clone)]
+pub struct AwsIdentity {
+    pub source: AwsSource,
+    /// `sts:AssumeRole` on top of the source's credentials (`role_arn`, `external_id`).
+    pub assume_role: Option<AssumeRole>,
+    /// `scheme://authority` of STS (`https://sts.<region>.amazonaws.com`).
+    pub sts_endpoint: String,
+    /// The session name berth's assumed-role sessions carry (CloudTrail shows it).
+    pub session_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum AwsSource {
+    /// Access keys in the config or the environment, with a session token for temporary ones.
+    Keys {
+        access_key_id: String,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
+    /// IRSA (`AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN`): the projected service-account
+    /// token, read at every refresh (kubelet rotates it), exchanged with
+    /// `sts:AssumeRoleWithWebIdentity`.
+    WebIdentity {
+        token_file: PathBuf,
+        role_arn: String,
+    },
+    /// EKS Pod Identity (and ECS): the container credentials endpoint, with the
+    /// authorization token read from its file at every refresh.
+    Container {
+        uri: String,
+        token_file: Option<PathBuf>,
+        token: Option<Secret>,
+    },
+    /// The EC2 instance metadata service, IMDSv2 (a session token first).
+    InstanceMetadata { endpoint: String },
+}
+
+impl AwsSource {
+    /// What `berth upstream test` and the logs call it (never a secret).
+    pub fn describe(&self) -> String {
+        match self {
+            AwsSource::Keys {
+                access_key_id,
+                session_token,
+                ..
+            } => format!(
+                "access key {access_key_id}{}",
+                if session_token.is_some() {
+                    " with a session token"
+                } else {
+                    ""
+                }
+            ),
+            AwsSource::WebIdentity { role_arn, .. } => format!("web identity as {role_arn}"),
+            AwsSource::Container { uri, .. } => format!("container credentials from {uri}"),
+            AwsSource::InstanceMetadata { endpoint } => {
+                format!("instance metadata (IMDSv2) at {endpoint}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AssumeRole {
+    pub role_arn: String,
+    pub external_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -10,12 +10,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    fingerprint, App, Credentials, EcrSettings, Glob, HostedPolicy, License, TenantStore, Upstream,
-    UpstreamAuth, UpstreamKind, DOCKER_HUB_HOST,
+    fingerprint, App, AssumeRole, AwsIdentity, AwsSource, Credentials, EcrSettings, Glob,
+    HostedPolicy, License, TenantStore, Upstream, UpstreamAuth, UpstreamKind, DOCKER_HUB_HOST,
 };
 use crate::settings::{
-    interpolate, parse_duration, rate_limit, read_secret, valid_host, ConfigError, Env,
-    RawRateLimit, Secret,
+    interpolate, parse_duration, rate_limit, read_secret, resolve_path, valid_host, ConfigError,
+    Env, RawRateLimit, Secret,
 };
 
 /// The tenant sections of the file, as read.
@@ -43,6 +43,14 @@ pub(crate) struct RawUpstream {
     region: Option<String>,
     registry_id: Option<String>,
     ecr_endpoint: Option<String>,
+    aws_credentials: Option<String>,
+    session_token: Option<String>,
+    session_token_file: Option<PathBuf>,
+    role_arn: Option<String>,
+    external_id: Option<String>,
+    role_session_name: Option<String>,
+    web_identity_token_file: Option<PathBuf>,
+    sts_endpoint: Option<String>,
     // gcr / gar
     service_account_key: Option<String>,
     service_account_key_file: Option<PathBuf>,
@@ -384,13 +392,24 @@ fn validate_upstream_auth(
         |field: &str| ConfigError::new(k(field), format!("not used by kind {}", kind.as_str()));
     // Keys that belong to other kinds are errors, so a typo'd kind cannot silently
     // ignore the credentials meant for it.
-    let ecr_keys: [(&str, bool); 6] = [
+    let ecr_keys: [(&str, bool); 14] = [
         ("access_key_id", u.access_key_id.is_some()),
         ("secret_access_key", u.secret_access_key.is_some()),
         ("secret_access_key_file", u.secret_access_key_file.is_some()),
         ("registry_id", u.registry_id.is_some()),
         ("ecr_endpoint", u.ecr_endpoint.is_some()),
         ("region", u.region.is_some()),
+        ("aws_credentials", u.aws_credentials.is_some()),
+        ("session_token", u.session_token.is_some()),
+        ("session_token_file", u.session_token_file.is_some()),
+        ("role_arn", u.role_arn.is_some()),
+        ("external_id", u.external_id.is_some()),
+        ("role_session_name", u.role_session_name.is_some()),
+        (
+            "web_identity_token_file",
+            u.web_identity_token_file.is_some(),
+        ),
+        ("sts_endpoint", u.sts_endpoint.is_some()),
     ];
     for (field, set) in ecr_keys {
         let used = kind == K::Ecr || (kind == K::Gar && field == "region");
@@ -530,7 +549,8 @@ fn validate_upstream_auth(
     })
 }
 
-/// `kind: ecr`: the AWS credentials and API endpoint `GetAuthorizationToken` is asked with.
+/// `kind: ecr`: berth's AWS identity and the API endpoint `GetAuthorizationToken` is asked
+/// with.
 fn ecr(
     u: &RawUpstream,
     region: Option<String>,
@@ -539,37 +559,306 @@ fn ecr(
     env: Env<'_>,
     k: &dyn Fn(&str) -> String,
 ) -> Result<EcrSettings, ConfigError> {
-    let required = |field: &str| ConfigError::new(k(field), "required for kind ecr");
-    let access_key_id = match &u.access_key_id {
-        Some(a) => interpolate(&k("access_key_id"), a, env)?,
-        None => return Err(required("access_key_id")),
-    };
-    let secret_access_key = read_secret(
-        "secret_access_key",
-        u.secret_access_key.as_ref(),
-        u.secret_access_key_file.as_ref(),
-        base,
-        env,
-        k,
-    )?
-    .ok_or_else(|| required("secret_access_key"))?;
-    let region = region.ok_or_else(|| required("region"))?;
+    let region = region.ok_or_else(|| ConfigError::new(k("region"), "required for kind ecr"))?;
     let endpoint = match &u.ecr_endpoint {
-        Some(e) => {
-            let e = interpolate(&k("ecr_endpoint"), e, env)?;
-            parse_base_url(&e)
-                .map_err(|m| ConfigError::new(k("ecr_endpoint"), m))?
-                .0
-        }
+        Some(e) => url_key("ecr_endpoint", e, env, k)?,
         None => format!("https://api.ecr.{region}.amazonaws.com"),
     };
     Ok(EcrSettings {
-        access_key_id,
-        secret_access_key,
+        aws: aws_identity(u, &region, base, env, k)?,
         region,
         registry_id,
         endpoint,
     })
+}
+
+/// An endpoint key: an http(s) base URL, normalized.
+fn url_key(
+    key: &str,
+    value: &str,
+    env: Env<'_>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<String, ConfigError> {
+    let v = interpolate(&k(key), value, env)?;
+    Ok(parse_base_url(&v)
+        .map_err(|m| ConfigError::new(k(key), m))?
+        .0)
+}
+
+/// The AWS credential chain's environment, as the SDKs read it.
+const AWS_ENV: [&str; 4] = [
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_ACCESS_KEY_ID",
+];
+
+/// `aws_credentials`: `keys` (the default when `access_key_id` is set), `chain` (the
+/// default otherwise: the environment's keys, web identity, container credentials, then
+/// instance metadata — the AWS SDKs' order), `web_identity`, `pod_identity` or
+/// `instance_metadata`; `role_arn` (with `external_id`) is assumed on top, except for
+/// web identity, whose role it is. A key the chosen source does not use is an error.
+fn aws_identity(
+    u: &RawUpstream,
+    region: &str,
+    base: &Path,
+    env: Env<'_>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<AwsIdentity, ConfigError> {
+    let env_var = |name: &str| env(name).filter(|v| !v.is_empty());
+    let chosen = match &u.aws_credentials {
+        Some(c) => interpolate(&k("aws_credentials"), c, env)?,
+        None if u.access_key_id.is_some() => "keys".into(),
+        None => "chain".into(),
+    };
+    let source = match chosen.as_str() {
+        "chain" => {
+            if env_var("AWS_ACCESS_KEY_ID").is_some() {
+                "keys_env"
+            } else if env_var(AWS_ENV[0]).is_some() {
+                "web_identity"
+            } else if env_var(AWS_ENV[1]).is_some() || env_var(AWS_ENV[2]).is_some() {
+                "pod_identity"
+            } else {
+                "instance_metadata"
+            }
+        }
+        "keys" => "keys",
+        "web_identity" => "web_identity",
+        "pod_identity" => "pod_identity",
+        "instance_metadata" => "instance_metadata",
+        other => {
+            return Err(ConfigError::new(
+                k("aws_credentials"),
+                format!(
+                    "unknown source {other:?} (keys, chain, web_identity, pod_identity, instance_metadata)"
+                ),
+            ))
+        }
+    };
+    let not_used = |field: &str| {
+        ConfigError::new(
+            k(field),
+            format!("not used with aws_credentials: {chosen} (source {source})"),
+        )
+    };
+    let key_fields = [
+        ("access_key_id", u.access_key_id.is_some()),
+        ("secret_access_key", u.secret_access_key.is_some()),
+        ("secret_access_key_file", u.secret_access_key_file.is_some()),
+        ("session_token", u.session_token.is_some()),
+        ("session_token_file", u.session_token_file.is_some()),
+    ];
+    if source != "keys" {
+        if let Some((f, _)) = key_fields.iter().find(|(_, set)| *set) {
+            return Err(not_used(f));
+        }
+    }
+    if source != "web_identity" && u.web_identity_token_file.is_some() {
+        return Err(not_used("web_identity_token_file"));
+    }
+    let role_arn = match &u.role_arn {
+        Some(r) => Some(arn(&interpolate(&k("role_arn"), r, env)?, k)?),
+        None => None,
+    };
+    let external_id = match &u.external_id {
+        Some(e) => Some(interpolate(&k("external_id"), e, env)?),
+        None => None,
+    };
+    let required = |field: &str, why: &str| ConfigError::new(k(field), why.to_string());
+    let (source, assume_role) = match source {
+        "keys" => {
+            let access_key_id = match &u.access_key_id {
+                Some(a) => interpolate(&k("access_key_id"), a, env)?,
+                None => return Err(required("access_key_id", "required for kind ecr")),
+            };
+            let secret_access_key = read_secret(
+                "secret_access_key",
+                u.secret_access_key.as_ref(),
+                u.secret_access_key_file.as_ref(),
+                base,
+                env,
+                k,
+            )?
+            .ok_or_else(|| required("secret_access_key", "required for kind ecr"))?;
+            let session_token = read_secret(
+                "session_token",
+                u.session_token.as_ref(),
+                u.session_token_file.as_ref(),
+                base,
+                env,
+                k,
+            )?;
+            (
+                AwsSource::Keys {
+                    access_key_id,
+                    secret_access_key,
+                    session_token,
+                },
+                role_arn,
+            )
+        }
+        "keys_env" => (
+            AwsSource::Keys {
+                access_key_id: env_var("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+                secret_access_key: Secret::new(env_var("AWS_SECRET_ACCESS_KEY").ok_or_else(
+                    || {
+                        required(
+                            "aws_credentials",
+                            "the chain found AWS_ACCESS_KEY_ID but no AWS_SECRET_ACCESS_KEY",
+                        )
+                    },
+                )?),
+                session_token: env_var("AWS_SESSION_TOKEN").map(Secret::new),
+            },
+            role_arn,
+        ),
+        "web_identity" => {
+            let token_file = match &u.web_identity_token_file {
+                Some(f) => resolve_path(base, f),
+                None => PathBuf::from(env_var(AWS_ENV[0]).ok_or_else(|| {
+                    required(
+                        "web_identity_token_file",
+                        "required for web_identity (or AWS_WEB_IDENTITY_TOKEN_FILE, which EKS sets for IRSA)",
+                    )
+                })?),
+            };
+            if external_id.is_some() {
+                return Err(not_used("external_id"));
+            }
+            let role_arn = match role_arn {
+                Some(r) => r,
+                None => arn(
+                    &env_var("AWS_ROLE_ARN").ok_or_else(|| {
+                        required(
+                            "role_arn",
+                            "required for web_identity (or AWS_ROLE_ARN, which EKS sets for IRSA)",
+                        )
+                    })?,
+                    k,
+                )?,
+            };
+            (
+                AwsSource::WebIdentity {
+                    token_file,
+                    role_arn,
+                },
+                None,
+            )
+        }
+        "pod_identity" => {
+            let uri = match (env_var(AWS_ENV[1]), env_var(AWS_ENV[2])) {
+                (Some(full), _) => full,
+                (None, Some(rel)) => format!("http://169.254.170.2{rel}"),
+                (None, None) => {
+                    return Err(required(
+                        "aws_credentials",
+                        "pod_identity needs AWS_CONTAINER_CREDENTIALS_FULL_URI (set by EKS Pod Identity) in berth's environment",
+                    ))
+                }
+            };
+            if !uri.starts_with("http://") && !uri.starts_with("https://") {
+                return Err(required(
+                    "aws_credentials",
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI is not an http(s) URL",
+                ));
+            }
+            (
+                AwsSource::Container {
+                    uri,
+                    token_file: env_var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+                        .map(PathBuf::from),
+                    token: env_var("AWS_CONTAINER_AUTHORIZATION_TOKEN").map(Secret::new),
+                },
+                role_arn,
+            )
+        }
+        _ => {
+            let endpoint = match env_var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+                Some(e) => {
+                    parse_base_url(&e)
+                        .map_err(|m| {
+                            required(
+                                "aws_credentials",
+                                &format!("AWS_EC2_METADATA_SERVICE_ENDPOINT: {m}"),
+                            )
+                        })?
+                        .0
+                }
+                None => "http://169.254.169.254".into(),
+            };
+            (AwsSource::InstanceMetadata { endpoint }, role_arn)
+        }
+    };
+    if assume_role.is_none()
+        && external_id.is_some()
+        && !matches!(source, AwsSource::WebIdentity { .. })
+    {
+        return Err(not_used("external_id"));
+    }
+    let uses_sts = assume_role.is_some() || matches!(source, AwsSource::WebIdentity { .. });
+    if !uses_sts {
+        for (f, set) in [
+            ("sts_endpoint", u.sts_endpoint.is_some()),
+            ("role_session_name", u.role_session_name.is_some()),
+        ] {
+            if set {
+                return Err(not_used(f));
+            }
+        }
+    }
+    let sts_endpoint = match (&u.sts_endpoint, env_var("AWS_ENDPOINT_URL_STS")) {
+        (Some(e), _) => url_key("sts_endpoint", e, env, k)?,
+        (None, Some(e)) => {
+            parse_base_url(&e)
+                .map_err(|m| required("sts_endpoint", &format!("AWS_ENDPOINT_URL_STS: {m}")))?
+                .0
+        }
+        (None, None) => format!("https://sts.{region}.amazonaws.com"),
+    };
+    let session_name = match &u.role_session_name {
+        Some(n) => {
+            let n = interpolate(&k("role_session_name"), n, env)?;
+            let ok = (2..=64).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@-_".contains(&b));
+            if !ok {
+                return Err(ConfigError::new(
+                    k("role_session_name"),
+                    "2 to 64 characters of letters, digits and +=,.@-_",
+                ));
+            }
+            n
+        }
+        None => "berth".into(),
+    };
+    Ok(AwsIdentity {
+        source,
+        assume_role: assume_role.map(|role_arn| AssumeRole {
+            role_arn,
+            external_id,
+        }),
+        sts_endpoint,
+        session_name,
+    })
+}
+
+/// An IAM role ARN, checked for its shape so a typo fails at check-config.
+fn arn(s: &str, k: &dyn Fn(&str) -> String) -> Result<String, ConfigError> {
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[2] == "iam"
+        && parts[5].starts_with("role/")
+        && parts[5].len() > "role/".len();
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(ConfigError::new(
+            k("role_arn"),
+            format!("{s:?} is no IAM role ARN (arn:aws:iam::<account>:role/<name>)"),
+        ))
+    }
 }
 
 /// `kind: gcr` and `kind: gar`: the service account key, checked to be a JSON object.

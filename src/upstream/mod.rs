@@ -91,6 +91,10 @@ pub enum UpstreamError {
     Unauthorized,
     #[error("token service: {0}")]
     Token(String),
+    /// Obtaining berth's cloud identity failed at a named step (STS, a metadata server, a
+    /// token exchange).
+    #[error("cloud identity: {0}")]
+    Identity(String),
     /// The token realm answered with an error status (a 5xx or 429 may pass on a retry).
     #[error("token service: the realm answered {0}")]
     TokenStatus(StatusCode),
@@ -145,6 +149,7 @@ impl UpstreamError {
             }
             UpstreamError::Unauthorized
             | UpstreamError::Token(_)
+            | UpstreamError::Identity(_)
             | UpstreamError::Redirects
             | UpstreamError::RedirectRefused { .. }
             | UpstreamError::Protocol(_)
@@ -209,13 +214,14 @@ pub struct Client {
     http: HttpClient,
     tokens: token::TokenCache,
     ecr: ecr::EcrTokens,
+    aws: credentials::lease::Leases<credentials::aws::AwsCredentials>,
     /// Keyed by (upstream name, base URL): a scheme is only ever the answer of that URL's
     /// origin, so a request still in flight across a reload that changed the URL cannot
     /// hand the old origin's realm to the new one.
     schemes: Mutex<HashMap<(String, String), Scheme>>,
     /// Last `ratelimit-remaining` seen per upstream (Docker Hub's pull quota).
     ratelimits: Mutex<HashMap<String, u64>>,
-    clock: ecr::Clock,
+    clock: credentials::lease::Clock,
     metrics: UpstreamMetrics,
 }
 
@@ -257,11 +263,12 @@ impl Client {
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
-        let clock: ecr::Clock = Arc::new(SystemTime::now);
+        let clock: credentials::lease::Clock = Arc::new(SystemTime::now);
         Client {
             http,
             tokens: token::TokenCache::new(metrics.token_fetches.clone()),
             ecr: ecr::EcrTokens::new(clock.clone()),
+            aws: credentials::lease::Leases::new(clock.clone()),
             schemes: Mutex::new(HashMap::new()),
             ratelimits: Mutex::new(HashMap::new()),
             clock,
@@ -302,12 +309,25 @@ impl Client {
         let UpstreamAuth::Ecr(settings) = &up.auth else {
             return Err(UpstreamError::Protocol("not an ECR upstream".into()));
         };
-        let now = (self.clock)();
+        let cx = self.context(up);
         self.ecr
-            .get(&up.name, || {
-                ecr::fetch(&self.http, settings, up.timeout, now)
+            .get(&up.name, || async {
+                let creds = cx.aws_credentials(settings).await?;
+                ecr::fetch(&self.http, settings, &creds, up.timeout, cx.now).await
             })
             .await
+    }
+
+    /// The AWS credentials an ECR upstream signs with (held and renewed like its login),
+    /// for `upstream test` to say where they came from.
+    pub async fn aws_credentials(
+        &self,
+        up: &Upstream,
+    ) -> Result<credentials::aws::AwsCredentials, UpstreamError> {
+        let UpstreamAuth::Ecr(settings) = &up.auth else {
+            return Err(UpstreamError::Protocol("not an ECR upstream".into()));
+        };
+        self.context(up).aws_credentials(settings).await
     }
 
     /// Forgets learned schemes and cached tokens, e.g. after credentials changed on reload.
@@ -318,6 +338,7 @@ impl Client {
             .clear();
         self.tokens.clear();
         self.ecr.clear();
+        self.aws.clear();
     }
 
     /// Sends `req`, authenticating as the upstream asks. Any status other than 401 is
@@ -449,6 +470,7 @@ impl Client {
             upstream: up,
             http: &self.http,
             ecr: &self.ecr,
+            aws: &self.aws,
             now: (self.clock)(),
         }
     }
@@ -619,7 +641,7 @@ fn learnable(own_origin: bool, status: StatusCode, headers: &HeaderMap) -> Optio
 }
 
 /// Sends one request with a bound on the time to the response head.
-async fn send(
+pub(crate) async fn send(
     http: &HttpClient,
     request: http::Request<Full<Bytes>>,
     timeout: Duration,

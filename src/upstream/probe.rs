@@ -148,6 +148,24 @@ pub async fn probe(client: &Client, up: &Upstream, image: Option<(&str, &str)>) 
     }
 
     if let UpstreamAuth::Ecr(settings) = &up.auth {
+        // Where berth's AWS identity comes from, and that it works, before ECR is asked.
+        let creds = client.aws_credentials(up).await;
+        step!(match &creds {
+            Ok(c) => Step::ok(
+                "aws credentials",
+                match c.expires_at {
+                    Some(t) => format!(
+                        "{} (access key {}, expires {})",
+                        c.source,
+                        c.access_key_id,
+                        humantime::format_rfc3339_seconds(t)
+                    ),
+                    None => c.source.clone(),
+                },
+            ),
+            Err(e) => Step::failed("aws credentials", reason(e)),
+        });
+        let akid = creds.map(|c| c.access_key_id).unwrap_or_default();
         step!(match client.ecr_login(up).await {
             Ok(login) => Step::ok(
                 "ecr token",
@@ -161,8 +179,8 @@ pub async fn probe(client: &Client, up: &Upstream, image: Option<(&str, &str)>) 
             Err(UpstreamError::Unauthorized) => Step::failed(
                 "ecr token",
                 format!(
-                    "bad credentials: AWS rejected access key {} (region {})",
-                    settings.access_key_id, settings.region
+                    "bad credentials: AWS rejected access key {akid} (region {})",
+                    settings.region
                 ),
             ),
             Err(UpstreamError::Connect(r)) => Step::failed(

@@ -4,32 +4,22 @@
 //! As a credential source it sends Basic from the first request (ECR never answers with a
 //! token realm) and, when the registry refuses a login, fetches a new one once.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
-use http::{Method, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::Uri;
 use serde::Deserialize;
 
+use super::aws::AwsCredentials;
+use super::lease::{Expiring, Leases};
 use super::{BasicLogin, BoxFuture, Context, CredentialSource};
 use crate::settings::Secret;
 use crate::tenancy::EcrSettings;
-use crate::upstream::{basic_header, send, sigv4, HttpClient, UpstreamError, USER_AGENT_VALUE};
+use crate::upstream::{basic_header, HttpClient, UpstreamError};
 
 pub const TARGET: &str = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
 pub const CONTENT_TYPE_JSON: &str = "application/x-amz-json-1.1";
-const MAX_RESPONSE: usize = 256 * 1024;
-/// Renew this long before expiry (ECR tokens live 12 h), or after half the lifetime for
-/// a token issued with less.
-const RENEW_BEFORE: Duration = Duration::from_secs(30 * 60);
-
-/// The time source; tests substitute one they control.
-pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// A registry login derived from an ECR authorization token.
 #[derive(Debug, Clone)]
@@ -39,78 +29,14 @@ pub struct EcrLogin {
     pub expires_at: SystemTime,
 }
 
-struct Cached {
-    login: EcrLogin,
-    renew_at: SystemTime,
-}
-
-type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
-
-/// Per-upstream ECR logins. Each upstream has a slot behind an async mutex: the first
-/// caller that finds it empty or due fetches while holding it, and everyone queued
-/// behind reads what it stored (single flight without a second cache layer).
-pub(in crate::upstream) struct EcrTokens {
-    slots: Mutex<HashMap<String, Slot>>,
-    clock: Clock,
-}
-
-impl EcrTokens {
-    pub(in crate::upstream) fn new(clock: Clock) -> Self {
-        EcrTokens {
-            slots: Mutex::new(HashMap::new()),
-            clock,
-        }
-    }
-
-    fn slot(&self, upstream: &str) -> Slot {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(upstream.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// Drops every cached login (credentials may have changed on reload).
-    pub(in crate::upstream) fn clear(&self) {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    /// Drops one upstream's login after the registry refused it, unless another request
-    /// has already replaced it.
-    pub(in crate::upstream) async fn invalidate_if(&self, upstream: &str, used: &Secret) {
-        let slot = self.slot(upstream);
-        let mut guard = slot.lock().await;
-        if guard.as_ref().is_some_and(|c| &c.login.password == used) {
-            *guard = None;
-        }
-    }
-
-    pub(in crate::upstream) async fn get<F, Fut>(
-        &self,
-        upstream: &str,
-        fetch: F,
-    ) -> Result<EcrLogin, UpstreamError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<EcrLogin, UpstreamError>>,
-    {
-        let slot = self.slot(upstream);
-        let mut guard = slot.lock().await;
-        if let Some(c) = guard.as_ref() {
-            if (self.clock)() < c.renew_at {
-                return Ok(c.login.clone());
-            }
-        }
-        let login = fetch().await?;
-        let now = (self.clock)();
-        *guard = Some(Cached {
-            renew_at: renew_at(now, login.expires_at),
-            login: login.clone(),
-        });
-        Ok(login)
+impl Expiring for EcrLogin {
+    fn expires_at(&self) -> SystemTime {
+        self.expires_at
     }
 }
+
+/// Per-upstream ECR logins.
+pub(in crate::upstream) type EcrTokens = Leases<EcrLogin>;
 
 /// `kind: ecr`: Basic with the login `GetAuthorizationToken` gives.
 pub(super) struct Ecr<'a>(pub(super) &'a EcrSettings);
@@ -124,7 +50,10 @@ impl CredentialSource for Ecr<'_> {
             let up = cx.upstream;
             let login = cx
                 .ecr
-                .get(&up.name, || fetch(cx.http, self.0, up.timeout, cx.now))
+                .get(&up.name, || async {
+                    let creds = cx.aws_credentials(self.0).await?;
+                    fetch(cx.http, self.0, &creds, up.timeout, cx.now).await
+                })
                 .await?;
             Ok(Some(BasicLogin {
                 header: basic_header(&login.username, &login.password),
@@ -143,17 +72,13 @@ impl CredentialSource for Ecr<'_> {
     fn refused<'a>(&'a self, cx: &'a Context<'a>, used: Option<&'a Secret>) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             if let Some(used) = used {
-                cx.ecr.invalidate_if(&cx.upstream.name, used).await;
+                cx.ecr
+                    .invalidate_if(&cx.upstream.name, |l| &l.password == used)
+                    .await;
             }
             true
         })
     }
-}
-
-/// When to fetch a new token: 30 min before expiry, or halfway for short-lived tokens.
-fn renew_at(now: SystemTime, expires_at: SystemTime) -> SystemTime {
-    let life = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
-    expires_at - RENEW_BEFORE.min(life / 2)
 }
 
 #[derive(Deserialize)]
@@ -188,6 +113,7 @@ pub fn request_body(settings: &EcrSettings) -> String {
 pub(in crate::upstream) async fn fetch(
     http: &HttpClient,
     settings: &EcrSettings,
+    creds: &AwsCredentials,
     timeout: Duration,
     now: SystemTime,
 ) -> Result<EcrLogin, UpstreamError> {
@@ -199,60 +125,29 @@ pub(in crate::upstream) async fn fetch(
         .map(|a| a.as_str().to_string())
         .unwrap_or_default();
     let body = request_body(settings);
-    let amz_date = sigv4::amz_date(now);
-    let signed = [
-        ("content-type", CONTENT_TYPE_JSON),
-        ("host", host.as_str()),
-        ("x-amz-date", amz_date.as_str()),
-        ("x-amz-target", TARGET),
-    ];
-    let authorization = sigv4::authorization(
-        &settings.access_key_id,
-        &settings.secret_access_key,
-        &sigv4::SignInput {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &signed,
-            body: body.as_bytes(),
-            region: &settings.region,
-            service: "ecr",
-            amz_date: &amz_date,
-        },
-    );
-    let mut auth_value = http::HeaderValue::try_from(authorization)
-        .map_err(|_| UpstreamError::Token("access_key_id is not a valid header value".into()))?;
-    auth_value.set_sensitive(true);
-    let req = http::Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(HOST, host.as_str())
-        .header(CONTENT_TYPE, CONTENT_TYPE_JSON)
-        .header("x-amz-date", amz_date.as_str())
-        .header("x-amz-target", TARGET)
-        .header(USER_AGENT, USER_AGENT_VALUE)
-        .header(http::header::AUTHORIZATION, auth_value)
-        .body(Full::new(Bytes::from(body)))
+    let req = creds
+        .signed_post(
+            &uri,
+            &host,
+            &[("x-amz-target", TARGET)],
+            CONTENT_TYPE_JSON,
+            Bytes::from(body),
+            &settings.region,
+            "ecr",
+            now,
+        )
         .map_err(|_| UpstreamError::Token("cannot form the ECR request".into()))?;
-    let resp = send(http, req, timeout).await.map_err(|e| match e {
-        UpstreamError::Connect(reason) => UpstreamError::Connect(format!(
-            "ECR API {host} (region {}): {reason}",
-            settings.region
-        )),
-        other => other,
-    })?;
-    let status = resp.status();
-    let body = crate::upstream::Stall::new(
-        resp.into_body(),
-        timeout,
-        &host,
-        "ECR GetAuthorizationToken",
-    );
-    let body = Limited::new(body, MAX_RESPONSE)
-        .collect()
+    let resp = crate::upstream::send(http, req, timeout)
         .await
-        .map_err(|_| UpstreamError::Token("reading the ECR response failed".into()))?
-        .to_bytes();
+        .map_err(|e| match e {
+            UpstreamError::Connect(reason) => UpstreamError::Connect(format!(
+                "ECR API {host} (region {}): {reason}",
+                settings.region
+            )),
+            other => other,
+        })?;
+    let (status, body) =
+        super::read_small(resp, timeout, &host, "ECR GetAuthorizationToken").await?;
     if !status.is_success() {
         // Only AWS's error type is repeated: it names the problem and carries no secret.
         let kind = serde_json::from_slice::<ErrorBody>(&body)
@@ -300,95 +195,4 @@ pub(in crate::upstream) async fn fetch(
         password: Secret::new(password),
         expires_at,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-    fn login(expires_at: SystemTime, n: usize) -> EcrLogin {
-        EcrLogin {
-            username: "AWS".into(),
-            password: Secret::new(format!("pw{n}")),
-            expires_at,
-        }
-    }
-
-    #[tokio::test]
-    async fn renews_before_expiry_with_a_controlled_clock() {
-        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let offset = Arc::new(AtomicU64::new(0));
-        let o = offset.clone();
-        let clock: Clock = Arc::new(move || t0 + Duration::from_secs(o.load(Ordering::SeqCst)));
-        let tokens = EcrTokens::new(clock);
-        let fetches = AtomicUsize::new(0);
-        let get = || async {
-            tokens
-                .get("ecr", || async {
-                    let n = fetches.fetch_add(1, Ordering::SeqCst);
-                    let now = t0 + Duration::from_secs(offset.load(Ordering::SeqCst));
-                    Ok(login(now + Duration::from_secs(12 * 3600), n))
-                })
-                .await
-                .unwrap()
-        };
-        assert_eq!(get().await.password.expose(), "pw0");
-        // 11 h later: still more than 30 min left, so the cached token serves.
-        offset.store(11 * 3600, Ordering::SeqCst);
-        assert_eq!(get().await.password.expose(), "pw0");
-        // 11 h 31 min: inside the renewal window, one new fetch.
-        offset.store(11 * 3600 + 31 * 60, Ordering::SeqCst);
-        assert_eq!(get().await.password.expose(), "pw1");
-        assert_eq!(get().await.password.expose(), "pw1");
-        assert_eq!(fetches.load(Ordering::SeqCst), 2);
-        // A refused token is dropped; a reload clears everything.
-        tokens.invalidate_if("ecr", &Secret::new("pw0")).await;
-        assert_eq!(
-            get().await.password.expose(),
-            "pw1",
-            "a stale login is no reason"
-        );
-        tokens.invalidate_if("ecr", &Secret::new("pw1")).await;
-        assert_eq!(get().await.password.expose(), "pw2");
-        tokens.clear();
-        assert_eq!(get().await.password.expose(), "pw3");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_callers_share_one_fetch() {
-        let tokens = Arc::new(EcrTokens::new(Arc::new(SystemTime::now)));
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..20 {
-            let (tokens, fetches) = (tokens.clone(), fetches.clone());
-            tasks.push(tokio::spawn(async move {
-                tokens
-                    .get("ecr", || async {
-                        fetches.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok(login(SystemTime::now() + Duration::from_secs(43_200), 0))
-                    })
-                    .await
-                    .unwrap()
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(fetches.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn renewal_time() {
-        let now = UNIX_EPOCH + Duration::from_secs(1000);
-        let exp = now + Duration::from_secs(12 * 3600);
-        assert_eq!(renew_at(now, exp), exp - Duration::from_secs(1800));
-        let short = now + Duration::from_secs(600);
-        assert_eq!(renew_at(now, short), now + Duration::from_secs(300));
-        assert_eq!(
-            renew_at(now, now - Duration::from_secs(5)),
-            now - Duration::from_secs(5)
-        );
-    }
 }

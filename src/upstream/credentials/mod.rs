@@ -5,8 +5,10 @@
 //! variant with its validator in `tenancy/yaml.rs`. The token-realm exchange itself
 //! (Bearer) is `upstream::token`, which takes the realm login from the source.
 
+pub mod aws;
 pub mod ecr;
 mod gcp;
+pub mod lease;
 mod static_basic;
 
 use std::future::Future;
@@ -27,7 +29,51 @@ pub(super) struct Context<'a> {
     pub upstream: &'a Upstream,
     pub http: &'a HttpClient,
     pub ecr: &'a ecr::EcrTokens,
+    pub aws: &'a lease::Leases<aws::AwsCredentials>,
     pub now: SystemTime,
+}
+
+impl Context<'_> {
+    /// The upstream's AWS credentials, held until shortly before they expire.
+    pub(super) async fn aws_credentials(
+        &self,
+        settings: &crate::tenancy::EcrSettings,
+    ) -> Result<aws::AwsCredentials, UpstreamError> {
+        let up = self.upstream;
+        self.aws
+            .get(&up.name, || {
+                aws::fetch(
+                    self.http,
+                    &settings.aws,
+                    &settings.region,
+                    up.timeout,
+                    self.now,
+                )
+            })
+            .await
+    }
+}
+
+/// Largest answer a credential service may give (tokens, credentials, small JSON or XML).
+const MAX_RESPONSE: usize = 256 * 1024;
+
+/// Reads a credential service's answer: its status and at most [`MAX_RESPONSE`] bytes of
+/// body, under the stall guard.
+pub(super) async fn read_small(
+    resp: http::Response<hyper::body::Incoming>,
+    timeout: std::time::Duration,
+    host: &str,
+    what: &str,
+) -> Result<(http::StatusCode, bytes::Bytes), UpstreamError> {
+    use http_body_util::BodyExt as _;
+    let status = resp.status();
+    let body = crate::upstream::Stall::new(resp.into_body(), timeout, host, "a credential service");
+    let body = http_body_util::Limited::new(body, MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|_| UpstreamError::Identity(format!("{what}: reading the answer failed")))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// A Basic `Authorization` for one attempt.
