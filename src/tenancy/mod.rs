@@ -422,7 +422,9 @@ impl Upstream {
     /// The repository name the upstream knows: Docker Hub's official images live under
     /// `library/`, but references spell them `redis`.
     pub fn upstream_repository<'a>(&self, repository: &'a str) -> Cow<'a, str> {
-        if self.kind == UpstreamKind::Dockerhub {
+        // Whatever the kind: an upstream that serves Hub's names is Hub, as `serves_host`
+        // says (a `kind: custom` at `registry-1.docker.io` has official images too).
+        if self.is_docker_hub() {
             crate::oci::name::docker_hub_repository(repository)
         } else {
             Cow::Borrowed(repository)
@@ -474,6 +476,17 @@ mod tests {
     }
 
     /// The most specific glob wins wherever it is listed; equal ones go to the later.
+    #[test]
+    fn an_upstream_at_a_hub_host_reads_hub_names_whatever_its_kind() {
+        for kind in [UpstreamKind::Dockerhub, UpstreamKind::Custom] {
+            let u = upstream("hub", kind, "docker.io", &[]);
+            assert_eq!(u.upstream_repository("redis"), "library/redis", "{kind:?}");
+            assert_eq!(u.upstream_repository("acme/api"), "acme/api");
+        }
+        let u = upstream("q", UpstreamKind::Custom, "quay.io", &[]);
+        assert_eq!(u.upstream_repository("redis"), "redis");
+    }
+
     #[test]
     fn the_most_specific_glob_wins() {
         let a = app(vec![
