@@ -67,6 +67,41 @@ pub enum UpstreamAuth {
     GcpServiceAccount(Secret),
     /// ECR: AWS credentials; the registry password comes from `GetAuthorizationToken`.
     Ecr(EcrSettings),
+    /// GCR/GAR: an OAuth2 access token, the password of user `oauth2accesstoken`.
+    GcpToken(GcpIdentity),
+    /// ACR: the Azure managed identity's AAD token, exchanged for an ACR refresh token.
+    AzureManagedIdentity(AzureIdentity),
+}
+
+/// Where a Google registry's access token comes from.
+#[derive(Debug, Clone)]
+pub enum GcpIdentity {
+    /// The metadata server (GKE workload identity, GCE): `endpoint` is
+    /// `http://metadata.google.internal` unless `GCE_METADATA_HOST` says otherwise.
+    Metadata { endpoint: String },
+    /// A service account key, exchanged for an access token with a signed JWT (the key
+    /// itself never leaves berth).
+    KeyExchange(GcpKey),
+}
+
+/// The parts of a service account key the JWT bearer grant needs.
+#[derive(Debug, Clone)]
+pub struct GcpKey {
+    pub client_email: String,
+    pub private_key_id: Option<String>,
+    /// The PKCS#8 DER of the key's `private_key` (checked to be an RSA key at load).
+    pub private_key: Secret,
+    pub token_uri: String,
+}
+
+/// An Azure managed identity, for ACR.
+#[derive(Debug, Clone)]
+pub struct AzureIdentity {
+    /// A user-assigned identity's client id; none is the system-assigned identity.
+    pub client_id: Option<String>,
+    /// `scheme://authority` of the instance metadata service (`http://169.254.169.254`,
+    /// or `AZURE_POD_IDENTITY_AUTHORITY_HOST`).
+    pub imds: String,
 }
 
 /// Which registry service an upstream is; it decides the default URL and host, which

@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    fingerprint, App, AssumeRole, AwsIdentity, AwsSource, Credentials, EcrSettings, Glob,
-    HostedPolicy, License, TenantStore, Upstream, UpstreamAuth, UpstreamKind, DOCKER_HUB_HOST,
+    fingerprint, App, AssumeRole, AwsIdentity, AwsSource, AzureIdentity, Credentials, EcrSettings,
+    GcpIdentity, GcpKey, Glob, HostedPolicy, License, TenantStore, Upstream, UpstreamAuth,
+    UpstreamKind, DOCKER_HUB_HOST,
 };
 use crate::settings::{
     interpolate, parse_duration, rate_limit, read_secret, resolve_path, valid_host, ConfigError,
@@ -52,6 +53,10 @@ pub(crate) struct RawUpstream {
     web_identity_token_file: Option<PathBuf>,
     sts_endpoint: Option<String>,
     // gcr / gar
+    gcp_credentials: Option<String>,
+    // acr
+    azure_credentials: Option<String>,
+    client_id: Option<String>,
     service_account_key: Option<String>,
     service_account_key_file: Option<PathBuf>,
     repositories: Option<Vec<String>>,
@@ -424,10 +429,51 @@ fn validate_upstream_auth(
             "service_account_key_file",
             u.service_account_key_file.is_some(),
         ),
+        ("gcp_credentials", u.gcp_credentials.is_some()),
     ] {
         if set && !gcp {
             return Err(not_used(field));
         }
+    }
+    for (field, set) in [
+        ("azure_credentials", u.azure_credentials.is_some()),
+        ("client_id", u.client_id.is_some()),
+    ] {
+        if set && kind != K::Acr {
+            return Err(not_used(field));
+        }
+    }
+    let managed_identity = match &u.azure_credentials {
+        None => false,
+        Some(c) => match interpolate(&k("azure_credentials"), c, env)?.as_str() {
+            "password" => false,
+            "managed_identity" => true,
+            other => {
+                return Err(ConfigError::new(
+                    k("azure_credentials"),
+                    format!("unknown source {other:?} (password, managed_identity)"),
+                ))
+            }
+        },
+    };
+    if managed_identity {
+        for (field, set) in [
+            ("username", u.username.is_some()),
+            ("password", u.password.is_some()),
+            ("password_file", u.password_file.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    k(field),
+                    "not used with azure_credentials: managed_identity",
+                ));
+            }
+        }
+    } else if u.client_id.is_some() {
+        return Err(ConfigError::new(
+            k("client_id"),
+            "used with azure_credentials: managed_identity only",
+        ));
     }
     if matches!(kind, K::Ecr | K::Gcr | K::Gar | K::Public) {
         for (field, set) in [
@@ -527,7 +573,7 @@ fn validate_upstream_auth(
             ))
         }
     };
-    if matches!(kind, K::Quay | K::Ghcr | K::Acr) && credentials.is_none() {
+    if matches!(kind, K::Quay | K::Ghcr | K::Acr) && credentials.is_none() && !managed_identity {
         // Anonymous pulls are what `kind: public` is for. Docker Hub is the exception:
         // anonymous Hub pulls (public images such as `redis`, within Hub's per-address
         // rate limit) still need its routing (`docker.io`, `library/`).
@@ -536,7 +582,26 @@ fn validate_upstream_auth(
 
     let auth = match kind {
         K::Ecr => UpstreamAuth::Ecr(ecr(u, region, registry_id, base, env, k)?),
-        K::Gcr | K::Gar => UpstreamAuth::GcpServiceAccount(gcp_service_account(u, base, env, k)?),
+        K::Gcr | K::Gar => gcp_auth(u, base, env, k)?,
+        K::Acr if managed_identity => UpstreamAuth::AzureManagedIdentity(AzureIdentity {
+            client_id: match &u.client_id {
+                Some(c) => Some(interpolate(&k("client_id"), c, env)?),
+                None => None,
+            },
+            imds: match env("AZURE_POD_IDENTITY_AUTHORITY_HOST").filter(|v| !v.is_empty()) {
+                Some(e) => {
+                    parse_base_url(&e)
+                        .map_err(|m| {
+                            ConfigError::new(
+                                k("azure_credentials"),
+                                format!("AZURE_POD_IDENTITY_AUTHORITY_HOST: {m}"),
+                            )
+                        })?
+                        .0
+                }
+                None => "http://169.254.169.254".into(),
+            },
+        }),
         _ => match credentials {
             Some(c) => UpstreamAuth::Static(c),
             None => UpstreamAuth::Anonymous,
@@ -859,6 +924,97 @@ fn arn(s: &str, k: &dyn Fn(&str) -> String) -> Result<String, ConfigError> {
             format!("{s:?} is no IAM role ARN (arn:aws:iam::<account>:role/<name>)"),
         ))
     }
+}
+
+/// `kind: gcr` and `kind: gar`: `gcp_credentials: json_key` (the default with a key: the
+/// key is the password of `_json_key`), `access_token` (the key signs a JWT exchanged for
+/// an access token; the key never leaves berth) or `metadata` (the default without a key:
+/// the metadata server's token, GKE workload identity or GCE).
+fn gcp_auth(
+    u: &RawUpstream,
+    base: &Path,
+    env: Env<'_>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<UpstreamAuth, ConfigError> {
+    let has_key = u.service_account_key.is_some() || u.service_account_key_file.is_some();
+    let chosen = match &u.gcp_credentials {
+        Some(c) => interpolate(&k("gcp_credentials"), c, env)?,
+        None if has_key => "json_key".into(),
+        None => "metadata".into(),
+    };
+    match chosen.as_str() {
+        "json_key" => Ok(UpstreamAuth::GcpServiceAccount(gcp_service_account(
+            u, base, env, k,
+        )?)),
+        "access_token" => {
+            let key = gcp_service_account(u, base, env, k)?;
+            Ok(UpstreamAuth::GcpToken(GcpIdentity::KeyExchange(gcp_key(
+                &key, k,
+            )?)))
+        }
+        "metadata" => {
+            if has_key {
+                let f = if u.service_account_key.is_some() {
+                    "service_account_key"
+                } else {
+                    "service_account_key_file"
+                };
+                return Err(ConfigError::new(
+                    k(f),
+                    "not used with gcp_credentials: metadata",
+                ));
+            }
+            let endpoint = match env("GCE_METADATA_HOST").filter(|v| !v.is_empty()) {
+                Some(h) if h.contains("://") => h,
+                Some(h) => format!("http://{h}"),
+                None => "http://metadata.google.internal".into(),
+            };
+            let endpoint = parse_base_url(&endpoint)
+                .map_err(|m| {
+                    ConfigError::new(k("gcp_credentials"), format!("GCE_METADATA_HOST: {m}"))
+                })?
+                .0;
+            Ok(UpstreamAuth::GcpToken(GcpIdentity::Metadata { endpoint }))
+        }
+        other => Err(ConfigError::new(
+            k("gcp_credentials"),
+            format!("unknown source {other:?} (json_key, access_token, metadata)"),
+        )),
+    }
+}
+
+/// The fields of a service account key the JWT grant needs; the private key must be an
+/// RSA key in PKCS#8 PEM, as Google issues them. Errors never quote the key.
+fn gcp_key(key: &Secret, k: &dyn Fn(&str) -> String) -> Result<GcpKey, ConfigError> {
+    let bad = |m: &str| ConfigError::new(k("service_account_key"), m.to_string());
+    let v: serde_json::Value = serde_json::from_str(key.expose()).map_err(|_| bad("not JSON"))?;
+    let field = |name: &str| v.get(name).and_then(|x| x.as_str()).map(str::to_string);
+    let client_email = field("client_email").ok_or_else(|| bad("no client_email"))?;
+    let pem = field("private_key").ok_or_else(|| bad("no private_key"))?;
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body)
+        .map_err(|_| bad("private_key is not PEM"))?;
+    if ring::signature::RsaKeyPair::from_pkcs8(&der).is_err() {
+        return Err(bad("private_key is not an RSA key in PKCS#8"));
+    }
+    let token_uri =
+        field("token_uri").unwrap_or_else(|| "https://oauth2.googleapis.com/token".into());
+    if !token_uri.starts_with("https://") && !token_uri.starts_with("http://") {
+        return Err(bad("token_uri is not an http(s) URL"));
+    }
+    Ok(GcpKey {
+        client_email,
+        private_key_id: field("private_key_id"),
+        private_key: Secret::new(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            der,
+        )),
+        token_uri,
+    })
 }
 
 /// `kind: gcr` and `kind: gar`: the service account key, checked to be a JSON object.

@@ -215,6 +215,7 @@ pub struct Client {
     tokens: token::TokenCache,
     ecr: ecr::EcrTokens,
     aws: credentials::lease::Leases<credentials::aws::AwsCredentials>,
+    cloud: credentials::lease::Leases<credentials::cloud::CloudToken>,
     /// Keyed by (upstream name, base URL): a scheme is only ever the answer of that URL's
     /// origin, so a request still in flight across a reload that changed the URL cannot
     /// hand the old origin's realm to the new one.
@@ -269,6 +270,7 @@ impl Client {
             tokens: token::TokenCache::new(metrics.token_fetches.clone()),
             ecr: ecr::EcrTokens::new(clock.clone()),
             aws: credentials::lease::Leases::new(clock.clone()),
+            cloud: credentials::lease::Leases::new(clock.clone()),
             schemes: Mutex::new(HashMap::new()),
             ratelimits: Mutex::new(HashMap::new()),
             clock,
@@ -318,6 +320,40 @@ impl Client {
             .await
     }
 
+    /// The access token (GCP) or ACR refresh token (Azure) of an upstream with a cloud
+    /// identity, held and renewed like every login, for `upstream test` to say where it
+    /// came from. `None` for other kinds.
+    pub async fn cloud_token(
+        &self,
+        up: &Upstream,
+    ) -> Option<Result<credentials::cloud::CloudToken, UpstreamError>> {
+        let cx = self.context(up);
+        let fetch = async {
+            match &up.auth {
+                UpstreamAuth::GcpToken(id) => {
+                    credentials::cloud::gcp_token(&self.http, id, up.timeout, cx.now).await
+                }
+                UpstreamAuth::AzureManagedIdentity(id) => {
+                    credentials::cloud::acr_refresh_token(
+                        &self.http,
+                        id,
+                        &up.base_url,
+                        up.timeout,
+                        cx.now,
+                    )
+                    .await
+                }
+                _ => Err(UpstreamError::Protocol("no cloud identity".into())),
+            }
+        };
+        match &up.auth {
+            UpstreamAuth::GcpToken(_) | UpstreamAuth::AzureManagedIdentity(_) => {
+                Some(self.cloud.get(&up.name, || fetch).await)
+            }
+            _ => None,
+        }
+    }
+
     /// The AWS credentials an ECR upstream signs with (held and renewed like its login),
     /// for `upstream test` to say where they came from.
     pub async fn aws_credentials(
@@ -339,6 +375,7 @@ impl Client {
         self.tokens.clear();
         self.ecr.clear();
         self.aws.clear();
+        self.cloud.clear();
     }
 
     /// Sends `req`, authenticating as the upstream asks. Any status other than 401 is
@@ -471,6 +508,7 @@ impl Client {
             http: &self.http,
             ecr: &self.ecr,
             aws: &self.aws,
+            cloud: &self.cloud,
             now: (self.clock)(),
         }
     }
@@ -500,16 +538,10 @@ impl Client {
                 None => Auth::default(),
             }),
             Some(Scheme::Bearer { realm, service }) => {
+                let login = source.realm_login(&self.context(up)).await?;
                 let token = self
                     .tokens
-                    .get(
-                        up,
-                        &self.http,
-                        source.realm_authorization(),
-                        realm,
-                        service.as_deref(),
-                        scope,
-                    )
+                    .get(up, &self.http, login, realm, service.as_deref(), scope)
                     .await?;
                 let mut v = HeaderValue::try_from(format!("Bearer {}", token.value.expose()))
                     .map_err(|_| {

@@ -191,6 +191,20 @@ pub async fn probe(client: &Client, up: &Upstream, image: Option<(&str, &str)>) 
         });
     }
 
+    if let Some(t) = client.cloud_token(up).await {
+        step!(match t {
+            Ok(t) => Step::ok(
+                "cloud identity",
+                format!(
+                    "{}, token expires {}",
+                    t.source,
+                    humantime::format_rfc3339_seconds(t.expires_at)
+                ),
+            ),
+            Err(e) => Step::failed("cloud identity", reason(&e)),
+        });
+    }
+
     let allowed = image.filter(|(repo, _)| up.match_score(repo).is_some());
     let scope = allowed
         .map(|(repo, _)| crate::oci::scope::pull(&up.upstream_repository(repo)))

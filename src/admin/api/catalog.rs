@@ -58,6 +58,8 @@ impl UpstreamView {
                 UpstreamAuth::Static(_) => "static",
                 UpstreamAuth::GcpServiceAccount(_) => "gcp_service_account",
                 UpstreamAuth::Ecr(_) => "ecr",
+                UpstreamAuth::GcpToken(_) => "gcp_token",
+                UpstreamAuth::AzureManagedIdentity(_) => "azure_managed_identity",
             },
         }
     }

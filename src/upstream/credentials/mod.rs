@@ -6,6 +6,7 @@
 //! (Bearer) is `upstream::token`, which takes the realm login from the source.
 
 pub mod aws;
+pub mod cloud;
 pub mod ecr;
 mod gcp;
 pub mod lease;
@@ -30,6 +31,7 @@ pub(super) struct Context<'a> {
     pub http: &'a HttpClient,
     pub ecr: &'a ecr::EcrTokens,
     pub aws: &'a lease::Leases<aws::AwsCredentials>,
+    pub cloud: &'a lease::Leases<cloud::CloudToken>,
     pub now: SystemTime,
 }
 
@@ -97,6 +99,15 @@ pub(super) trait CredentialSource: Send + Sync {
         None
     }
 
+    /// The `Authorization` a token realm is asked with, for a source that must fetch it
+    /// first (a cloud identity's token); by default [`CredentialSource::realm_authorization`].
+    fn realm_login<'a>(
+        &'a self,
+        _cx: &'a Context<'a>,
+    ) -> BoxFuture<'a, Result<Option<HeaderValue>, UpstreamError>> {
+        Box::pin(std::future::ready(Ok(self.realm_authorization())))
+    }
+
     /// Whether to send Basic before any challenge was seen.
     fn basic_up_front(&self) -> bool {
         false
@@ -125,6 +136,8 @@ pub(super) fn for_upstream(up: &Upstream) -> Box<dyn CredentialSource + '_> {
         UpstreamAuth::Static(c) => Box::new(static_basic::StaticBasic(c)),
         UpstreamAuth::GcpServiceAccount(key) => Box::new(gcp::ServiceAccount(key)),
         UpstreamAuth::Ecr(settings) => Box::new(ecr::Ecr(settings)),
+        UpstreamAuth::GcpToken(id) => Box::new(cloud::GcpToken(id)),
+        UpstreamAuth::AzureManagedIdentity(id) => Box::new(cloud::AzureManagedIdentity(id)),
     }
 }
 
