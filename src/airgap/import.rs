@@ -343,6 +343,12 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
             if !ok {
                 anyhow::bail!("{what}: {:?} is not a repository name", repo);
             }
+            if is_referrers_index(&image) {
+                // A hosted repository answers referrers from the manifests' `subject`
+                // (which the referrers themselves bring): a tag of that list there would be
+                // one more tag the vendor never pushed.
+                continue;
+            }
             out.push(Planned {
                 reference,
                 target: Target::Hosted(repo.clone()),
@@ -367,6 +373,15 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
         });
     }
     Ok(out)
+}
+
+/// A bundle entry that is the list of an image's referrers (the `sha256-<hex>` tag).
+fn is_referrers_index(image: &super::Image) -> bool {
+    image
+        .top
+        .annotations
+        .get(super::ANN_REFERRER)
+        .is_some_and(|k| k.starts_with("index-"))
 }
 
 /// The hosted registry beside a running server: the state store's index over the cache
