@@ -449,18 +449,19 @@ impl Exporter<'_> {
         let mut complete = true;
         if let Some((bytes, m, _, _)) = &list {
             // `artifactType` of each listed descriptor, for the entry (and `airgap list`).
-            let types: BTreeMap<String, String> = serde_json::from_slice::<serde_json::Value>(bytes)
-                .ok()
-                .and_then(|v| v.get("manifests").and_then(|a| a.as_array()).cloned())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|d| {
-                    Some((
-                        d.get("digest")?.as_str()?.to_string(),
-                        d.get("artifactType")?.as_str()?.to_string(),
-                    ))
-                })
-                .collect();
+            let types: BTreeMap<String, String> =
+                serde_json::from_slice::<serde_json::Value>(bytes)
+                    .ok()
+                    .and_then(|v| v.get("manifests").and_then(|a| a.as_array()).cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|d| {
+                        Some((
+                            d.get("digest")?.as_str()?.to_string(),
+                            d.get("artifactType")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect();
             for d in &m.manifests {
                 let mut r = img.r.clone();
                 r.tag = None;
@@ -478,8 +479,7 @@ impl Exporter<'_> {
                     Ok((mut desc, _, _)) => {
                         mark(&mut desc, "subject", subject);
                         if let Some(a) = types.get(d.digest.as_str()) {
-                            desc.annotations
-                                .insert(ANN_ARTIFACT_TYPE.into(), a.clone());
+                            desc.annotations.insert(ANN_ARTIFACT_TYPE.into(), a.clone());
                         }
                         out.push(desc);
                     }
@@ -562,7 +562,10 @@ impl Exporter<'_> {
         subject: &Digest,
         tag: &str,
     ) -> Option<(bytes::Bytes, Manifest, String, bool)> {
-        let what = format!("referrers of {}/{}@{subject}", img.r.registry, img.r.repository);
+        let what = format!(
+            "referrers of {}/{}@{subject}",
+            img.r.registry, img.r.repository
+        );
         let found: anyhow::Result<Option<(bytes::Bytes, String, bool)>> = async {
             match &img.source {
                 Source::Hosted(repo) => {
@@ -623,7 +626,9 @@ impl Exporter<'_> {
         };
         let m = Manifest::parse(&bytes)?;
         let media_type = if media_type.is_empty() {
-            m.media_type.clone().unwrap_or_else(|| media::OCI_INDEX.into())
+            m.media_type
+                .clone()
+                .unwrap_or_else(|| media::OCI_INDEX.into())
         } else {
             media_type
         };
@@ -645,7 +650,10 @@ impl Exporter<'_> {
                     .await
                 {
                     Ok(_) => Ok(true),
-                    Err(crate::error::Error::ManifestUnknown(_) | crate::error::Error::NameUnknown(_)) => Ok(false),
+                    Err(
+                        crate::error::Error::ManifestUnknown(_)
+                        | crate::error::Error::NameUnknown(_),
+                    ) => Ok(false),
                     Err(e) => anyhow::bail!("{what}: {e}"),
                 }
             }

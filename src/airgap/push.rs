@@ -104,13 +104,20 @@ pub async fn push(bundle: &Bundle, opts: &PushOptions) -> anyhow::Result<PushRep
                 anyhow::anyhow!("{}: no reference annotation to name it by", img.top.digest)
             })?;
         let (new, repo, reference) = target_of(&opts.to, &old)?;
-        if img.top.annotations.get(super::ANN_REFERRER).map(String::as_str) == Some("index-api")
+        if img
+            .top
+            .annotations
+            .get(super::ANN_REFERRER)
+            .map(String::as_str)
+            == Some("index-api")
             && has_referrers_api(&probe, &repo, img).await
         {
             // The source answered through the referrers API and so does the destination,
             // which lists the referrers just pushed from their `subject`: the tag the
             // schema uses where there is no API would be a tag nobody pushed.
-            progress.line(&format!("{new}: the registry has the referrers API; tag not pushed"));
+            progress.line(&format!(
+                "{new}: the registry has the referrers API; tag not pushed"
+            ));
             continue;
         }
         for (digest, size) in &img.blob_sizes {
@@ -208,7 +215,11 @@ async fn has_referrers_api(probe: &Probe, repo: &str, img: &super::Image) -> boo
         return false;
     };
     matches!(
-        probe.client.repo(&probe.up, repo).referrers(&subject, None).await,
+        probe
+            .client
+            .repo(&probe.up, repo)
+            .referrers(&subject, None)
+            .await,
         Ok(Some(_))
     )
 }

@@ -721,6 +721,14 @@ impl Registry {
                 let err = failure(&t.upstream, e, Error::NameUnknown(t.public_name.clone()));
                 match self.stored_referrers(t, &tag, &err).await {
                     Some(bytes) => Ok(bytes),
+                    // A manifest this repository holds (pulled or imported) with no stored
+                    // referrers list: what berth knows is that it has none, as it serves
+                    // what it has of manifests when the upstream fails.
+                    None if t.linked(&self.cache, digest).await => {
+                        tracing::warn!(upstream = %t.upstream.name, repository = %t.public_name, error = %err,
+                            "upstream's referrers API failed: no stored referrers of {digest}, answering none");
+                        Ok(empty_index())
+                    }
                     None => Err(err),
                 }
             }
