@@ -4,8 +4,11 @@
 //! to a registry without the referrers API — all written by hand with the documented media
 //! types into a real docker-registry (distribution 2.8, which has no referrers API), then
 //! pulled through berth, exported, imported into a fresh berth with the upstream stopped,
-//! and pushed into a second docker-registry, byte-identical at every step.
+//! and pushed into a second docker-registry, byte-identical at every step. And the same
+//! for a hosted image, whose referrers come from berth's own referrers API.
 
+#[path = "support/hosted.rs"]
+mod hosted;
 #[path = "support/http.rs"]
 mod http;
 mod support;
@@ -359,32 +362,23 @@ fn get(b: &Berth, path: &str, accept: Option<&str>) -> http::Resp {
 /// Every artifact is served by berth byte for byte: manifests by their tag (or digest),
 /// with the digest berth names, and every blob they reference.
 fn assert_pulls(b: &Berth, fx: &Fixture, label: &str) {
-    let image_manifest = std::fs::read(fx.image.blob_path(&fx.image.manifest_digest)).unwrap();
+    let image = Artifact {
+        repo: "acme/api".into(),
+        reference: "1.0".into(),
+        manifest: std::fs::read(fx.image.blob_path(&fx.image.manifest_digest)).unwrap(),
+        digest: fx.image.manifest_digest.clone(),
+        blobs: Vec::new(),
+    };
     let all = [&fx.chart, &fx.sig, &fx.sbom, &fx.bundle_sig, &fx.fallback];
-    let mut cases: Vec<(String, String, Vec<u8>, String, Option<&str>)> = vec![(
-        "acme/api".into(),
-        "1.0".into(),
-        image_manifest,
-        fx.image.manifest_digest.clone(),
-        None,
-    )];
-    for a in all {
+    for a in std::iter::once(&image).chain(all) {
         // The chart as helm resolves it; the rest with berth's default Accept set.
         let accept = (a.repo == fx.chart.repo).then_some(HELM_ACCEPT);
-        cases.push((
-            a.repo.clone(),
-            a.reference.clone(),
-            a.manifest.clone(),
-            a.digest.clone(),
-            accept,
-        ));
-    }
-    for (repo, reference, bytes, digest, accept) in cases {
+        let (repo, reference, bytes, digest) = (&a.repo, &a.reference, &a.manifest, &a.digest);
         let path = format!("/v2/proxy/acme/{HOST}/{repo}/manifests/{reference}");
         let r = get(b, &path, accept);
         assert_eq!(r.status, 200, "{label}: {path}: {}\n{}", r.text(), b.logs());
         assert!(
-            r.body == bytes,
+            r.body == *bytes,
             "{label}: {path}: other bytes: {}",
             r.text()
         );
@@ -650,4 +644,184 @@ fn artifacts_and_referrers_round_trip_through_the_proxy_and_airgap_bundles() {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!("MEASURE whole test: {secs:.1}s");
+}
+
+/// A hosted image's referrers (berth's own referrers API: the `index-api` entry) go along:
+/// into the other berth's hosted repository (answered there from the referrers' `subject`,
+/// no extra tag), and into a registry without the API with the `sha256-<hex>` tag pushed
+/// for them, byte for byte what the first berth's API answered.
+#[test]
+fn hosted_referrers_go_with_a_hosted_image() {
+    let one = hosted::fixture();
+    let key = one.key("acme", &["push", "pull"]);
+    let img = one.push_image("acme/api", &["1.0"], &key, 41);
+    let (sbom, sbom_bytes, r) = one.push_artifact(
+        "acme/api",
+        &key,
+        SPDX,
+        &img,
+        br#"{"spdxVersion":"SPDX-2.3"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    // A cosign signature by tag, pushed as cosign does.
+    let hex = img.digest.strip_prefix("sha256:").unwrap();
+    let payload = br#"{"critical":{"type":"cosign container image signature"},"optional":null}"#;
+    let config = one.push_blob("acme/api", &key, b"{}");
+    let layer = one.push_blob("acme/api", &key, payload);
+    let sig = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": EMPTY_CONFIG, "digest": config, "size": 2 },
+        "layers": [{
+            "mediaType": COSIGN_PAYLOAD, "digest": layer, "size": payload.len(),
+            "annotations": { "dev.cosignproject.cosign/signature": "c2ln" },
+        }],
+    }))
+    .unwrap();
+    let sig_tag = format!("sha256-{hex}.sig");
+    let r = one.put_manifest("acme/api", &sig_tag, &key, &sig);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let referrers_path = format!("/v2/acme/api/referrers/{}", img.digest);
+    let listed = one.req("GET", &referrers_path, &key, &[], b"");
+    assert_eq!(listed.status, 200, "{}", listed.text());
+
+    let dir = support::tempdir();
+    let bundle = dir.path().join("hosted.tar");
+    let reference = format!("{}/acme/api:1.0", one.host());
+    let run = support::berth::run_cli(
+        &[
+            "airgap",
+            "export",
+            "--config",
+            one.berth.config_path.to_str().unwrap(),
+            "--app",
+            "acme",
+            "-o",
+            bundle.to_str().unwrap(),
+            &reference,
+        ],
+        &[],
+        None,
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(run.code, Some(0), "export:\n{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("1 images, 3 referrers"),
+        "{}",
+        run.stdout
+    );
+
+    // Into another berth's hosted registry: the referrers API there lists the SBOM, the
+    // signature tag is there, and the referrers list became no tag.
+    let two = hosted::fixture();
+    let run = support::berth::run_cli(
+        &[
+            "airgap",
+            "import",
+            "--config",
+            two.berth.config_path.to_str().unwrap(),
+            "--app",
+            "acme",
+            bundle.to_str().unwrap(),
+        ],
+        &[],
+        None,
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(run.code, Some(0), "import:\n{}\n{}", run.stdout, run.stderr);
+    let key2 = two.key("acme", &["pull"]);
+    let r = two.req("GET", &referrers_path, &key2, &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let digests: Vec<String> = r.json()["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(digests, vec![sbom.clone()]);
+    for (reference, bytes) in [(sbom.as_str(), &sbom_bytes), (sig_tag.as_str(), &sig)] {
+        let r = two.req(
+            "GET",
+            &format!("/v2/acme/api/manifests/{reference}"),
+            &key2,
+            &[("Accept", OCI_MANIFEST)],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{reference}: {}", r.text());
+        assert!(r.body == *bytes, "{reference}: other bytes");
+    }
+    let tags = two
+        .req("GET", "/v2/acme/api/tags/list", &key2, &[], b"")
+        .json();
+    assert_eq!(tags["tags"], json!(["1.0", sig_tag]), "{tags}");
+
+    // Into a registry without the referrers API: the list goes as the referrers tag.
+    let target = Registry::start(RegistryAuth::None);
+    let to = format!("{}/mirror", target.host());
+    let (ok, stdout, stderr) = berth(
+        &[
+            "airgap",
+            "push",
+            bundle.to_str().unwrap(),
+            "--to",
+            &to,
+            "--insecure",
+        ],
+        None,
+    );
+    assert!(ok, "push:\n{stdout}\n{stderr}");
+    // `berth rewrite --registry`'s name for a hosted image: the host with `_` for `:`.
+    let base = format!("/v2/mirror/127.0.0.1_{}/acme/api/manifests", one.berth.port);
+    let accept = format!("{OCI_MANIFEST}, {OCI_INDEX}");
+    for (reference, bytes) in [
+        (sbom.clone(), sbom_bytes.clone()),
+        (sig_tag.clone(), sig.clone()),
+        (format!("sha256-{hex}"), listed.body.clone()),
+    ] {
+        let r = http::get(
+            target.port,
+            &format!("{base}/{reference}"),
+            &[("Accept", accept.as_str())],
+        );
+        assert_eq!(r.status, 200, "{reference}: {}", r.text());
+        assert!(r.body == bytes, "{reference}: other bytes: {}", r.text());
+    }
+
+    // Into a registry with the referrers API (the other berth's hosted registry): the
+    // referrers go, the tag of the list does not; the API lists them from their subject.
+    let pusher = two.key("acme", &["push", "pull"]);
+    let to = format!("{}/acme", two.host());
+    let (ok, stdout, stderr) = berth(
+        &[
+            "airgap",
+            "push",
+            bundle.to_str().unwrap(),
+            "--to",
+            &to,
+            "--username",
+            "api",
+            "--password-stdin",
+            "--insecure",
+        ],
+        Some(&format!("{pusher}\n")),
+    );
+    assert!(ok, "push:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("the registry has the referrers API; tag not pushed"),
+        "{stderr}"
+    );
+    let repo = format!("/v2/acme/127.0.0.1_{}/acme/api", one.berth.port);
+    let tags = two
+        .req("GET", &format!("{repo}/tags/list"), &key2, &[], b"")
+        .json();
+    assert_eq!(tags["tags"], json!(["1.0", sig_tag]), "{tags}");
+    let r = two.req(
+        "GET",
+        &format!("{repo}/referrers/{}", img.digest),
+        &key2,
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["manifests"][0]["digest"], json!(sbom));
 }
