@@ -554,6 +554,16 @@ fn artifacts_and_referrers_round_trip_through_the_proxy_and_airgap_bundles() {
             ("index-tag".into(), format!("{HOST}/acme/api:sha256-{hex}")),
         ]
     );
+    let (ok, listed, stderr) = berth(&["airgap", "list", bundle.to_str().unwrap()], None);
+    assert!(ok, "{stderr}");
+    assert!(listed.contains("2 images, 4 referrers"), "{listed}");
+    assert!(
+        listed.contains(&format!(
+            "{HOST}/acme/api:sha256-{hex}.sig\t{}",
+            fx.sig.digest
+        )),
+        "{listed}"
+    );
     let (bare, stdout) = fx.export("bare.tar", &["--no-referrers"]);
     assert!(stdout.contains("2 images, 0 referrers"), "{stdout}");
     let bare_entries = tar_entries(&bare);
@@ -596,6 +606,14 @@ fn artifacts_and_referrers_round_trip_through_the_proxy_and_airgap_bundles() {
     assert_pulls(&site, &fx, "airgap site");
     assert_referrers(&site, &fx, "airgap site");
     drop(site);
+    // The upstream back but refusing berth (the airgap site's credentials are not the
+    // vendor's): the imported answers stand.
+    fx.reg.restart();
+    let refused = Berth::start_on(port, &yaml, &[("UPSTREAM_PASSWORD", "not-the-password")]);
+    assert_pulls(&refused, &fx, "upstream refusing");
+    assert_referrers(&refused, &fx, "upstream refusing");
+    drop(refused);
+    fx.reg.stop();
 
     // 4. Pushed into another registry (no referrers API either): tags, referrers by digest
     // and the referrers tag are there, byte for byte.

@@ -71,10 +71,15 @@ pub fn list(path: &Path, out: &mut dyn std::io::Write) -> Result<(), BundleError
     }
     let stored: u64 = b.blobs.values().map(|e| e.size).sum();
     let unique: HashSet<&Digest> = images.iter().flat_map(|i| i.blob_sizes.keys()).collect();
+    let referrers = images
+        .iter()
+        .filter(|i| i.top.annotations.contains_key(ANN_REFERRER))
+        .count();
     let _ = writeln!(
         out,
-        "{} images, {} blobs, {} stored ({} referenced by the images; shared blobs stored once); file {}",
-        images.len(),
+        "{} images, {} referrers, {} blobs, {} stored ({} referenced by the images; shared blobs stored once); file {}",
+        images.len() - referrers,
+        referrers,
         b.blobs.len(),
         human(stored),
         human(layer_sum),

@@ -714,25 +714,30 @@ impl Registry {
         if t.offline {
             return self.referrers_by_tag(t, &tag).await;
         }
-        match self.repo(t).referrers(digest, artifact_type).await {
-            Ok(Some(bytes)) => Ok(bytes),
-            Ok(None) => self.referrers_by_tag(t, &tag).await,
+        let err = match self.repo(t).referrers(digest, artifact_type).await {
+            Ok(Some(bytes)) => return Ok(bytes),
+            // The tag path has the manifest path's stale and imported answers.
+            Ok(None) => match self.referrers_by_tag(t, &tag).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(err) => err,
+            },
             Err(e) => {
                 let err = failure(&t.upstream, e, Error::NameUnknown(t.public_name.clone()));
-                match self.stored_referrers(t, &tag, &err).await {
-                    Some(bytes) => Ok(bytes),
-                    // A manifest this repository holds (pulled or imported) with no stored
-                    // referrers list: what berth knows is that it has none, as it serves
-                    // what it has of manifests when the upstream fails.
-                    None if t.linked(&self.cache, digest).await => {
-                        tracing::warn!(upstream = %t.upstream.name, repository = %t.public_name, error = %err,
-                            "upstream's referrers API failed: no stored referrers of {digest}, answering none");
-                        Ok(empty_index())
-                    }
-                    None => Err(err),
+                if let Some(bytes) = self.stored_referrers(t, &tag, &err).await {
+                    return Ok(bytes);
                 }
+                err
             }
+        };
+        // A manifest this repository holds (pulled or imported) with no stored referrers
+        // list: what berth knows is that it has none, as it serves what it has of
+        // manifests when the upstream fails.
+        if t.linked(&self.cache, digest).await {
+            tracing::warn!(upstream = %t.upstream.name, repository = %t.public_name, error = %err,
+                "cannot ask the upstream for the referrers of {digest} and none are stored: answering none");
+            return Ok(empty_index());
         }
+        Err(err)
     }
 
     /// The referrers tag schema through the manifest path (tag TTL, stale-if-error, the
@@ -961,6 +966,19 @@ fn failure(up: &Upstream, e: UpstreamError, not_found: Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_referrers_tag_schema_names_and_the_empty_answer() {
+        let d: crate::oci::Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        assert_eq!(
+            super::referrers_tag(&d),
+            format!("sha256-{}", "ab".repeat(32))
+        );
+        let v: serde_json::Value = serde_json::from_slice(&super::empty_index()).unwrap();
+        assert_eq!(v["manifests"], serde_json::json!([]));
+        assert_eq!(v["mediaType"], super::OCI_INDEX);
+        assert_eq!(v["schemaVersion"], 2);
+    }
+
     #[test]
     fn referrers_are_filtered_by_artifact_type() {
         let index = serde_json::json!({
