@@ -8,6 +8,14 @@
 //! hosted index and the manifest store, its blobs streamed from storage, exactly what berth
 //! serves for that name. Its `index.json` entry also carries [`ANN_HOSTED_REPO`], so an
 //! import seeds the hosted repository of that name.
+//!
+//! Unless `--no-referrers`, each image's referrers come along, for its top digest and each
+//! child manifest: the manifests the referrers API lists (or, where the upstream has none,
+//! the OCI 1.1 referrers tag `sha256-<hex>`; for a hosted image, berth's own API), the
+//! cosign tags `sha256-<hex>.sig`/`.att`/`.sbom`, and that list itself as the tag
+//! `sha256-<hex>`. Each is an `index.json` entry of its own, named like an image (by digest
+//! or by its tag) and marked with [`ANN_REFERRER`] and [`ANN_SUBJECT`], so import and push
+//! handle it as they handle images, byte for byte.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

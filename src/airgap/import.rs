@@ -11,6 +11,12 @@
 //! manifests stored children first, each checked as a push is, the tag last), so this
 //! berth's quota and immutable tags hold for it too; both are checked for the whole bundle
 //! before anything is seeded.
+//!
+//! Referrer entries ([`super::ANN_REFERRER`]) are seeded like images: a cosign tag gets its
+//! tag answer, a referrer by digest its manifest and links, and the referrers list its
+//! `sha256-<hex>` tag answer, which the proxy's referrers endpoint answers from when the
+//! upstream cannot be asked. A hosted repository gets no such list tag: it answers
+//! referrers from the manifests' `subject`.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -9,6 +9,11 @@
 //! `REGISTRY/NAMESPACE/<hostname>/<app>/<repo>`: berth's hostname stands where an upstream
 //! host would, which is what `berth rewrite --registry` maps such an image to, and it can
 //! never collide with an upstream image's name.
+//!
+//! Referrer entries go like images (by digest, or under their cosign or `sha256-<hex>`
+//! tag). A referrers list the source answered through its referrers API (`index-api`) is
+//! pushed as the `sha256-<hex>` tag only where the destination has no referrers API, as an
+//! OCI 1.1 client does; one that was a tag at the source always is.
 
 use std::collections::HashMap;
 use std::time::Duration;
