@@ -8,8 +8,16 @@
 //! hosted index and the manifest store, its blobs streamed from storage, exactly what berth
 //! serves for that name. Its `index.json` entry also carries [`ANN_HOSTED_REPO`], so an
 //! import seeds the hosted repository of that name.
+//!
+//! Unless `--no-referrers`, each image's referrers come along, for its top digest and each
+//! child manifest: the manifests the referrers API lists (or, where the upstream has none,
+//! the OCI 1.1 referrers tag `sha256-<hex>`; for a hosted image, berth's own API), the
+//! cosign tags `sha256-<hex>.sig`/`.att`/`.sbom`, and that list itself as the tag
+//! `sha256-<hex>`. Each is an `index.json` entry of its own, named like an image (by digest
+//! or by its tag) and marked with [`ANN_REFERRER`] and [`ANN_SUBJECT`], so import and push
+//! handle it as they handle images, byte for byte.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +28,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::human;
 use super::progress::Progress;
-use super::{ANN_APP, ANN_CONTAINERD_NAME, ANN_HOSTED_REPO, ANN_REF_NAME, ANN_UPSTREAM_REF};
+use super::{
+    ANN_APP, ANN_ARTIFACT_TYPE, ANN_CONTAINERD_NAME, ANN_HOSTED_REPO, ANN_REFERRER, ANN_REF_NAME,
+    ANN_SUBJECT, ANN_UPSTREAM_REF,
+};
 use crate::config::{Config, Upstream};
 use crate::content::RepoKey;
 use crate::hosted::Hosted;
@@ -34,6 +45,20 @@ use crate::upstream::{distribution, Client, UpstreamError};
 
 const ATTEMPTS: u32 = 3;
 
+/// The cosign tag scheme: signatures, attestations and SBOMs of `sha256:<hex>` live at the
+/// tag `sha256-<hex>` with these suffixes.
+const COSIGN_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
+
+/// Says what a referrer entry is and whose: `kind` is `subject` (a manifest naming
+/// `subject` in its `subject` field), `tag` (a cosign tag), `index-tag` (the upstream's
+/// referrers tag) or `index-api` (the referrers API's answer, stored as that tag).
+fn mark(desc: &mut Descriptor, kind: &str, subject: &Digest) {
+    desc.annotations
+        .insert(ANN_REFERRER.to_string(), kind.to_string());
+    desc.annotations
+        .insert(ANN_SUBJECT.to_string(), subject.to_string());
+}
+
 pub struct ExportOptions {
     pub app: String,
     /// Upstream references (`upstream.test/acme/api:1.2`).
@@ -41,12 +66,18 @@ pub struct ExportOptions {
     /// Keep only these platforms of multi-platform images (empty: keep all).
     pub platforms: Vec<Platform>,
     pub output: PathBuf,
+    /// Also export each image's referrers (signatures, attestations, SBOMs): the
+    /// referrers API's answer or the OCI 1.1 referrers tag (`sha256-<hex>`), the manifests
+    /// it lists, and the cosign tags `sha256-<hex>.sig`/`.att`/`.sbom`.
+    pub referrers: bool,
 }
 
 /// What an export wrote, for the summary line and the tests' measurements.
 #[derive(Debug, Default)]
 pub struct ExportReport {
     pub images: usize,
+    /// Referrer entries (manifests by subject, cosign tags, referrers indexes).
+    pub referrers: usize,
     pub blobs: usize,
     /// Bytes of distinct blobs (manifests included) in the bundle.
     pub stored: u64,
@@ -55,6 +86,7 @@ pub struct ExportReport {
     pub file_size: u64,
 }
 
+#[derive(Clone)]
 struct Resolved {
     input: String,
     r: ImageRef,
@@ -62,6 +94,7 @@ struct Resolved {
 }
 
 /// Where an image's bytes come from.
+#[derive(Clone)]
 enum Source {
     Upstream(Arc<Upstream>),
     /// A hosted repository of the app, read from berth's own store.
@@ -194,10 +227,19 @@ async fn export_into(
     };
     let mut index = Vec::new();
     let mut referenced = 0u64;
+    let mut seen = HashSet::new();
+    let mut referrers = 0;
     for img in &images {
-        let (desc, layer_bytes) = ex.image(img).await?;
+        let (desc, layer_bytes, subjects) = ex.image(img, true).await?;
         referenced += layer_bytes;
         index.push(desc);
+        if opts.referrers {
+            for subject in &subjects {
+                let found = ex.referrers(img, subject, &mut seen).await?;
+                referrers += found.len();
+                index.extend(found);
+            }
+        }
     }
     ex.progress.finish();
     let index_json = serde_json::json!({
@@ -220,6 +262,7 @@ async fn export_into(
         tokio::task::spawn_blocking(move || write_tar(&stage_owned, &names, &out)).await??;
     Ok(ExportReport {
         images: images.len(),
+        referrers,
         blobs: ex.stored.len(),
         stored: ex.stored.values().sum(),
         referenced,
@@ -287,8 +330,15 @@ fn hex_of(digest: &Digest) -> anyhow::Result<&str> {
 }
 
 impl Exporter<'_> {
-    /// Exports one image; returns its `index.json` descriptor and its config+layer bytes.
-    async fn image(&mut self, img: &Resolved) -> anyhow::Result<(Descriptor, u64)> {
+    /// Exports one image; returns its `index.json` descriptor, its config+layer bytes and
+    /// the digests its referrers name as their subject (the upstream's top digest, before
+    /// any platform filtering, and each child kept). `platforms`: apply `--platform`
+    /// (never to a referrer, whose index has no platforms to choose by).
+    async fn image(
+        &mut self,
+        img: &Resolved,
+        platforms: bool,
+    ) -> anyhow::Result<(Descriptor, u64, Vec<Digest>)> {
         let reference = img
             .r
             .digest
@@ -302,11 +352,13 @@ impl Exporter<'_> {
             .ok_or_else(|| anyhow::anyhow!("{}: the manifest is not JSON", img.input))?;
         let mut layer_bytes = 0u64;
         let original = Digest::sha256_of(&bytes).to_string();
+        let mut subjects = vec![Digest::sha256_of(&bytes)];
         if m.is_index(&media_type) {
             let mut value: serde_json::Value = serde_json::from_slice(&bytes)?;
             let mut kept = Vec::new();
             for child in &m.manifests {
-                let wanted = self.opts.platforms.is_empty()
+                let wanted = !platforms
+                    || self.opts.platforms.is_empty()
                     || child
                         .platform
                         .as_ref()
@@ -348,6 +400,7 @@ impl Exporter<'_> {
                 }
                 layer_bytes += self.image_blobs(img, &cm).await?;
                 self.store_small(&child.digest, &cb)?;
+                subjects.push(child.digest.clone());
             }
         } else {
             layer_bytes += self.image_blobs(img, &m).await?;
@@ -379,7 +432,260 @@ impl Exporter<'_> {
                 annotations,
             },
             layer_bytes,
+            subjects,
         ))
+    }
+
+    /// The referrers of `subject` in `img`'s repository as `index.json` entries, each
+    /// named by what it is ([`ANN_REFERRER`], [`ANN_SUBJECT`]): every manifest the
+    /// referrers list names (by digest, with its blobs), the cosign tags of `subject`, and
+    /// last the list itself as the referrers tag `sha256-<hex>` (an index of them), which
+    /// `import` seeds as the tag answer berth falls back to and `push` restores for
+    /// registries without the referrers API. Entries already in `seen` are skipped. A
+    /// referrer that cannot be exported is left out with a warning (and so is the list,
+    /// which would then name what the bundle lacks): the image itself was exported.
+    async fn referrers(
+        &mut self,
+        img: &Resolved,
+        subject: &Digest,
+        seen: &mut HashSet<String>,
+    ) -> anyhow::Result<Vec<Descriptor>> {
+        let base = format!("{}/{}", img.r.registry, img.r.repository);
+        let mut out = Vec::new();
+        let tag = subject.as_str().replacen(':', "-", 1);
+        let list = self.referrers_list(img, subject, &tag).await;
+        let mut complete = true;
+        if let Some((bytes, m, _, _)) = &list {
+            // `artifactType` of each listed descriptor, for the entry (and `airgap list`).
+            let types: BTreeMap<String, String> =
+                serde_json::from_slice::<serde_json::Value>(bytes)
+                    .ok()
+                    .and_then(|v| v.get("manifests").and_then(|a| a.as_array()).cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|d| {
+                        Some((
+                            d.get("digest")?.as_str()?.to_string(),
+                            d.get("artifactType")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect();
+            for d in &m.manifests {
+                let mut r = img.r.clone();
+                r.tag = None;
+                r.digest = Some(d.digest.clone());
+                let full = format!("{base}@{}", d.digest);
+                if !seen.insert(full.clone()) {
+                    continue;
+                }
+                let rimg = Resolved {
+                    input: full.clone(),
+                    r,
+                    source: img.source.clone(),
+                };
+                match self.image(&rimg, false).await {
+                    Ok((mut desc, _, _)) => {
+                        mark(&mut desc, "subject", subject);
+                        if let Some(a) = types.get(d.digest.as_str()) {
+                            desc.annotations.insert(ANN_ARTIFACT_TYPE.into(), a.clone());
+                        }
+                        out.push(desc);
+                    }
+                    Err(e) => {
+                        complete = false;
+                        seen.remove(&full);
+                        self.progress
+                            .line(&format!("warning: referrer {full} left out: {e:#}"));
+                    }
+                }
+            }
+        }
+        for suffix in COSIGN_SUFFIXES {
+            let t = format!("{tag}{suffix}");
+            let full = format!("{base}:{t}");
+            if seen.contains(&full) || !self.tag_exists(img, &t).await? {
+                continue;
+            }
+            let mut r = img.r.clone();
+            r.tag = Some(t);
+            r.digest = None;
+            let rimg = Resolved {
+                input: full.clone(),
+                r,
+                source: img.source.clone(),
+            };
+            match self.image(&rimg, false).await {
+                Ok((mut desc, _, _)) => {
+                    seen.insert(full);
+                    mark(&mut desc, "tag", subject);
+                    out.push(desc);
+                }
+                Err(e) => self
+                    .progress
+                    .line(&format!("warning: {full} left out: {e:#}")),
+            }
+        }
+        if let Some((bytes, m, media_type, from_tag)) = list {
+            let full = format!("{base}:{tag}");
+            if complete && !m.manifests.is_empty() && seen.insert(full.clone()) {
+                let digest = Digest::sha256_of(&bytes);
+                self.store_small(&digest, &bytes)?;
+                let mut desc = Descriptor {
+                    media_type,
+                    digest,
+                    size: bytes.len() as u64,
+                    platform: None,
+                    annotations: self.names(img, &full),
+                };
+                mark(
+                    &mut desc,
+                    if from_tag { "index-tag" } else { "index-api" },
+                    subject,
+                );
+                out.push(desc);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `index.json` annotations naming `full`.
+    fn names(&self, img: &Resolved, full: &str) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::new();
+        for k in [ANN_REF_NAME, ANN_CONTAINERD_NAME, ANN_UPSTREAM_REF] {
+            a.insert(k.to_string(), full.to_string());
+        }
+        a.insert(ANN_APP.to_string(), self.opts.app.clone());
+        if let Source::Hosted(repo) = &img.source {
+            a.insert(ANN_HOSTED_REPO.to_string(), repo.name.clone());
+        }
+        a
+    }
+
+    /// The referrers of `subject`: (index bytes, parsed, media type, whether it came from
+    /// the referrers tag rather than the API). `None`: no referrers known, or the source
+    /// could not be asked (a warning says so).
+    async fn referrers_list(
+        &mut self,
+        img: &Resolved,
+        subject: &Digest,
+        tag: &str,
+    ) -> Option<(bytes::Bytes, Manifest, String, bool)> {
+        let what = format!(
+            "referrers of {}/{}@{subject}",
+            img.r.registry, img.r.repository
+        );
+        let found: anyhow::Result<Option<(bytes::Bytes, String, bool)>> = async {
+            match &img.source {
+                Source::Hosted(repo) => {
+                    let f = self
+                        .hosted()?
+                        .referrers(repo, subject, None)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let b = f
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .to_bytes();
+                    Ok(Some((b, media::OCI_INDEX.to_string(), false)))
+                }
+                Source::Upstream(up) => {
+                    let repo = self.client.repo(up, &img.r.repository);
+                    match repo.referrers(subject, None).await {
+                        Ok(Some(b)) => return Ok(Some((b, media::OCI_INDEX.to_string(), false))),
+                        Ok(None) => {}
+                        Err(e) => {
+                            // Some registries refuse the API's path outright; the tag
+                            // schema may still hold them.
+                            self.progress.line(&format!(
+                                "warning: {what}: the referrers API failed ({}); trying the tag {tag}",
+                                upstream_failed(&what, &up.name, e).reason
+                            ));
+                        }
+                    }
+                    match repo.manifest(tag, DEFAULT_MANIFEST_ACCEPT, None).await {
+                        Ok(m) => {
+                            let mt = m
+                                .content_type
+                                .as_deref()
+                                .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
+                                .unwrap_or_default();
+                            Ok(Some((m.bytes, mt, true)))
+                        }
+                        Err(UpstreamError::Status { status, .. })
+                            if status == http::StatusCode::NOT_FOUND =>
+                        {
+                            Ok(None)
+                        }
+                        Err(e) => Err(upstream_failed(&what, &up.name, e).into()),
+                    }
+                }
+            }
+        }
+        .await;
+        let (bytes, media_type, from_tag) = match found {
+            Ok(Some(f)) => f,
+            Ok(None) => return None,
+            Err(e) => {
+                self.progress.line(&format!("warning: {what}: {e:#}"));
+                return None;
+            }
+        };
+        let m = Manifest::parse(&bytes)?;
+        let media_type = if media_type.is_empty() {
+            m.media_type
+                .clone()
+                .unwrap_or_else(|| media::OCI_INDEX.into())
+        } else {
+            media_type
+        };
+        if !m.is_index(&media_type) {
+            // A tag of that name that is no index is not the schema's.
+            return None;
+        }
+        Some((bytes, m, media_type, from_tag))
+    }
+
+    /// Whether `tag` exists in `img`'s repository (a HEAD upstream; a 404 is no).
+    async fn tag_exists(&mut self, img: &Resolved, tag: &str) -> anyhow::Result<bool> {
+        let what = format!("{}/{}:{tag}", img.r.registry, img.r.repository);
+        match &img.source {
+            Source::Hosted(repo) => {
+                match self
+                    .hosted()?
+                    .manifest(repo, &Reference::Tag(tag.to_string()), true)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(
+                        crate::error::Error::ManifestUnknown(_)
+                        | crate::error::Error::NameUnknown(_),
+                    ) => Ok(false),
+                    Err(e) => anyhow::bail!("{what}: {e}"),
+                }
+            }
+            Source::Upstream(up) => {
+                match self
+                    .client
+                    .repo(up, &img.r.repository)
+                    .manifest_head(tag, DEFAULT_MANIFEST_ACCEPT)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(UpstreamError::Status { status, .. })
+                        if status == http::StatusCode::NOT_FOUND =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => {
+                        let e = upstream_failed(&what, &up.name, e);
+                        self.progress.line(&format!("warning: {e}"));
+                        Ok(false)
+                    }
+                }
+            }
+        }
     }
 
     async fn image_blobs(&mut self, img: &Resolved, m: &Manifest) -> anyhow::Result<u64> {

@@ -11,6 +11,12 @@
 //! manifests stored children first, each checked as a push is, the tag last), so this
 //! berth's quota and immutable tags hold for it too; both are checked for the whole bundle
 //! before anything is seeded.
+//!
+//! Referrer entries ([`super::ANN_REFERRER`]) are seeded like images: a cosign tag gets its
+//! tag answer, a referrer by digest its manifest and links, and the referrers list its
+//! `sha256-<hex>` tag answer, which the proxy's referrers endpoint answers from when the
+//! upstream cannot be asked. A hosted repository gets no such list tag: it answers
+//! referrers from the manifests' `subject`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -343,6 +349,12 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
             if !ok {
                 anyhow::bail!("{what}: {:?} is not a repository name", repo);
             }
+            if is_referrers_index(&image) {
+                // A hosted repository answers referrers from the manifests' `subject`
+                // (which the referrers themselves bring): a tag of that list there would be
+                // one more tag the vendor never pushed.
+                continue;
+            }
             out.push(Planned {
                 reference,
                 target: Target::Hosted(repo.clone()),
@@ -367,6 +379,15 @@ fn plan(config: &Config, slug: &str, images: Vec<super::Image>) -> anyhow::Resul
         });
     }
     Ok(out)
+}
+
+/// A bundle entry that is the list of an image's referrers (the `sha256-<hex>` tag).
+fn is_referrers_index(image: &super::Image) -> bool {
+    image
+        .top
+        .annotations
+        .get(super::ANN_REFERRER)
+        .is_some_and(|k| k.starts_with("index-"))
 }
 
 /// The hosted registry beside a running server: the state store's index over the cache

@@ -32,6 +32,13 @@ pub const ANN_APP: &str = "io.berth.app";
 pub const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's `ctr image import` names images after this one.
 pub const ANN_CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// On a referrer's entry (a signature, attestation, SBOM, or the list of them): what it
+/// is — `subject`, `tag`, `index-tag` or `index-api` (see `export`).
+pub const ANN_REFERRER: &str = "io.berth.referrer";
+/// On a referrer's entry: the digest of the manifest it refers to.
+pub const ANN_SUBJECT: &str = "io.berth.referrer.subject";
+/// On a referrer's entry: the `artifactType` the referrers list gave it.
+pub const ANN_ARTIFACT_TYPE: &str = "io.berth.referrer.artifact-type";
 
 /// Human-readable byte counts for progress and summaries.
 pub use crate::settings::human_size as human;
@@ -64,10 +71,15 @@ pub fn list(path: &Path, out: &mut dyn std::io::Write) -> Result<(), BundleError
     }
     let stored: u64 = b.blobs.values().map(|e| e.size).sum();
     let unique: HashSet<&Digest> = images.iter().flat_map(|i| i.blob_sizes.keys()).collect();
+    let referrers = images
+        .iter()
+        .filter(|i| i.top.annotations.contains_key(ANN_REFERRER))
+        .count();
     let _ = writeln!(
         out,
-        "{} images, {} blobs, {} stored ({} referenced by the images; shared blobs stored once); file {}",
-        images.len(),
+        "{} images, {} referrers, {} blobs, {} stored ({} referenced by the images; shared blobs stored once); file {}",
+        images.len() - referrers,
+        referrers,
         b.blobs.len(),
         human(stored),
         human(layer_sum),

@@ -9,6 +9,11 @@
 //! `REGISTRY/NAMESPACE/<hostname>/<app>/<repo>`: berth's hostname stands where an upstream
 //! host would, which is what `berth rewrite --registry` maps such an image to, and it can
 //! never collide with an upstream image's name.
+//!
+//! Referrer entries go like images (by digest, or under their cosign or `sha256-<hex>`
+//! tag). A referrers list the source answered through its referrers API (`index-api`) is
+//! pushed as the `sha256-<hex>` tag only where the destination has no referrers API, as an
+//! OCI 1.1 client does; one that was a tag at the source always is.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -87,6 +92,10 @@ pub async fn push(bundle: &Bundle, opts: &PushOptions) -> anyhow::Result<PushRep
     let dest = Destination::new(&base, opts.username.clone(), opts.password.clone(), TIMEOUT)
         .map_err(|_| anyhow::anyhow!("--to: {base} is not a valid registry address"))?;
     let images = bundle.images()?;
+    let probe = Probe {
+        client: crate::upstream::Client::new(),
+        up: destination(&base, opts)?,
+    };
     let mut report = PushReport::default();
     let mut progress = Progress::new();
     // Where this run has put each blob, for cross-repository mounts.
@@ -100,6 +109,22 @@ pub async fn push(bundle: &Bundle, opts: &PushOptions) -> anyhow::Result<PushRep
                 anyhow::anyhow!("{}: no reference annotation to name it by", img.top.digest)
             })?;
         let (new, repo, reference) = target_of(&opts.to, &old)?;
+        if img
+            .top
+            .annotations
+            .get(super::ANN_REFERRER)
+            .map(String::as_str)
+            == Some("index-api")
+            && has_referrers_api(&probe, &repo, img).await
+        {
+            // The source answered through the referrers API and so does the destination,
+            // which lists the referrers just pushed from their `subject`: the tag the
+            // schema uses where there is no API would be a tag nobody pushed.
+            progress.line(&format!(
+                "{new}: the registry has the referrers API; tag not pushed"
+            ));
+            continue;
+        }
         for (digest, size) in &img.blob_sizes {
             let outcome = retry(&mut progress, opts, &format!("{digest} → {repo}"), || {
                 dest.push_blob(
@@ -146,6 +171,62 @@ pub async fn push(bundle: &Bundle, opts: &PushOptions) -> anyhow::Result<PushRep
         report.mapping.push((old, new));
     }
     Ok(report)
+}
+
+/// A pull-side view of the destination, to ask whether it has the referrers API.
+struct Probe {
+    client: crate::upstream::Client,
+    up: crate::tenancy::Upstream,
+}
+
+/// The destination as an upstream (same credentials, own origin only).
+fn destination(base: &str, opts: &PushOptions) -> anyhow::Result<crate::tenancy::Upstream> {
+    use crate::tenancy::{Credentials, Upstream, UpstreamAuth, UpstreamKind};
+    let uri: http::Uri = base
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--to: {base} is not a valid registry address"))?;
+    let host = uri
+        .authority()
+        .map(|a| a.to_string())
+        .ok_or_else(|| anyhow::anyhow!("--to: {base} has no host"))?;
+    let auth = match (&opts.username, &opts.password) {
+        (Some(username), Some(password)) => UpstreamAuth::Static(Credentials {
+            username: username.clone(),
+            password: password.clone(),
+        }),
+        _ => UpstreamAuth::Anonymous,
+    };
+    Ok(Upstream {
+        name: "destination".into(),
+        base_url: base.trim_end_matches('/').to_string(),
+        host,
+        kind: UpstreamKind::Custom,
+        auth,
+        repositories: Vec::new(),
+        timeout: TIMEOUT,
+    })
+}
+
+/// Whether the destination answers the referrers API for the subject of `img` (a
+/// referrers list entry) in `repo`. Any failure counts as no: pushing the tag then is
+/// what an OCI 1.1 client does, and harmless where the API exists after all.
+async fn has_referrers_api(probe: &Probe, repo: &str, img: &super::Image) -> bool {
+    let Some(subject) = img
+        .top
+        .annotations
+        .get(super::ANN_SUBJECT)
+        .and_then(|s| s.parse::<Digest>().ok())
+    else {
+        return false;
+    };
+    matches!(
+        probe
+            .client
+            .repo(&probe.up, repo)
+            .referrers(&subject, None)
+            .await,
+        Ok(Some(_))
+    )
 }
 
 fn verb(o: BlobOutcome) -> &'static str {

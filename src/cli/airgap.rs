@@ -40,6 +40,11 @@ pub struct ExportArgs {
     /// Keep only these platforms of multi-platform images, e.g. linux/amd64,linux/arm64.
     #[arg(long, value_delimiter = ',')]
     platform: Vec<String>,
+    /// Leave out the images' referrers (signatures, attestations, SBOMs: the referrers
+    /// API or the `sha256-<hex>` referrers tag, and the cosign `.sig`/`.att`/`.sbom` tags),
+    /// which are exported by default.
+    #[arg(long)]
+    no_referrers: bool,
     /// Upstream references (`host/repository:tag`) or hosted ones
     /// (`<hostname>/<app>/<repository>:tag`); default: the app's `images:`.
     images: Vec<String>,
@@ -99,6 +104,7 @@ fn export(rt: &tokio::runtime::Runtime, config: &Path, args: ExportArgs) -> Exit
         output,
         images_file,
         platform,
+        no_referrers,
         images,
     } = args;
     let config = match super::load_config(config) {
@@ -129,14 +135,16 @@ fn export(rt: &tokio::runtime::Runtime, config: &Path, args: ExportArgs) -> Exit
         images: list,
         platforms,
         output,
+        referrers: !no_referrers,
     };
     let started = std::time::Instant::now();
     match rt.block_on(airgap::export::export(&config, &opts)) {
         Ok(r) => {
             println!(
-                "{}: {} images, {} blobs, {} stored ({} of configs and layers referenced), file {} bytes, {:.1}s",
+                "{}: {} images, {} referrers, {} blobs, {} stored ({} of configs and layers referenced), file {} bytes, {:.1}s",
                 opts.output.display(),
                 r.images,
+                r.referrers,
                 r.blobs,
                 airgap::human(r.stored),
                 airgap::human(r.referenced),

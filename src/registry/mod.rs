@@ -669,29 +669,19 @@ impl Registry {
         })
     }
 
-    /// The referrers API; an upstream without it gets the empty index the spec asks for.
+    /// The referrers of `digest`: the upstream's referrers API, else (an upstream without
+    /// it, distribution 2.8) the OCI 1.1 referrers tag schema, the tag `sha256-<hex>` holding
+    /// an image index of the referrers, which is what OCI 1.1 clients push to such a
+    /// registry. Answering an empty index there would hide them: a 200 here tells a client
+    /// the API exists, so it never tries the tag itself. When the upstream cannot be asked
+    /// or refuses, the stored answer of that tag stands (an airgap import seeds one).
     pub async fn referrers(
         &self,
         t: &Target,
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Fetched> {
-        let index = self
-            .repo(t)
-            .referrers(digest, artifact_type)
-            .await
-            .map_err(|e| failure(&t.upstream, e, Error::NameUnknown(t.public_name.clone())))?;
-        let bytes = match index {
-            Some(bytes) => bytes,
-            // An upstream without the API gets the empty index the spec asks for.
-            None => serde_json::to_vec(&serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_INDEX,
-                "manifests": []
-            }))
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .into(),
-        };
+        let bytes = self.referrers_index(t, digest, artifact_type).await?;
         // Filtered here whatever the upstream did (it may not filter, or not say so), so
         // the answer always means what `OCI-Filters-Applied` will say.
         let bytes = match artifact_type {
@@ -711,6 +701,104 @@ impl Registry {
             body: body::full(bytes),
         })
     }
+
+    /// The unfiltered-by-berth referrers index of `digest` (the API's answer may already be
+    /// filtered by the upstream), with the tag-schema fallbacks of [`Self::referrers`].
+    async fn referrers_index(
+        &self,
+        t: &Target,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Bytes> {
+        let tag = referrers_tag(digest);
+        if t.offline {
+            return self.referrers_by_tag(t, &tag).await;
+        }
+        let err = match self.repo(t).referrers(digest, artifact_type).await {
+            Ok(Some(bytes)) => return Ok(bytes),
+            // The tag path has the manifest path's stale and imported answers.
+            Ok(None) => match self.referrers_by_tag(t, &tag).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(err) => err,
+            },
+            Err(e) => {
+                let err = failure(&t.upstream, e, Error::NameUnknown(t.public_name.clone()));
+                if let Some(bytes) = self.stored_referrers(t, &tag, &err).await {
+                    return Ok(bytes);
+                }
+                err
+            }
+        };
+        // A manifest this repository holds (pulled or imported) with no stored referrers
+        // list: what berth knows is that it has none, as it serves what it has of
+        // manifests when the upstream fails.
+        if t.linked(&self.cache, digest).await {
+            tracing::warn!(upstream = %t.upstream.name, repository = %t.public_name, error = %err,
+                "cannot ask the upstream for the referrers of {digest} and none are stored: answering none");
+            return Ok(empty_index());
+        }
+        Err(err)
+    }
+
+    /// The referrers tag schema through the manifest path (tag TTL, stale-if-error, the
+    /// imported answers an airgap site serves); no such tag is no referrers.
+    async fn referrers_by_tag(&self, t: &Target, tag: &str) -> Result<Bytes> {
+        let fetched = match self
+            .manifest(t, &Reference::Tag(tag.to_string()), None, false)
+            .await
+        {
+            Ok(f) => f,
+            Err(Error::ManifestUnknown(_) | Error::NameUnknown(_) | Error::Offline(_)) => {
+                return Ok(empty_index())
+            }
+            Err(e) => return Err(e),
+        };
+        let is_index = fetched
+            .media_type
+            .as_deref()
+            .is_some_and(crate::oci::media::is_index_type);
+        let bytes = fetched
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .to_bytes();
+        // A tag of that name that is no index is not the schema's: no referrers.
+        Ok(if is_index { bytes } else { empty_index() })
+    }
+
+    /// The stored answer of the referrers tag when the upstream's API failed with `failed`:
+    /// after an outage any stored answer, after a refusal only an imported one (as for
+    /// tags). Only an index linked to this repository qualifies.
+    async fn stored_referrers(&self, t: &Target, tag: &str, failed: &Error) -> Option<Bytes> {
+        let any = failed.is_transient();
+        for e in self.cache.tags.entries(&t.repo, tag).await {
+            if !(any || e.imported)
+                || !crate::oci::media::is_index_type(&e.media_type)
+                || !t.linked(&self.cache, &e.digest).await
+            {
+                continue;
+            }
+            if let Some(m) = self.cache.manifests.get(&e.digest).await {
+                tracing::warn!(upstream = %t.upstream.name, repository = %t.public_name, error = %failed,
+                    "upstream's referrers API failed: serving the stored referrers tag {tag}");
+                return Some(m.bytes.clone());
+            }
+        }
+        None
+    }
+}
+
+/// The OCI 1.1 referrers tag schema's tag for `digest`: `<alg>-<hex>`.
+fn referrers_tag(digest: &Digest) -> String {
+    digest.as_str().replacen(':', "-", 1)
+}
+
+/// The empty referrers index the spec asks for when there are none.
+fn empty_index() -> Bytes {
+    Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#
+    ))
 }
 
 /// The descriptors of a referrers index whose `artifactType` is `artifact_type`.
@@ -878,6 +966,19 @@ fn failure(up: &Upstream, e: UpstreamError, not_found: Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_referrers_tag_schema_names_and_the_empty_answer() {
+        let d: crate::oci::Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        assert_eq!(
+            super::referrers_tag(&d),
+            format!("sha256-{}", "ab".repeat(32))
+        );
+        let v: serde_json::Value = serde_json::from_slice(&super::empty_index()).unwrap();
+        assert_eq!(v["manifests"], serde_json::json!([]));
+        assert_eq!(v["mediaType"], super::OCI_INDEX);
+        assert_eq!(v["schemaVersion"], 2);
+    }
+
     #[test]
     fn referrers_are_filtered_by_artifact_type() {
         let index = serde_json::json!({

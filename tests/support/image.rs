@@ -455,3 +455,10 @@ fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// `len` pseudo-random bytes from `seed` (artifact payloads that do not compress).
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    SplitMix64(seed).fill(&mut v);
+    v
+}
