@@ -10,6 +10,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -469,6 +470,25 @@ fn pull(b: &Berth, host: &str, img: &TestImage) {
     );
 }
 
+/// The status of a licensed manifest GET (plain HTTP/1.1, so nothing retries it).
+fn get_status(port: u16, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let auth = format!("Basic {}", STANDARD.encode(format!("{LICENSE}:{LICENSE}")));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+         Accept: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 fn no_secret_in(what: &str, text: &str, secrets: &[String]) {
     for s in secrets {
         assert!(
@@ -521,28 +541,12 @@ fn short_lived_credentials_are_renewed_once_for_twenty_concurrent_pulls() {
             .map(|_| {
                 let port = b.port;
                 let path = format!("/v2/proxy/acme/irsa.dkr.ecr.test/acme/app/manifests/{tag}");
-                std::thread::spawn(move || {
-                    let auth = format!("Basic {}", STANDARD.encode(format!("{LICENSE}:{LICENSE}")));
-                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-                    use std::io::{Read, Write};
-                    write!(
-                        s,
-                        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
-                         Accept: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n"
-                    )
-                    .unwrap();
-                    let mut out = String::new();
-                    let _ = s.read_to_string(&mut out);
-                    out.lines().next().unwrap_or("").to_string()
-                })
+                std::thread::spawn(move || get_status(port, &path))
             })
             .collect();
         for t in threads {
             let status = t.join().unwrap();
-            assert!(
-                status.contains(" 200 ") || status.contains(" 404 "),
-                "{status}"
-            );
+            assert!(status == 200 || status == 404, "{status}");
         }
     };
     burst("v1");
@@ -654,4 +658,427 @@ fn upstream_test_names_the_step_that_failed() {
         r.stdout
     );
     no_secret_in("berth's log", &b.logs(), &site.secrets());
+}
+
+// ---- Google and Azure ------------------------------------------------------------------
+
+use support::token::{RealmOptions, TokenRealm};
+
+/// A registry behind a token realm that accepts exactly `user`/`password` (the login the
+/// cloud identity must produce), with the test image in it. Realm tokens live `realm_ttl`
+/// seconds, so a short one makes berth log in again.
+fn realm_registry(
+    user: &str,
+    password: &str,
+    realm_ttl: u64,
+    path: &str,
+) -> (TokenRealm, Registry, TestImage) {
+    let realm = TokenRealm::start_with(
+        user,
+        password,
+        realm_ttl,
+        RealmOptions {
+            path: path.into(),
+            ..RealmOptions::default()
+        },
+    );
+    let reg = Registry::start(realm.registry_auth());
+    let img = push_image(
+        &reg,
+        Some((user, password)),
+        "acme/app",
+        "v1",
+        &ImageSpec {
+            layer_sizes: vec![20_000, 500],
+            seed: 81,
+        },
+    );
+    (realm, reg, img)
+}
+
+fn cloud_config(port: u16, cache: &Path, upstream: &str) -> String {
+    format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", hostname: \"127.0.0.1:{port}\" }}\n\
+         cache: {{ dir: \"{}\" }}\n\
+         upstreams:\n  - {upstream}\n\
+         apps:\n  - {{ slug: acme, upstreams: [cloud] }}\n\
+         licenses:\n  - {{ id: {LICENSE}, app: acme, customer: Cloud }}\n",
+        cache.display()
+    )
+}
+
+fn start_cloud(upstream: &str, env: &[(&str, &str)]) -> (Berth, tempfile::TempDir) {
+    let dir = support::tempdir();
+    let port = support::free_port();
+    let b = Berth::start_on(port, &cloud_config(port, dir.path(), upstream), env);
+    (b, dir)
+}
+
+fn test_upstream(b: &Berth, env: &[(&str, &str)]) -> CliRun {
+    run_cli(
+        &[
+            "upstream",
+            "test",
+            "--config",
+            b.config_path.to_str().unwrap(),
+            "cloud",
+            "--image",
+            "acme/app:v1",
+        ],
+        env,
+        None,
+        Duration::from_secs(60),
+    )
+}
+
+fn realm_logins(realm: &TokenRealm) -> Vec<String> {
+    realm
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.header("user-agent")
+                .is_some_and(|u| u.starts_with("berth"))
+        })
+        .filter_map(|r| r.header("authorization").map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn gke_workload_identity_pulls_with_the_metadata_servers_token() {
+    let token = canary("GCPTOKEN");
+    let (realm, reg, img) = realm_registry("oauth2accesstoken", &token, 1, "/token");
+    let t = token.clone();
+    // Four-second tokens: renewed after two.
+    let metadata = FakeServer::start(move |req| {
+        if req.path() != "/computeMetadata/v1/instance/service-accounts/default/token" {
+            return FakeResponse::new(404);
+        }
+        if req.header("metadata-flavor") != Some("Google") {
+            return FakeResponse::new(403);
+        }
+        FakeResponse::json(
+            200,
+            &serde_json::json!({"access_token": t, "expires_in": 4, "token_type": "Bearer"}),
+        )
+    });
+    let host = format!("127.0.0.1:{}", metadata.port);
+    let env = [("GCE_METADATA_HOST", host.as_str())];
+    let (b, _dir) = start_cloud(
+        &format!(
+            "{{ name: cloud, kind: gcr, url: \"{}\", host: gcr.io }}",
+            reg.url()
+        ),
+        &env,
+    );
+    // Twenty pulls at once: one token from the metadata server.
+    let threads: Vec<_> = (0..20)
+        .map(|_| {
+            let (b_port, img) = (b.port, img.clone());
+            std::thread::spawn(move || {
+                let dest = support::tempdir();
+                let out = skopeo_copy_to_oci(
+                    &format!("docker://127.0.0.1:{b_port}/proxy/acme/gcr.io/acme/app:v1"),
+                    Some(&format!("{LICENSE}:{LICENSE}")),
+                    dest.path(),
+                    &["--preserve-digests"],
+                );
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(
+                    read_oci_layout(dest.path()).manifest_digest,
+                    img.manifest_digest
+                );
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(metadata.request_count(), 1, "20 pulls, one metadata token");
+    let expected = format!(
+        "Basic {}",
+        STANDARD.encode(format!("oauth2accesstoken:{token}"))
+    );
+    let logins = realm_logins(&realm);
+    assert!(
+        !logins.is_empty() && logins.iter().all(|l| *l == expected),
+        "{logins:?}"
+    );
+    // Past the token's renewal point and the realm token's life: one new metadata token.
+    // (A tag berth has not cached, so the upstream is asked.)
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        get_status(b.port, "/v2/proxy/acme/gcr.io/acme/app/manifests/v2"),
+        404
+    );
+    assert_eq!(metadata.request_count(), 2);
+    let r = test_upstream(&b, &env);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "✓ cloud identity: GCP metadata server at http://{host} (default service account)"
+        )),
+        "{}",
+        r.stdout
+    );
+    // The metadata server gone: the step says which.
+    drop(metadata);
+    let r = run_cli(
+        &[
+            "upstream",
+            "test",
+            "--config",
+            b.config_path.to_str().unwrap(),
+            "cloud",
+        ],
+        &[(
+            "GCE_METADATA_HOST",
+            &format!("127.0.0.1:{}", support::free_port()),
+        )],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(
+            "✗ cloud identity: cloud identity: GCP metadata server token: cannot connect"
+        ),
+        "{}",
+        r.stdout
+    );
+    no_secret_in("berth's log", &b.logs(), std::slice::from_ref(&token));
+}
+
+/// An RSA key pair from openssl: the PKCS#8 PEM a service account key holds, and the
+/// public key (PKCS#1 DER) the fake token endpoint verifies with.
+fn rsa_key(dir: &Path) -> Option<(String, Vec<u8>)> {
+    let pem = dir.join("key.pem");
+    let der = dir.join("pub.der");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&pem)
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && std::process::Command::new("openssl")
+            .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+            .arg(&pem)
+            .arg("-out")
+            .arg(&der)
+            .output()
+            .is_ok_and(|o| o.status.success());
+    ok.then(|| {
+        (
+            std::fs::read_to_string(&pem).unwrap(),
+            std::fs::read(&der).unwrap(),
+        )
+    })
+}
+
+#[test]
+fn a_service_account_key_is_exchanged_for_a_token_and_never_sent() {
+    let dir = support::tempdir();
+    let Some((pem, public)) = rsa_key(dir.path()) else {
+        eprintln!("SKIP: openssl is not installed");
+        return;
+    };
+    let token = canary("GCPTOKEN");
+    let (realm, reg, img) = realm_registry("oauth2accesstoken", &token, 300, "/token");
+    let t = token.clone();
+    let token_endpoint = FakeServer::start(move |req| {
+        let form: HashMap<String, String> = form_urlencoded::parse(&req.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if req.method != "POST"
+            || form.get("grant_type").map(String::as_str)
+                != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+        {
+            return FakeResponse::json(
+                400,
+                &serde_json::json!({"error": "unsupported_grant_type"}),
+            );
+        }
+        let jwt = form.get("assertion").cloned().unwrap_or_default();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let verified = parts.len() == 3
+            && ring::signature::UnparsedPublicKey::new(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                &public,
+            )
+            .verify(
+                format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                &b64.decode(parts[2]).unwrap_or_default(),
+            )
+            .is_ok();
+        if !verified {
+            return FakeResponse::json(400, &serde_json::json!({"error": "invalid_grant"}));
+        }
+        let header: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        let good = header["alg"] == "RS256"
+            && header["kid"] == "key-0123"
+            && claims["iss"] == "berth@acme-prod.iam.gserviceaccount.com"
+            && claims["aud"]
+                .as_str()
+                .is_some_and(|a| a.ends_with("/token"))
+            && claims["scope"]
+                .as_str()
+                .is_some_and(|s| s.contains("googleapis.com/auth/"))
+            && claims["exp"].as_u64().unwrap_or(0) > claims["iat"].as_u64().unwrap_or(u64::MAX);
+        if !good {
+            return FakeResponse::json(400, &serde_json::json!({"error": "invalid_grant"}));
+        }
+        FakeResponse::json(
+            200,
+            &serde_json::json!({"access_token": t, "expires_in": 3599, "token_type": "Bearer"}),
+        )
+    });
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "acme-prod",
+        "private_key_id": "key-0123",
+        "private_key": pem,
+        "client_email": "berth@acme-prod.iam.gserviceaccount.com",
+        "token_uri": format!("{}/token", token_endpoint.url()),
+    });
+    std::fs::write(dir.path().join("sa.json"), key.to_string()).unwrap();
+    let (b, _cache) = start_cloud(
+        &format!(
+            "{{ name: cloud, kind: gar, region: europe-west1, url: \"{}\", host: europe-west1-docker.pkg.dev, gcp_credentials: access_token, service_account_key_file: \"{}\" }}",
+            reg.url(),
+            dir.path().join("sa.json").display()
+        ),
+        &[],
+    );
+    pull(&b, "europe-west1-docker.pkg.dev", &img);
+    assert_eq!(token_endpoint.request_count(), 1);
+    let expected = format!(
+        "Basic {}",
+        STANDARD.encode(format!("oauth2accesstoken:{token}"))
+    );
+    assert_eq!(realm_logins(&realm), vec![expected]);
+    let r = test_upstream(&b, &[]);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("✓ cloud identity: service account berth@acme-prod.iam.gserviceaccount.com exchanged at"), "{}", r.stdout);
+    // The private key is in no request, log line or output.
+    let key_body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let key_line = &key_body[40..100];
+    for r in realm
+        .requests()
+        .iter()
+        .chain(token_endpoint.requests().iter())
+    {
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(key_line)
+                && !format!("{:?}", r.headers).contains(key_line)
+        );
+    }
+    no_secret_in(
+        "berth's log",
+        &b.logs(),
+        &[key_line.to_string(), token.clone()],
+    );
+    no_secret_in("upstream test", &r.stdout, &[key_line.to_string(), token]);
+}
+
+#[test]
+fn aks_managed_identity_is_exchanged_for_an_acr_refresh_token() {
+    let refresh = canary("ACRREFRESH");
+    let (realm, reg, img) = realm_registry(
+        "00000000-0000-0000-0000-000000000000",
+        &refresh,
+        300,
+        "/oauth2/token",
+    );
+    let aad = canary("AADTOKEN");
+    let (a, r, origin) = (aad.clone(), refresh.clone(), reg.url());
+    // The registry's own origin in front of docker-registry: ACR's /oauth2/exchange there,
+    // and IMDS on the same fake (its own address in AZURE_POD_IDENTITY_AUTHORITY_HOST).
+    let front = FakeServer::start(move |req| match (req.method.as_str(), req.path()) {
+        ("GET", "/metadata/identity/oauth2/token") => {
+            if req.header("metadata") != Some("true")
+                || req.query("resource").as_deref() != Some("https://management.azure.com/")
+                || req.query("client_id").as_deref() != Some("11111111-2222-3333-4444-555555555555")
+            {
+                return FakeResponse::json(400, &serde_json::json!({"error": "invalid_request"}));
+            }
+            FakeResponse::json(
+                200,
+                &serde_json::json!({"access_token": a, "expires_in": "3599", "token_type": "Bearer"}),
+            )
+        }
+        ("POST", "/oauth2/exchange") => {
+            let form: HashMap<String, String> = form_urlencoded::parse(&req.body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if form.get("grant_type").map(String::as_str) != Some("access_token")
+                || form.get("access_token") != Some(&a)
+                || form.get("service").is_none_or(|s| s.is_empty())
+            {
+                return FakeResponse::json(401, &serde_json::json!({"error": "unauthorized"}));
+            }
+            FakeResponse::json(200, &serde_json::json!({"refresh_token": r}))
+        }
+        _ => FakeResponse::proxy_to(&origin, req),
+    });
+    let env = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", front.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (b, _dir) = start_cloud(
+        &format!(
+            "{{ name: cloud, kind: acr, url: \"{}\", host: acme.azurecr.io, azure_credentials: managed_identity, client_id: 11111111-2222-3333-4444-555555555555 }}",
+            front.url()
+        ),
+        &env,
+    );
+    pull(&b, "acme.azurecr.io", &img);
+    assert_eq!(front.count("GET", "/metadata/identity/oauth2/token"), 1);
+    assert_eq!(front.count("POST", "/oauth2/exchange"), 1);
+    let expected = format!(
+        "Basic {}",
+        STANDARD.encode(format!("00000000-0000-0000-0000-000000000000:{refresh}"))
+    );
+    assert_eq!(realm_logins(&realm), vec![expected]);
+    let r = test_upstream(&b, &env);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("✓ cloud identity: Azure managed identity (11111111-2222-3333-4444-555555555555) via IMDS at"),
+        "{}",
+        r.stdout
+    );
+    // Another identity than the one IMDS knows: the IMDS step says so.
+    let yaml = std::fs::read_to_string(&b.config_path).unwrap();
+    let bad = b.config_path.with_file_name("bad.yaml");
+    std::fs::write(&bad, yaml.replace("11111111-2222", "99999999-2222")).unwrap();
+    let r = run_cli(
+        &[
+            "upstream",
+            "test",
+            "--config",
+            bad.to_str().unwrap(),
+            "cloud",
+        ],
+        &env,
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("✗ cloud identity: cloud identity: Azure IMDS managed identity token: answered 400 Bad Request (invalid_request)"),
+        "{}",
+        r.stdout
+    );
+    no_secret_in("berth's log", &b.logs(), &[aad.clone(), refresh.clone()]);
+    no_secret_in("upstream test", &r.stdout, &[aad, refresh]);
 }

@@ -485,6 +485,35 @@ licenses:
             "upstreams[0].aws_credentials: pod_identity needs AWS_CONTAINER_CREDENTIALS_FULL_URI (set by EKS Pod Identity) in berth's environment"
         );
         assert_eq!(
+            err("kind: gcr, gcp_credentials: metadata, service_account_key: '{}'"),
+            "upstreams[0].service_account_key: not used with gcp_credentials: metadata"
+        );
+        assert_eq!(
+            err("kind: gcr, gcp_credentials: access_token, service_account_key: '{\"client_email\":\"a@b\",\"private_key\":\"-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n\"}'"),
+            "upstreams[0].service_account_key: private_key is not an RSA key in PKCS#8"
+        );
+        assert_eq!(
+            err("kind: gcr, gcp_credentials: oidc"),
+            "upstreams[0].gcp_credentials: unknown source \"oidc\" (json_key, access_token, metadata)"
+        );
+        let acr = "kind: acr, url: \"https://a.azurecr.io\"";
+        assert_eq!(
+            err(&format!("{acr}, azure_credentials: managed_identity, username: a, password: b")),
+            "upstreams[0].username: not used with azure_credentials: managed_identity"
+        );
+        assert_eq!(
+            err(&format!("{acr}, username: a, password: b, client_id: c")),
+            "upstreams[0].client_id: used with azure_credentials: managed_identity only"
+        );
+        assert_eq!(
+            err("kind: quay, username: a, password: b, client_id: c"),
+            "upstreams[0].client_id: not used by kind quay"
+        );
+        assert_eq!(
+            err("kind: quay, username: a, password: b, aws_credentials: chain"),
+            "upstreams[0].aws_credentials: not used by kind quay"
+        );
+        assert_eq!(
             err(&format!("{ecr}, aws_credentials: magic")),
             "upstreams[0].aws_credentials: unknown source \"magic\" (keys, chain, web_identity, pod_identity, instance_metadata)"
         );
@@ -496,8 +525,13 @@ licenses:
             err("kind: ecr, region: eu-west-1, registry_id: '12', access_key_id: A, secret_access_key: S"),
             "upstreams[0].registry_id: an AWS account id is 12 digits"
         );
+        // Without a key a Google registry is asked with the metadata server's token.
+        assert!(matches!(
+            one_upstream("kind: gcr").unwrap().tenants.upstreams()[0].auth,
+            UpstreamAuth::GcpToken(crate::tenancy::GcpIdentity::Metadata { .. })
+        ));
         assert_eq!(
-            err("kind: gcr"),
+            err("kind: gcr, gcp_credentials: json_key"),
             "upstreams[0].service_account_key: required for kind gcr"
         );
         assert_eq!(
