@@ -655,17 +655,36 @@ fn mirror_config_refuses_what_cannot_work() {
 }
 
 /// A Docker daemon of the test's own (its data, exec root and socket under a temp dir, vfs
-/// storage, no bridge or iptables), started with a generated `daemon.json`, so the
-/// machine's engine and its configuration stay untouched.
+/// storage, a bridge of its own and no iptables), started with a generated `daemon.json`,
+/// so the machine's engine and its configuration stay untouched. Not `--bridge none`:
+/// dockerd then deletes the host's `docker0`, which the machine's engine needs.
 struct Dockerd {
     dir: tempfile::TempDir,
     child: Child,
+    bridge: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 impl Dockerd {
     fn start(daemon_json: &Path) -> Option<Dockerd> {
         let dir = support::tempdir();
         let d = dir.path();
+        let bridge = format!("brt{}", std::process::id() % 100_000);
+        let subnet = format!("10.211.{}.1/24", std::process::id() % 250);
+        if !(ip(&["link", "add", "name", &bridge, "type", "bridge"])
+            && ip(&["addr", "add", &subnet, "dev", &bridge])
+            && ip(&["link", "set", &bridge, "up"]))
+        {
+            ip(&["link", "del", &bridge]);
+            eprintln!("cannot create the bridge {bridge} for a second dockerd");
+            return None;
+        }
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
         let child = Command::new("dockerd")
             .arg("--config-file")
@@ -678,13 +697,16 @@ impl Dockerd {
             .arg(d.join("pid"))
             .arg("-H")
             .arg(format!("unix://{}", d.join("sock").display()))
-            .args(["--storage-driver", "vfs", "--bridge", "none"])
+            .args(["--storage-driver", "vfs", "--bridge", &bridge])
             .args(["--iptables=false", "--ip-masq=false"])
             .stdout(Stdio::null())
             .stderr(log)
-            .spawn()
-            .ok()?;
-        let c = Dockerd { dir, child };
+            .spawn();
+        let Ok(child) = child else {
+            ip(&["link", "del", &bridge]);
+            return None;
+        };
+        let c = Dockerd { dir, child, bridge };
         let up = support::wait_until(Duration::from_secs(30), || {
             c.docker(None, &["info"]).status.success()
         });
@@ -725,14 +747,19 @@ impl Drop for Dockerd {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        ip(&["link", "del", &self.bridge]);
     }
 }
 
 #[test]
 fn docker_pulls_docker_hub_images_through_registry_mirrors() {
-    if !can_run(&["dockerd", "docker"], "a Docker engine (dockerd, docker)") {
+    if !can_run(
+        &["dockerd", "docker", "ip"],
+        "a Docker engine (dockerd, docker, ip)",
+    ) {
         return;
     }
+    let had_docker0 = ip(&["link", "show", "docker0"]);
     let site = Site::new();
     let img = site.push("library/mirrored", "1", 401);
     // daemon.json for the daemon, config.json (the Docker Hub login it sends the mirror)
@@ -773,4 +800,9 @@ fn docker_pulls_docker_hub_images_through_registry_mirrors() {
         "dockerd did not pull through berth with the license:\n{log}"
     );
     site.pulls("Mirror Customer", "index.docker.io/library/mirrored", 1);
+    drop(d);
+    assert!(
+        !had_docker0 || ip(&["link", "show", "docker0"]),
+        "the second dockerd removed the machine's docker0"
+    );
 }

@@ -498,7 +498,9 @@ licenses:
         );
         let acr = "kind: acr, url: \"https://a.azurecr.io\"";
         assert_eq!(
-            err(&format!("{acr}, azure_credentials: managed_identity, username: a, password: b")),
+            err(&format!(
+                "{acr}, azure_credentials: managed_identity, username: a, password: b"
+            )),
             "upstreams[0].username: not used with azure_credentials: managed_identity"
         );
         assert_eq!(
