@@ -455,15 +455,18 @@ mod tests {
     #[test]
     fn all_and_airgap_registry() {
         let mut r = rules();
+        // berth serves only the app's upstreams: `all` without a registry changes nothing.
         r.all = true;
+        assert_eq!(rewrite_image(&r, "ghcr.io/other/x:1"), None);
+        r.registry = Some("reg.customer.example/mirror".into());
         assert_eq!(
             rewrite_image(&r, "ghcr.io/other/x:1").as_deref(),
-            Some("images.acme.test/proxy/acme/ghcr.io/other/x:1")
+            Some("reg.customer.example/mirror/ghcr.io/other/x:1")
         );
         r.upstream_hosts.clear();
         assert_eq!(
             rewrite_image(&r, "redis:7").as_deref(),
-            Some("images.acme.test/proxy/acme/docker.io/library/redis:7")
+            Some("reg.customer.example/mirror/docker.io/library/redis:7")
         );
         r.all = false;
         r.upstream_hosts = vec!["quay.io".into()];
@@ -558,6 +561,31 @@ mod tests {
         assert_eq!(
             rewrite_image(&r, "images.acme.test:8443/proxy/beta/quay.io/x:1"),
             None
+        );
+    }
+
+    #[test]
+    fn allow_list_entries_rewrite_only_admitted_repositories() {
+        let mut r = rules();
+        r.upstream_hosts = vec![
+            "registry.vendor.test/acme/*".into(),
+            "registry.vendor.test/tools/**".into(),
+            "index.docker.io/library/redis".into(),
+        ];
+        for (image, rewritten) in [
+            ("registry.vendor.test/acme/api:1", true),
+            ("registry.vendor.test/acme/team/api:1", false),
+            ("registry.vendor.test/tools/a/b:1", true),
+            ("registry.vendor.test/other/x:1", false),
+            ("redis:7", true),
+            ("docker.io/library/redis", true),
+            ("postgres:16", false),
+        ] {
+            assert_eq!(rewrite_image(&r, image).is_some(), rewritten, "{image}");
+        }
+        assert_eq!(
+            rewrite_image(&r, "registry.vendor.test/acme/api:1").as_deref(),
+            Some("images.acme.test/proxy/acme/registry.vendor.test/acme/api:1")
         );
     }
 }
