@@ -507,7 +507,7 @@ fn the_cli_and_the_webhook_rewrite_the_same_objects_the_same_way() {
         "postgres:16",
         "quay.io/beta/tool:2",
     ];
-    let objects = vec![
+    let objects = [
         workload("Deployment", "prod-app", Some("prod"), json!({}), &images),
         workload("Pod", "no-namespace", None, json!({}), &images),
         workload(

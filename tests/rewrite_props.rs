@@ -421,3 +421,31 @@ fn block_scalar_images_are_rewritten_in_place() {
     let two = "kind: Pod\nspec:\n  containers:\n  - image: >\n      quay.io/acme/a:1\n      more\n";
     assert_eq!(rewrite_yaml(&rules(), two, None).as_deref(), Ok(two));
 }
+
+/// Repairs are bounded: a hostile file of thousands of under-indented flow lines ends with
+/// an error (or is read), quickly, never in a loop.
+#[test]
+fn indentation_repairs_are_bounded() {
+    let mut input = String::from("kind: Pod\nmetadata:\n  annotations:\n    a: [\n");
+    for i in 0..3000 {
+        input.push_str(&format!(" x{i},\n"));
+    }
+    input.push_str(" y]\nspec:\n  containers:\n  - image: quay.io/acme/a:1\n");
+    let start = std::time::Instant::now();
+    let out = rewrite_yaml(&rules(), &input, None);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(matches!(out, Err(RewriteError::Yaml { .. })), "{out:?}");
+    // A few hundred such lines are read as libyaml reads them.
+    let short: String = input
+        .lines()
+        .take(300)
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        + " y]\nspec:\n  containers:\n  - image: quay.io/acme/a:1\n";
+    let out = rewrite_yaml(&rules(), &short, None).expect("read");
+    assert!(out.contains("image: images.acme.test/proxy/acme/quay.io/acme/a:1"));
+}

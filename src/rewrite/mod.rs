@@ -370,12 +370,28 @@ pub fn configured_pull_secret(config: &crate::config::Config, app: &str) -> Opti
 
 /// The apps of `config` one of whose upstreams serves `image` (by `App::select`), sorted:
 /// what `berth rewrite --image` infers `--app` from.
+/// An image already at berth's hostname is the app its path names (`<app>/…` hosted,
+/// `proxy/<app>/…` pulled through).
 pub fn apps_serving(config: &crate::config::Config, image: &ImageRef) -> Vec<String> {
+    let at_berth = image
+        .registry
+        .eq_ignore_ascii_case(config.server.hostname.trim_end_matches('/'));
+    let named = image
+        .repository
+        .strip_prefix("proxy/")
+        .unwrap_or(&image.repository);
+    let named = named.split('/').next().unwrap_or_default();
     let mut apps: Vec<String> = config
         .tenants
         .apps()
         .into_iter()
-        .filter(|a| a.select(&image.registry, &image.repository).is_some())
+        .filter(|a| {
+            if at_berth {
+                a.slug == named
+            } else {
+                a.select(&image.registry, &image.repository).is_some()
+            }
+        })
         .map(|a| a.slug.clone())
         .collect();
     apps.sort();

@@ -21,7 +21,7 @@ use crate::oci::reference::{validate_digest, ImageRef};
 
 /// Deeper nesting than any manifest has; guards the recursive tree builder.
 const MAX_DEPTH: usize = 256;
-/// Lines re-indented for the parser (see [`repair`]) before a file is given up on.
+/// Re-indentations for the parser (see [`repair`]) before a file is given up on.
 const MAX_REPAIRS: usize = 1000;
 
 /// Why a YAML stream could not be rewritten. No output is produced in that case.
@@ -187,13 +187,17 @@ struct Pad {
 /// output is spliced into `input` itself, which keeps them as written.
 fn parse_leniently(input: &str) -> Result<Source<'_>, RewriteError> {
     let mut pads: Vec<(usize, usize)> = Vec::new();
+    let mut repairs = 0;
     loop {
         let src = Source::with_pads(input, &pads);
         let Some(e) = scan(&src) else {
             return Ok(src);
         };
+        repairs += 1;
         match repair(&src, &e) {
-            Some(more) if pads.len() < MAX_REPAIRS && !more.is_empty() => {
+            // Each repair moves the error further on; one that does not (the same line
+            // again) ends at the bound with the error it could not mend.
+            Some(more) if repairs <= MAX_REPAIRS && !more.is_empty() => {
                 for (at, n) in more {
                     match pads.iter_mut().find(|(a, _)| *a == at) {
                         Some(p) => p.1 += n,
@@ -257,12 +261,16 @@ fn repair(src: &Source<'_>, e: &ScanError) -> Option<Vec<(usize, usize)>> {
             if !p[line_start..at].bytes().all(|b| b == b' ' || b == b'\t') {
                 return None;
             }
-            let widest = p[..line_start]
+            // Block indentation is set on lines never padded (padding happens inside
+            // quoted scalars and flow collections only), so the widest line as written
+            // bounds it, and every padded line gets the same.
+            let at = src.original_byte(line_start);
+            let widest = src.text[..at]
                 .split('\n')
                 .map(|l| l.chars().count())
                 .max()
                 .unwrap_or(0);
-            Some(vec![(src.original_byte(line_start), widest + 1)])
+            Some(vec![(at, widest + 1)])
         }
         _ => None,
     }
