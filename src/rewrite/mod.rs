@@ -604,4 +604,43 @@ mod tests {
             Some("images.acme.test/proxy/acme/registry.vendor.test/acme/api:1")
         );
     }
+
+    /// The rules `rules_for_app` writes rewrite exactly the images `App::select` serves.
+    #[test]
+    fn rules_for_app_agrees_with_the_selector() {
+        let text = "server: { listen: \"127.0.0.1:5443\", hostname: images.acme.test }\n\
+            cache: { dir: /tmp/berth-rewrite-unit }\n\
+            upstreams:\n\
+            \x20 - { name: v, url: \"http://127.0.0.1:1\", host: registry.vendor.test, repositories: [\"acme/*\", \"tools/**\"] }\n\
+            \x20 - { name: w, url: \"http://127.0.0.1:1\", host: registry.vendor.test, repositories: [\"acme/special/*\"] }\n\
+            \x20 - { name: hub, url: \"http://127.0.0.1:1\", kind: dockerhub, repositories: [library/redis, \"bitnami/*\"] }\n\
+            \x20 - { name: p, url: \"http://127.0.0.1:1\", host: \"registry.example.com:5000\" }\n\
+            apps:\n  - { slug: acme, upstreams: [v, w, hub, p] }\n";
+        let config =
+            crate::config::Config::parse(text, std::path::Path::new("/tmp"), &|_| None).unwrap();
+        let rules = rules_for_app(&config, "acme").unwrap();
+        let app = config.app("acme").unwrap();
+        let images = [
+            "registry.vendor.test/acme/api:1",
+            "registry.vendor.test/acme/special/x:1",
+            "registry.vendor.test/acme/a/b:1",
+            "registry.vendor.test/tools/a/b/c",
+            "registry.vendor.test/other/x:1",
+            "redis:7",
+            "docker.io/redis",
+            "index.docker.io/library/redis:7",
+            "bitnami/redis:7",
+            "postgres",
+            "registry.example.com:5000/any/thing:1",
+            "quay.io/acme/api:1",
+        ];
+        let mut rewritten = 0;
+        for image in images {
+            let r = ImageRef::parse(image).unwrap();
+            let served = app.select(&r.registry, &r.repository).is_some();
+            assert_eq!(rewrite_image(&rules, image).is_some(), served, "{image}");
+            rewritten += usize::from(served);
+        }
+        assert!(rewritten >= 6 && rewritten < images.len(), "{rewritten}");
+    }
 }
