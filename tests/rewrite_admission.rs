@@ -446,3 +446,200 @@ fn the_webhook_listener_serves_reviews_over_tls_and_the_customer_port_does_not()
     });
     assert!(patched_dev, "rewrite rules not reloaded within 10 s");
 }
+
+// ---- one behaviour: `berth rewrite` and the webhook on the same objects ----------------
+
+/// A config with `rewrite:` rules (namespaces, an exclusion, labels, another app) and an
+/// upstream with a `repositories` allow-list.
+fn rules_config(dir: &std::path::Path) -> String {
+    format!(
+        "server: {{ listen: \"127.0.0.1:5443\", hostname: images.acme.test }}\n\
+         cache: {{ dir: \"{}\" }}\n\
+         upstreams:\n\
+         \x20 - {{ name: vendor, url: \"http://127.0.0.1:1\", host: registry.vendor.test, repositories: [\"acme/*\"] }}\n\
+         \x20 - {{ name: hub, url: \"http://127.0.0.1:1\", kind: dockerhub, repositories: [\"library/redis\"] }}\n\
+         \x20 - {{ name: beta-up, url: \"http://127.0.0.1:1\", host: quay.io }}\n\
+         apps:\n  - {{ slug: acme, upstreams: [vendor, hub] }}\n  - {{ slug: beta, upstreams: [beta-up] }}\n\
+         rewrite:\n\
+         \x20 - {{ app: acme, pull_secret: acme-pull, exclude_namespaces: [kube-system], namespaces: [prod, default] }}\n\
+         \x20 - {{ app: acme, pull_secret: acme-labelled, exclude_namespaces: [kube-system], labels: {{ berth: \"on\" }} }}\n\
+         \x20 - {{ app: beta, pull_secret: beta-pull, namespaces: [beta] }}\n",
+        dir.join("cache").display()
+    )
+}
+
+fn workload(
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+    labels: Value,
+    images: &[&str],
+) -> Value {
+    let containers: Vec<Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+        .collect();
+    let mut meta = json!({"name": name, "labels": labels});
+    if let Some(ns) = namespace {
+        meta["namespace"] = json!(ns);
+    }
+    let spec = json!({"containers": containers});
+    match kind {
+        "Pod" => json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}),
+        _ => json!({"apiVersion": "apps/v1", "kind": kind, "metadata": meta,
+                    "spec": {"template": {"metadata": {"labels": {"x": "y"}}, "spec": spec}}}),
+    }
+}
+
+#[test]
+fn the_cli_and_the_webhook_rewrite_the_same_objects_the_same_way() {
+    let dir = support::tempdir();
+    let text = rules_config(dir.path());
+    let config = berth::config::Config::parse(&text, dir.path(), &|_| None).expect("config");
+    let path = dir.path().join("berth.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let images = [
+        "registry.vendor.test/acme/api:1",
+        // Not in the allow-list: berth would answer 404, so it is never rewritten.
+        "registry.vendor.test/other/x:1",
+        "redis:7",
+        "postgres:16",
+        "quay.io/beta/tool:2",
+    ];
+    let objects = [
+        workload("Deployment", "prod-app", Some("prod"), json!({}), &images),
+        workload("Pod", "no-namespace", None, json!({}), &images),
+        workload(
+            "Pod",
+            "system",
+            Some("kube-system"),
+            json!({"berth": "on"}),
+            &images,
+        ),
+        workload(
+            "StatefulSet",
+            "labelled",
+            Some("dev"),
+            json!({"berth": "on"}),
+            &images,
+        ),
+        workload("Pod", "unselected", Some("dev"), json!({}), &images),
+        workload("Pod", "betas", Some("beta"), json!({}), &images),
+        workload(
+            "Pod",
+            "foreign-only",
+            Some("prod"),
+            json!({}),
+            &["postgres:16"],
+        ),
+    ];
+    // The webhook: each object reviewed in the namespace kubectl would send it to.
+    let webhook: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
+            let kind = o["kind"].as_str().unwrap();
+            let body = json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": kind},
+                            "namespace": ns, "operation": "CREATE", "object": o},
+            });
+            let resp = review(
+                &|ctx| berth::rewrite::admission_rules(&config, ctx),
+                body.to_string().as_bytes(),
+            )
+            .expect("review");
+            if resp["response"].get("patch").is_some() {
+                patched(&resp, o.clone())
+            } else {
+                o.clone()
+            }
+        })
+        .collect();
+    // The CLI: the same objects as one YAML stream (JSON documents are YAML).
+    let stream: String = objects.iter().map(|o| format!("---\n{o}\n")).collect();
+    let run = |args: &[&str]| {
+        let mut all = vec!["rewrite", "--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        support::berth::run_cli(&all, &[], Some(&stream), std::time::Duration::from_secs(20))
+    };
+    let r = run(&["--app", "acme"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let cli: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&r.stdout)
+        .map(|d| serde::Deserialize::deserialize(d).expect("YAML out"))
+        .collect();
+    assert_eq!(cli.len(), objects.len(), "{}", r.stdout);
+    for (i, (c, w)) in cli.iter().zip(&webhook).enumerate() {
+        let name = objects[i]["metadata"]["name"].as_str().unwrap();
+        if name == "betas" {
+            // beta's rule decides it: the webhook rewrites it for beta, `--app acme`
+            // leaves it and says so.
+            assert_eq!(c, &objects[i], "{name}");
+            assert!(
+                r.stderr.contains("betas") && r.stderr.contains("beta"),
+                "{}",
+                r.stderr
+            );
+            continue;
+        }
+        assert_eq!(c, w, "{name}: CLI and webhook differ");
+    }
+    // What the rules mean, spelled out for two of them.
+    let prod = &webhook[0]["spec"]["template"]["spec"];
+    assert_eq!(prod["imagePullSecrets"], json!([{"name": "acme-pull"}]));
+    let got: Vec<&str> = prod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "images.acme.test/proxy/acme/registry.vendor.test/acme/api:1",
+            "registry.vendor.test/other/x:1",
+            "images.acme.test/proxy/acme/index.docker.io/library/redis:7",
+            "postgres:16",
+            "quay.io/beta/tool:2",
+        ]
+    );
+    assert_eq!(webhook[2], objects[2], "kube-system is excluded");
+    assert_eq!(
+        webhook[4], objects[4],
+        "no rule selects dev without the label"
+    );
+    assert_eq!(
+        webhook[3]["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "acme-labelled"}])
+    );
+    assert_eq!(
+        webhook[6], objects[6],
+        "nothing of the app's: no secret either"
+    );
+    // --app beta: the CLI rewrites beta's object as the webhook did.
+    let r = run(&["--app", "beta"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let cli: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&r.stdout)
+        .map(|d| serde::Deserialize::deserialize(d).expect("YAML out"))
+        .collect();
+    assert_eq!(cli[5], webhook[5]);
+    assert_eq!(
+        webhook[5]["spec"]["imagePullSecrets"],
+        json!([{"name": "beta-pull"}])
+    );
+    // --pull-secret overrides the rule's name, for the same selection.
+    let r = run(&["--app", "acme", "--pull-secret", "mine"]);
+    let cli: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&r.stdout)
+        .map(|d| serde::Deserialize::deserialize(d).expect("YAML out"))
+        .collect();
+    assert_eq!(
+        cli[0]["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "mine"}])
+    );
+    assert_eq!(
+        cli[2], objects[2],
+        "kube-system stays excluded with --pull-secret"
+    );
+}

@@ -162,13 +162,24 @@ fn rewrite_file_and_stdin_with_pull_secret() {
 #[test]
 fn rewrite_all_and_registry_targets() {
     let c = cli_config("http://127.0.0.1:1");
-    let all = rewrite_ok(&c.path, &["--all"], DEPLOYMENT);
+    // berth serves only the app's upstreams: --all without --registry would redirect
+    // images to names that answer 404, so it rewrites what the app serves, and says so.
+    let (code, all, err) = rewrite(&c.path, &["--all"], DEPLOYMENT);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(all.contains("image: ghcr.io/elsewhere/tool:1"), "{all}");
+    assert!(err.contains("--all only applies with --registry"), "{err}");
+    assert_eq!(all, rewrite_ok(&c.path, &[], DEPLOYMENT));
+    let all = rewrite_ok(
+        &c.path,
+        &["--all", "--registry", "mirror.customer.example/vendor"],
+        DEPLOYMENT,
+    );
     assert!(
-        all.contains("image: images.acme.test/proxy/acme/ghcr.io/elsewhere/tool:1"),
+        all.contains("image: mirror.customer.example/vendor/ghcr.io/elsewhere/tool:1"),
         "--all left a foreign image: {all}"
     );
     assert!(
-        all.contains("image: images.acme.test/proxy/acme/upstream.test/acme/api:v1"),
+        all.contains("image: mirror.customer.example/vendor/upstream.test/acme/api:v1"),
         "{all}"
     );
     // ConfigMaps are data, not workloads, even with --all.
@@ -231,10 +242,16 @@ fn rewrite_single_images() {
             "images.acme.test/proxy/acme/upstream.test/acme/api:v1".into(),
             "images.acme.test/proxy/acme/upstream.test/acme/api:v1".into(),
         ),
+        // --all moves foreign images only to an airgap registry.
         (
             vec!["--all"],
             "ghcr.io/elsewhere/tool:1".into(),
-            "images.acme.test/proxy/acme/ghcr.io/elsewhere/tool:1".into(),
+            "ghcr.io/elsewhere/tool:1".into(),
+        ),
+        (
+            vec!["--all", "--registry", "mirror.example/ns"],
+            "ghcr.io/elsewhere/tool:1".into(),
+            "mirror.example/ns/ghcr.io/elsewhere/tool:1".into(),
         ),
         (
             vec!["--registry", "mirror.example/ns"],
@@ -443,4 +460,205 @@ spec:
     assert_ne!(code, Some(0), "pinned a missing tag: {out}");
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("upstream.test/acme/api:nope"), "{err}");
+}
+
+/// A config with `rewrite:` rules and an allow-list; `apps` is the `apps:` section.
+fn rules_config(dir: &Path, upstream_url: &str, apps: &str) -> PathBuf {
+    let path = dir.join("berth.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server: {{ listen: \"127.0.0.1:5443\", hostname: \"{HOSTNAME}\" }}\n\
+             cache: {{ dir: \"{}\" }}\n\
+             upstreams:\n\
+             \x20 - {{ name: up, url: \"{upstream_url}\", host: upstream.test, username: {VENDOR}, password: \"{UPSTREAM_PASSWORD}\", repositories: [\"acme/*\"] }}\n\
+             \x20 - {{ name: q, url: \"http://127.0.0.1:1\", host: quay.io }}\n\
+             {apps}\
+             licenses:\n  - {{ id: LICENSE-good-0001, app: acme, customer: Big Bank }}\n\
+             rewrite:\n  - {{ app: acme, pull_secret: acme-pull, exclude_namespaces: [kube-system] }}\n",
+            dir.join("cache").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+const PODS: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: app
+spec:
+  containers:
+  - name: a
+    image: upstream.test/acme/api:v1
+  - name: b
+    image: upstream.test/other/x:1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: system
+  namespace: kube-system
+spec:
+  containers:
+  - name: a
+    image: upstream.test/acme/api:v1
+";
+
+/// The config's `rewrite:` rules decide as they do for the webhook: the rule's pull secret
+/// without `--pull-secret`, its excluded namespace untouched, the allow-list honoured;
+/// `--app` inferred when one app is left.
+#[test]
+fn the_configs_rules_apply_and_the_app_is_inferred() {
+    let dir = support::tempdir();
+    let one = rules_config(
+        dir.path(),
+        "http://127.0.0.1:1",
+        "apps:\n  - { slug: acme, upstreams: [up] }\n",
+    );
+    let (code, out, err) = berth(&["rewrite", "--config", one.to_str().unwrap()], PODS);
+    assert_eq!(code, Some(0), "{err}");
+    let want = PODS.replacen(
+        "spec:\n  containers:\n  - name: a\n    image: upstream.test/acme/api:v1",
+        "spec:\n  imagePullSecrets:\n  - name: acme-pull\n  containers:\n  - name: a\n    image: images.acme.test/proxy/acme/upstream.test/acme/api:v1",
+        1,
+    );
+    assert_eq!(out, want, "{err}");
+    // -n: objects without a namespace go there (as with kubectl apply -n).
+    let (_, out, _) = berth(
+        &[
+            "rewrite",
+            "--config",
+            one.to_str().unwrap(),
+            "-n",
+            "kube-system",
+        ],
+        PODS,
+    );
+    assert_eq!(out, PODS);
+    // Outside the allow-list: unchanged as a single image too.
+    let (code, out, _) = berth(
+        &[
+            "rewrite",
+            "--config",
+            one.to_str().unwrap(),
+            "--image",
+            "upstream.test/other/x:1",
+        ],
+        "",
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "upstream.test/other/x:1\n"));
+
+    // Two apps: --image names the one serving it; ambiguity and no --app are usage errors
+    // naming the candidates.
+    let two = rules_config(
+        dir.path(),
+        "http://127.0.0.1:1",
+        "apps:\n  - { slug: acme, upstreams: [up] }\n  - { slug: beta, upstreams: [q] }\n  - { slug: gamma, upstreams: [q] }\n",
+    );
+    let cfg = two.to_str().unwrap();
+    let (code, out, err) = berth(
+        &[
+            "rewrite",
+            "--config",
+            cfg,
+            "--image",
+            "upstream.test/acme/api:v1",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out,
+        "images.acme.test/proxy/acme/upstream.test/acme/api:v1\n"
+    );
+    let (code, _, err) = berth(
+        &["rewrite", "--config", cfg, "--image", "quay.io/x/y:1"],
+        "",
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("beta") && err.contains("gamma"), "{err}");
+    let (code, _, err) = berth(
+        &["rewrite", "--config", cfg, "--image", "ghcr.io/x/y:1"],
+        "",
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no app serves"), "{err}");
+    // The rules name only acme: a file needs no --app either.
+    let (code, out, err) = berth(&["rewrite", "--config", cfg], PODS);
+    assert_eq!((code, out.as_str()), (Some(0), want.as_str()), "{err}");
+
+    // berth pull-secret names the Secret as the rules reference it.
+    let (code, out, err) = berth(
+        &[
+            "pull-secret",
+            "--config",
+            cfg,
+            "--license",
+            "LICENSE-good-0001",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("  name: acme-pull\n"), "{out}");
+}
+
+/// `--image X --pin-digests` pins exactly as the same image in a file is pinned.
+#[test]
+fn a_single_image_is_pinned_like_a_file() {
+    let reg = Registry::start(RegistryAuth::Htpasswd {
+        user: VENDOR.into(),
+        password: UPSTREAM_PASSWORD.into(),
+    });
+    let img = push_image(
+        &reg,
+        Some((VENDOR, UPSTREAM_PASSWORD)),
+        "acme/api",
+        "v1",
+        &ImageSpec {
+            layer_sizes: vec![1200],
+            seed: 79,
+        },
+    );
+    let dir = support::tempdir();
+    let cfg = rules_config(
+        dir.path(),
+        &reg.url(),
+        "apps:\n  - { slug: acme, upstreams: [up] }\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let (code, out, err) = berth(
+        &[
+            "rewrite",
+            "--config",
+            cfg,
+            "--pin-digests",
+            "--image",
+            "upstream.test/acme/api:v1",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let want = format!(
+        "images.acme.test/proxy/acme/upstream.test/acme/api:v1@{}",
+        img.manifest_digest
+    );
+    assert_eq!(out, format!("{want}\n"));
+    let (_, file, _) = berth(&["rewrite", "--config", cfg, "--pin-digests"], PODS);
+    assert!(file.contains(&format!("image: {want}\n")), "{file}");
+    // A tag the upstream lacks: an error, not the unpinned name.
+    let (code, out, err) = berth(
+        &[
+            "rewrite",
+            "--config",
+            cfg,
+            "--pin-digests",
+            "--image",
+            "upstream.test/acme/api:nope",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.is_empty() && err.contains("pin"), "{err}");
 }

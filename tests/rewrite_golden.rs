@@ -2,7 +2,8 @@
 //!
 //! `BLESS=1 cargo test --test rewrite_golden` rewrites the `.out.yaml` files; review
 //! the diff before committing it. Names starting with `airgap-` use an airgap
-//! registry, `pin-` pins digests, `all-` rewrites every image.
+//! registry, `pin-` pins digests, `all-` moves every image to an airgap registry, `json-`
+//! inputs are JSON and must stay JSON.
 
 use std::path::{Path, PathBuf};
 
@@ -23,8 +24,9 @@ fn rules_for(name: &str) -> Rules {
         ],
         pull_secret: Some(SECRET.into()),
         all: name.starts_with("all-"),
-        registry: name
-            .starts_with("airgap-")
+        // `all` moves every image only to an airgap registry (berth serves just the app's
+        // upstreams), so `all-` cases have one.
+        registry: (name.starts_with("airgap-") || name.starts_with("all-"))
             .then(|| "registry.customer.example/vendor-mirror".to_string()),
     }
 }
@@ -187,4 +189,43 @@ fn golden_outputs_parse_to_the_input_structure() {
         rewritten_images > 20,
         "golden files rewrite too little: {rewritten_images}"
     );
+}
+
+/// A JSON input stays JSON: what is added is written with quoted keys and strings.
+#[test]
+fn json_inputs_stay_json() {
+    let mut seen = 0;
+    for (name, path) in cases() {
+        if !name.starts_with("json-") {
+            continue;
+        }
+        seen += 1;
+        let input = std::fs::read_to_string(&path).expect("read input");
+        let out = run(&name, &input);
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{name}: output is not JSON ({e}):\n{out}"));
+        assert!(
+            out.contains("\"imagePullSecrets\": [{\"name\": \"berth-pull\"}]"),
+            "{out}"
+        );
+        assert!(
+            v.to_string().contains("/proxy/acme/"),
+            "{name}: nothing rewritten"
+        );
+    }
+    assert!(seen > 0, "no json- golden case");
+}
+
+/// The inputs are what libyaml (serde_yaml_ng's parser, the C library go-yaml and so
+/// `kubectl` follow) accepts; the ones made for its leniencies must not need them in vain.
+#[test]
+fn golden_inputs_are_valid_for_libyaml() {
+    for (name, path) in cases() {
+        let input = std::fs::read_to_string(&path).expect("read input");
+        for d in serde_yaml_ng::Deserializer::from_str(&input) {
+            if let Err(e) = <Value as serde::Deserialize>::deserialize(d) {
+                panic!("{name}: libyaml refuses the input: {e}");
+            }
+        }
+    }
 }

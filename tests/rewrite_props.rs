@@ -324,3 +324,128 @@ fn recursive_and_cross_document_aliases_are_errors() {
         assert!(r.is_err(), "{input:?}: {r:?}");
     }
 }
+
+/// libyaml (and so `kubectl`) reads continuation lines of quoted scalars and lines of flow
+/// collections at any indentation; so does the rewriter, keeping them byte for byte.
+#[test]
+fn quoted_and_flow_continuations_are_read_as_libyaml_reads_them() {
+    let spec = "spec:\n  containers:\n  - name: a\n    image: quay.io/acme/a:1\n";
+    let heads = [
+        // The e2e redis StatefulSet's shape: lines left of the key.
+        "metadata:\n  annotations:\n    description: 'a long\n  single-quoted scalar\nover lines'\n",
+        "metadata:\n  annotations:\n    d: \"double\n  quoted \\\n continued\"\n",
+        // A tab where indentation would be.
+        "metadata:\n  annotations:\n    d: 'x\n\ttab'\n",
+        "metadata:\n  annotations:\n    d: [a,\n  b, {c: d,\ne: f}]\n",
+    ];
+    for head in heads {
+        let input = format!("kind: Pod\n{head}{spec}");
+        let libyaml: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&input).unwrap_or_else(|e| panic!("libyaml: {e}\n{input}"));
+        let out = rewrite_yaml(&rules(), &input, None).unwrap_or_else(|e| panic!("{e}\n{input}"));
+        assert!(out.starts_with(&format!("kind: Pod\n{head}")), "{out}");
+        assert!(
+            out.contains("image: images.acme.test/proxy/acme/quay.io/acme/a:1"),
+            "{out}"
+        );
+        let after: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out).expect("valid output");
+        assert_eq!(after["metadata"], libyaml["metadata"], "{input}");
+        // Without our images: byte-identical.
+        let foreign = input.replace("quay.io/acme/a:1", "ghcr.io/x/y:1");
+        assert_eq!(
+            rewrite_yaml(&rules(), &foreign, None).as_deref(),
+            Ok(foreign.as_str())
+        );
+    }
+}
+
+/// Errors point at the line at fault, not at where the scalar around it starts.
+#[test]
+fn errors_inside_quoted_scalars_name_the_offending_line() {
+    let input = "kind: Pod\nmetadata:\n  annotations:\n    d: 'opened here\n      and continued\n---\nkind: Pod\n";
+    match rewrite_yaml(&rules(), input, None) {
+        Err(RewriteError::Yaml { line, message, .. }) => {
+            assert_eq!(line, 6, "{message}");
+            assert!(message.contains("opened at line 4"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let input = "kind: Pod\nspec:\n  containers:\n  - image: 'quay.io/acme/a:1\n";
+    match rewrite_yaml(&rules(), input, None) {
+        Err(RewriteError::Yaml { line, message, .. }) => {
+            assert_eq!(line, 4, "{message}");
+            assert!(message.contains("never closed"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A flow collection left open: still an error, with a position after the repairs.
+    let input = "kind: Pod\nmetadata:\n  annotations:\n    d: [a,\n  b\nspec: {}\n";
+    assert!(matches!(
+        rewrite_yaml(&rules(), input, None),
+        Err(RewriteError::Yaml { line: 4.., .. })
+    ));
+}
+
+/// A block-scalar image is rewritten in its one content line, every header kept.
+#[test]
+fn block_scalar_images_are_rewritten_in_place() {
+    for header in [
+        "|", ">", "|-", ">-", "|+", ">+", "|2", ">2-", "|-2", "&i >-", "!!str |",
+    ] {
+        let input = format!(
+            "kind: Pod\nspec:\n  containers:\n  - name: a\n    image: {header}\n      quay.io/acme/a:1\n  - name: b\n    image: x\n"
+        );
+        let before: serde_yaml_ng::Value = serde_yaml_ng::from_str(&input).expect("libyaml");
+        let out = rewrite_yaml(&rules(), &input, None).unwrap_or_else(|e| panic!("{header}: {e}"));
+        let after: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out).expect("valid output");
+        let (b, a) = (
+            before["spec"]["containers"][0]["image"].as_str().unwrap(),
+            after["spec"]["containers"][0]["image"].as_str().unwrap(),
+        );
+        // The same value, the reference replaced: chomping (a kept newline) unchanged.
+        assert_eq!(
+            a,
+            b.replace(
+                "quay.io/acme/a:1",
+                "images.acme.test/proxy/acme/quay.io/acme/a:1"
+            ),
+            "{header}:\n{out}"
+        );
+        assert!(out.contains(&format!("image: {header}\n")), "{out}");
+        assert_eq!(
+            rewrite_yaml(&rules(), &out, None).as_deref(),
+            Ok(out.as_str())
+        );
+    }
+    // Two lines are no reference (whatever the folding): not berth's, left as written.
+    let two = "kind: Pod\nspec:\n  containers:\n  - image: >\n      quay.io/acme/a:1\n      more\n";
+    assert_eq!(rewrite_yaml(&rules(), two, None).as_deref(), Ok(two));
+}
+
+/// Repairs are bounded: a hostile file of thousands of under-indented flow lines ends with
+/// an error (or is read), quickly, never in a loop.
+#[test]
+fn indentation_repairs_are_bounded() {
+    let mut input = String::from("kind: Pod\nmetadata:\n  annotations:\n    a: [\n");
+    for i in 0..3000 {
+        input.push_str(&format!(" x{i},\n"));
+    }
+    input.push_str(" y]\nspec:\n  containers:\n  - image: quay.io/acme/a:1\n");
+    let start = std::time::Instant::now();
+    let out = rewrite_yaml(&rules(), &input, None);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(matches!(out, Err(RewriteError::Yaml { .. })), "{out:?}");
+    // A few hundred such lines are read as libyaml reads them.
+    let short: String = input
+        .lines()
+        .take(300)
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        + " y]\nspec:\n  containers:\n  - image: quay.io/acme/a:1\n";
+    let out = rewrite_yaml(&rules(), &short, None).expect("read");
+    assert!(out.contains("image: images.acme.test/proxy/acme/quay.io/acme/a:1"));
+}

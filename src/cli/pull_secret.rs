@@ -9,8 +9,11 @@ pub struct Args {
     license: String,
     #[arg(long)]
     namespace: Option<String>,
-    #[arg(long, default_value = "berth-pull-secret")]
-    name: String,
+    /// The Secret's name (default: the pull_secret the config's `rewrite:` rules give the
+    /// license's app, which is what the webhook and `berth rewrite` reference; else
+    /// berth-pull-secret).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 pub fn run(config: &Path, args: Args) -> ExitCode {
@@ -25,10 +28,14 @@ pub fn run(config: &Path, args: Args) -> ExitCode {
     if !license.is_active(std::time::SystemTime::now()) {
         eprintln!("berth: warning: this license is expired or revoked");
     }
+    let name = args.name.clone().unwrap_or_else(|| {
+        crate::rewrite::configured_pull_secret(&config, &license.app)
+            .unwrap_or_else(|| "berth-pull-secret".to_string())
+    });
     print!(
         "{}",
         crate::rewrite::pull_secret_yaml(
-            &args.name,
+            &name,
             args.namespace.as_deref(),
             &config.server.hostname,
             login_name(&license, &args.license),

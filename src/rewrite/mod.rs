@@ -41,7 +41,7 @@ mod yaml;
 pub use crate::oci::reference::{ImageRef, ReferenceError};
 pub use admission::{review, AdmissionContext, AdmissionError, AdmissionRules};
 pub use secret::pull_secret_yaml;
-pub use yaml::{rewrite_yaml, PinFn, RewriteError};
+pub use yaml::{rewrite_yaml, rewrite_yaml_for, PinFn, RewriteError};
 
 use crate::oci::reference::{is_docker_hub_host, DOCKER_HUB};
 
@@ -52,11 +52,17 @@ pub struct Rules {
     pub hostname: String,
     /// App slug, e.g. `acme`.
     pub app: String,
-    /// Hosts as used in references: `quay.io`, `index.docker.io`, `registry.example.com:5000`.
+    /// The upstreams whose images are rewritten, as `HOST` (every repository of the host:
+    /// `quay.io`, `index.docker.io`, `registry.example.com:5000`) or `HOST/GLOB` (only the
+    /// repositories an upstream's `repositories` allow-list admits: `quay.io/acme/*`), one
+    /// entry per glob. [`rules_for_app`] writes them from the app's upstreams, so the
+    /// rewriter redirects exactly the images `App::select` would serve.
     pub upstream_hosts: Vec<String>,
     /// `imagePullSecrets` name to add to pod specs whose images were redirected.
     pub pull_secret: Option<String>,
-    /// Rewrite every image, not only those of the app's upstreams.
+    /// With `registry` (airgap): move every image there, not only the app's upstreams'.
+    /// Without it this changes nothing: berth serves only its app's upstreams, so an image of
+    /// any other host would be redirected to a name that answers 404.
     pub all: bool,
     /// Alternative target `REGISTRY[/NAMESPACE]` (airgap), used instead of berth.
     pub registry: Option<String>,
@@ -99,19 +105,30 @@ impl Rules {
         t.split('/').next().unwrap_or(t)
     }
 
-    /// The configured upstream host that serves `r`, if any.
+    /// The configured upstream host that serves `r`, if any: an entry of `upstream_hosts`
+    /// naming its host and, when the entry has a glob, admitting its repository.
     fn upstream_for(&self, r: &ImageRef) -> Option<String> {
-        let configured = self.upstream_hosts.iter().find(|h| {
-            let h = h.trim_end_matches('/');
-            if r.is_docker_hub() {
+        let configured = self.upstream_hosts.iter().find_map(|entry| {
+            let entry = entry.trim_end_matches('/');
+            let (h, glob) = match entry.split_once('/') {
+                Some((h, g)) => (h, Some(g)),
+                None => (entry, None),
+            };
+            let host_matches = if r.is_docker_hub() {
                 is_docker_hub_host(h)
             } else {
                 h.eq_ignore_ascii_case(&r.registry)
-            }
+            };
+            let repo_matches = match glob {
+                None => true,
+                // The same matcher the upstream's allow-list uses in `App::select`.
+                Some(g) => crate::tenancy::Glob::new(g).is_ok_and(|g| g.matches(&r.repository)),
+            };
+            (host_matches && repo_matches).then(|| h.to_string())
         });
         match configured {
-            Some(h) => Some(h.trim_end_matches('/').to_string()),
-            None if self.all => Some(if r.is_docker_hub() {
+            Some(h) => Some(h),
+            None if self.all && self.registry.is_some() => Some(if r.is_docker_hub() {
                 DOCKER_HUB.to_string()
             } else {
                 r.registry.clone()
@@ -253,36 +270,146 @@ pub fn rewrite_image(rules: &Rules, image: &str) -> Option<String> {
     }
 }
 
-/// The rules for one app of a berth config: its upstreams' hosts, berth's hostname.
+/// The rules for one app of a berth config: berth's hostname and, per upstream of the app,
+/// its host with each glob of its `repositories` allow-list (no pull secret).
 pub fn rules_for_app(config: &crate::config::Config, app: &str) -> Result<Rules, String> {
     let a = config
         .app(app)
         .ok_or_else(|| format!("unknown app {app:?}"))?;
+    let mut upstream_hosts = Vec::new();
+    for u in &a.upstreams {
+        // A `kind: dockerhub` upstream serves every name of Hub whatever host it was given.
+        let host = if u.registry() == DOCKER_HUB && !is_docker_hub_host(&u.host) {
+            DOCKER_HUB.to_string()
+        } else {
+            u.host.clone()
+        };
+        if u.repositories.is_empty() {
+            upstream_hosts.push(host);
+        } else {
+            upstream_hosts.extend(
+                u.repositories
+                    .iter()
+                    .map(|g| format!("{host}/{}", g.as_str())),
+            );
+        }
+    }
     Ok(Rules {
         hostname: config.server.hostname.clone(),
         app: a.slug.clone(),
-        upstream_hosts: a.upstreams.iter().map(|u| u.host.clone()).collect(),
+        upstream_hosts,
         pull_secret: None,
         all: false,
         registry: None,
     })
 }
 
-/// The admission rules of the config that match a review, first match wins.
-pub fn admission_rules(config: &crate::config::Config, ctx: &AdmissionContext) -> Option<Rules> {
-    config.rewrite.iter().find_map(|r| {
-        let sel = AdmissionRules {
+/// The config's `rewrite:` rule that decides an object: the first whose selector matches.
+fn matching_rule<'c>(
+    config: &'c crate::config::Config,
+    ctx: &AdmissionContext,
+) -> Option<&'c crate::settings::RewriteConfig> {
+    config.rewrite.iter().find(|r| {
+        AdmissionRules {
             namespaces: r.namespaces.clone(),
             exclude_namespaces: r.exclude_namespaces.clone(),
             labels: r.labels.clone(),
-        };
-        if !sel.matches(ctx) {
-            return None;
         }
-        let mut rules = rules_for_app(config, &r.app).ok()?;
-        rules.pull_secret = r.pull_secret.clone();
-        Some(rules)
+        .matches(ctx)
     })
+}
+
+/// The admission rules of the config that match a review, first match wins. The webhook
+/// asks this for every object, `berth rewrite` through [`rules_for_object`].
+pub fn admission_rules(config: &crate::config::Config, ctx: &AdmissionContext) -> Option<Rules> {
+    let r = matching_rule(config, ctx)?;
+    let mut rules = rules_for_app(config, &r.app).ok()?;
+    rules.pull_secret = r.pull_secret.clone();
+    Some(rules)
+}
+
+/// What `berth rewrite --app APP` does with one object: when the config has `rewrite:` rules
+/// for the app, exactly what the webhook would (`Decided::Rules` from [`admission_rules`],
+/// or `Skipped` when no rule selects it, or `OtherApp` when the rule selecting it is
+/// another app's); without rules for the app, every object is the app's with no pull
+/// secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    Rules(Rules),
+    Skipped,
+    OtherApp(String),
+}
+
+pub fn rules_for_object(
+    config: &crate::config::Config,
+    app: &str,
+    ctx: &AdmissionContext,
+) -> Decided {
+    if !config.rewrite.iter().any(|r| r.app == app) {
+        return match rules_for_app(config, app) {
+            Ok(r) => Decided::Rules(r),
+            Err(_) => Decided::Skipped,
+        };
+    }
+    match matching_rule(config, ctx) {
+        Some(r) if r.app != app => Decided::OtherApp(r.app.clone()),
+        Some(_) => admission_rules(config, ctx).map_or(Decided::Skipped, Decided::Rules),
+        None => Decided::Skipped,
+    }
+}
+
+/// The pull secret name the config's `rewrite:` rules give `app` (its first rule naming
+/// one): what `berth pull-secret` names the Secret by default.
+pub fn configured_pull_secret(config: &crate::config::Config, app: &str) -> Option<String> {
+    config
+        .rewrite
+        .iter()
+        .filter(|r| r.app == app)
+        .find_map(|r| r.pull_secret.clone())
+}
+
+/// The apps of `config` one of whose upstreams serves `image` (by `App::select`), sorted:
+/// what `berth rewrite --image` infers `--app` from.
+/// An image already at berth's hostname is the app its path names (`<app>/…` hosted,
+/// `proxy/<app>/…` pulled through).
+pub fn apps_serving(config: &crate::config::Config, image: &ImageRef) -> Vec<String> {
+    let at_berth = image
+        .registry
+        .eq_ignore_ascii_case(config.server.hostname.trim_end_matches('/'));
+    let named = image
+        .repository
+        .strip_prefix("proxy/")
+        .unwrap_or(&image.repository);
+    let named = named.split('/').next().unwrap_or_default();
+    let mut apps: Vec<String> = config
+        .tenants
+        .apps()
+        .into_iter()
+        .filter(|a| {
+            if at_berth {
+                a.slug == named
+            } else {
+                a.select(&image.registry, &image.repository).is_some()
+            }
+        })
+        .map(|a| a.slug.clone())
+        .collect();
+    apps.sort();
+    apps
+}
+
+/// One image as `berth rewrite --image` prints it: rewritten (and, with `pin`, pinned to a
+/// digest) exactly as the same image in a manifest would be, or `None` when it stays as it
+/// is.
+pub fn rewrite_one(
+    rules: &Rules,
+    image: &str,
+    pin: Option<&PinFn<'_>>,
+) -> Result<Option<String>, String> {
+    match yaml::target(rules, image, pin).map_err(|e| e.reason())? {
+        yaml::Target::New(new) => Ok(Some(new)),
+        yaml::Target::Foreign | yaml::Target::Ours => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -344,15 +471,18 @@ mod tests {
     #[test]
     fn all_and_airgap_registry() {
         let mut r = rules();
+        // berth serves only the app's upstreams: `all` without a registry changes nothing.
         r.all = true;
+        assert_eq!(rewrite_image(&r, "ghcr.io/other/x:1"), None);
+        r.registry = Some("reg.customer.example/mirror".into());
         assert_eq!(
             rewrite_image(&r, "ghcr.io/other/x:1").as_deref(),
-            Some("images.acme.test/proxy/acme/ghcr.io/other/x:1")
+            Some("reg.customer.example/mirror/ghcr.io/other/x:1")
         );
         r.upstream_hosts.clear();
         assert_eq!(
             rewrite_image(&r, "redis:7").as_deref(),
-            Some("images.acme.test/proxy/acme/docker.io/library/redis:7")
+            Some("reg.customer.example/mirror/docker.io/library/redis:7")
         );
         r.all = false;
         r.upstream_hosts = vec!["quay.io".into()];
@@ -448,5 +578,69 @@ mod tests {
             rewrite_image(&r, "images.acme.test:8443/proxy/beta/quay.io/x:1"),
             None
         );
+    }
+
+    #[test]
+    fn allow_list_entries_rewrite_only_admitted_repositories() {
+        let mut r = rules();
+        r.upstream_hosts = vec![
+            "registry.vendor.test/acme/*".into(),
+            "registry.vendor.test/tools/**".into(),
+            "index.docker.io/library/redis".into(),
+        ];
+        for (image, rewritten) in [
+            ("registry.vendor.test/acme/api:1", true),
+            ("registry.vendor.test/acme/team/api:1", false),
+            ("registry.vendor.test/tools/a/b:1", true),
+            ("registry.vendor.test/other/x:1", false),
+            ("redis:7", true),
+            ("docker.io/library/redis", true),
+            ("postgres:16", false),
+        ] {
+            assert_eq!(rewrite_image(&r, image).is_some(), rewritten, "{image}");
+        }
+        assert_eq!(
+            rewrite_image(&r, "registry.vendor.test/acme/api:1").as_deref(),
+            Some("images.acme.test/proxy/acme/registry.vendor.test/acme/api:1")
+        );
+    }
+
+    /// The rules `rules_for_app` writes rewrite exactly the images `App::select` serves.
+    #[test]
+    fn rules_for_app_agrees_with_the_selector() {
+        let text = "server: { listen: \"127.0.0.1:5443\", hostname: images.acme.test }\n\
+            cache: { dir: /tmp/berth-rewrite-unit }\n\
+            upstreams:\n\
+            \x20 - { name: v, url: \"http://127.0.0.1:1\", host: registry.vendor.test, repositories: [\"acme/*\", \"tools/**\"] }\n\
+            \x20 - { name: w, url: \"http://127.0.0.1:1\", host: registry.vendor.test, repositories: [\"acme/special/*\"] }\n\
+            \x20 - { name: hub, url: \"http://127.0.0.1:1\", kind: dockerhub, repositories: [library/redis, \"bitnami/*\"] }\n\
+            \x20 - { name: p, url: \"http://127.0.0.1:1\", host: \"registry.example.com:5000\" }\n\
+            apps:\n  - { slug: acme, upstreams: [v, w, hub, p] }\n";
+        let config =
+            crate::config::Config::parse(text, std::path::Path::new("/tmp"), &|_| None).unwrap();
+        let rules = rules_for_app(&config, "acme").unwrap();
+        let app = config.app("acme").unwrap();
+        let images = [
+            "registry.vendor.test/acme/api:1",
+            "registry.vendor.test/acme/special/x:1",
+            "registry.vendor.test/acme/a/b:1",
+            "registry.vendor.test/tools/a/b/c",
+            "registry.vendor.test/other/x:1",
+            "redis:7",
+            "docker.io/redis",
+            "index.docker.io/library/redis:7",
+            "bitnami/redis:7",
+            "postgres",
+            "registry.example.com:5000/any/thing:1",
+            "quay.io/acme/api:1",
+        ];
+        let mut rewritten = 0;
+        for image in images {
+            let r = ImageRef::parse(image).unwrap();
+            let served = app.select(&r.registry, &r.repository).is_some();
+            assert_eq!(rewrite_image(&rules, image).is_some(), served, "{image}");
+            rewritten += usize::from(served);
+        }
+        assert!(rewritten >= 6 && rewritten < images.len(), "{rewritten}");
     }
 }

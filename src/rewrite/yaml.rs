@@ -14,12 +14,15 @@ use std::rc::Rc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
 
+use super::admission::AdmissionContext;
 use super::workload::{is_list_kind, pod_spec_path, CONTAINER_KEYS, FALLBACK_POD_SPEC_PATH};
 use super::{Decision, Rules};
 use crate::oci::reference::{validate_digest, ImageRef};
 
 /// Deeper nesting than any manifest has; guards the recursive tree builder.
 const MAX_DEPTH: usize = 256;
+/// Re-indentations for the parser (see [`repair`]) before a file is given up on.
+const MAX_REPAIRS: usize = 1000;
 
 /// Why a YAML stream could not be rewritten. No output is produced in that case.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,12 +60,27 @@ pub fn rewrite_yaml(
     input: &str,
     pin: Option<&PinFn<'_>>,
 ) -> Result<String, RewriteError> {
-    let src = Source::new(input);
+    rewrite_yaml_for(&|_| Some(rules.clone()), "default", input, pin)
+}
+
+/// [`rewrite_yaml`] with the rules chosen per object, as the admission webhook chooses
+/// them: `rules_for` gets each workload's namespace (`metadata.namespace`, else
+/// `namespace`, where `kubectl apply` would put it), kind, name and labels, and `None`
+/// leaves that object as it is.
+pub fn rewrite_yaml_for(
+    rules_for: &dyn Fn(&AdmissionContext) -> Option<Rules>,
+    namespace: &str,
+    input: &str,
+    pin: Option<&PinFn<'_>>,
+) -> Result<String, RewriteError> {
+    let src = parse_leniently(input)?;
     let docs = parse(&src)?;
     let mut ctx = Ctx {
-        rules,
+        rules_for,
+        namespace,
         pin,
         src: &src,
+        json: is_json(input),
         edits: Vec::new(),
         seen_objects: HashSet::new(),
         seen_specs: HashSet::new(),
@@ -73,29 +91,306 @@ pub fn rewrite_yaml(
     ctx.apply()
 }
 
+/// A file that is JSON (its first character opens an object or array) gets its
+/// additions in JSON syntax: quoted keys and strings, so the output is still JSON.
+fn is_json(input: &str) -> bool {
+    matches!(
+        input
+            .trim_start_matches('\u{feff}')
+            .trim_start()
+            .as_bytes()
+            .first(),
+        Some(b'{' | b'[')
+    )
+}
+
+/// What becomes of one image: the one decision the YAML rewriter and
+/// `berth rewrite --image` share.
+pub(crate) enum Target {
+    /// Not ours: unchanged, no pull secret.
+    Foreign,
+    /// Unchanged, but pulled from the target (its pod spec gets the secret).
+    Ours,
+    /// Rewritten (and pinned, when asked) to this.
+    New(String),
+}
+
+pub(crate) enum TargetError {
+    Unrewritable(String),
+    Pin(String),
+}
+
+impl TargetError {
+    pub(crate) fn reason(self) -> String {
+        match self {
+            TargetError::Unrewritable(r) => r,
+            TargetError::Pin(r) => format!("cannot pin to a digest: {r}"),
+        }
+    }
+}
+
+pub(crate) fn target(
+    rules: &Rules,
+    image: &str,
+    pin: Option<&PinFn<'_>>,
+) -> Result<Target, TargetError> {
+    let (mut new, upstream) = match rules.decide(image) {
+        Decision::Foreign => return Ok(Target::Foreign),
+        Decision::AlreadyTargeted => return Ok(Target::Ours),
+        // berth's own name stays as written; only a pin adds to it.
+        Decision::Own { pin: p } if pin.is_some() && p.digest.is_none() => (image.to_string(), p),
+        Decision::Own { .. } => return Ok(Target::Ours),
+        Decision::Rewrite { new, upstream } => (new, upstream),
+        Decision::Unrewritable { reason } => {
+            return Err(TargetError::Unrewritable(format!(
+                "image {image:?}: {reason}"
+            )))
+        }
+    };
+    if let (Some(pin), None) = (pin, &upstream.digest) {
+        let digest = pin(&upstream)
+            .and_then(|d| validate_digest(&d).map(|()| d).map_err(|e| e.to_string()))
+            .map_err(TargetError::Pin)?;
+        new.push('@');
+        new.push_str(&digest);
+    }
+    Ok(Target::New(new))
+}
+
 struct Source<'a> {
     text: &'a str,
-    /// Byte offset of each char index (the parser counts chars); empty for ASCII.
+    /// What the parser reads: `text` with spaces put in front of lines that are
+    /// indented less than the YAML spec wants but as libyaml (and so go-yaml and
+    /// `kubectl`) reads them (see [`repair`]); `text` itself when there are none.
+    parsed: String,
+    /// Byte offset in `parsed` of each char index (the parser counts chars); empty for ASCII.
     char_to_byte: Vec<usize>,
+    /// The spaces in `parsed` that `text` does not have, in order.
+    pads: Vec<Pad>,
     newline: &'static str,
 }
 
+/// `n` spaces at byte `at` of the original text, at byte `parsed_at` of the parsed one.
+#[derive(Debug, Clone, Copy)]
+struct Pad {
+    at: usize,
+    parsed_at: usize,
+    n: usize,
+}
+
+/// Parses `input` as libyaml does where the YAML spec is stricter than libyaml about
+/// indentation, so that what `kubectl apply` accepts is accepted here: continuation lines
+/// of a quoted scalar (`description: 'a long` + a line indented less than the key, or
+/// starting with a tab) and lines inside a flow collection (`args: [a,` + `b]` under the
+/// key). In both places leading white space means nothing (a quoted scalar folds it away,
+/// a flow collection ignores it), so the parser is given those lines indented further; the
+/// output is spliced into `input` itself, which keeps them as written.
+fn parse_leniently(input: &str) -> Result<Source<'_>, RewriteError> {
+    let mut pads: Vec<(usize, usize)> = Vec::new();
+    let mut repairs = 0;
+    loop {
+        let src = Source::with_pads(input, &pads);
+        let Some(e) = scan(&src) else {
+            return Ok(src);
+        };
+        repairs += 1;
+        match repair(&src, &e) {
+            // Each repair moves the error further on; one that does not (the same line
+            // again) ends at the bound with the error it could not mend.
+            Some(more) if repairs <= MAX_REPAIRS && !more.is_empty() => {
+                for (at, n) in more {
+                    match pads.iter_mut().find(|(a, _)| *a == at) {
+                        Some(p) => p.1 += n,
+                        None => pads.push((at, n)),
+                    }
+                }
+                pads.sort_unstable();
+            }
+            _ => return Err(src.scan_error(&e)),
+        }
+    }
+}
+
+/// The first scan error of the parsed text, if any.
+fn scan(src: &Source<'_>) -> Option<ScanError> {
+    let mut parser = Parser::new_from_str(&src.parsed);
+    loop {
+        match parser.next_event() {
+            None | Some(Ok((Event::StreamEnd, _))) => return None,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Some(e),
+        }
+    }
+}
+
+/// The spaces (original byte offset, count) that make the parser read the text around
+/// `e` as libyaml does, when `e` is one of the indentation errors libyaml does not make.
+fn repair(src: &Source<'_>, e: &ScanError) -> Option<Vec<(usize, usize)>> {
+    let p = src.parsed.as_str();
+    let at = src.parsed_byte(e.marker().index());
+    let line_start = p[..at].rfind('\n').map_or(0, |i| i + 1);
+    match e.info() {
+        // At the opening quote: every continuation line goes at least as far right as
+        // the quote, which is right of any indentation the scalar's parents have.
+        "invalid indentation in quoted scalar" => {
+            let quote = *p.as_bytes().get(at)?;
+            let end = quoted_end(p, at, quote)?;
+            let col = p[line_start..at].chars().count();
+            let mut pads = Vec::new();
+            let mut i = at;
+            while let Some(nl) = p[i..end].find('\n') {
+                let ls = i + nl + 1;
+                let line = &p[ls..end.max(ls)];
+                let line = &line[..line.find('\n').unwrap_or(line.len())];
+                let spaces = line.len() - line.trim_start_matches(' ').len();
+                // A document marker ends the document for libyaml too: left to fail.
+                let marker = spaces == 0 && (line.starts_with("---") || line.starts_with("..."));
+                if !line.trim().is_empty() && spaces < col && !marker {
+                    pads.push((src.original_byte(ls), col - spaces));
+                }
+                i = ls;
+            }
+            Some(pads)
+        }
+        // At the offending line (a tab in a quoted scalar's continuation, a token in a
+        // flow collection left of the block indentation): that line goes right of every
+        // column used so far, so of any indentation in force.
+        "tab cannot be used as indentation"
+        | "invalid indentation"
+        | "invalid indentation in flow construct" => {
+            if !p[line_start..at].bytes().all(|b| b == b' ' || b == b'\t') {
+                return None;
+            }
+            // Block indentation is set on lines never padded (padding happens inside
+            // quoted scalars and flow collections only), so the widest line as written
+            // bounds it, and every padded line gets the same.
+            let at = src.original_byte(line_start);
+            let widest = src.text[..at]
+                .split('\n')
+                .map(|l| l.chars().count())
+                .max()
+                .unwrap_or(0);
+            Some(vec![(at, widest + 1)])
+        }
+        _ => None,
+    }
+}
+
+/// The byte after the closing quote of the quoted scalar opening at `pos` of `text`.
+fn quoted_end(text: &str, pos: usize, q: u8) -> Option<usize> {
+    let b = text.as_bytes();
+    if b.get(pos) != Some(&q) || !matches!(q, b'\'' | b'"') {
+        return None;
+    }
+    let mut i = pos + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if q == b'"' => i += 2,
+            b'\'' if q == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 2,
+            c if c == q => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 impl<'a> Source<'a> {
-    fn new(text: &'a str) -> Self {
-        let char_to_byte = if text.is_ascii() {
+    fn with_pads(text: &'a str, pads: &[(usize, usize)]) -> Self {
+        let mut parsed =
+            String::with_capacity(text.len() + pads.iter().map(|p| p.1).sum::<usize>());
+        let mut placed = Vec::with_capacity(pads.len());
+        let mut pos = 0;
+        for &(at, n) in pads {
+            parsed.push_str(&text[pos..at]);
+            placed.push(Pad {
+                at,
+                parsed_at: parsed.len(),
+                n,
+            });
+            parsed.extend(std::iter::repeat_n(' ', n));
+            pos = at;
+        }
+        parsed.push_str(&text[pos..]);
+        let char_to_byte = if parsed.is_ascii() {
             Vec::new()
         } else {
-            text.char_indices()
+            parsed
+                .char_indices()
                 .map(|(i, _)| i)
-                .chain(std::iter::once(text.len()))
+                .chain(std::iter::once(parsed.len()))
                 .collect()
         };
         let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
         Source {
             text,
+            parsed,
             char_to_byte,
+            pads: placed,
             newline,
         }
+    }
+
+    /// Byte offset in `parsed` of the parser's char index.
+    fn parsed_byte(&self, char_index: usize) -> usize {
+        if self.char_to_byte.is_empty() {
+            char_index.min(self.parsed.len())
+        } else {
+            self.char_to_byte
+                .get(char_index)
+                .copied()
+                .unwrap_or(self.parsed.len())
+        }
+    }
+
+    /// Byte offset in `text` of byte `b` of `parsed` (a position inside added spaces is
+    /// where they were added).
+    fn original_byte(&self, b: usize) -> usize {
+        let i = self.pads.partition_point(|p| p.parsed_at <= b);
+        let Some(pad) = i.checked_sub(1).map(|i| self.pads[i]) else {
+            return b.min(self.text.len());
+        };
+        let before: usize = self.pads[..i].iter().map(|p| p.n).sum();
+        if b < pad.parsed_at + pad.n {
+            pad.at
+        } else {
+            (b - before).min(self.text.len())
+        }
+    }
+
+    /// A scan error at its place in `text`; one reported at a quoted scalar's opening
+    /// quote points at the line at fault when that is another.
+    fn scan_error(&self, e: &ScanError) -> RewriteError {
+        let at = self.original_byte(self.parsed_byte(e.marker().index()));
+        let mut message = e.info().to_string();
+        let mut pos = at;
+        if message.contains("found unexpected document indicator") {
+            if let Some(i) = self.text[at..]
+                .match_indices('\n')
+                .map(|(i, _)| at + i + 1)
+                .find(|&ls| {
+                    let l = &self.text[ls..];
+                    l.starts_with("---") || l.starts_with("...")
+                })
+            {
+                message = format!(
+                    "a document marker inside the quoted scalar opened at line {}",
+                    self.line(at)
+                );
+                pos = i;
+            }
+        } else if message.contains("found unexpected end of stream") {
+            message = "this quoted scalar is never closed".into();
+        }
+        RewriteError::Yaml {
+            line: self.line(pos),
+            column: self.column(pos) + 1,
+            message,
+        }
+    }
+
+    /// Line (1-based) of byte offset `pos`.
+    fn line(&self, pos: usize) -> usize {
+        self.text[..pos.min(self.text.len())].matches('\n').count() + 1
     }
 
     /// Skips an anchor (`&a`) and tag (`!!str`) in front of a node: the parser's
@@ -139,25 +434,11 @@ impl<'a> Source<'a> {
 
     /// The byte after the closing quote of the quoted scalar opening at `pos`.
     fn quoted_end(&self, pos: usize, style: ScalarStyle) -> Option<usize> {
-        let b = self.text.as_bytes();
-        let q = match style {
-            ScalarStyle::SingleQuoted => b'\'',
-            ScalarStyle::DoubleQuoted => b'"',
-            _ => return None,
-        };
-        if b.get(pos) != Some(&q) {
-            return None;
+        match style {
+            ScalarStyle::SingleQuoted => quoted_end(self.text, pos, b'\''),
+            ScalarStyle::DoubleQuoted => quoted_end(self.text, pos, b'"'),
+            _ => None,
         }
-        let mut i = pos + 1;
-        while i < b.len() {
-            match b[i] {
-                b'\\' if q == b'"' => i += 2,
-                b'\'' if q == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 2,
-                c if c == q => return Some(i + 1),
-                _ => i += 1,
-            }
-        }
-        None
     }
 
     /// The byte after the closer (`]` or `}`) of a flow collection whose end event the
@@ -239,15 +520,9 @@ impl<'a> Source<'a> {
         self.text[line_start..pos].chars().count()
     }
 
+    /// Byte offset in `text` of the parser's char index.
     fn byte(&self, char_index: usize) -> usize {
-        if self.char_to_byte.is_empty() {
-            char_index.min(self.text.len())
-        } else {
-            self.char_to_byte
-                .get(char_index)
-                .copied()
-                .unwrap_or(self.text.len())
-        }
+        self.original_byte(self.parsed_byte(char_index))
     }
 }
 
@@ -408,17 +683,9 @@ impl Node {
     }
 }
 
-fn yaml_error(e: &ScanError) -> RewriteError {
-    RewriteError::Yaml {
-        line: e.marker().line(),
-        column: e.marker().col() + 1,
-        message: e.info().to_string(),
-    }
-}
-
 fn parse(src: &Source<'_>) -> Result<Vec<Rc<Node>>, RewriteError> {
     let mut b = Builder {
-        parser: Parser::new_from_str(src.text),
+        parser: Parser::new_from_str(&src.parsed),
         src,
         anchors: HashMap::new(),
     };
@@ -436,28 +703,28 @@ fn parse(src: &Source<'_>) -> Result<Vec<Rc<Node>>, RewriteError> {
 }
 
 struct Builder<'a, 'b> {
-    parser: Parser<'a, saphyr_parser::StrInput<'a>>,
+    parser: Parser<'b, saphyr_parser::StrInput<'b>>,
     src: &'b Source<'a>,
     /// Completed anchored nodes by the parser's anchor id.
     anchors: HashMap<usize, Rc<Node>>,
 }
 
-impl<'a> Builder<'a, '_> {
-    fn next(&mut self) -> Result<(Event<'a>, Span), RewriteError> {
+impl<'b> Builder<'_, 'b> {
+    fn next(&mut self) -> Result<(Event<'b>, Span), RewriteError> {
         match self.parser.next_event() {
             Some(Ok(x)) => Ok(x),
-            Some(Err(e)) => Err(yaml_error(&e)),
+            Some(Err(e)) => Err(self.src.scan_error(&e)),
             None => Ok((Event::StreamEnd, Span::default())),
         }
     }
 
-    fn node(&mut self, ev: Event<'a>, sp: Span, depth: usize) -> Result<Rc<Node>, RewriteError> {
+    fn node(&mut self, ev: Event<'b>, sp: Span, depth: usize) -> Result<Rc<Node>, RewriteError> {
         let start = self.src.byte(sp.start.index());
         let mut node = Node {
             start,
             end: self.src.byte(sp.end.index()),
             line: sp.start.line(),
-            col: sp.start.col(),
+            col: self.src.column(start),
             kind: Kind::Scalar {
                 value: String::new(),
                 style: ScalarStyle::Plain,
@@ -581,9 +848,13 @@ struct Edit {
 }
 
 struct Ctx<'r, 's> {
-    rules: &'r Rules,
+    rules_for: &'r dyn Fn(&AdmissionContext) -> Option<Rules>,
+    /// Where an object without `metadata.namespace` goes.
+    namespace: &'r str,
     pin: Option<&'r PinFn<'r>>,
     src: &'s Source<'s>,
+    /// The input is JSON: additions are written as JSON.
+    json: bool,
     edits: Vec<Edit>,
     /// Objects, and pod specs, already handled: through aliases one node can be reached
     /// many times (and exponentially many in a hostile file), but is rewritten once.
@@ -621,13 +892,52 @@ impl Ctx<'_, '_> {
                 _ => None,
             },
         };
-        match spec {
-            Some(spec) if spec.is_map() && self.seen_specs.insert(id(spec)) => self.pod_spec(spec),
-            _ => Ok(()),
+        let Some(spec) = spec.filter(|s| s.is_map()) else {
+            return Ok(());
+        };
+        let Some(rules) = (self.rules_for)(&self.context(obj, kind)?) else {
+            return Ok(());
+        };
+        if self.seen_specs.insert(id(spec)) {
+            self.pod_spec(spec, &rules)?;
         }
+        Ok(())
     }
 
-    fn pod_spec(&mut self, spec: &Node) -> Result<(), RewriteError> {
+    /// What the webhook would be told about this object if `kubectl apply` sent it.
+    fn context(&self, obj: &Node, kind: &str) -> Result<AdmissionContext, RewriteError> {
+        let meta = obj.get("metadata")?;
+        let field = |k: &str| -> Result<Option<String>, RewriteError> {
+            Ok(match meta {
+                Some(m) => m.get(k)?.and_then(Node::str).map(str::to_string),
+                None => None,
+            })
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        if let Some(Kind::Map { entries, .. }) = meta
+            .map(|m| m.get("labels"))
+            .transpose()?
+            .flatten()
+            .map(|l| &l.kind)
+        {
+            for (k, v) in entries {
+                if let (Some(k), Some(v)) = (k.resolve().str(), v.resolve().str()) {
+                    labels.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        Ok(AdmissionContext {
+            namespace: field("namespace")?
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| self.namespace.to_string()),
+            kind: kind.to_string(),
+            operation: "CREATE".into(),
+            name: field("name")?,
+            labels,
+        })
+    }
+
+    fn pod_spec(&mut self, spec: &Node, rules: &Rules) -> Result<(), RewriteError> {
         let mut targeted = false;
         for key in CONTAINER_KEYS {
             let Some(items) = spec.get(key)?.and_then(Node::items) else {
@@ -635,12 +945,12 @@ impl Ctx<'_, '_> {
             };
             for container in items {
                 if let Some((_, image)) = container.resolve().entry("image")? {
-                    targeted |= self.image(image)?;
+                    targeted |= self.image(image, rules)?;
                 }
             }
         }
         if targeted {
-            if let Some(secret) = &self.rules.pull_secret {
+            if let Some(secret) = &rules.pull_secret {
                 self.pull_secret(spec, secret)?;
             }
         }
@@ -649,41 +959,30 @@ impl Ctx<'_, '_> {
 
     /// Rewrites one `image:` scalar (as written: an alias is rewritten at its anchor);
     /// true when the image now points at the target.
-    fn image(&mut self, written: &Node) -> Result<bool, RewriteError> {
+    fn image(&mut self, written: &Node, rules: &Rules) -> Result<bool, RewriteError> {
         let node = written.resolve();
         let Kind::Scalar { value, style } = &node.kind else {
             return Ok(false);
         };
-        let (mut new, upstream) = match self.rules.decide(value.trim()) {
-            Decision::Foreign => return Ok(false),
-            Decision::AlreadyTargeted => return Ok(true),
-            // berth's own name stays as written; only a pin adds to it.
-            Decision::Own { pin } if self.pin.is_some() && pin.digest.is_none() => {
-                (value.trim().to_string(), pin)
-            }
-            Decision::Own { .. } => return Ok(true),
-            Decision::Rewrite { new, upstream } => (new, upstream),
-            Decision::Unrewritable { reason } => {
-                return Err(written.unsupported(format!("image {:?}: {reason}", value.trim())))
-            }
-        };
-        if let (Some(pin), None) = (self.pin, &upstream.digest) {
-            let digest = pin(&upstream)
-                .and_then(|d| validate_digest(&d).map(|()| d).map_err(|e| e.to_string()))
-                .map_err(|reason| RewriteError::Pin {
+        let new = match target(rules, value.trim(), self.pin) {
+            Ok(Target::Foreign) => return Ok(false),
+            Ok(Target::Ours) => return Ok(true),
+            Ok(Target::New(new)) => new,
+            Err(TargetError::Unrewritable(reason)) => return Err(written.unsupported(reason)),
+            Err(TargetError::Pin(reason)) => {
+                return Err(RewriteError::Pin {
                     image: value.clone(),
                     line: written.line,
                     reason,
-                })?;
-            new.push('@');
-            new.push_str(&digest);
-        }
+                })
+            }
+        };
         let start = self.src.content_start(node.start).min(node.end);
         let original = &self.src.text[start..node.end.max(start)];
         // Check the span really is the scalar before overwriting it: a wrong
         // offset would silently corrupt the manifest.
-        let text = match style {
-            ScalarStyle::Plain if original == value => new,
+        let (start, end, text) = match style {
+            ScalarStyle::Plain if original == value => (start, node.end, new),
             ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => {
                 let q = if *style == ScalarStyle::SingleQuoted {
                     '\''
@@ -695,28 +994,66 @@ impl Ctx<'_, '_> {
                         node.unsupported("quoted image does not end with its closing quote")
                     );
                 }
-                format!("{q}{new}{q}")
+                (start, node.end, format!("{q}{new}{q}"))
             }
             ScalarStyle::Plain => {
                 return Err(
                     node.unsupported("plain image spans more than one line or holds a comment")
                 )
             }
-            _ => return Err(node.unsupported("block scalar image")),
+            ScalarStyle::Literal | ScalarStyle::Folded => {
+                let (at, len) =
+                    self.block_image(start, node.end, value.trim())
+                        .ok_or_else(|| {
+                            node.unsupported("block scalar image that is not one line of text")
+                        })?;
+                (at, at + len, new)
+            }
         };
-        self.edits.push(Edit {
-            start,
-            end: node.end,
-            text,
-        });
+        self.edits.push(Edit { start, end, text });
         Ok(true)
+    }
+
+    /// Where the image of a block scalar (`image: >-` and the reference on the next line)
+    /// is written: the one non-blank line of the scalar's content (the parser's span starts
+    /// after the header), which must read `image` exactly. A reference has no spaces, so
+    /// folding and chomping leave that line as it is, and replacing it (header,
+    /// indentation and chomping kept) rewrites exactly the value.
+    fn block_image(&self, start: usize, end: usize, image: &str) -> Option<(usize, usize)> {
+        let text = self.src.text;
+        // With an anchor or tag in front the span starts there, so at the header.
+        let start = match text.as_bytes().get(start) {
+            Some(b'|' | b'>') => start + text.get(start..end)?.find('\n')? + 1,
+            _ => start,
+        };
+        let mut found = None;
+        let mut ls = start;
+        for line in text.get(start..end)?.split_inclusive('\n') {
+            let content = line.trim();
+            if !content.is_empty() {
+                if found.is_some() || content != image {
+                    return None;
+                }
+                found = Some(ls + line.find(content)?);
+            }
+            ls += line.len();
+        }
+        found.map(|at| (at, image.len()))
     }
 
     fn pull_secret(&mut self, spec: &Node, secret: &str) -> Result<(), RewriteError> {
         let Kind::Map { flow, entries } = &spec.kind else {
             return Ok(());
         };
-        let flow_item = format!("{{name: {}}}", yaml_plain_or_quoted(secret));
+        let (key, flow_item) = if self.json {
+            let name = serde_json::Value::String(secret.to_string());
+            ("\"imagePullSecrets\"", format!("{{\"name\": {name}}}"))
+        } else {
+            (
+                "imagePullSecrets",
+                format!("{{name: {}}}", yaml_plain_or_quoted(secret)),
+            )
+        };
         let entry = spec
             .entry("imagePullSecrets")?
             .map(|(k, v)| (k, v, v.resolve()));
@@ -774,13 +1111,10 @@ impl Ctx<'_, '_> {
             // Anything else is not a valid pod spec; leave it for the API server to reject.
             Some(_) => {}
             None if *flow => match entries.first() {
-                Some((k, _)) => self.insert(
-                    self.key_start(k).0,
-                    format!("imagePullSecrets: [{flow_item}], "),
-                ),
+                Some((k, _)) => self.insert(self.key_start(k).0, format!("{key}: [{flow_item}], ")),
                 None => self.insert(
                     self.src.content_start(spec.start) + 1,
-                    format!("imagePullSecrets: [{flow_item}]"),
+                    format!("{key}: [{flow_item}]"),
                 ),
             },
             None => {
