@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::lease::Expiring;
 use crate::settings::Secret;
 use crate::tenancy::{AssumeRole, AwsIdentity, AwsSource};
-use crate::upstream::{send, sigv4, HttpClient, UpstreamError, USER_AGENT_VALUE};
+use crate::upstream::{sigv4, HttpClient, UpstreamError, USER_AGENT_VALUE};
 
 /// How long berth asks STS for (the default; a role's maximum may be higher).
 const SESSION_SECONDS: u32 = 3600;
@@ -248,11 +248,8 @@ async fn sts(
     timeout: Duration,
     what: &str,
 ) -> Result<AwsCredentials, UpstreamError> {
-    let host = req.uri().host().unwrap_or("").to_string();
-    let resp = send(http, req, timeout)
-        .await
-        .map_err(|e| step(what, e.to_string()))?;
-    let (status, body) = super::read_small(resp, timeout, &host, what).await?;
+    let (status, body) =
+        super::exchange(http, req, timeout, &format!("AWS credentials, {what}")).await?;
     let body = String::from_utf8_lossy(&body);
     if !status.is_success() {
         // AWS's error code names the problem (AccessDenied, InvalidIdentityToken,
@@ -310,11 +307,8 @@ async fn get(
     timeout: Duration,
     what: &str,
 ) -> Result<Bytes, UpstreamError> {
-    let host = req.uri().host().unwrap_or("").to_string();
-    let resp = send(http, req, timeout)
-        .await
-        .map_err(|e| step(what, e.to_string()))?;
-    let (status, body) = super::read_small(resp, timeout, &host, what).await?;
+    let (status, body) =
+        super::exchange(http, req, timeout, &format!("AWS credentials, {what}")).await?;
     if !status.is_success() {
         return Err(step(what, format!("answered {status}")));
     }

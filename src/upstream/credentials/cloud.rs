@@ -20,7 +20,7 @@ use super::lease::Expiring;
 use super::{BasicLogin, BoxFuture, Context, CredentialSource};
 use crate::settings::Secret;
 use crate::tenancy::{AzureIdentity, GcpIdentity, GcpKey};
-use crate::upstream::{basic_header, send, HttpClient, UpstreamError, USER_AGENT_VALUE};
+use crate::upstream::{basic_header, HttpClient, UpstreamError, USER_AGENT_VALUE};
 
 /// The user Google's registries take an access token with.
 pub const GCP_TOKEN_USER: &str = "oauth2accesstoken";
@@ -51,46 +51,45 @@ fn step(what: &str, reason: String) -> UpstreamError {
     UpstreamError::Identity(format!("{what}: {reason}"))
 }
 
-/// `kind: gcr|gar` with `gcp_credentials: metadata | access_token`.
-pub(super) struct GcpToken<'a>(pub(super) &'a GcpIdentity);
-
-/// `kind: acr` with `azure_credentials: managed_identity`.
-pub(super) struct AzureManagedIdentity<'a>(pub(super) &'a AzureIdentity);
-
-/// The login a token source gives, from the upstream's lease.
-async fn login(
-    cx: &Context<'_>,
-    user: &str,
-    fetch: impl std::future::Future<Output = Result<CloudToken, UpstreamError>>,
-) -> Result<Option<BasicLogin>, UpstreamError> {
-    let t = cx.cloud.get(&cx.upstream.name, || fetch).await?;
-    Ok(Some(BasicLogin {
-        header: basic_header(user, &t.value),
-        renewable: Some(t.value),
-    }))
+/// `kind: gcr|gar` with `gcp_credentials: metadata | access_token`, and `kind: acr` with
+/// `azure_credentials: managed_identity`: a token from the platform, sent as the password
+/// of the registry's token user, to the registry and its token realm alike.
+pub(super) enum TokenLogin<'a> {
+    Gcp(&'a GcpIdentity),
+    Azure(&'a AzureIdentity),
 }
 
-/// A refused login: drop exactly that token (unless another request replaced it), so the
-/// next attempt fetches a new one.
-async fn drop_refused(cx: &Context<'_>, used: Option<&Secret>) -> bool {
-    if let Some(used) = used {
-        cx.cloud
-            .invalidate_if(&cx.upstream.name, |t| &t.value == used)
-            .await;
+impl TokenLogin<'_> {
+    fn user(&self) -> &'static str {
+        match self {
+            TokenLogin::Gcp(_) => GCP_TOKEN_USER,
+            TokenLogin::Azure(_) => ACR_TOKEN_USER,
+        }
     }
-    true
+
+    async fn fetch(&self, cx: &Context<'_>) -> Result<CloudToken, UpstreamError> {
+        let up = cx.upstream;
+        match self {
+            TokenLogin::Gcp(id) => gcp_token(cx.http, id, up.timeout, cx.now).await,
+            TokenLogin::Azure(id) => {
+                acr_refresh_token(cx.http, id, &up.base_url, up.timeout, cx.now).await
+            }
+        }
+    }
 }
 
-impl CredentialSource for GcpToken<'_> {
+impl CredentialSource for TokenLogin<'_> {
     fn basic<'a>(
         &'a self,
         cx: &'a Context<'a>,
     ) -> BoxFuture<'a, Result<Option<BasicLogin>, UpstreamError>> {
-        Box::pin(login(
-            cx,
-            GCP_TOKEN_USER,
-            gcp_token(cx.http, self.0, cx.upstream.timeout, cx.now),
-        ))
+        Box::pin(async move {
+            let t = cx.cloud.get(&cx.upstream.name, || self.fetch(cx)).await?;
+            Ok(Some(BasicLogin {
+                header: basic_header(self.user(), &t.value),
+                renewable: Some(t.value),
+            }))
+        })
     }
 
     fn realm_login<'a>(
@@ -100,38 +99,17 @@ impl CredentialSource for GcpToken<'_> {
         Box::pin(async move { Ok(self.basic(cx).await?.map(|l| l.header)) })
     }
 
+    /// A refused login: drop exactly that token (unless another request replaced it), so
+    /// the next attempt fetches a new one.
     fn refused<'a>(&'a self, cx: &'a Context<'a>, used: Option<&'a Secret>) -> BoxFuture<'a, bool> {
-        Box::pin(drop_refused(cx, used))
-    }
-}
-
-impl CredentialSource for AzureManagedIdentity<'_> {
-    fn basic<'a>(
-        &'a self,
-        cx: &'a Context<'a>,
-    ) -> BoxFuture<'a, Result<Option<BasicLogin>, UpstreamError>> {
-        Box::pin(login(
-            cx,
-            ACR_TOKEN_USER,
-            acr_refresh_token(
-                cx.http,
-                self.0,
-                &cx.upstream.base_url,
-                cx.upstream.timeout,
-                cx.now,
-            ),
-        ))
-    }
-
-    fn realm_login<'a>(
-        &'a self,
-        cx: &'a Context<'a>,
-    ) -> BoxFuture<'a, Result<Option<HeaderValue>, UpstreamError>> {
-        Box::pin(async move { Ok(self.basic(cx).await?.map(|l| l.header)) })
-    }
-
-    fn refused<'a>(&'a self, cx: &'a Context<'a>, used: Option<&'a Secret>) -> BoxFuture<'a, bool> {
-        Box::pin(drop_refused(cx, used))
+        Box::pin(async move {
+            if let Some(used) = used {
+                cx.cloud
+                    .invalidate_if(&cx.upstream.name, |t| &t.value == used)
+                    .await;
+            }
+            true
+        })
     }
 }
 
@@ -312,11 +290,7 @@ async fn call(
     timeout: Duration,
     what: &str,
 ) -> Result<Bytes, UpstreamError> {
-    let host = req.uri().host().unwrap_or("").to_string();
-    let resp = send(http, req, timeout)
-        .await
-        .map_err(|e| step(what, e.to_string()))?;
-    let (status, body) = super::read_small(resp, timeout, &host, what).await?;
+    let (status, body) = super::exchange(http, req, timeout, what).await?;
     if !status.is_success() {
         let code = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()

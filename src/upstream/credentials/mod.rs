@@ -56,6 +56,21 @@ impl Context<'_> {
     }
 }
 
+/// Sends a request to a credential service (STS, a metadata server, a token endpoint) and
+/// reads its answer; failing to get one is an `Identity` error naming `what`.
+pub(super) async fn exchange(
+    http: &HttpClient,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+    timeout: std::time::Duration,
+    what: &str,
+) -> Result<(http::StatusCode, bytes::Bytes), UpstreamError> {
+    let host = req.uri().host().unwrap_or("").to_string();
+    let resp = crate::upstream::send(http, req, timeout)
+        .await
+        .map_err(|e| UpstreamError::Identity(format!("{what}: {e}")))?;
+    read_small(resp, timeout, &host, what).await
+}
+
 /// Largest answer a credential service may give (tokens, credentials, small JSON or XML).
 const MAX_RESPONSE: usize = 256 * 1024;
 
@@ -136,8 +151,8 @@ pub(super) fn for_upstream(up: &Upstream) -> Box<dyn CredentialSource + '_> {
         UpstreamAuth::Static(c) => Box::new(static_basic::StaticBasic(c)),
         UpstreamAuth::GcpServiceAccount(key) => Box::new(gcp::ServiceAccount(key)),
         UpstreamAuth::Ecr(settings) => Box::new(ecr::Ecr(settings)),
-        UpstreamAuth::GcpToken(id) => Box::new(cloud::GcpToken(id)),
-        UpstreamAuth::AzureManagedIdentity(id) => Box::new(cloud::AzureManagedIdentity(id)),
+        UpstreamAuth::GcpToken(id) => Box::new(cloud::TokenLogin::Gcp(id)),
+        UpstreamAuth::AzureManagedIdentity(id) => Box::new(cloud::TokenLogin::Azure(id)),
     }
 }
 
