@@ -52,6 +52,7 @@ impl Rejection {
             Rejection::Throttled(wait) => Error::TooManyRequests {
                 retry_after: Some(wait.as_secs_f64().ceil().max(1.0).to_string()),
             },
+            Rejection::Expired | Rejection::Revoked => Error::LoginRefused(self.as_str()),
             _ => Error::Unauthorized,
         }
     }
