@@ -324,17 +324,41 @@ fn sighup_after_an_edit_is_one_reload_that_says_what_changed() {
 
 #[test]
 fn sigterm_exits_promptly_after_the_last_connection() {
+    let reg = Registry::start(RegistryAuth::None);
+    push_image(
+        &reg,
+        None,
+        "acme/api",
+        "1.0",
+        &ImageSpec {
+            layer_sizes: vec![1000],
+            seed: 5,
+        },
+    );
     let dir = support::tempdir();
     let (port, admin) = (support::free_port(), support::free_port());
     let yaml = config(
         port,
         admin,
         &dir.path().join("cache"),
-        "http://127.0.0.1:1",
+        &format!("http://127.0.0.1:{}", reg.port),
         None,
     );
     let mut b = Berth::start(&yaml, &[]);
-    assert_eq!(http::get(port, "/v2/", &[]).status, 401);
+    // A pull first: usage to write at shutdown, the directory and usage tasks running.
+    let path = format!("/v2/proxy/acme/{HOST}/acme/api/manifests/1.0");
+    let r = http::get(port, &path, &[("Authorization", &basic(GOOD))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // And a real client's pull (skopeo: the token endpoint, keep-alive connections).
+    let out = dir.path().join("pulled");
+    let o = support::image::skopeo_copy_to_oci(
+        &format!("docker://127.0.0.1:{port}/proxy/acme/{HOST}/acme/api:1.0"),
+        Some(&format!("x:{GOOD}")),
+        &out,
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     b.sigterm();
     let status = b.wait_exit(Duration::from_secs(10));
