@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
+use crate::tenancy::UpstreamAuth;
 use crate::{admin, api, server};
 
 /// Why `berth serve` could not start; each names the config key or resource at fault.
@@ -232,7 +233,19 @@ fn warm_up(api: &Arc<api::Api>) {
             };
             let client = api.registry.upstream_client();
             let limit = up.timeout.min(std::time::Duration::from_secs(10));
-            match tokio::time::timeout(limit, client.authenticate(&up, "")).await {
+            // Stored secrets (a password, a JSON key) are what a typo breaks: log in with
+            // them. A cloud identity renews its own short-lived login and `berth upstream
+            // test` walks its steps; logging in here would only race the first pulls for
+            // it, so for those berth learns the scheme, as before.
+            let check = async {
+                match up.auth {
+                    UpstreamAuth::Anonymous
+                    | UpstreamAuth::Static(_)
+                    | UpstreamAuth::GcpServiceAccount(_) => client.authenticate(&up, "").await,
+                    _ => client.learn_scheme(&up).await,
+                }
+            };
+            match tokio::time::timeout(limit, check).await {
                 Ok(Ok(())) => tracing::debug!(upstream = %up.name, "upstream credentials accepted"),
                 // The error's text names the kind (rejected credentials, cannot connect,
                 // plain HTTP); no secret is part of any.

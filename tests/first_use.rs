@@ -104,7 +104,11 @@ fn tls_against_a_plain_http_port_says_so_and_is_not_retried() {
     assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
     assert!(!r.stderr.contains("InvalidContentType"), "{}", r.stderr);
     // The retries used to sleep 1 s, 2 s, …: none now.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     // With --insecure the same push works.
     let r = cli(&[
         "airgap",
@@ -166,7 +170,10 @@ fn a_wrong_upstream_password_is_reported_at_start_and_in_readyz() {
         .lines()
         .find(|l| l.contains("upstream check at start failed"))
         .unwrap();
-    assert!(line.contains("up") && line.contains("berth upstream test up"), "{line}");
+    assert!(
+        line.contains("up") && line.contains("berth upstream test up"),
+        "{line}"
+    );
     assert!(line.contains("rejected"), "{line}");
     assert_eq!(logs.matches("upstream check at start").count(), 1, "{logs}");
     assert!(!logs.contains(wrong) && !logs.contains(secret), "{logs}");
@@ -240,7 +247,10 @@ fn accept_any_gets_the_manifest_and_the_upstreams_reason_reaches_the_client() {
         Some(img.manifest_digest.as_str())
     );
     // Only Docker's schema 2 accepted: distribution will not send the OCI manifest, and says why.
-    let path = format!("/v2/proxy/acme/{HOST}/acme/api/manifests/{}", img.manifest_digest);
+    let path = format!(
+        "/v2/proxy/acme/{HOST}/acme/api/manifests/{}",
+        img.manifest_digest
+    );
     let r = http::get(
         port,
         &path,
@@ -408,14 +418,21 @@ fn airgap_export_list_and_import_count_alike() {
     let blobs = "4 blobs (1 manifest, 3 configs and layers)";
     assert!(r.stdout.contains("1 image, 0 referrers, "), "{}", r.stdout);
     assert!(r.stdout.contains(blobs), "{}", r.stdout);
-    assert!(!r.stdout.contains(" bytes"), "sizes are human: {}", r.stdout);
+    assert!(
+        !r.stdout.contains(" bytes"),
+        "sizes are human: {}",
+        r.stdout
+    );
 
     let l = cli(&["airgap", "list", bundle.to_str().unwrap()]);
     assert_eq!(l.code, Some(0), "{}", l.stderr);
     assert!(l.stdout.contains(blobs), "{}", l.stdout);
     assert!(l.stdout.contains("1 image, 0 referrers"), "{}", l.stdout);
     let row = l.stdout.lines().next().unwrap();
-    assert!(row.contains("\tlinux/amd64\t"), "single-arch platform: {row}");
+    assert!(
+        row.contains("\tlinux/amd64\t"),
+        "single-arch platform: {row}"
+    );
 
     let yaml2 = yaml.replace("cache\"", "cache2\"");
     assert_ne!(yaml2, yaml);

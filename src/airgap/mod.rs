@@ -56,7 +56,11 @@ pub fn blob_count(total: usize, manifests: usize) -> String {
         "{} ({}, {})",
         count(total, "blob", "blobs"),
         count(manifests, "manifest", "manifests"),
-        count(total.saturating_sub(manifests), "config or layer", "configs and layers"),
+        count(
+            total.saturating_sub(manifests),
+            "config or layer",
+            "configs and layers"
+        ),
     )
 }
 

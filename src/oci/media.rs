@@ -38,7 +38,9 @@ pub fn accepts(accept: &str, media_type: &str) -> bool {
 pub fn manifest_accept(accept: Option<&str>) -> std::borrow::Cow<'_, str> {
     match accept.filter(|a| !a.trim().is_empty()) {
         None => DEFAULT_MANIFEST_ACCEPT.into(),
-        Some(a) if accept_types(a).any(|t| t == "*/*" || t.eq_ignore_ascii_case("application/*")) => {
+        Some(a)
+            if accept_types(a).any(|t| t == "*/*" || t.eq_ignore_ascii_case("application/*")) =>
+        {
             DEFAULT_MANIFEST_ACCEPT.into()
         }
         Some(a) => a.into(),

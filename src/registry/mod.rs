@@ -972,7 +972,11 @@ fn failure(up: &Upstream, e: UpstreamError, not_found: Error) -> Error {
 /// manifest it has but will not send for this `Accept`, say).
 fn with_upstream_message(not_found: Error, message: Option<String>) -> Error {
     // distribution's stock texts say no more than berth's own error does.
-    let generic = ["manifest unknown", "blob unknown", "repository name not known to registry"];
+    let generic = [
+        "manifest unknown",
+        "blob unknown",
+        "repository name not known to registry",
+    ];
     let Some(m) = message.filter(|m| !generic.iter().any(|g| m.eq_ignore_ascii_case(g))) else {
         return not_found;
     };

@@ -87,7 +87,9 @@ pub enum UpstreamError {
     Connect(String),
     /// A TLS handshake met a peer that answered in plain HTTP (rustls saw no TLS record):
     /// the URL says `https://` where the port speaks HTTP. Retrying cannot help.
-    #[error("this looks like plain HTTP: use --insecure (airgap push) or an http:// URL (upstream url)")]
+    #[error(
+        "this looks like plain HTTP: use --insecure (airgap push) or an http:// URL (upstream url)"
+    )]
     PlainHttp,
     #[error("no response within {0:?}")]
     Timeout(Duration),
