@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
+use crate::tenancy::UpstreamAuth;
 use crate::{admin, api, server};
 
 /// Why `berth serve` could not start; each names the config key or resource at fault.
@@ -134,18 +135,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tls = tls.is_some(),
         "berth serving"
     );
-    let resolvers = Arc::new(resolvers);
+    let reloads = Arc::new(Reloads {
+        resolvers,
+        failures: reload_failures,
+        loaded: std::sync::Mutex::new(api.config.current().source.as_deref().and_then(stamp)),
+    });
     let reloader = {
         let api = api.clone();
-        let resolvers = resolvers.clone();
-        let failures = reload_failures.clone();
+        let reloads = reloads.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                reload(&api, &resolvers, &failures);
+                reloads.reload(&api);
             }
         })
     };
-    let watcher = tokio::spawn(watch_config(api.clone(), resolvers, reload_failures));
+    let watcher = tokio::spawn(watch_config(api.clone(), reloads));
     warm_up(&api);
     let shutdown = async move {
         tokio::select! {
@@ -208,52 +212,75 @@ fn process_metrics(
     failures
 }
 
-/// Learns how each upstream authenticates in the background, so the first customer pull
-/// does not pay for the 401 round trip. Failures only log: the request path learns anyway.
+/// Checks each upstream's credentials in the background right after start (learning how
+/// it authenticates on the way, so the first customer pull does not pay for the 401 round
+/// trip): a wrong password is one warning line now, not a failed customer pull later.
+/// Never delays readiness nor refuses to start: an upstream may be down for a while.
+/// At most `WARM_UP_CONCURRENCY` checks at once, each bounded by the upstream's timeout.
 fn warm_up(api: &Arc<api::Api>) {
+    const WARM_UP_CONCURRENCY: usize = 4;
     let config = api.config.current();
     if config.cache.offline {
         return;
     }
+    let permits = Arc::new(tokio::sync::Semaphore::new(WARM_UP_CONCURRENCY));
     for up in config.tenants.upstreams().to_vec() {
         let api = api.clone();
+        let permits = permits.clone();
         tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire().await else {
+                return;
+            };
             let client = api.registry.upstream_client();
-            let r = tokio::time::timeout(up.timeout, client.learn_scheme(&up)).await;
-            match r {
-                Ok(Ok(())) => tracing::debug!(upstream = %up.name, "upstream reachable"),
-                Ok(Err(e)) => {
-                    tracing::warn!(upstream = %up.name, error = %e, "upstream check at start failed")
+            let limit = up.timeout.min(std::time::Duration::from_secs(10));
+            // Stored secrets (a password, a JSON key) are what a typo breaks: log in with
+            // them. A cloud identity renews its own short-lived login and `berth upstream
+            // test` walks its steps; logging in here would only race the first pulls for
+            // it, so for those berth learns the scheme, as before.
+            let check = async {
+                match up.auth {
+                    UpstreamAuth::Anonymous
+                    | UpstreamAuth::Static(_)
+                    | UpstreamAuth::GcpServiceAccount(_) => client.authenticate(&up, "").await,
+                    _ => client.learn_scheme(&up).await,
                 }
-                Err(_) => tracing::warn!(upstream = %up.name, "upstream check at start timed out"),
+            };
+            match tokio::time::timeout(limit, check).await {
+                Ok(Ok(())) => tracing::debug!(upstream = %up.name, "upstream credentials accepted"),
+                // The error's text names the kind (rejected credentials, cannot connect,
+                // plain HTTP); no secret is part of any.
+                Ok(Err(e)) => tracing::warn!(upstream = %up.name, error = %e,
+                    "upstream check at start failed; pulls through it will fail until fixed: run `berth upstream test {}`", up.name),
+                Err(_) => tracing::warn!(upstream = %up.name,
+                    "upstream check at start timed out after {limit:?}; run `berth upstream test {}`", up.name),
             }
         });
     }
 }
 
+/// What identifies a version of the config file without reading it: mtime and length.
+type Stamp = (Option<std::time::SystemTime>, u64);
+
+fn stamp(p: &std::path::Path) -> Option<Stamp> {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
 /// Reloads when the config file changes on disk (an edit, or a ConfigMap update that
 /// swaps the symlink). Checks the file's metadata every 2 s: one `stat`, no file contents.
-async fn watch_config(
-    api: Arc<api::Api>,
-    resolvers: Arc<Resolvers>,
-    failures: prometheus_client::metrics::counter::Counter,
-) {
+/// A version already loaded (by a SIGHUP sent after the edit) is not loaded again.
+async fn watch_config(api: Arc<api::Api>, reloads: Arc<Reloads>) {
     let Some(path) = api.config.current().source.clone() else {
         return;
     };
-    let stamp = |p: &std::path::Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.modified().ok(), m.len()))
-    };
-    let mut last = stamp(&path);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         tick.tick().await;
         let now = stamp(&path);
-        if now.is_some() && now != last {
-            last = now;
-            reload(&api, &resolvers, &failures);
+        let seen = *reloads.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && now != seen {
+            reloads.reload(&api);
         }
     }
 }
@@ -262,6 +289,29 @@ async fn watch_config(
 struct Resolvers {
     customer: Option<Arc<server::tls::SniResolver>>,
     webhook: Option<Arc<server::tls::SniResolver>>,
+}
+
+/// What SIGHUP and the file watcher share, so the two are one reload: the version of
+/// the file last read (its lock also keeps two reloads from running at once).
+struct Reloads {
+    resolvers: Resolvers,
+    failures: prometheus_client::metrics::counter::Counter,
+    loaded: std::sync::Mutex<Option<Stamp>>,
+}
+
+impl Reloads {
+    /// Re-reads the config file (and TLS certificates); an invalid file is refused and the
+    /// old config keeps serving. The version read is remembered either way: a refused
+    /// file is not retried until it changes again (or SIGHUP asks).
+    fn reload(&self, api: &api::Api) {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let current = api.config.current();
+        let Some(path) = current.source.clone() else {
+            return;
+        };
+        *loaded = stamp(&path);
+        reload(api, &self.resolvers, &self.failures);
+    }
 }
 
 /// Re-reads the config file (and TLS certificates); an invalid file is refused and the old
@@ -304,14 +354,166 @@ fn reload(
                     return;
                 }
             }
+            let changes = changes(&current, &new);
             api.config.replace(new);
             // Stored credentials may have changed: tokens obtained with the old ones go.
             api.registry.upstream_client().forget_credentials();
-            tracing::info!(config = %path.display(), "configuration reloaded");
+            tracing::info!(config = %path.display(), changes = %changes, "configuration reloaded");
         }
         Err(e) => {
             tracing::error!(config = %path.display(), error = %e, "reload refused; keeping the running configuration");
             failures.inc();
         }
+    }
+}
+
+/// What a reload changes, for its log line: upstreams, apps and config licenses added,
+/// removed and changed (by name or public id), and the settings keys that differ. Built
+/// from `Debug` output, where every `Secret` is redacted, so no secret can appear; a
+/// changed static password is compared directly and counted as a changed upstream.
+fn changes(old: &Config, new: &Config) -> String {
+    fn diff<T: std::fmt::Debug>(
+        old: Vec<(String, T)>,
+        new: Vec<(String, T)>,
+        same: impl Fn(&T, &T) -> bool,
+    ) -> Option<String> {
+        let (mut added, mut removed, mut changed) = (0, 0, 0);
+        for (name, n) in &new {
+            match old.iter().find(|(o, _)| o == name) {
+                None => added += 1,
+                Some((_, o)) if !same(o, n) => changed += 1,
+                Some(_) => {}
+            }
+        }
+        for (name, _) in &old {
+            if !new.iter().any(|(n, _)| n == name) {
+                removed += 1;
+            }
+        }
+        (added + removed + changed > 0).then(|| format!("+{added} -{removed} changed {changed}"))
+    }
+    fn debug_same<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") == format!("{b:?}")
+    }
+    let mut parts = Vec::new();
+    let ups = |c: &Config| {
+        c.tenants
+            .upstreams()
+            .iter()
+            .map(|u| (u.name.clone(), u.clone()))
+            .collect::<Vec<_>>()
+    };
+    if let Some(d) = diff(ups(old), ups(new), |a, b| {
+        debug_same(a, b) && static_secret(&a.auth) == static_secret(&b.auth)
+    }) {
+        parts.push(format!("upstreams: {d}"));
+    }
+    let apps = |c: &Config| {
+        c.tenants
+            .apps()
+            .into_iter()
+            .map(|a| (a.slug.clone(), format!("{a:?}")))
+            .collect::<Vec<_>>()
+    };
+    if let Some(d) = diff(apps(old), apps(new), |a, b| a == b) {
+        parts.push(format!("apps: {d}"));
+    }
+    let licenses = |c: &Config| {
+        c.tenants
+            .licenses()
+            .into_iter()
+            .map(|l| (l.id.clone(), l))
+            .collect::<Vec<_>>()
+    };
+    if let Some(d) = diff(licenses(old), licenses(new), debug_same) {
+        parts.push(format!("licenses: {d}"));
+    }
+    let mut keys = Vec::new();
+    settings_keys("server", &old.server, &new.server, &mut keys);
+    settings_keys("cache", &old.cache, &new.cache, &mut keys);
+    settings_keys("auth", &old.auth, &new.auth, &mut keys);
+    settings_keys("hosted", &old.hosted, &new.hosted, &mut keys);
+    settings_keys("state", &old.state, &new.state, &mut keys);
+    if !debug_same(&old.rewrite, &new.rewrite) {
+        keys.push("rewrite".to_string());
+    }
+    if !keys.is_empty() {
+        parts.push(format!("settings: {}", keys.join(", ")));
+    }
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// The secrets `Debug` hides that a reload should notice: a static password or a key.
+fn static_secret(auth: &crate::tenancy::UpstreamAuth) -> Option<&crate::settings::Secret> {
+    match auth {
+        crate::tenancy::UpstreamAuth::Static(c) => Some(&c.password),
+        crate::tenancy::UpstreamAuth::GcpServiceAccount(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The top-level fields of a settings section that differ (`server.tag_ttl`), from the
+/// section's pretty `Debug`: each field starts a line indented by four spaces.
+fn settings_keys<T: std::fmt::Debug>(section: &str, old: &T, new: &T, out: &mut Vec<String>) {
+    fn fields(v: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for line in v.lines() {
+            let top = line.strip_prefix("    ").filter(|l| !l.starts_with(' '));
+            match top.and_then(|l| l.split_once(':')) {
+                Some((name, _)) if !name.contains(' ') => out.push((name.to_string(), line.into())),
+                _ => {
+                    if let Some((_, text)) = out.last_mut() {
+                        text.push('\n');
+                        text.push_str(line);
+                    }
+                }
+            }
+        }
+        out
+    }
+    let (o, n) = (format!("{old:#?}"), format!("{new:#?}"));
+    if o == n {
+        return;
+    }
+    let (o, n) = (fields(&o), fields(&n));
+    let before = out.len();
+    for (name, text) in &n {
+        if o.iter().find(|(k, _)| k == name).map(|(_, t)| t) != Some(text) {
+            out.push(format!("{section}.{name}"));
+        }
+    }
+    if out.len() == before {
+        out.push(section.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_reload_line_names_what_changed_and_no_secret() {
+        let base = |extra: &str, password: &str, ttl: &str| {
+            format!(
+                "server: {{ listen: \"127.0.0.1:5000\", hostname: h.test }}\ncache: {{ dir: /tmp/x, tag_ttl: {ttl} }}\nupstreams:\n  - {{ name: q, kind: quay, url: https://quay.io, username: u, password: {password} }}\n{extra}apps:\n  - {{ slug: acme, upstreams: [q] }}\n"
+            )
+        };
+        let load = |t: String| {
+            crate::config::Config::parse(&t, std::path::Path::new("/tmp"), &|_| None)
+                .unwrap_or_else(|e| panic!("{e}: {t}"))
+        };
+        let old = load(base("", "hunter2secret", "5m"));
+        assert_eq!(super::changes(&old, &old), "none");
+        let new = load(base(
+            "  - { name: h, kind: public, url: https://ghcr.io }\n",
+            "other-secret",
+            "10m",
+        ));
+        let line = super::changes(&old, &new);
+        assert!(line.contains("upstreams: +1 -0 changed 1"), "{line}");
+        assert!(line.contains("settings: cache.tag_ttl"), "{line}");
+        assert!(!line.contains("secret"), "{line}");
     }
 }

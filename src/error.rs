@@ -40,6 +40,11 @@ pub enum Error {
     BlobUnknown(String),
     #[error("authentication required")]
     Unauthorized,
+    /// A login whose secret is known but no longer in force (`license expired`, `license
+    /// revoked`): a 401 like `Unauthorized`, telling the holder which, which leaks
+    /// nothing since they hold the secret.
+    #[error("authentication required: {0}")]
+    LoginRefused(&'static str),
     #[error("access denied: {0}")]
     Denied(String),
     #[error("unsupported: {0}")]

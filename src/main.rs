@@ -14,8 +14,8 @@ use clap::{Parser, Subcommand};
     about = "License-gated pull-through registry proxy"
 )]
 struct Cli {
-    // Global, so that `berth --config f serve` and `berth serve --config f` both work; no doc
-    // comment, so each subcommand's help shows it as before the flag was global.
+    /// The config file (YAML: listeners, cache, upstreams, apps, licenses).
+    // Global, so that `berth --config f serve` and `berth serve --config f` both work.
     #[arg(long, short, global = true, default_value = cli::DEFAULT_CONFIG)]
     config: PathBuf,
     /// Machine-readable output: the admin API's JSON (license, apikey, admin-token, usage,

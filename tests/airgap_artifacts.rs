@@ -724,7 +724,7 @@ fn hosted_referrers_go_with_a_hosted_image() {
     );
     assert_eq!(run.code, Some(0), "export:\n{}\n{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("1 images, 3 referrers"),
+        run.stdout.contains("1 image, 3 referrers"),
         "{}",
         run.stdout
     );

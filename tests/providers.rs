@@ -96,6 +96,9 @@ fn berth_requests(reqs: Vec<Recorded>) -> Vec<Recorded> {
             r.header("user-agent")
                 .is_some_and(|u| u.starts_with("berth/"))
         })
+        // berth checks its credentials once at start with a token of no scope (the
+        // startup check, `app::warm_up`); the pulls' tokens all have one.
+        .filter(|r| !r.query_all("scope").is_empty())
         .collect()
 }
 

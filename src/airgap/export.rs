@@ -79,6 +79,8 @@ pub struct ExportReport {
     /// Referrer entries (manifests by subject, cosign tags, referrers indexes).
     pub referrers: usize,
     pub blobs: usize,
+    /// How many of `blobs` are manifests.
+    pub manifests: usize,
     /// Bytes of distinct blobs (manifests included) in the bundle.
     pub stored: u64,
     /// Configs and layers summed over the images as if each were exported alone.
@@ -154,6 +156,8 @@ struct Exporter<'a> {
     blobs_dir: PathBuf,
     progress: Progress,
     stored: BTreeMap<String, u64>,
+    /// Which of `stored` are manifests (indexes, image and referrer manifests).
+    manifests: std::collections::BTreeSet<String>,
     opts: &'a ExportOptions,
 }
 
@@ -223,6 +227,7 @@ async fn export_into(
         blobs_dir: stage.join("blobs").join("sha256"),
         progress: Progress::new(),
         stored: BTreeMap::new(),
+        manifests: Default::default(),
         opts,
     };
     let mut index = Vec::new();
@@ -264,6 +269,7 @@ async fn export_into(
         images: images.len(),
         referrers,
         blobs: ex.stored.len(),
+        manifests: ex.manifests.len(),
         stored: ex.stored.values().sum(),
         referenced,
         file_size,
@@ -700,7 +706,8 @@ impl Exporter<'_> {
     fn store_small(&mut self, digest: &Digest, bytes: &[u8]) -> anyhow::Result<()> {
         let hex = hex_of(digest)?.to_string();
         std::fs::write(self.blobs_dir.join(&hex), bytes)?;
-        self.stored.insert(hex, bytes.len() as u64);
+        self.stored.insert(hex.clone(), bytes.len() as u64);
+        self.manifests.insert(hex);
         Ok(())
     }
 

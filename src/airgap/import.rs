@@ -40,7 +40,11 @@ use crate::storage::{layout, BlobBackend as _, ObjectStore};
 #[derive(Debug, Default)]
 pub struct ImportReport {
     pub images: Vec<String>,
+    /// Every blob of the bundle imported, manifests included (as export and list count).
     pub blobs: usize,
+    /// How many of `blobs` are manifests.
+    pub manifests: usize,
+    /// Bytes of the configs and layers.
     pub bytes: u64,
 }
 
@@ -223,8 +227,14 @@ async fn seed(
     let manifests = ManifestStore::new(objects.clone());
     let tags = TagStore::new(objects.clone(), legacy.clone());
     let links = Links::open(objects, legacy).await?;
+    let manifests_in = bundle
+        .blobs
+        .keys()
+        .filter(|d| manifest_digests.contains(*d))
+        .count();
     let mut report = ImportReport {
-        blobs: pins.len(),
+        blobs: pins.len() + manifests_in,
+        manifests: manifests_in,
         bytes,
         ..Default::default()
     };

@@ -43,6 +43,47 @@ pub const ANN_ARTIFACT_TYPE: &str = "io.berth.referrer.artifact-type";
 /// Human-readable byte counts for progress and summaries.
 pub use crate::settings::human_size as human;
 
+/// `1 image`, `2 images`: a count and its noun, singular or plural.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The one way export, import and list count a bundle's blobs: every blob file, manifests
+/// included, and how many of them are manifests (`10 blobs (4 manifests, 6 configs and
+/// layers)`), so the three say the same number for the same bundle.
+pub fn blob_count(total: usize, manifests: usize) -> String {
+    format!(
+        "{} ({}, {})",
+        count(total, "blob", "blobs"),
+        count(manifests, "manifest", "manifests"),
+        count(
+            total.saturating_sub(manifests),
+            "config or layer",
+            "configs and layers"
+        ),
+    )
+}
+
+/// The platform of a single-platform image, from its config's `os` and `architecture`
+/// (an index lists its children's in the index instead). `None` for an artifact whose
+/// config is no image config.
+fn config_platform(b: &Bundle, img: &Image) -> Option<Platform> {
+    use std::io::Read;
+    let bytes = b.read_manifest(&img.top, &img.display_ref()).ok()?;
+    let config = crate::oci::manifest::Manifest::parse(&bytes)?.config?;
+    if config.size > crate::oci::media::MAX_MANIFEST {
+        return None;
+    }
+    let mut buf = Vec::new();
+    b.open_blob(&config.digest)
+        .ok()?
+        .take(config.size)
+        .read_to_end(&mut buf)
+        .ok()?;
+    let p: Platform = serde_json::from_slice(&buf).ok()?;
+    (!p.os.is_empty() && !p.architecture.is_empty()).then_some(p)
+}
+
 /// `berth airgap list`: images, their platforms and sizes, and the bundle's totals.
 pub fn list(path: &Path, out: &mut dyn std::io::Write) -> Result<(), BundleError> {
     let b = Bundle::scan(path, None)?;
@@ -50,7 +91,7 @@ pub fn list(path: &Path, out: &mut dyn std::io::Write) -> Result<(), BundleError
     let mut layer_sum = 0u64;
     for img in &images {
         let platforms = if img.platforms.is_empty() {
-            "-".to_string()
+            config_platform(&b, img).map_or_else(|| "-".to_string(), |p| p.to_string())
         } else {
             img.platforms
                 .iter()
@@ -75,12 +116,13 @@ pub fn list(path: &Path, out: &mut dyn std::io::Write) -> Result<(), BundleError
         .iter()
         .filter(|i| i.top.annotations.contains_key(ANN_REFERRER))
         .count();
+    let manifests = b.blobs.keys().filter(|d| !unique.contains(d)).count();
     let _ = writeln!(
         out,
-        "{} images, {} referrers, {} blobs, {} stored ({} referenced by the images; shared blobs stored once); file {}",
-        images.len() - referrers,
-        referrers,
-        b.blobs.len(),
+        "{}, {}, {}, {} stored ({} referenced by the images; shared blobs stored once); file {}",
+        count(images.len() - referrers, "image", "images"),
+        count(referrers, "referrer", "referrers"),
+        blob_count(b.blobs.len(), manifests),
         human(stored),
         human(layer_sum),
         human(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)),
@@ -97,5 +139,16 @@ mod tests {
     fn human_sizes() {
         assert_eq!(human(512), "512 B");
         assert_eq!(human(3 * 1024 * 1024), "3.0 MiB");
+    }
+
+    #[test]
+    fn counts_agree_and_pluralize() {
+        assert_eq!(count(1, "image", "images"), "1 image");
+        assert_eq!(count(0, "image", "images"), "0 images");
+        assert_eq!(
+            blob_count(10, 4),
+            "10 blobs (4 manifests, 6 configs and layers)"
+        );
+        assert_eq!(blob_count(2, 1), "2 blobs (1 manifest, 1 config or layer)");
     }
 }

@@ -1,58 +1,54 @@
-//! Progress on stderr: one rewritten status line on a terminal, plain lines otherwise (CI
-//! logs and pipes must not fill with carriage returns).
+//! Progress on stderr: one redrawn status line on a terminal (`indicatif`, which also keeps
+//! lasting lines above it), plain lines otherwise (CI logs and pipes must not fill with
+//! carriage returns or escape codes).
 
-use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Progress {
-    tty: bool,
-    last: Option<Instant>,
-    dirty: bool,
+    /// `None` when stderr is not a terminal: only lasting lines are printed, plainly.
+    bar: Option<ProgressBar>,
 }
 
 impl Progress {
     pub fn new() -> Progress {
-        Progress {
-            tty: std::io::stderr().is_terminal(),
-            last: None,
-            dirty: false,
-        }
+        Progress::with_terminal(std::io::stderr().is_terminal())
     }
 
-    /// A transient status (bytes moving): redrawn at most 5 times a second on a terminal,
-    /// never printed elsewhere.
+    fn with_terminal(tty: bool) -> Progress {
+        let bar = tty.then(|| {
+            // Redrawn at most 5 times a second, as the hand-written line was.
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        Progress { bar }
+    }
+
+    /// A transient status (bytes moving): redrawn on a terminal, never printed elsewhere.
     pub fn status(&mut self, msg: &str) {
-        if !self.tty {
-            return;
+        if let Some(bar) = &self.bar {
+            bar.set_message(msg.to_string());
+            bar.tick();
         }
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|l| now.duration_since(l) < Duration::from_millis(200))
-        {
-            return;
-        }
-        self.last = Some(now);
-        let mut e = std::io::stderr().lock();
-        let _ = write!(e, "\r\x1b[K{msg}");
-        let _ = e.flush();
-        self.dirty = true;
     }
 
     /// A lasting event (a blob done, an image pushed): a line of its own everywhere.
     pub fn line(&mut self, msg: &str) {
-        let mut e = std::io::stderr().lock();
-        if self.dirty {
-            let _ = write!(e, "\r\x1b[K");
-            self.dirty = false;
+        match &self.bar {
+            // Printed above the status line, which is drawn again below it.
+            Some(bar) => bar.println(msg),
+            None => eprintln!("{msg}"),
         }
-        let _ = writeln!(e, "{msg}");
     }
 
     pub fn finish(&mut self) {
-        if self.dirty {
-            let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
-            self.dirty = false;
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }
@@ -66,5 +62,20 @@ impl Default for Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_terminal_there_is_no_bar() {
+        let mut p = Progress::with_terminal(false);
+        assert!(p.bar.is_none());
+        p.status("moving bytes");
+        p.finish();
+        let p = Progress::with_terminal(true);
+        assert!(p.bar.is_some());
     }
 }

@@ -25,7 +25,7 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
         Error::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
         Error::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
-        Error::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        Error::Unauthorized | Error::LoginRefused(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
         Error::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
         Error::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
         Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),

@@ -158,7 +158,7 @@ impl Api {
                     tracing::warn!(path = %path, error = %e, "request failed");
                 }
                 let mut r = error::response(&e);
-                if matches!(e, Error::Unauthorized) {
+                if matches!(e, Error::Unauthorized | Error::LoginRefused(_)) {
                     if let Ok(v) =
                         HeaderValue::try_from(challenge(&config, &method, &path, query.as_deref()))
                     {

@@ -28,6 +28,8 @@ pub enum Rejection {
     Unknown,
     Expired,
     Revoked,
+    KeyExpired,
+    KeyRevoked,
     BadToken,
     /// Too many failed logins from this source; try again after this long.
     Throttled(Duration),
@@ -41,6 +43,8 @@ impl Rejection {
             Rejection::Unknown => "unknown license",
             Rejection::Expired => "license expired",
             Rejection::Revoked => "license revoked",
+            Rejection::KeyExpired => "API key expired",
+            Rejection::KeyRevoked => "API key revoked",
             Rejection::BadToken => "invalid, expired or foreign token",
             Rejection::Throttled(_) => "too many failed logins from this source",
         }
@@ -52,6 +56,11 @@ impl Rejection {
             Rejection::Throttled(wait) => Error::TooManyRequests {
                 retry_after: Some(wait.as_secs_f64().ceil().max(1.0).to_string()),
             },
+            // The secret matched: its holder may learn that it lapsed or was revoked.
+            Rejection::Expired
+            | Rejection::Revoked
+            | Rejection::KeyExpired
+            | Rejection::KeyRevoked => Error::LoginRefused(self.as_str()),
             _ => Error::Unauthorized,
         }
     }
@@ -149,14 +158,17 @@ impl Subject {
     }
 
     fn check_active(&self, now: SystemTime) -> Result<(), Rejection> {
-        let state = match self {
-            Subject::License(l) => l.state(now),
-            Subject::Key(k) => k.state(now),
-        };
-        match state {
-            State::Active => Ok(()),
-            State::Expired => Err(Rejection::Expired),
-            State::Revoked => Err(Rejection::Revoked),
+        match self {
+            Subject::License(l) => match l.state(now) {
+                State::Active => Ok(()),
+                State::Expired => Err(Rejection::Expired),
+                State::Revoked => Err(Rejection::Revoked),
+            },
+            Subject::Key(k) => match k.state(now) {
+                State::Active => Ok(()),
+                State::Expired => Err(Rejection::KeyExpired),
+                State::Revoked => Err(Rejection::KeyRevoked),
+            },
         }
     }
 
@@ -848,9 +860,12 @@ licenses:
         assert!(d.refresh(&store).await.unwrap());
         assert_eq!(
             super::authenticate(ids(&c, &d), &i, Some(&bearer), source, now).err(),
-            Some(Rejection::Revoked)
+            Some(Rejection::KeyRevoked)
         );
-        assert_eq!(login("api", "berth_key_s").err(), Some(Rejection::Revoked));
+        assert_eq!(
+            login("api", "berth_key_s").err(),
+            Some(Rejection::KeyRevoked)
+        );
         assert_eq!(login("x", "berth_lic_s").err(), Some(Rejection::Revoked));
     }
 }

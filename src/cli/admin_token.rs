@@ -20,7 +20,10 @@ pub enum Command {
     /// List admin tokens: the state store's and the config file's (by name).
     List,
     /// Revoke a stored admin token (the config file's are removed from the file).
-    Revoke { id: String },
+    Revoke {
+        /// The admin token's id (`adm_…`, as `list` shows it).
+        id: String,
+    },
     /// Read a token from standard input and print its SHA-256 (64 hex digits), for
     /// `auth.admin_tokens: [{ name, sha256 }]` in the config file.
     Hash,

@@ -18,12 +18,16 @@ pub enum Command {
         /// exported for another app is refused.
         #[arg(long)]
         app: Option<String>,
+        /// The bundle (a tar written by `berth airgap export`).
         bundle: PathBuf,
     },
     /// Push every image of a bundle into a registry; prints old → new references.
     Push(PushArgs),
     /// Print the images, platforms and sizes in a bundle.
-    List { bundle: PathBuf },
+    List {
+        /// The bundle (a tar written by `berth airgap export`).
+        bundle: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -52,10 +56,12 @@ pub struct ExportArgs {
 
 #[derive(clap::Args)]
 pub struct PushArgs {
+    /// The bundle (a tar written by `berth airgap export`).
     bundle: PathBuf,
     /// REGISTRY[/NAMESPACE]
     #[arg(long)]
     to: String,
+    /// The registry login's user name (the password comes from --password-stdin).
     #[arg(long)]
     username: Option<String>,
     /// Read the password from standard input.
@@ -141,14 +147,14 @@ fn export(rt: &tokio::runtime::Runtime, config: &Path, args: ExportArgs) -> Exit
     match rt.block_on(airgap::export::export(&config, &opts)) {
         Ok(r) => {
             println!(
-                "{}: {} images, {} referrers, {} blobs, {} stored ({} of configs and layers referenced), file {} bytes, {:.1}s",
+                "{}: {}, {}, {}, {} stored ({} of configs and layers referenced), file {}, {:.1}s",
                 opts.output.display(),
-                r.images,
-                r.referrers,
-                r.blobs,
+                airgap::count(r.images, "image", "images"),
+                airgap::count(r.referrers, "referrer", "referrers"),
+                airgap::blob_count(r.blobs, r.manifests),
                 airgap::human(r.stored),
                 airgap::human(r.referenced),
-                r.file_size,
+                airgap::human(r.file_size),
                 started.elapsed().as_secs_f64()
             );
             ExitCode::SUCCESS
@@ -174,10 +180,10 @@ fn import(
     match result {
         Ok(r) => {
             println!(
-                "{}: imported {} images, {} blobs ({}) into {}, pinned, {:.1}s",
+                "{}: imported {}, {} ({} of configs and layers) into {}, pinned, {:.1}s",
                 bundle.display(),
-                r.images.len(),
-                r.blobs,
+                airgap::count(r.images.len(), "image", "images"),
+                airgap::blob_count(r.blobs, r.manifests),
                 airgap::human(r.bytes),
                 config.cache.dir.display(),
                 started.elapsed().as_secs_f64()
@@ -186,9 +192,9 @@ fn import(
         }
         Err(e) => match e.downcast_ref::<airgap::import::PartlyImported>() {
             Some(p) => fail(&format!(
-                "airgap import: {}: {p}; {} images were imported before it ({}); importing the bundle again completes it",
+                "airgap import: {}: {p}; {} imported before it ({}); importing the bundle again completes it",
                 bundle.display(),
-                p.imported.len(),
+                airgap::count(p.imported.len(), "image was", "images were"),
                 p.imported.join(", ")
             )),
             None => fail(&format!(
@@ -234,9 +240,9 @@ fn push(rt: &tokio::runtime::Runtime, args: PushArgs) -> ExitCode {
                 println!("{old} {new}");
             }
             eprintln!(
-                "pushed {} images: {} blobs uploaded ({}), {} already present, {} mounted",
-                r.mapping.len(),
-                r.uploaded,
+                "pushed {}: {} uploaded ({}), {} already present, {} mounted",
+                airgap::count(r.mapping.len(), "image", "images"),
+                airgap::count(r.uploaded, "blob", "blobs"),
                 airgap::human(r.uploaded_bytes),
                 r.skipped,
                 r.mounted

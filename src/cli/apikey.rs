@@ -36,9 +36,15 @@ pub enum Command {
         state: Option<StateArg>,
     },
     /// Show one API key.
-    Show { id: String },
+    Show {
+        /// The API key's id (`key_…`, as `list` shows it).
+        id: String,
+    },
     /// Revoke an API key: refused from the next request on.
-    Revoke { id: String },
+    Revoke {
+        /// The API key's id (`key_…`, as `list` shows it).
+        id: String,
+    },
 }
 
 pub fn run(g: &Global, command: Command) -> ExitCode {

@@ -37,9 +37,13 @@ pub enum Command {
         state: Option<StateArg>,
     },
     /// Show one license.
-    Show { id: String },
+    Show {
+        /// The license's id (`lic_…`, as `list` shows it).
+        id: String,
+    },
     /// Set a new expiry (a date in the past ends the license now), or --never.
     Extend {
+        /// The license's id (`lic_…`, as `list` shows it).
         id: String,
         /// A date (2027-06-30), an RFC 3339 time, or a duration from now (90d).
         #[arg(long, required_unless_present = "never")]
@@ -49,9 +53,15 @@ pub enum Command {
         never: bool,
     },
     /// Revoke a license: refused from the next request on, on every replica.
-    Revoke { id: String },
+    Revoke {
+        /// The license's id (`lic_…`, as `list` shows it).
+        id: String,
+    },
     /// Give a license a new secret (printed once); the old one stops working.
-    Rotate { id: String },
+    Rotate {
+        /// The license's id (`lic_…`, as `list` shows it).
+        id: String,
+    },
 }
 
 /// What `--state` filters on.

@@ -21,6 +21,10 @@ pub fn run(config: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     };
+    // Connections are closed and usage is written: a blocking task still running (a DNS
+    // lookup of an unreachable upstream, a read of a cache file) must not hold the exit,
+    // which dropping the runtime would wait for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     logs.flush();
     code
 }

@@ -31,6 +31,22 @@ pub fn accepts(accept: &str, media_type: &str) -> bool {
     accept_types(accept).any(|t| t == "*/*" || t.eq_ignore_ascii_case(want))
 }
 
+/// The `Accept` berth forwards for a client's: a wildcard (`*/*`, `application/*`) means
+/// "whatever you have", but registries match manifest types literally (distribution
+/// answers `*/*` with a 404, finding no type it may send), so a wildcard becomes the four
+/// manifest types. An empty or absent header is the same as the defaults.
+pub fn manifest_accept(accept: Option<&str>) -> std::borrow::Cow<'_, str> {
+    match accept.filter(|a| !a.trim().is_empty()) {
+        None => DEFAULT_MANIFEST_ACCEPT.into(),
+        Some(a)
+            if accept_types(a).any(|t| t == "*/*" || t.eq_ignore_ascii_case("application/*")) =>
+        {
+            DEFAULT_MANIFEST_ACCEPT.into()
+        }
+        Some(a) => a.into(),
+    }
+}
+
 /// Whether a media type names an index (OCI image index or docker manifest list).
 pub fn is_index_type(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST
@@ -51,5 +67,17 @@ mod tests {
             accept_types(" a/b ;q=0.5,c/d,, e/f;x=y").collect::<Vec<_>>(),
             ["a/b", "c/d", "", "e/f"]
         );
+    }
+
+    #[test]
+    fn wildcards_ask_for_the_manifest_types() {
+        assert_eq!(manifest_accept(None), DEFAULT_MANIFEST_ACCEPT);
+        assert_eq!(manifest_accept(Some(" ")), DEFAULT_MANIFEST_ACCEPT);
+        assert_eq!(manifest_accept(Some("*/*")), DEFAULT_MANIFEST_ACCEPT);
+        assert_eq!(
+            manifest_accept(Some("text/html, application/*;q=0.8")),
+            DEFAULT_MANIFEST_ACCEPT
+        );
+        assert_eq!(manifest_accept(Some(OCI_MANIFEST)), OCI_MANIFEST);
     }
 }

@@ -19,7 +19,7 @@ use crate::config::Upstream;
 use crate::content::{self, RepoKey, StoredManifest, TagEntry, TagKey};
 use crate::error::{Error, Result};
 use crate::oci::digest::Algorithm;
-use crate::oci::media::{accepts, DEFAULT_MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST};
+use crate::oci::media::{accepts, OCI_INDEX, OCI_MANIFEST};
 use crate::oci::repo::Reference;
 use crate::oci::Digest;
 use crate::upstream::{self, UpstreamError, UpstreamStalled};
@@ -167,9 +167,8 @@ impl Registry {
         accept: Option<&str>,
         head: bool,
     ) -> Result<Fetched> {
-        let accept = accept
-            .filter(|a| !a.trim().is_empty())
-            .unwrap_or(DEFAULT_MANIFEST_ACCEPT);
+        let accept = crate::oci::media::manifest_accept(accept);
+        let accept = accept.as_ref();
         match reference {
             Reference::Digest(d) => self.manifest_by_digest(t, d, accept, head).await,
             Reference::Tag(tag) => self.manifest_by_tag(t, tag, accept, head).await,
@@ -322,7 +321,9 @@ impl Registry {
                     Some(err) => self.stale(t, &what, err, &m, &e.digest, head),
                     None => {
                         self.cache.metrics.hit("manifest");
-                        tracing::info!(upstream = %t.upstream.name, image = %what, digest = %e.digest,
+                        // Every pull of an imported tag takes this path at an airgap site:
+                        // a debug line, not an INFO line per pull.
+                        tracing::debug!(upstream = %t.upstream.name, image = %what, digest = %e.digest,
                             "serving a stored tag answer recorded for another Accept set");
                         stored_manifest(&m, &e.digest, head)
                     }
@@ -508,6 +509,7 @@ impl Registry {
                         status: StatusCode::PARTIAL_CONTENT,
                         retry_after: None,
                         content_range: None,
+                        message: None,
                     };
                     return w.head_failed(failure(&up, e, unknown()));
                 }
@@ -930,15 +932,16 @@ pub fn cached_blob(
 /// `Retry-After`, anything else → 502 naming the upstream and the status (503 for 5xx and
 /// network trouble, 504 for a timeout or stall, so stale-if-error applies).
 fn failure(up: &Upstream, e: UpstreamError, not_found: Error) -> Error {
-    let status = match e {
+    let (status, message) = match e {
         UpstreamError::Status {
             status,
             retry_after,
+            message,
             ..
         } => match status {
-            StatusCode::NOT_FOUND => return not_found,
+            StatusCode::NOT_FOUND => return with_upstream_message(not_found, message),
             StatusCode::TOO_MANY_REQUESTS => return Error::TooManyRequests { retry_after },
-            s => s,
+            s => (s, message),
         },
         UpstreamError::Mismatch { expected, .. } => {
             return Error::Upstream {
@@ -948,19 +951,41 @@ fn failure(up: &Upstream, e: UpstreamError, not_found: Error) -> Error {
         }
         e => return e.into_error(&up.name),
     };
+    let says = message.map(|m| format!(": {m}")).unwrap_or_default();
     match status {
         StatusCode::FORBIDDEN => Error::Upstream {
             upstream: up.name.clone(),
-            reason: "the upstream denied berth access (403); check the upstream's credentials and permissions".into(),
+            reason: format!("the upstream denied berth access (403){says}; check the upstream's credentials and permissions"),
         },
         s if s.is_server_error() => Error::UpstreamUnavailable {
             upstream: up.name.clone(),
-            reason: format!("the upstream answered {s}"),
+            reason: format!("the upstream answered {s}{says}"),
         },
         s => Error::Upstream {
             upstream: up.name.clone(),
-            reason: format!("the upstream answered {s}"),
+            reason: format!("the upstream answered {s}{says}"),
         },
+    }
+}
+
+/// A 404's "unknown" error with the upstream's own explanation, when it gave one (a
+/// manifest it has but will not send for this `Accept`, say).
+fn with_upstream_message(not_found: Error, message: Option<String>) -> Error {
+    // distribution's stock texts say no more than berth's own error does.
+    let generic = [
+        "manifest unknown",
+        "blob unknown",
+        "repository name not known to registry",
+    ];
+    let Some(m) = message.filter(|m| !generic.iter().any(|g| m.eq_ignore_ascii_case(g))) else {
+        return not_found;
+    };
+    let says = |s: String| format!("{s} (the upstream says: {m})");
+    match not_found {
+        Error::ManifestUnknown(s) => Error::ManifestUnknown(says(s)),
+        Error::BlobUnknown(s) => Error::BlobUnknown(says(s)),
+        Error::NameUnknown(s) => Error::NameUnknown(says(s)),
+        other => other,
     }
 }
 
@@ -1030,6 +1055,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::oci::media::DEFAULT_MANIFEST_ACCEPT;
 
     #[test]
     fn accept_matching_ignores_parameters_and_honours_wildcards() {

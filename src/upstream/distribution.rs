@@ -131,7 +131,9 @@ impl Repo<'_> {
     ) -> Result<Manifest, UpstreamError> {
         let req = self.manifest_request(Method::GET, reference, accept)?;
         let resp = self.send(&req).await?;
-        expect(&resp, &[StatusCode::OK])?;
+        if resp.status() != StatusCode::OK {
+            return Err(refusal(self.up, resp).await);
+        }
         let content_type = header(resp.headers(), CONTENT_TYPE);
         let claimed = header(resp.headers(), "docker-content-digest");
         let what = format!("manifest {}:{reference}", self.name);
@@ -272,7 +274,39 @@ pub(crate) fn expect(
         status: resp.status(),
         retry_after: header(resp.headers(), RETRY_AFTER),
         content_range: header(resp.headers(), CONTENT_RANGE),
+        message: None,
     })
+}
+
+/// The longest upstream error message passed on; the body read for it is bounded too.
+const MAX_MESSAGE: usize = 300;
+
+/// `Status` for an answer that is not the one wanted, with the message of its OCI error
+/// body (`{"errors":[{"message":…}]}`, read up to 16 KiB) so the client learns why, e.g.
+/// distribution's "OCI manifest found, but accept header does not support OCI manifests".
+/// The message is the upstream's own text about the request; berth's credentials are
+/// never in it (they go in a header the upstream does not echo).
+pub(crate) async fn refusal(up: &Upstream, resp: http::Response<Incoming>) -> UpstreamError {
+    let mut e = match expect(&resp, &[]) {
+        Err(e) => e,
+        Ok(()) => unreachable!("no status is wanted"),
+    };
+    let body = read(up, resp.into_body(), 16 * 1024, "error body").await;
+    if let (UpstreamError::Status { message, .. }, Ok(bytes)) = (&mut e, body) {
+        *message = oci_error_message(&bytes);
+    }
+    e
+}
+
+fn oci_error_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let m = v["errors"][0]["message"].as_str()?.trim();
+    let m: String = m
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_MESSAGE)
+        .collect();
+    (!m.is_empty()).then_some(m)
 }
 
 /// Collects an upstream body of at most `limit` bytes through the stall guard.
@@ -348,6 +382,7 @@ mod tests {
             status: StatusCode::from_u16(s).unwrap(),
             retry_after: None,
             content_range: None,
+            message: None,
         };
         assert!(status(503).is_retryable());
         assert!(status(429).is_retryable());

@@ -85,6 +85,12 @@ impl Request {
 pub enum UpstreamError {
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// A TLS handshake met a peer that answered in plain HTTP (rustls saw no TLS record):
+    /// the URL says `https://` where the port speaks HTTP. Retrying cannot help.
+    #[error(
+        "this looks like plain HTTP: use --insecure (airgap push) or an http:// URL (upstream url)"
+    )]
+    PlainHttp,
     #[error("no response within {0:?}")]
     Timeout(Duration),
     #[error("the upstream rejected berth's credentials")]
@@ -109,12 +115,14 @@ pub enum UpstreamError {
     #[error("{0}")]
     Protocol(String),
     /// The upstream answered, but not with what the operation wants (404, 429, 5xx …).
-    /// The headers a caller maps it with travel along.
+    /// The headers a caller maps it with travel along, and where read, the message of the
+    /// upstream's OCI error body (`errors[0].message`: the registry's own explanation).
     #[error("the upstream answered {status}")]
     Status {
         status: StatusCode,
         retry_after: Option<String>,
         content_range: Option<String>,
+        message: Option<String>,
     },
     /// A body went silent for longer than the upstream's timeout (`Stall`).
     #[error("the upstream stalled for {0:?}")]
@@ -150,6 +158,7 @@ impl UpstreamError {
             UpstreamError::Unauthorized
             | UpstreamError::Token(_)
             | UpstreamError::Identity(_)
+            | UpstreamError::PlainHttp
             | UpstreamError::Redirects
             | UpstreamError::RedirectRefused { .. }
             | UpstreamError::Protocol(_)
@@ -680,9 +689,37 @@ pub(crate) async fn send(
 ) -> Result<http::Response<Incoming>, UpstreamError> {
     match tokio::time::timeout(timeout, http.request(request)).await {
         Err(_) => Err(UpstreamError::Timeout(timeout)),
+        Ok(Err(e)) if speaks_plain_http(&e) => Err(UpstreamError::PlainHttp),
         Ok(Err(e)) => Err(UpstreamError::Connect(error_chain(&e))),
         Ok(Ok(r)) => Ok(r),
     }
+}
+
+/// Whether an error (or one of its causes) is rustls finding no TLS record where the
+/// server hello should be: the peer answered in plain HTTP. Decided by the error's kind,
+/// never its text. `io::Error::source` skips the error it wraps, so those are opened too.
+pub(crate) fn speaks_plain_http(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            if matches!(
+                r,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            ) {
+                return true;
+            }
+        }
+        if let Some(inner) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if speaks_plain_http(inner) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// Flattens an error and its sources into one line. hyper's errors carry no URLs, so

@@ -306,6 +306,7 @@ async fn tls_handshake(stream: tokio::net::TcpStream, host: &str) -> Result<Stri
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     match tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, stream)).await {
         Err(_) => Err(format!("no handshake within {STEP_TIMEOUT:?}")),
+        Ok(Err(e)) if super::speaks_plain_http(&e) => Err(UpstreamError::PlainHttp.to_string()),
         Ok(Err(e)) => Err(super::error_chain(&e)),
         Ok(Ok(tls)) => {
             let version = tls
