@@ -295,7 +295,7 @@ fn airgap_push_puts_hosted_images_where_rewrite_registry_points() {
         bundle.to_str().unwrap(),
     ]);
     assert!(ok(&run), "export: {}", run.stderr);
-    assert!(run.stdout.contains(": 1 images"), "{}", run.stdout);
+    assert!(run.stdout.contains(": 1 image, "), "{}", run.stdout);
     let target = Registry::start(RegistryAuth::None);
     let to = format!("{}/mirror", target.host());
     let run = cli(&[
