@@ -1082,3 +1082,75 @@ fn aks_managed_identity_is_exchanged_for_an_acr_refresh_token() {
     no_secret_in("berth's log", &b.logs(), &[aad.clone(), refresh.clone()]);
     no_secret_in("upstream test", &r.stdout, &[aad, refresh]);
 }
+
+/// The token steps of Google's and Azure's flows, refused: `upstream test` names each.
+#[test]
+fn refused_google_and_azure_token_steps_are_named() {
+    let dir = support::tempdir();
+    let Some((pem, _)) = rsa_key(dir.path()) else {
+        eprintln!("SKIP: openssl is not installed");
+        return;
+    };
+    // A token endpoint that refuses every grant, and an Azure front whose IMDS answers but
+    // whose exchange refuses.
+    let google = FakeServer::start(|_| {
+        FakeResponse::json(400, &serde_json::json!({"error": "invalid_grant"}))
+    });
+    let azure = FakeServer::start(|req| match req.path() {
+        "/metadata/identity/oauth2/token" => FakeResponse::json(
+            200,
+            &serde_json::json!({"access_token": "aad", "expires_in": "3599"}),
+        ),
+        "/oauth2/exchange" => {
+            FakeResponse::json(401, &serde_json::json!({"error": "unauthorized"}))
+        }
+        _ => FakeResponse::new(404),
+    });
+    let key = serde_json::json!({
+        "type": "service_account",
+        "private_key": pem,
+        "client_email": "berth@acme-prod.iam.gserviceaccount.com",
+        "token_uri": format!("{}/token", google.url()),
+    });
+    std::fs::write(dir.path().join("sa.json"), key.to_string()).unwrap();
+    let cases = [
+        (
+            format!(
+                "{{ name: cloud, kind: gcr, url: \"{}\", host: gcr.io, gcp_credentials: access_token, service_account_key_file: \"{}\" }}",
+                google.url(),
+                dir.path().join("sa.json").display()
+            ),
+            "✗ cloud identity: cloud identity: GCP token endpoint (JWT bearer grant): answered 400 Bad Request (invalid_grant)",
+        ),
+        (
+            format!(
+                "{{ name: cloud, kind: acr, url: \"{}\", host: acme.azurecr.io, azure_credentials: managed_identity }}",
+                azure.url()
+            ),
+            "✗ cloud identity: cloud identity: ACR /oauth2/exchange: answered 401 Unauthorized (unauthorized)",
+        ),
+    ];
+    let front = azure.url();
+    for (upstream, says) in cases {
+        let cfg = dir.path().join("berth.yaml");
+        std::fs::write(
+            &cfg,
+            cloud_config(support::free_port(), &dir.path().join("cache"), &upstream),
+        )
+        .unwrap();
+        let r = run_cli(
+            &[
+                "upstream",
+                "test",
+                "--config",
+                cfg.to_str().unwrap(),
+                "cloud",
+            ],
+            &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", front.as_str())],
+            None,
+            Duration::from_secs(60),
+        );
+        assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains(says), "no {says:?} in\n{}", r.stdout);
+    }
+}
