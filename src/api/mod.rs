@@ -292,16 +292,7 @@ impl Api {
             )
             .await?;
         if let Some(ns) = ns.and_then(|n| HeaderValue::try_from(n).ok()) {
-            resp.headers_mut().insert("oci-namespace", ns.clone());
-            // The next page of a mirrored tag list is asked for with the same ns.
-            if let Some(link) = resp.headers().get(LINK).and_then(|l| l.to_str().ok()) {
-                let ns = ns.to_str().unwrap_or_default();
-                let ns: String = form_urlencoded::byte_serialize(ns.as_bytes()).collect();
-                if let Ok(v) = HeaderValue::try_from(link.replacen(">;", &format!("&ns={ns}>;"), 1))
-                {
-                    resp.headers_mut().insert(LINK, v);
-                }
-            }
+            resp.headers_mut().insert("oci-namespace", ns);
         }
         Ok(resp)
     }
@@ -579,6 +570,11 @@ fn resolve(
         repository,
         // A mirrored repository is named as the node asked for it (links, bodies, errors).
         public_name: mirrored.map_or_else(|| repo.name(), |m| m.repository.clone()),
+        // A mirrored repository's next page is a mirror request too.
+        link_query: mirrored.map_or_else(String::new, |m| {
+            let host: String = form_urlencoded::byte_serialize(m.host.as_bytes()).collect();
+            format!("&ns={host}")
+        }),
         tag_ttl: config.cache.tag_ttl,
         offline: config.cache.offline,
     })

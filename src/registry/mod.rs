@@ -37,11 +37,22 @@ pub struct Target {
     pub repository: String,
     /// The name the customer uses (`proxy/acme/quay.io/acme/api`), for links and bodies.
     pub public_name: String,
+    /// What every link to this repository carries after its own query (`&ns=quay.io` for
+    /// a mirror request, so the next page is asked for the same way); usually empty.
+    pub link_query: String,
     pub tag_ttl: Duration,
     pub offline: bool,
 }
 
 impl Target {
+    /// The `Link` to the next page of this repository's tag list.
+    fn next_tags_link(&self, query: &str) -> String {
+        format!(
+            "</v2/{}/tags/list?{query}{}>; rel=\"next\"",
+            self.public_name, self.link_query
+        )
+    }
+
     async fn linked(&self, cache: &Cache, digest: &Digest) -> bool {
         cache.links.contains(&self.repo, digest).await
     }
@@ -628,9 +639,7 @@ impl Registry {
             .tags(n, last)
             .await
             .map_err(|e| failure(&t.upstream, e, Error::NameUnknown(t.public_name.clone())))?;
-        let mut link = page
-            .next
-            .map(|query| format!("</v2/{}/tags/list?{}>; rel=\"next\"", t.public_name, query));
+        let mut link = page.next.map(|query| t.next_tags_link(&query));
         let bytes = page.bytes;
         let mut v: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| Error::Upstream {
@@ -649,11 +658,7 @@ impl Registry {
                 if let Some(next) = paged {
                     link = next.map(|l| {
                         let l: String = form_urlencoded::byte_serialize(l.as_bytes()).collect();
-                        format!(
-                            "</v2/{}/tags/list?n={}&last={l}>; rel=\"next\"",
-                            t.public_name,
-                            n.unwrap_or(0)
-                        )
+                        t.next_tags_link(&format!("n={}&last={l}", n.unwrap_or(0)))
                     });
                 }
                 v["tags"] = serde_json::json!(tags);

@@ -320,13 +320,7 @@ impl Client {
         let UpstreamAuth::Ecr(settings) = &up.auth else {
             return Err(UpstreamError::Protocol("not an ECR upstream".into()));
         };
-        let cx = self.context(up);
-        self.ecr
-            .get(&up.name, || async {
-                let creds = cx.aws_credentials(settings).await?;
-                ecr::fetch(&self.http, settings, &creds, up.timeout, cx.now).await
-            })
-            .await
+        self.context(up).ecr_login(settings).await
     }
 
     /// The access token (GCP) or ACR refresh token (Azure) of an upstream with a cloud
@@ -336,31 +330,8 @@ impl Client {
         &self,
         up: &Upstream,
     ) -> Option<Result<credentials::cloud::CloudToken, UpstreamError>> {
-        let cx = self.context(up);
-        let fetch = async {
-            match &up.auth {
-                UpstreamAuth::GcpToken(id) => {
-                    credentials::cloud::gcp_token(&self.http, id, up.timeout, cx.now).await
-                }
-                UpstreamAuth::AzureManagedIdentity(id) => {
-                    credentials::cloud::acr_refresh_token(
-                        &self.http,
-                        id,
-                        &up.base_url,
-                        up.timeout,
-                        cx.now,
-                    )
-                    .await
-                }
-                _ => Err(UpstreamError::Protocol("no cloud identity".into())),
-            }
-        };
-        match &up.auth {
-            UpstreamAuth::GcpToken(_) | UpstreamAuth::AzureManagedIdentity(_) => {
-                Some(self.cloud.get(&up.name, || fetch).await)
-            }
-            _ => None,
-        }
+        let login = credentials::cloud::TokenLogin::of(&up.auth)?;
+        Some(login.token(&self.context(up)).await)
     }
 
     /// The AWS credentials an ECR upstream signs with (held and renewed like its login),

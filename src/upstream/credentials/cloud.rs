@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::lease::Expiring;
 use super::{BasicLogin, BoxFuture, Context, CredentialSource};
 use crate::settings::Secret;
-use crate::tenancy::{AzureIdentity, GcpIdentity, GcpKey};
+use crate::tenancy::{AzureIdentity, GcpIdentity, GcpKey, UpstreamAuth};
 use crate::upstream::{basic_header, HttpClient, UpstreamError, USER_AGENT_VALUE};
 
 /// The user Google's registries take an access token with.
@@ -54,12 +54,29 @@ fn step(what: &str, reason: String) -> UpstreamError {
 /// `kind: gcr|gar` with `gcp_credentials: metadata | access_token`, and `kind: acr` with
 /// `azure_credentials: managed_identity`: a token from the platform, sent as the password
 /// of the registry's token user, to the registry and its token realm alike.
-pub(super) enum TokenLogin<'a> {
+pub(in crate::upstream) enum TokenLogin<'a> {
     Gcp(&'a GcpIdentity),
     Azure(&'a AzureIdentity),
 }
 
 impl TokenLogin<'_> {
+    /// The token source of an upstream with a cloud identity; `None` for other kinds.
+    pub(in crate::upstream) fn of(auth: &UpstreamAuth) -> Option<TokenLogin<'_>> {
+        match auth {
+            UpstreamAuth::GcpToken(id) => Some(TokenLogin::Gcp(id)),
+            UpstreamAuth::AzureManagedIdentity(id) => Some(TokenLogin::Azure(id)),
+            _ => None,
+        }
+    }
+
+    /// The upstream's token, held until shortly before it expires.
+    pub(in crate::upstream) async fn token(
+        &self,
+        cx: &Context<'_>,
+    ) -> Result<CloudToken, UpstreamError> {
+        cx.cloud.get(&cx.upstream.name, || self.fetch(cx)).await
+    }
+
     fn user(&self) -> &'static str {
         match self {
             TokenLogin::Gcp(_) => GCP_TOKEN_USER,
@@ -84,7 +101,7 @@ impl CredentialSource for TokenLogin<'_> {
         cx: &'a Context<'a>,
     ) -> BoxFuture<'a, Result<Option<BasicLogin>, UpstreamError>> {
         Box::pin(async move {
-            let t = cx.cloud.get(&cx.upstream.name, || self.fetch(cx)).await?;
+            let t = self.token(cx).await?;
             Ok(Some(BasicLogin {
                 header: basic_header(self.user(), &t.value),
                 renewable: Some(t.value),

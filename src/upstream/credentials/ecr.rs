@@ -47,14 +47,7 @@ impl CredentialSource for Ecr<'_> {
         cx: &'a Context<'a>,
     ) -> BoxFuture<'a, Result<Option<BasicLogin>, UpstreamError>> {
         Box::pin(async move {
-            let up = cx.upstream;
-            let login = cx
-                .ecr
-                .get(&up.name, || async {
-                    let creds = cx.aws_credentials(self.0).await?;
-                    fetch(cx.http, self.0, &creds, up.timeout, cx.now).await
-                })
-                .await?;
+            let login = cx.ecr_login(self.0).await?;
             Ok(Some(BasicLogin {
                 header: basic_header(&login.username, &login.password),
                 renewable: Some(login.password),

@@ -36,6 +36,21 @@ pub(super) struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// The upstream's ECR registry login, held until shortly before it expires (fetched
+    /// with its AWS credentials, held likewise).
+    pub(super) async fn ecr_login(
+        &self,
+        settings: &crate::tenancy::EcrSettings,
+    ) -> Result<ecr::EcrLogin, UpstreamError> {
+        let up = self.upstream;
+        self.ecr
+            .get(&up.name, || async {
+                let creds = self.aws_credentials(settings).await?;
+                ecr::fetch(self.http, settings, &creds, up.timeout, self.now).await
+            })
+            .await
+    }
+
     /// The upstream's AWS credentials, held until shortly before they expire.
     pub(super) async fn aws_credentials(
         &self,
